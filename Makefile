@@ -1,0 +1,57 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := iproute2 nftables docker.io containerd runc wireguard-go wireguard-tools busybox-static procps
+STAMP := $(VENV)/.installed
+
+.PHONY: deps sysdeps venv proto test lint unit system demo bench clean
+
+deps: sysdeps venv
+
+# apt packages, installed only when one is missing (idempotent, no network if all present).
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerates proto/*_pb2*.py(i); tests/unit/test_proto_generated.py checks they are current.
+proto: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=. --mypy_out=. proto/objects.proto proto/store.proto
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=. --mypy_out=. --grpc_python_out=. --mypy_grpc_out=. proto/cluster.proto
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy proto manager worker netdriver shoal
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit tests/integration
+
+system: deps
+	$(VENV)/bin/pytest -q tests/system
+
+# The whole suite. pytest exits 5 when it collects nothing; that is a failure here.
+test: deps lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+demo: deps
+	$(PY) -m shoal.demo
+
+bench: deps
+	$(PY) bench/store_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,114 @@
+"""A small synchronous client for the node's HTTP API (the Docker Engine API's swarm subset).
+
+Used by the CLI, the lab and the tests. Speaks HTTP/1.1 over a unix socket or TCP.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import urllib.parse
+from typing import Any
+
+DEFAULT_HOST = "unix:///run/shoal/shoal.sock"
+
+
+class APIError(Exception):
+    """The daemon answered with an error status; `message` is its `{"message": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ConnectionFailed(APIError):
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(
+            0,
+            f"cannot connect to the Shoal daemon at {host}: {reason}. "
+            "Is shoald running? Pass -H or set SHOAL_HOST to its socket.",
+        )
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def resolve_host(host: str | None) -> str:
+    return host or os.environ.get("SHOAL_HOST") or DEFAULT_HOST
+
+
+class Client:
+    def __init__(self, host: str | None = None, timeout: float = 60.0) -> None:
+        self.host = resolve_host(host)
+        self.timeout = timeout
+
+    def _connection(self) -> http.client.HTTPConnection:
+        parsed = urllib.parse.urlparse(self.host)
+        if parsed.scheme == "unix":
+            return _UnixConnection(parsed.path, self.timeout)
+        if parsed.scheme in ("tcp", "http"):
+            return http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port or 2375,
+                                              timeout=self.timeout)
+        raise APIError(0, f"unsupported host {self.host!r}: use unix:///PATH or tcp://ADDR:PORT")
+
+    def request(self, method: str, path: str, body: Any = None,
+                params: dict[str, Any] | None = None) -> Any:
+        """Send one request; return the decoded JSON body (or None); raise APIError."""
+        query = ""
+        if params:
+            query = "?" + urllib.parse.urlencode(
+                {k: _param(v) for k, v in params.items() if v is not None})
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn = self._connection()
+        try:
+            conn.request(method, path + query, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionFailed(self.host, str(exc) or type(exc).__name__) from exc
+        finally:
+            conn.close()
+        decoded = _decode(raw)
+        if resp.status >= 400:
+            message = decoded.get("message") if isinstance(decoded, dict) else None
+            raise APIError(resp.status, str(message or raw.decode(errors="replace")))
+        return decoded
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params=params or None)
+
+    def post(self, path: str, body: Any = None, **params: Any) -> Any:
+        return self.request("POST", path, body=body, params=params or None)
+
+    def delete(self, path: str, **params: Any) -> Any:
+        return self.request("DELETE", path, params=params or None)
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
