@@ -1,0 +1,53 @@
+"""The `shoal` command: the root click group and the console-script entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from shoal.cli.node import node
+from shoal.cli.output import CommandFailed, describe_api_error
+from shoal.cli.swarm import swarm
+from shoal.client import DEFAULT_HOST, APIError, Client
+
+
+class ShoalGroup(click.Group):
+    """Root group: turns any daemon error raised by a subcommand into Docker's
+    "Error response from daemon: <message>" on stderr with exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except APIError as exc:
+            raise CommandFailed(describe_api_error(exc)) from exc
+
+
+@click.group(cls=ShoalGroup)
+@click.option("-H", "--host", envvar="SHOAL_HOST", default=DEFAULT_HOST, show_default=True,
+              metavar="HOST",
+              help="Daemon to connect to: unix:///PATH or tcp://ADDR:PORT.")
+@click.version_option(package_name="shoal", prog_name="shoal")
+@click.pass_context
+def cli(ctx: click.Context, host: str) -> None:
+    """Shoal: Docker Swarm mode, rebuilt in Python."""
+    ctx.obj = Client(host)
+
+
+cli.add_command(swarm)
+cli.add_command(node)
+
+try:
+    from shoal.cli.lab_cmd import lab
+except ImportError:  # lab_cmd.py is written separately; the CLI works without it
+    pass
+else:
+    cli.add_command(lab)
+
+
+def main() -> None:
+    cli(prog_name="shoal")
+
+
+if __name__ == "__main__":
+    main()
