@@ -1,0 +1,149 @@
+"""The dispatcher: agents hold a session with the leader and heartbeat over it; the leader
+marks nodes READY while they do and DOWN when they stop.
+
+Beyond Docker: a session that ends (the node's process died, its TCP connection reset) marks
+the node down after a short reconnect grace, instead of waiting for 3 missed heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from manager import grpcapi
+from manager.errors import FailedPrecondition, NotFound
+from manager.identity import new_id
+from manager.manager import Manager
+from proto import cluster_pb2, cluster_pb2_grpc
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_NS = 5_000_000_000
+GRACE_MULTIPLIER = 3
+RECONNECT_GRACE = 3.0  # seconds a node may take to reopen a dropped session
+POLL = 0.3
+
+
+@dataclass
+class Session:
+    session_id: str
+    node_id: str
+    period: float
+    last_seen: float = field(default_factory=time.monotonic)
+    ended_at: float | None = None
+
+
+def down_reason(session: Session | None, now: float, since_leader: float,
+                period: float) -> str | None:
+    """Why a READY node should now be DOWN, or None. Pure, for the tests."""
+    if session is None:
+        # After a leader change, give every node time to find the new leader.
+        if now - since_leader > period * GRACE_MULTIPLIER * 2:
+            return "no session with the leader since it was elected"
+        return None
+    if session.ended_at is not None and now - session.ended_at > RECONNECT_GRACE:
+        return "the node's session ended and it did not reconnect"
+    if now - session.last_seen > session.period * GRACE_MULTIPLIER:
+        return "heartbeat failure"
+    return None
+
+
+class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
+    def __init__(self, manager: Manager) -> None:
+        self.mgr = manager
+        self.sessions: dict[str, Session] = {}
+        self._leader_since = time.monotonic()
+        manager.on_leader_tick(self.tick)
+
+    def _period(self) -> float:
+        ns = self.mgr.cluster().spec.dispatcher.heartbeat_period_ns or DEFAULT_HEARTBEAT_NS
+        return ns / 1e9
+
+    @grpcapi.streaming
+    async def Session(self, request: cluster_pb2.SessionRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[cluster_pb2.SessionMessage]:
+        cluster = self.mgr.cluster()
+        ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER))
+        self._require_leader()
+        node = self.mgr.node(ident.node_id)
+        session = Session(new_id(), node.id, self._period() * (1 + random.uniform(-0.1, 0.1)))
+        self.sessions[node.id] = session
+        await self._mark_ready(node, request)
+        last: cluster_pb2.SessionMessage | None = None
+        try:
+            while self.mgr.is_leader():
+                msg = self._message(session)
+                if msg != last:
+                    yield msg
+                    last = msg
+                await asyncio.sleep(POLL)
+        finally:
+            if self.sessions.get(node.id) is session:
+                session.ended_at = time.monotonic()
+
+    @grpcapi.unary
+    async def Heartbeat(self, request: cluster_pb2.HeartbeatRequest,
+                        context: grpc.aio.ServicerContext) -> cluster_pb2.HeartbeatResponse:
+        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER))
+        session = self.sessions.get(ident.node_id)
+        if session is None or session.session_id != request.session_id:
+            raise NotFound(f"session {request.session_id} of node {ident.node_id} is not "
+                           "known to this leader; open a new session")
+        session.last_seen = time.monotonic()
+        return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
+
+    def _require_leader(self) -> None:
+        if not self.mgr.is_leader():
+            leader = self.mgr.leader_addr() or ""
+            raise FailedPrecondition(f"not the leader; leader={leader}")
+
+    def _message(self, session: Session) -> cluster_pb2.SessionMessage:
+        node = self.mgr.store.get(pb.Node, session.node_id)
+        managers = [cluster_pb2.WeightedPeer(node_id=n.id, addr=n.manager_status.addr)
+                    for n in self.mgr.store.list(pb.Node) if n.manager_status.addr]
+        return cluster_pb2.SessionMessage(
+            session_id=session.session_id, node_id=session.node_id,
+            managers=sorted(managers, key=lambda p: p.addr),
+            heartbeat_period_ns=int(session.period * 1e9),
+            desired_role=node.role if node is not None else pb.WORKER)
+
+    async def _mark_ready(self, node: pb.Node, request: cluster_pb2.SessionRequest) -> None:
+        def ready(n: pb.Node) -> bool:
+            n.description.CopyFrom(request.description)
+            if request.addr:
+                n.status.addr = request.addr
+            n.status.state = pb.NODE_READY
+            n.status.message = ""
+            return True
+
+        await self.mgr.modify(pb.Node, node.id, ready)
+
+    async def tick(self, became_leader: bool) -> None:
+        now = time.monotonic()
+        if became_leader:
+            self._leader_since = now
+            self.sessions.clear()
+        period = self._period()
+        for node in self.mgr.store.list(pb.Node):
+            if node.status.state != pb.NODE_READY:
+                continue
+            reason = down_reason(self.sessions.get(node.id), now, self._leader_since, period)
+            if reason:
+                log.info("node %s down: %s", node.id, reason)
+                self.sessions.pop(node.id, None)
+                await self.mgr.modify(pb.Node, node.id, lambda n, r=reason: _mark_down(n, r))
+
+
+def _mark_down(node: pb.Node, reason: str) -> bool:
+    if node.status.state != pb.NODE_READY:
+        return False
+    node.status.state = pb.NODE_DOWN
+    node.status.message = reason
+    return True

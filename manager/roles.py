@@ -1,0 +1,72 @@
+"""Leader-only reconciliation of manager roles: promotions, demotions (Raft membership) and
+each manager's leader flag and reachability as the nodes API shows them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from manager.manager import Manager
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def sync_manager_status(node: pb.Node, leader_raft: str | None,
+                        connected: Callable[[str], bool]) -> bool:
+    """Set a member's leader flag and reachability from what Raft says now; True if changed."""
+    status = node.manager_status
+    if not status.raft_addr:
+        return False
+    leader = status.raft_addr == leader_raft
+    reach = pb.REACHABLE if connected(status.raft_addr) else pb.UNREACHABLE
+    if status.leader == leader and status.reachability == reach:
+        return False
+    status.leader = leader
+    status.reachability = reach
+    return True
+
+
+def promote(node: pb.Node) -> bool:
+    """A promoted node gets the manager role; it then renews its certificate and joins Raft."""
+    if node.spec.desired_role == pb.MANAGER and node.role == pb.WORKER:
+        node.role = pb.MANAGER
+        return True
+    return False
+
+
+def demotions(nodes: list[pb.Node]) -> list[pb.Node]:
+    return [n for n in nodes if n.spec.desired_role == pb.WORKER and n.role == pb.MANAGER]
+
+
+class RoleController:
+    def __init__(self, manager: Manager) -> None:
+        self.mgr = manager
+        manager.on_leader_tick(self.tick)
+
+    async def tick(self, _became_leader: bool) -> None:
+        replica = self.mgr.replica
+        leader = replica.leader_addr()
+        for node in self.mgr.store.list(pb.Node):
+            await self.mgr.modify(
+                pb.Node, node.id,
+                lambda n: sync_manager_status(n, leader, replica.is_connected) | promote(n))
+        for node in demotions(self.mgr.store.list(pb.Node)):
+            await self._demote(node)
+
+    async def _demote(self, node: pb.Node) -> None:
+        raft_addr = node.manager_status.raft_addr
+        if raft_addr and raft_addr == self.mgr.replica.self_addr:
+            # The leader can't take itself out of Raft; hand over and let the next one do it.
+            log.info("demoting the leader %s: transferring leadership first", node.id)
+            self.mgr.replica.transfer_leadership()
+            return
+        if raft_addr and raft_addr in self.mgr.replica.members():
+            await self.mgr.replica.remove_member(raft_addr)
+        await self.mgr.modify(pb.Node, node.id, _drop_manager)
+
+
+def _drop_manager(node: pb.Node) -> bool:
+    node.role = pb.WORKER
+    node.ClearField("manager_status")
+    return True
