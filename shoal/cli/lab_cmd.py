@@ -73,10 +73,13 @@ def status_cmd(name: str, fmt: str) -> None:
 @_lab_errors
 def exec_cmd(name: str, host: str, cmd: tuple[str, ...]) -> None:
     """Run CMD inside HOST's network namespace; exits with CMD's status."""
+    argv = list(cmd[1:] if cmd[:1] == ("--",) else cmd)
+    if not argv:
+        raise click.UsageError("no command given: shoal lab exec --name NAME HOST -- CMD...")
     try:
-        proc = labmod.exec_in(name, host, list(cmd))
+        proc = labmod.exec_in(name, host, argv)
     except OSError as exc:
-        raise click.ClickException(f"cannot run {cmd[0]!r} in {name}/{host}: {exc}") from exc
+        raise click.ClickException(f"cannot run {argv[0]!r} in {name}/{host}: {exc}") from exc
     sys.exit(proc.returncode)
 
 
