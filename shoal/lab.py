@@ -140,12 +140,8 @@ def _load(name: str) -> LabState:
 
 def _pick_subnet(name: str) -> ipaddress.IPv4Network:
     """A /24 of 198.18.0.0/15 derived from the name, skipping those other labs here use."""
-    used = set()
-    if lab_root().is_dir():
-        for other in lab_root().iterdir():
-            state = _try_load(other.name) if other.name != name else None
-            if state is not None:
-                used.add(state.subnet)
+    others = [_try_load(p.parent.name) for p in lab_root().glob("*/lab.json")]
+    used = {other.subnet for other in others if other and other.name != name}
     subnets = list(LAB_NET.subnets(new_prefix=24))
     start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % len(subnets)
     for k in range(len(subnets)):
@@ -165,7 +161,7 @@ def _plan(name: str, managers: int, workers: int,
     for index, (host, role) in enumerate(names):
         hdir = sdir / host
         paths = {"data_root": str(hdir / "data"), "socket": str(hdir / "shoal.sock")}
-        template = daemon_argv or [str(_shoald()), "--data-root", "{data_root}",
+        template = daemon_argv or [_shoald(), "--data-root", "{data_root}",
                                    "--host", "unix://{socket}"]
         hosts.append(HostState(
             name=host, role=role, namespace=namespace(name, host),
@@ -176,15 +172,13 @@ def _plan(name: str, managers: int, workers: int,
                     bridge=f"b{name}", state_dir=str(sdir), swarm=swarm, hosts=hosts)
 
 
-def _shoald() -> Path:
+def _shoald() -> str:
     path = Path(sys.executable).parent / "shoald"
-    if path.exists():
-        return path
-    found = shutil.which("shoald")
+    found = str(path) if path.exists() else shutil.which("shoald")
     if found is None:
         raise LabError(f"shoald not found next to {sys.executable} nor on PATH; "
                        "install Shoal in this environment (`make venv`)")
-    return Path(found)
+    return found
 
 
 # ---- ip(8), namespaces, processes --------------------------------------------------------
@@ -222,16 +216,11 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
-def _netns_inode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
 def _in_namespace(pid: int, ns: str) -> bool:
-    inode = _netns_inode(f"/run/netns/{ns}")
-    return inode is not None and inode == _netns_inode(f"/proc/{pid}/ns/net")
+    try:
+        return os.stat(f"/run/netns/{ns}").st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return False
 
 
 def _ours(host: HostState) -> bool:
@@ -262,10 +251,10 @@ def _wait_for(check: Callable[[], T | None], timeout: float, interval: float = 0
 def _terminate(pids: Iterable[int], timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM each process, wait up to `timeout` for all, then SIGKILL the rest."""
     live = [pid for pid in pids if _alive(pid)]
-    for sig in (signals.SIGTERM, signals.SIGKILL):
-        for pid in live:
+    for sigs in ((signals.SIGTERM, signals.SIGCONT), (signals.SIGKILL,)):
+        for pid, sig in ((pid, sig) for pid in live for sig in sigs):
             try:
-                os.kill(pid, sig)
+                os.kill(pid, sig)  # SIGCONT: a stopped process acts on SIGTERM only when resumed
             except ProcessLookupError:
                 pass
         live = _wait_exit(live, timeout)
@@ -382,7 +371,13 @@ def _not_ready(state: LabState) -> list[HostState]:
 
 
 def _wait_ready(state: LabState, timeout: float = READY_TIMEOUT) -> None:
-    if _wait_for(lambda: not _not_ready(state), timeout, interval=0.2) is None:
+    def all_ready() -> bool:
+        try:
+            return not _not_ready(state)
+        except LabError:  # e.g. m1 busy while a manager joins: ask again
+            return False
+
+    if _wait_for(all_ready, timeout, interval=0.2) is None:
         late = ", ".join(f"{h.name} (log {h.log_file})" for h in _not_ready(state))
         raise LabError(f"nodes not ready within {timeout:.0f} s: {late}")
 
@@ -399,14 +394,14 @@ def up(name: str, managers: int = 1, workers: int = 0, *,
     validate_name(name)
     if managers < 1 or workers < 0 or managers + workers > 250:
         raise LabError("a lab needs at least 1 manager, no negative count, at most 250 hosts")
-    if _lab_namespaces(name):
-        raise LabError(f"lab {name!r} already exists (namespaces {_lab_namespaces(name)}); "
+    if existing := _lab_namespaces(name):
+        raise LabError(f"lab {name!r} already exists (namespaces {existing}); "
                        f"remove it with `shoal lab down --name {name}`")
     lab_root().mkdir(parents=True, exist_ok=True)
     state = _plan(name, managers, workers, daemon_argv, form_swarm)
-    if len(state.hosts[-1].api_socket) > MAX_SOCKET_PATH:
-        raise LabError(f"socket path {state.hosts[-1].api_socket} is too long for a unix "
-                       "socket; set SHOAL_LAB_ROOT to a shorter directory")
+    if len(longest := max((h.api_socket for h in state.hosts), key=len)) > MAX_SOCKET_PATH:
+        raise LabError(f"socket path {longest} is too long for a unix socket; "
+                       "set SHOAL_LAB_ROOT to a shorter directory")
     try:
         os.mkdir(state.state_dir)
     except FileExistsError:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,13 @@ def test_stop_start_kill_exec(lab_factory: LabFactory) -> None:
         labmod.start_host(state.name, "w1")
     labmod.kill_host(state.name, "m1", signal.SIGKILL)
     assert not labmod.status(state.name).host("m1").alive
+    labmod.kill_host(state.name, "w1", signal.SIGSTOP)  # hung, not dead
+    assert labmod.status(state.name).host("w1").alive
+    started = time.monotonic()
+    labmod.stop_host(state.name, "w1")
+    assert time.monotonic() - started < labmod.STOP_TIMEOUT / 2, "SIGTERM ignored when stopped"
+    assert not labmod._alive(new.pid or 0)
+    labmod.start_host(state.name, "w1")
     assert labmod.exec_in(state.name, "w1", ["sh", "-c", "exit 7"]).returncode == 7
     out = labmod.exec_in(state.name, "w1", ["ip", "-o", "-4", "addr", "show", "lab0"],
                          capture_output=True, text=True).stdout
