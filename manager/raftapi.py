@@ -1,0 +1,61 @@
+"""RaftMembership: a manager that got its certificate joins the Raft group over mTLS; this is
+the only way the Raft secret leaves a manager."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from manager import grpcapi
+from manager.manager import Manager
+from proto import cluster_pb2, cluster_pb2_grpc
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class RaftMembershipServicer(cluster_pb2_grpc.RaftMembershipServicer):
+    def __init__(self, manager: Manager) -> None:
+        self.mgr = manager
+        self._joins: set[asyncio.Task[None]] = set()
+
+    @grpcapi.unary
+    async def Join(self, request: cluster_pb2.JoinRaftRequest,
+                   context: grpc.aio.ServicerContext) -> cluster_pb2.JoinRaftResponse:
+        cluster = self.mgr.cluster()
+        ident = grpcapi.caller(context, cluster.id, (pb.MANAGER,))
+        members = self.mgr.replica.members()
+        # The new member must be running before the change can commit (it counts towards
+        # the new quorum), so answer now and add it in the background.
+        self._joins.add(asyncio.create_task(self._add(ident.node_id, request)))
+        return cluster_pb2.JoinRaftResponse(raft_secret=cluster.raft_secret,
+                                            members=sorted({*members, request.raft_addr}))
+
+    async def _add(self, node_id: str, request: cluster_pb2.JoinRaftRequest) -> None:
+        try:
+            if request.raft_addr not in self.mgr.replica.members():
+                await self.mgr.replica.add_member(request.raft_addr, timeout=30.0)
+
+            def member(node: pb.Node) -> bool:
+                node.manager_status.addr = request.addr
+                node.manager_status.raft_addr = request.raft_addr
+                node.manager_status.reachability = pb.REACHABLE
+                return True
+
+            await self.mgr.modify(pb.Node, node_id, member)
+        except Exception:
+            log.exception("adding %s (%s) to Raft failed", node_id, request.raft_addr)
+        finally:
+            self._joins.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    @grpcapi.unary
+    async def Leave(self, request: cluster_pb2.LeaveRaftRequest,
+                    context: grpc.aio.ServicerContext) -> cluster_pb2.Empty:
+        cluster = self.mgr.cluster()
+        ident = grpcapi.caller(context, cluster.id, (pb.MANAGER,))
+        node = self.mgr.node(ident.node_id)
+        if node.manager_status.raft_addr:
+            await self.mgr.replica.remove_member(node.manager_status.raft_addr)
+        return cluster_pb2.Empty()

@@ -1,0 +1,82 @@
+"""/nodes, /nodes/{id}, /nodes/{id}/update, DELETE /nodes/{id}."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from manager.controlapi.nodes import NodeControl
+from manager.manager import Manager
+from proto import objects_pb2 as pb
+from shoal.api import convert
+from shoal.api.request import bool_param, filters_param, int_param, parse_json
+from shoal.errors import InvalidRequest
+from shoal.node import Node
+
+_NODE_FILTERS = {"id", "label", "node.label", "membership", "name", "role"}
+
+
+def _manager(request: web.Request) -> Manager:
+    node: Node = request.app["node"]
+    return node.manager()
+
+
+def node_matches(node: pb.Node, filters: dict[str, list[str]]) -> bool:
+    checks = {
+        "id": lambda v: node.id.startswith(v),
+        "name": lambda v: node.description.hostname.startswith(v) or
+        node.spec.annotations.name.startswith(v),
+        "role": lambda v: convert.ROLE[node.spec.desired_role] == v,
+        "membership": lambda v: v == "accepted",
+        "label": lambda v: _label_match(dict(node.description.engine.labels), v),
+        "node.label": lambda v: _label_match(dict(node.spec.annotations.labels), v),
+    }
+    return all(any(checks[key](v) for v in values) for key, values in filters.items())
+
+
+def _label_match(labels: dict[str, str], want: str) -> bool:
+    key, sep, value = want.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    mgr = _manager(request)
+    filters = filters_param(request.query.get("filters"))
+    unknown = set(filters) - _NODE_FILTERS
+    if unknown:
+        raise InvalidRequest(f"invalid filter '{sorted(unknown)[0]}'")
+    nodes = [n for n in NodeControl(mgr.store).nodes() if node_matches(n, filters)]
+    return web.json_response([convert.node_json(n) for n in nodes])
+
+
+async def inspect_node(request: web.Request) -> web.Response:
+    node = NodeControl(_manager(request).store).get(request.match_info["node_id"])
+    return web.json_response(convert.node_json(node))
+
+
+async def update_node(request: web.Request) -> web.Response:
+    mgr = _manager(request)
+    version = int_param(request.query.get("version"), "version")
+    if version is None:
+        raise InvalidRequest("node update needs ?version=N (the node's Version.Index)")
+    spec = convert.node_spec(parse_json(await request.read()))
+    node = NodeControl(mgr.store).updated(request.match_info["node_id"], version, spec)
+    await mgr.update(node)
+    return web.Response(status=200)
+
+
+async def remove_node(request: web.Request) -> web.Response:
+    mgr = _manager(request)
+    force = bool_param(request.query.get("force"))
+    node = NodeControl(mgr.store).removable(request.match_info["node_id"], force)
+    from proto import store_pb2
+
+    await mgr.write((store_pb2.REMOVE, node))
+    return web.Response(status=200)
+
+
+ROUTES = [
+    ("GET", "/nodes", list_nodes),
+    ("GET", "/nodes/{node_id}", inspect_node),
+    ("POST", "/nodes/{node_id}/update", update_node),
+    ("DELETE", "/nodes/{node_id}", remove_node),
+]

@@ -1,0 +1,171 @@
+"""/info, /swarm, /swarm/init, /swarm/join, /swarm/leave, /swarm/update."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+from typing import Any
+
+from aiohttp import web
+
+from manager.controlapi.cluster import update_cluster
+from proto import objects_pb2 as pb
+from shoal import joining
+from shoal.api import convert
+from shoal.api.request import bool_param, fields, int_param, parse_json
+from shoal.description import VERSION
+from shoal.errors import InvalidRequest, NotInSwarm
+from shoal.node import InitRequest, Node
+
+DEFAULT_PORT = 2377
+
+
+def _node(request: web.Request) -> Node:
+    node: Node = request.app["node"]
+    return node
+
+
+async def _body(request: web.Request) -> Any:
+    return parse_json(await request.read())
+
+
+def split_addr(value: str, default_port: int, what: str) -> tuple[str, int]:
+    """'IP', 'IP:PORT' or ':PORT' → (ip, port), refusing anything else with a clear message."""
+    host, port = value, default_port
+    if value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        try:
+            port = int(port_text)
+        except ValueError as err:
+            raise InvalidRequest(f"invalid {what} {value!r}: bad port") from err
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as err:
+            raise InvalidRequest(f"invalid {what} {value!r}: expected IP[:PORT]") from err
+    if not 0 < port < 65534:
+        raise InvalidRequest(f"invalid {what} {value!r}: port out of range")
+    return host, port
+
+
+def _addresses(f: dict[str, Any]) -> tuple[str, str, int]:
+    listen_ip, port = split_addr(f.get("ListenAddr") or "0.0.0.0:2377", DEFAULT_PORT,
+                                 "listen address")
+    listen_ip = listen_ip or "0.0.0.0"
+    adv_ip, adv_port = split_addr(f.get("AdvertiseAddr") or "", port, "advertise address")
+    if not adv_ip:
+        if listen_ip == "0.0.0.0":
+            raise InvalidRequest("an advertise address is required: pass --advertise-addr IP "
+                                 "(the address other nodes reach this node at)")
+        adv_ip = listen_ip
+    return adv_ip, listen_ip, adv_port
+
+
+def _availability(value: str | None) -> int:
+    if not value:
+        return pb.ACTIVE
+    return convert._enum(value, convert.AVAILABILITY, "availability")
+
+
+_INIT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "ListenAddr": str, "AdvertiseAddr": str, "DataPathAddr": str, "DataPathPort": int,
+    "DefaultAddrPool": list, "SubnetSize": int, "ForceNewCluster": bool, "Spec": dict,
+    "AutoLockManagers": bool, "Availability": str}
+
+
+async def swarm_init(request: web.Request) -> web.Response:
+    f = fields(await _body(request), _INIT_FIELDS, "SwarmInitRequest")
+    adv_ip, listen_ip, port = _addresses(f)
+    spec = convert.cluster_spec(f.get("Spec") or {})
+    req = InitRequest(adv_ip, listen_ip, port, spec, _availability(f.get("Availability")))
+    node_id = await _node(request).init(req)
+    return web.json_response(node_id)
+
+
+_JOIN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "ListenAddr": str, "AdvertiseAddr": str, "DataPathAddr": str, "RemoteAddrs": list,
+    "JoinToken": str, "Availability": str}
+
+
+async def swarm_join(request: web.Request) -> web.Response:
+    f = fields(await _body(request), _JOIN_FIELDS, "SwarmJoinRequest")
+    remotes = f.get("RemoteAddrs") or []
+    if not remotes or not f.get("JoinToken"):
+        raise InvalidRequest("a join needs RemoteAddrs (a manager's IP:PORT) and a JoinToken")
+    remote_ip, remote_port = split_addr(str(remotes[0]), DEFAULT_PORT, "remote address")
+    adv_ip, listen_ip, port = _addresses(f)
+    await _node(request).join(joining.JoinRequest(
+        f"{remote_ip}:{remote_port}", f["JoinToken"], adv_ip, listen_ip, port,
+        _availability(f.get("Availability"))))
+    return web.Response(status=200)
+
+
+async def swarm_leave(request: web.Request) -> web.Response:
+    await _node(request).leave(bool_param(request.query.get("force")))
+    return web.Response(status=200)
+
+
+async def swarm_inspect(request: web.Request) -> web.Response:
+    mgr = _node(request).manager()
+    return web.json_response(convert.cluster_json(mgr.cluster(), with_tokens=True))
+
+
+async def swarm_update(request: web.Request) -> web.Response:
+    mgr = _node(request).manager()
+    version = int_param(request.query.get("version"), "version")
+    if version is None:
+        raise InvalidRequest("swarm update needs ?version=N (the swarm's Version.Index)")
+    spec = convert.cluster_spec(await _body(request), base=mgr.cluster().spec)
+    await update_cluster(mgr, version, spec, bool_param(request.query.get("rotateWorkerToken")),
+                         bool_param(request.query.get("rotateManagerToken")))
+    return web.Response(status=200)
+
+
+def _swarm_info(node: Node) -> dict[str, Any]:
+    info: dict[str, Any] = {"NodeID": "", "NodeAddr": "", "LocalNodeState": node.local_state,
+                            "ControlAvailable": False, "Error": "", "RemoteManagers": None,
+                            "Nodes": 0, "Managers": 0, "Cluster": None}
+    if node.state is None:
+        return info
+    info.update(NodeID=node.state.node_id, NodeAddr=node.state.advertise_ip,
+                RemoteManagers=[{"NodeID": "", "Addr": a} for a in node.state.managers])
+    try:
+        mgr = node.manager()
+    except Exception:
+        return info
+    all_nodes = mgr.store.list(pb.Node)
+    managers = [n for n in all_nodes if n.manager_status.addr]
+    info.update(ControlAvailable=True, Nodes=len(all_nodes), Managers=len(managers),
+                RemoteManagers=[{"NodeID": n.id, "Addr": n.manager_status.addr}
+                                for n in managers])
+    try:
+        info["Cluster"] = convert.cluster_json(mgr.cluster(), with_tokens=False)
+    except Exception:
+        info["Cluster"] = None
+    return info
+
+
+async def system_info(request: web.Request) -> web.Response:
+    node = _node(request)
+    return web.json_response({
+        "ID": node.state.node_id if node.state else "", "Name": node.hostname,
+        "ServerVersion": VERSION, "OperatingSystem": "Shoal", "OSType": "linux",
+        "Architecture": platform.machine(), "NCPU": os.cpu_count() or 1,
+        "KernelVersion": platform.release(), "Swarm": _swarm_info(node),
+    })
+
+
+def require_swarm(node: Node) -> None:
+    if node.state is None:
+        raise NotInSwarm()
+
+
+ROUTES = [
+    ("GET", "/info", system_info),
+    ("GET", "/swarm", swarm_inspect),
+    ("POST", "/swarm/init", swarm_init),
+    ("POST", "/swarm/join", swarm_join),
+    ("POST", "/swarm/leave", swarm_leave),
+    ("POST", "/swarm/update", swarm_update),
+]

@@ -1,0 +1,283 @@
+"""The composition root: one Node per shoald. It owns the swarm membership on disk and runs
+the worker role (agent) always and the manager role when its certificate says so."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+import secrets
+from dataclasses import dataclass
+
+import grpc
+
+from manager.ca.authority import RootCA
+from manager.ca.server import cert_expiry
+from manager.errors import Unavailable
+from manager.identity import new_id
+from manager.manager import Manager
+from proto import cluster_pb2, cluster_pb2_grpc
+from proto import objects_pb2 as pb
+from shoal import joining, pki
+from shoal.description import describe
+from shoal.errors import AlreadyInSwarm, JoinFailed, LeaveRefused, NotAManager, NotInSwarm
+from shoal.nodestate import Certificates, DataRoot, SwarmState
+from shoal.roles import ManagerRole, read_secret
+from worker.agent import Agent, AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InitRequest:
+    advertise_ip: str
+    listen_ip: str
+    port: int
+    spec: pb.ClusterSpec
+    availability: int = pb.ACTIVE
+
+
+class Node:
+    def __init__(self, data_root: str, hostname: str) -> None:
+        self.data = DataRoot(data_root)
+        self.hostname = hostname
+        self.state: SwarmState | None = None
+        self.certs: Certificates | None = None
+        self.manager_role: ManagerRole | None = None
+        self.agent: Agent | None = None
+        self._agent_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one membership change at a time
+
+    # -- what the API asks --
+
+    @property
+    def local_state(self) -> str:
+        return "active" if self.state else "inactive"
+
+    def identity(self) -> pki.Identity:
+        assert self.certs is not None
+        return pki.identity_of(self.certs.cert_pem)
+
+    def manager(self) -> Manager:
+        """The manager, or the error a user sees on a node that isn't one."""
+        if self.state is None:
+            raise NotInSwarm()
+        if self.manager_role is None:
+            raise NotAManager(self.state.managers)
+        return self.manager_role.manager
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        self.state = self.data.load_state()
+        if self.state is None:
+            return
+        self.certs = self.data.load_certs()
+        if self.identity().role == pb.MANAGER:
+            peers = self.state.raft_peers or [self.state.raft_addr]
+            await self._start_manager(peers, read_secret(self.data))
+        self._start_worker()
+
+    async def stop(self) -> None:
+        await self._stop_worker()
+        await self._stop_manager()
+
+    # -- swarm init / join / leave --
+
+    async def init(self, req: InitRequest) -> str:
+        async with self._lock:
+            if self.state is not None:
+                raise AlreadyInSwarm()
+            root = RootCA.create()
+            cluster = pb.Cluster(id=new_id(), spec=req.spec, root_ca=root.to_proto(),
+                                 raft_secret=secrets.token_urlsafe(32))
+            cluster.spec.annotations.name = "default"
+            node_id = new_id()
+            key = pki.new_key()
+            cert = root.sign_node_certificate(pki.make_csr(key), node_id, pb.MANAGER, cluster.id,
+                                              cert_expiry(cluster))
+            state = SwarmState(node_id, cluster.id, req.advertise_ip, req.listen_ip, req.port)
+            state.managers = [state.addr]
+            state.raft_peers = [state.raft_addr]
+            self._adopt(state, Certificates(pki.key_pem(key), cert, root.cert_pem))
+            role = await self._start_manager([state.raft_addr], cluster.raft_secret)
+            await role.wait_leader(15.0)
+            await role.manager.put(cluster, self._first_node(state, req.availability))
+            self._start_worker()
+            return node_id
+
+    def _first_node(self, state: SwarmState, availability: int) -> pb.Node:
+        node = pb.Node(id=state.node_id, role=pb.MANAGER)
+        node.spec.desired_role = pb.MANAGER
+        node.spec.availability = availability  # type: ignore[assignment]
+        node.description.CopyFrom(describe(self.hostname))
+        node.status.addr = state.advertise_ip
+        node.manager_status.addr = state.addr
+        node.manager_status.raft_addr = state.raft_addr
+        node.manager_status.leader = True
+        node.manager_status.reachability = pb.REACHABLE
+        return node
+
+    async def join(self, req: joining.JoinRequest) -> None:
+        async with self._lock:
+            if self.state is not None:
+                raise AlreadyInSwarm()
+            joined = await joining.join(req, self.hostname)
+            state = SwarmState(joined.node_id, joined.cluster_id, req.advertise_ip,
+                               req.listen_ip, req.port, managers=[req.remote])
+            self._adopt(state, joined.certs)
+            if joined.role == pb.MANAGER:
+                try:
+                    await self._join_raft(req.remote)
+                except (grpc.aio.AioRpcError, TimeoutError) as err:
+                    await self._stop_manager()
+                    self.data.wipe()
+                    self.state = self.certs = None
+                    raise JoinFailed(f"could not join the managers' Raft group via "
+                                     f"{req.remote}: {_rpc_message(err)}") from err
+            self._start_worker()
+
+    async def leave(self, force: bool) -> None:
+        async with self._lock:
+            if self.state is None:
+                raise NotInSwarm()
+            if self.manager_role is not None:
+                if not force:
+                    raise LeaveRefused(
+                        "You are attempting to leave the swarm on a node that is participating "
+                        "as a manager. Removing this node leaves the remaining managers with "
+                        "one fewer member; demote it first (`shoal node demote`), or use "
+                        "`--force` to ignore this message.")
+                with contextlib.suppress(Exception):
+                    await self.manager_role.replica.remove_member(self.state.raft_addr, 3.0)
+            await self.stop()
+            self.data.wipe()
+            self.state = None
+            self.certs = None
+
+    # -- roles --
+
+    def _adopt(self, state: SwarmState, certs: Certificates) -> None:
+        self.data.save_certs(certs)
+        self.data.save_state(state)
+        self.state, self.certs = state, certs
+
+    def _current_certs(self) -> Certificates:
+        assert self.certs is not None
+        return self.certs
+
+    async def _start_manager(self, peers: list[str], secret: str) -> ManagerRole:
+        assert self.state is not None
+        role = ManagerRole(self.data, self.state, self._current_certs, peers, secret)
+        await role.start()
+        self.manager_role = role
+        return role
+
+    async def _stop_manager(self) -> None:
+        role, self.manager_role = self.manager_role, None
+        if role is not None:
+            await role.stop()
+
+    async def _join_raft(self, via: str) -> None:
+        assert self.state is not None
+        state = self.state
+        async with self._channel(via) as channel:
+            resp = await cluster_pb2_grpc.RaftMembershipStub(channel).Join(
+                cluster_pb2.JoinRaftRequest(raft_addr=state.raft_addr, addr=state.addr),
+                timeout=20.0)
+        state.raft_peers = list(resp.members)
+        self.data.save_state(state)
+        role = await self._start_manager(list(resp.members), resp.raft_secret)
+        await role.wait_store(lambda: role.store.get(pb.Node, state.node_id) is not None, 30.0)
+
+    def _channel(self, addr: str) -> grpc.aio.Channel:
+        certs = self._current_certs()
+        creds = pki.channel_credentials(certs.ca_pem, certs.key_pem, certs.cert_pem)
+        return grpc.aio.secure_channel(addr, creds, options=pki.channel_options())
+
+    def _start_worker(self) -> None:
+        assert self.state is not None
+        certs = self._current_certs
+        config = AgentConfig(
+            addr=self.state.advertise_ip,
+            credentials=lambda: pki.channel_credentials(
+                certs().ca_pem, certs().key_pem, certs().cert_pem),
+            channel_options=pki.channel_options(),
+            description=lambda: describe(self.hostname),
+            on_message=self._on_session_message,
+        )
+        self.agent = Agent(config, self.state.managers)
+        self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
+        self._renew_task = asyncio.create_task(self._renew_loop(), name="cert-renewal")
+
+    async def _stop_worker(self) -> None:
+        for task in (self._agent_task, self._renew_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._agent_task = self._renew_task = None
+        self.agent = None
+
+    async def _on_session_message(self, msg: cluster_pb2.SessionMessage) -> None:
+        state = self.state
+        if state is None:
+            return
+        managers = sorted(m.addr for m in msg.managers if m.addr)
+        if managers and managers != state.managers:
+            state.managers = managers
+            self.data.save_state(state)
+        if msg.desired_role != self.identity().role:
+            asyncio.create_task(self._change_role(msg.desired_role), name="role-change")
+
+    async def _change_role(self, role: int) -> None:
+        async with self._lock:
+            if self.state is None or self.identity().role == role:
+                return
+            await self._renew()
+            if role == pb.MANAGER and self.manager_role is None:
+                via = self.agent.connected_to if self.agent else None
+                await self._join_raft(via or self.state.managers[0])
+            elif role == pb.WORKER and self.manager_role is not None:
+                await self._stop_manager()
+                self.data.remove_raft()
+                self.state.raft_peers = []
+                self.data.save_state(self.state)
+            log.info("node %s is now a %s", self.state.node_id, pb.NodeRole.Name(role).lower())
+
+    # -- certificate renewal --
+
+    async def _renew_loop(self) -> None:
+        while True:
+            ident = self.identity()
+            lifetime = (ident.not_after - ident.not_before).total_seconds()
+            renew_at = ident.not_before + datetime.timedelta(
+                seconds=lifetime * random.uniform(0.5, 0.8))
+            delay = (renew_at - datetime.datetime.now(datetime.UTC)).total_seconds()
+            await asyncio.sleep(max(delay, 1.0))
+            try:
+                async with self._lock:
+                    await self._renew()
+            except (grpc.aio.AioRpcError, Unavailable) as err:
+                log.warning("certificate renewal failed, retrying in 5 s: %s", err)
+                await asyncio.sleep(5.0)
+
+    async def _renew(self) -> None:
+        assert self.state is not None and self.certs is not None
+        key = pki.new_key()
+        via = (self.agent.connected_to if self.agent else None) or self.state.managers[0]
+        async with self._channel(via) as channel:
+            resp = await cluster_pb2_grpc.NodeCAStub(channel).RenewCertificate(
+                cluster_pb2.RenewCertificateRequest(csr_pem=pki.make_csr(key)), timeout=10.0)
+        self._adopt(self.state, Certificates(pki.key_pem(key), resp.cert_pem, self.certs.ca_pem))
+        log.info("renewed the node certificate (role %s, valid until %s)",
+                 pb.NodeRole.Name(resp.role).lower(), self.identity().not_after)
+
+
+def _rpc_message(err: Exception) -> str:
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name.lower()}: {err.details()}"
+    return str(err) or type(err).__name__

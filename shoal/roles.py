@@ -1,0 +1,118 @@
+"""Starting and stopping the manager role of a node: Raft replica, controllers and the two
+gRPC listeners (cluster port with mTLS; bootstrap port, server TLS only, for joins)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+import grpc
+
+from manager.ca.server import CAServicer, NodeCAServicer
+from manager.dispatcher.dispatcher import Dispatcher
+from manager.manager import Manager, ManagerAddrs
+from manager.raft.replica import RaftReplica
+from manager.raftapi import RaftMembershipServicer
+from manager.roles import RoleController
+from manager.store.memory import MemoryStore
+from proto import cluster_pb2_grpc
+from shoal.nodestate import Certificates, DataRoot, SwarmState
+
+log = logging.getLogger(__name__)
+
+
+def _cert_config(certs: Certificates) -> grpc.ServerCertificateConfiguration:
+    chain = certs.cert_pem + certs.ca_pem  # the bootstrap port shows the root to joiners
+    return grpc.ssl_server_certificate_configuration([(certs.key_pem, chain)],
+                                                     root_certificates=certs.ca_pem)
+
+
+def _server_credentials(current: Callable[[], Certificates],
+                        require_client_auth: bool) -> grpc.ServerCredentials:
+    """Credentials that pick up a renewed certificate at the next handshake."""
+    served = [current()]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        latest = current()
+        if latest is served[0]:
+            return None
+        served[0] = latest
+        return _cert_config(latest)
+
+    return grpc.dynamic_ssl_server_credentials(_cert_config(served[0]), fetch,
+                                               require_client_authentication=require_client_auth)
+
+
+def read_secret(data: DataRoot) -> str:
+    with open(os.path.join(data.raft_dir, "secret")) as f:
+        return f.read().strip()
+
+
+def write_secret(data: DataRoot, secret: str) -> None:
+    os.makedirs(data.raft_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(data.raft_dir, "secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+
+
+class ManagerRole:
+    def __init__(self, data: DataRoot, state: SwarmState, certs: Callable[[], Certificates],
+                 peers: list[str], secret: str) -> None:
+        write_secret(data, secret)
+        self.store = MemoryStore()
+        self.replica = RaftReplica(self.store, state.raft_addr, peers, secret, data.raft_dir)
+        self.manager = Manager(state.node_id, ManagerAddrs(state.addr, state.raft_addr),
+                               self.store, self.replica)
+        self.dispatcher = Dispatcher(self.manager)
+        RoleController(self.manager)
+        self._certs = certs
+        self._state = state
+        self._servers: list[grpc.aio.Server] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cluster = grpc.aio.server()
+        cluster_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, cluster)
+        cluster_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.manager), cluster)
+        cluster_pb2_grpc.add_RaftMembershipServicer_to_server(
+            RaftMembershipServicer(self.manager), cluster)
+        cluster.add_secure_port(f"{self._state.listen_ip}:{self._state.port}",
+                                _server_credentials(self._certs, True))
+        bootstrap = grpc.aio.server()
+        cluster_pb2_grpc.add_CAServicer_to_server(CAServicer(self.manager), bootstrap)
+        bootstrap.add_secure_port(f"{self._state.listen_ip}:{self._state.port + 1}",
+                                  _server_credentials(self._certs, False))
+        for server in (cluster, bootstrap):
+            await server.start()
+            self._servers.append(server)
+        self._task = asyncio.create_task(self.manager.run(), name="manager")
+
+    async def wait_leader(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.replica.leader_addr() is None:
+            if loop.time() > deadline:
+                raise TimeoutError("no Raft leader was elected")
+            await asyncio.sleep(0.05)
+
+    async def wait_store(self, ready: Callable[[], bool], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not ready():
+            if loop.time() > deadline:
+                raise TimeoutError("the store did not catch up with the leader")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for server in self._servers:
+            await server.stop(grace=0.5)
+        self._servers.clear()
+        await asyncio.to_thread(self.replica.close)

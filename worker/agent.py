@@ -1,0 +1,117 @@
+"""The agent: keeps a session with the leader's dispatcher and heartbeats over it.
+
+It tries the managers it knows, follows a follower's hint to the leader, and backs off
+between attempts (100 ms doubling to 8 s, like swarmkit). Every SessionMessage is handed to
+the node, which reacts to role changes and new manager lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from proto import cluster_pb2, cluster_pb2_grpc
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_LEADER_HINT = re.compile(r"leader=(\S+)")
+
+
+@dataclass
+class AgentConfig:
+    addr: str  # this node's advertise address
+    credentials: Callable[[], grpc.ChannelCredentials]
+    channel_options: list[tuple[str, object]]
+    description: Callable[[], pb.NodeDescription]
+    on_message: Callable[[cluster_pb2.SessionMessage], Awaitable[None]]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, managers: list[str]) -> None:
+        self.config = config
+        self.managers = list(managers)
+        self.connected_to: str | None = None
+        self._hint: str | None = None
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            addr = self._next_manager()
+            try:
+                await self._session(addr)
+                backoff = 0.1
+            except grpc.aio.AioRpcError as err:
+                self._note_failure(addr, err)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("session with %s failed", addr)
+            self.connected_to = None
+            if self._hint:
+                continue  # go straight to the leader we were told about
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, 8.0)
+
+    def _next_manager(self) -> str:
+        if self._hint:
+            hint, self._hint = self._hint, None
+            return hint
+        if not self.managers:
+            raise RuntimeError("the agent knows no manager")
+        addr = self.managers.pop(0)
+        self.managers.append(addr)
+        return addr
+
+    def _note_failure(self, addr: str, err: grpc.aio.AioRpcError) -> None:
+        details = err.details() or ""
+        hint = _LEADER_HINT.search(details)
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and hint and hint.group(1) != addr:
+            self._hint = hint.group(1)
+            return
+        log.info("session with %s ended: %s %s", addr, err.code().name, details)
+
+    async def _session(self, addr: str) -> None:
+        async with grpc.aio.secure_channel(addr, self.config.credentials(),
+                                           options=self.config.channel_options) as channel:
+            stub = cluster_pb2_grpc.DispatcherStub(channel)
+            request = cluster_pb2.SessionRequest(description=self.config.description(),
+                                                 addr=self.config.addr)
+            stream = stub.Session(request)
+            heartbeat: asyncio.Task[None] | None = None
+            try:
+                async for msg in stream:
+                    self.connected_to = addr
+                    if heartbeat is None:
+                        heartbeat = asyncio.create_task(self._heartbeat(stub, msg, stream))
+                    self._learn_managers(msg)
+                    await self.config.on_message(msg)
+            finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+
+    def _learn_managers(self, msg: cluster_pb2.SessionMessage) -> None:
+        addrs = [m.addr for m in msg.managers if m.addr]
+        if addrs:
+            self.managers = addrs
+
+    async def _heartbeat(self, stub: cluster_pb2_grpc.DispatcherStub,
+                         first: cluster_pb2.SessionMessage, stream: object) -> None:
+        period = first.heartbeat_period_ns / 1e9 or 5.0
+        while True:
+            try:
+                resp = await stub.Heartbeat(
+                    cluster_pb2.HeartbeatRequest(session_id=first.session_id), timeout=5.0)
+                period = resp.period_ns / 1e9 or period
+            except grpc.aio.AioRpcError as err:
+                log.info("heartbeat failed: %s %s; reopening the session",
+                         err.code().name, err.details())
+                stream.cancel()  # type: ignore[attr-defined]
+                return
+            await asyncio.sleep(period)
