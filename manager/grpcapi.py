@@ -42,9 +42,9 @@ def caller(context: grpc.aio.ServicerContext, cluster_id: str,
         raise errors.PermissionDenied(
             f"certificate of cluster {ident.cluster_id} is not valid in cluster {cluster_id}")
     if ident.role not in roles:
-        wanted = " or ".join(pb.NodeRole.Name(r).lower() for r in roles)
+        wanted = " or ".join(role_name(r) for r in roles)
         raise errors.PermissionDenied(
-            f"node {ident.node_id} is a {pb.NodeRole.Name(ident.role).lower()}; "
+            f"node {ident.node_id} is a {role_name(ident.role)}; "
             f"this call is for {wanted} nodes only")
     return ident
 
@@ -77,3 +77,7 @@ def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 Handler = Callable[..., Awaitable[Any]]
+
+
+def role_name(role: int) -> str:
+    return "manager" if role == pb.MANAGER else "worker"

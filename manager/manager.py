@@ -65,7 +65,7 @@ class Manager:
     async def write(self, *actions: tuple[int, object]) -> int:
         batch = store_pb2.StoreBatch()
         for kind, obj in actions:
-            batch.actions.append(store_pb2.StoreAction(kind=kind, object=wrap(obj)))
+            batch.actions.append(store_pb2.StoreAction(kind=kind, object=wrap(obj)))  # type: ignore[arg-type]
         return await self.replica.propose(batch)
 
     async def put(self, *objs: object) -> int:

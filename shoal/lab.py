@@ -160,9 +160,10 @@ def _plan(name: str, managers: int, workers: int,
     hosts = []
     for index, (host, role) in enumerate(names):
         hdir = sdir / host
-        paths = {"data_root": str(hdir / "data"), "socket": str(hdir / "shoal.sock")}
+        paths = {"data_root": str(hdir / "data"), "socket": str(hdir / "shoal.sock"),
+                 "hostname": host}
         template = daemon_argv or [_shoald(), "--data-root", "{data_root}",
-                                   "--host", "unix://{socket}"]
+                                   "--host", "unix://{socket}", "--hostname", "{hostname}"]
         hosts.append(HostState(
             name=host, role=role, namespace=namespace(name, host),
             address=str(subnet.network_address + 2 + index), api_socket=paths["socket"],
@@ -388,8 +389,9 @@ def up(name: str, managers: int = 1, workers: int = 0, *,
        form_swarm: bool = True, daemon_argv: Sequence[str] | None = None) -> LabState:
     """Create lab `name`: the switch, the hosts, one shoald each, and (by default) a swarm.
 
-    `daemon_argv` replaces the shoald command line (tests); `{data_root}` and `{socket}` in it
-    are replaced per host. On failure the lab is left for inspection: `down(name)` removes it.
+    `daemon_argv` replaces the shoald command line (tests); `{data_root}`, `{socket}` and
+    `{hostname}` in it are replaced per host (a node's hostname is its host's name, `m1`).
+    On failure the lab is left for inspection: `down(name)` removes it.
     """
     validate_name(name)
     if managers < 1 or workers < 0 or managers + workers > 250:

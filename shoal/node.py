@@ -16,6 +16,7 @@ import grpc
 from manager.ca.authority import RootCA
 from manager.ca.server import cert_expiry
 from manager.errors import Unavailable
+from manager.grpcapi import role_name
 from manager.identity import new_id
 from manager.manager import Manager
 from proto import cluster_pb2, cluster_pb2_grpc
@@ -246,7 +247,7 @@ class Node:
                 self.data.remove_raft()
                 self.state.raft_peers = []
                 self.data.save_state(self.state)
-            log.info("node %s is now a %s", self.state.node_id, pb.NodeRole.Name(role).lower())
+            log.info("node %s is now a %s", self.state.node_id, role_name(role))
 
     # -- certificate renewal --
 
@@ -274,7 +275,7 @@ class Node:
                 cluster_pb2.RenewCertificateRequest(csr_pem=pki.make_csr(key)), timeout=10.0)
         self._adopt(self.state, Certificates(pki.key_pem(key), resp.cert_pem, self.certs.ca_pem))
         log.info("renewed the node certificate (role %s, valid until %s)",
-                 pb.NodeRole.Name(resp.role).lower(), self.identity().not_after)
+                 role_name(resp.role), self.identity().not_after)
 
 
 def _rpc_message(err: Exception) -> str:

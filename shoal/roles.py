@@ -42,7 +42,7 @@ def _server_credentials(current: Callable[[], Certificates],
         served[0] = latest
         return _cert_config(latest)
 
-    return grpc.dynamic_ssl_server_credentials(_cert_config(served[0]), fetch,
+    return grpc.dynamic_ssl_server_credentials(_cert_config(served[0]), fetch,  # type: ignore[arg-type]
                                                require_client_authentication=require_client_auth)
 
 

@@ -106,7 +106,7 @@ class Agent:
         period = first.heartbeat_period_ns / 1e9 or 5.0
         while True:
             try:
-                resp = await stub.Heartbeat(
+                resp = await stub.Heartbeat(  # type: ignore[misc]
                     cluster_pb2.HeartbeatRequest(session_id=first.session_id), timeout=5.0)
                 period = resp.period_ns / 1e9 or period
             except grpc.aio.AioRpcError as err:

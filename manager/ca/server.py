@@ -63,8 +63,8 @@ class CAServicer(cluster_pb2_grpc.CAServicer):
             role = check_join_token(request.token, cluster.root_ca)
         except JoinRefused as err:
             raise PermissionDenied(str(err)) from err
-        node = pb.Node(id=new_id(), role=role)
-        node.spec.desired_role = role
+        node = pb.Node(id=new_id(), role=role)  # type: ignore[arg-type]
+        node.spec.desired_role = role  # type: ignore[assignment]
         node.spec.availability = request.availability
         node.description.hostname = request.hostname
         node.status.addr = request.advertise_addr
@@ -72,9 +72,9 @@ class CAServicer(cluster_pb2_grpc.CAServicer):
         cert = sign(cluster, request.csr_pem, node.id, role)
         await self.mgr.write((store_pb2.CREATE, node))
         log.info("issued a %s certificate to new node %s (%s)",
-                 pb.NodeRole.Name(role).lower(), node.id, request.hostname)
+                 grpcapi.role_name(role), node.id, request.hostname)
         return cluster_pb2.IssueNodeCertificateResponse(
-            node_id=node.id, cert_pem=cert, role=role, cluster_id=cluster.id)
+            node_id=node.id, cert_pem=cert, role=role, cluster_id=cluster.id)  # type: ignore[arg-type]
 
 
 class NodeCAServicer(cluster_pb2_grpc.NodeCAServicer):

@@ -8,6 +8,7 @@ the node down after a short reconnect grace, instead of waiting for 3 missed hea
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -32,7 +33,7 @@ POLL = 0.3
 
 
 @dataclass
-class Session:
+class NodeSession:
     session_id: str
     node_id: str
     period: float
@@ -40,7 +41,7 @@ class Session:
     ended_at: float | None = None
 
 
-def down_reason(session: Session | None, now: float, since_leader: float,
+def down_reason(session: NodeSession | None, now: float, since_leader: float,
                 period: float) -> str | None:
     """Why a READY node should now be DOWN, or None. Pure, for the tests."""
     if session is None:
@@ -58,7 +59,7 @@ def down_reason(session: Session | None, now: float, since_leader: float,
 class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, NodeSession] = {}
         self._leader_since = time.monotonic()
         manager.on_leader_tick(self.tick)
 
@@ -68,12 +69,13 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
 
     @grpcapi.streaming
     async def Session(self, request: cluster_pb2.SessionRequest,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[cluster_pb2.SessionMessage]:
+                      context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[cluster_pb2.SessionMessage]:
         cluster = self.mgr.cluster()
         ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER))
         self._require_leader()
         node = self.mgr.node(ident.node_id)
-        session = Session(new_id(), node.id, self._period() * (1 + random.uniform(-0.1, 0.1)))
+        session = NodeSession(new_id(), node.id, self._period() * (1 + random.uniform(-0.1, 0.1)))
         self.sessions[node.id] = session
         await self._mark_ready(node, request)
         last: cluster_pb2.SessionMessage | None = None
@@ -104,7 +106,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             leader = self.mgr.leader_addr() or ""
             raise FailedPrecondition(f"not the leader; leader={leader}")
 
-    def _message(self, session: Session) -> cluster_pb2.SessionMessage:
+    def _message(self, session: NodeSession) -> cluster_pb2.SessionMessage:
         node = self.mgr.store.get(pb.Node, session.node_id)
         managers = [cluster_pb2.WeightedPeer(node_id=n.id, addr=n.manager_status.addr)
                     for n in self.mgr.store.list(pb.Node) if n.manager_status.addr]
@@ -138,10 +140,11 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             if reason:
                 log.info("node %s down: %s", node.id, reason)
                 self.sessions.pop(node.id, None)
-                await self.mgr.modify(pb.Node, node.id, lambda n, r=reason: _mark_down(n, r))
+                mark = functools.partial(_mark_down, reason=reason)
+                await self.mgr.modify(pb.Node, node.id, mark)
 
 
-def _mark_down(node: pb.Node, reason: str) -> bool:
+def _mark_down(node: pb.Node, *, reason: str) -> bool:
     if node.status.state != pb.NODE_READY:
         return False
     node.status.state = pb.NODE_DOWN

@@ -6,6 +6,7 @@ in the same state, so versions are a store-wide counter and timestamps come from
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._tables: dict[str, dict[str, Obj]] = {t: {} for t in TABLES}
         self._version = 0
-        self._watchers: list[Callable[[list[Event]], None]] = []
+        self._watchers: builtins.list[Callable[[builtins.list[Event]], None]] = []
 
     @property
     def version(self) -> int:
@@ -71,13 +72,13 @@ class MemoryStore:
             obj = self._tables[table_of(cls)].get(obj_id)
             return _copy(obj) if obj is not None else None
 
-    def list(self, cls: type) -> list[Obj]:
+    def list(self, cls: type) -> builtins.list[Obj]:
         with self._lock:
             return [_copy(o) for o in self._tables[table_of(cls)].values()]
 
     # -- watch --
 
-    def watch(self, callback: Callable[[list[Event]], None]) -> Callable[[], None]:
+    def watch(self, callback: Callable[[builtins.list[Event]], None]) -> Callable[[], None]:
         """Call `callback(events)` after each applied batch (on the applying thread)."""
         with self._lock:
             self._watchers.append(callback)
@@ -104,9 +105,9 @@ class MemoryStore:
             watcher(events)
         return ApplyResult(None, self._version)
 
-    def _stage(self, batch: store_pb2.StoreBatch) -> list[tuple[int, str, Obj]]:
+    def _stage(self, batch: store_pb2.StoreBatch) -> builtins.list[tuple[int, str, Obj]]:
         """Check every action against the current state; raise before anything changes."""
-        staged = []
+        staged: builtins.list[tuple[int, str, Obj]] = []
         new_version = self._version + 1
         for action in batch.actions:
             table, obj = unwrap(action.object)
@@ -157,7 +158,8 @@ def _check(kind: int, table: str, obj: Obj, current: Obj | None) -> None:
         raise AlreadyExists(f"{table} {obj.id} already exists")
     if kind in (store_pb2.UPDATE, store_pb2.REMOVE) and current is None:
         raise NotFound(f"{table} {obj.id} not found")
-    if kind == store_pb2.UPDATE and obj.meta.version.index != current.meta.version.index:
+    if kind == store_pb2.UPDATE and current is not None and \
+            obj.meta.version.index != current.meta.version.index:
         raise OutOfSequence(
             f"update out of sequence: {table} {obj.id} is at version "
             f"{current.meta.version.index}, the update was for version "

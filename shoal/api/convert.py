@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+from collections.abc import Mapping
 from typing import Any
 
 from proto import objects_pb2 as pb
@@ -58,7 +59,7 @@ def node_json(node: pb.Node) -> dict[str, Any]:
     return out
 
 
-def _enum(value: str, names: dict[int, str], what: str) -> int:
+def _enum(value: str, names: Mapping[Any, str], what: str) -> Any:
     for key, name in names.items():
         if name == value.lower():
             return key
@@ -70,9 +71,8 @@ def node_spec(body: Any) -> pb.NodeSpec:
     spec = pb.NodeSpec()
     spec.annotations.name = f.get("Name", "")
     spec.annotations.labels.update(_labels(f.get("Labels", {})))
-    spec.desired_role = _enum(f.get("Role", "worker"), ROLE, "role")  # type: ignore[assignment]
-    spec.availability = _enum(  # type: ignore[assignment]
-        f.get("Availability", "active"), AVAILABILITY, "availability")
+    spec.desired_role = _enum(f.get("Role", "worker"), ROLE, "role")
+    spec.availability = _enum(f.get("Availability", "active"), AVAILABILITY, "availability")
     return spec
 
 
