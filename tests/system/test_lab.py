@@ -233,7 +233,18 @@ def test_full_swarm(lab_factory: LabFactory) -> None:
     assert len(managers) == 3
     assert sum(1 for n in managers if n["ManagerStatus"].get("Leader")) == 1
     assert {n["ID"] for n in nodes} == {h.node_id for h in state.hosts}
+    assert sorted(n["Description"]["Hostname"] for n in nodes) == ["m1", "m2", "m3", "w1", "w2"]
     pids = [h.pid for h in state.hosts if h.pid]
+
+    # A restarted daemon keeps its data root, hence its node identity, and is ready again.
+    labmod.stop_host(state.name, "w1")
+    w1 = labmod.start_host(state.name, "w1")
+    assert w1.client().get("/info")["Swarm"]["NodeID"] == state.host("w1").node_id
+    client = state.hosts[0].client()
+    wait_until(lambda: client.get(f"/nodes/{w1.node_id}")["Status"]["State"] == "ready", 30,
+               "w1 to be ready again after its restart")
+    pids.append(w1.pid or 0)
+
     labmod.down(state.name)
     _assert_gone(state, pids)
     assert root_namespace_snapshot() == before
