@@ -129,8 +129,9 @@ def test_namespace_plumbing(lab_factory: LabFactory) -> None:
     assert root_namespace_snapshot() == before
 
 
-def test_stop_start_kill_exec(lab_factory: LabFactory) -> None:
-    state = lab_factory(1, 1, form_swarm=False, daemon_argv=SLEEPER)
+@pytest.mark.lab(managers=1, workers=1, form_swarm=False, daemon_argv=SLEEPER)
+def test_stop_start_kill_exec(lab: labmod.LabState) -> None:
+    state = lab
     old = state.host("w1").pid
     assert labmod.stop_host(state.name, "w1").pid is None
     assert old is not None and not labmod._alive(old)
