@@ -460,7 +460,7 @@ class RootCA(_message.Message):
     ca_key_pem: _builtins.bytes
     """never leaves the managers: not in the API, not over gRPC"""
     ca_digest: _builtins.str
-    """sha256 of the certificate's DER, hex"""
+    """sha256 of the certificate's DER, base36 (as in join tokens)"""
     @_builtins.property
     def join_tokens(self) -> Global___JoinTokens: ...
     @_builtins.property

@@ -1,0 +1,98 @@
+"""Pure decision functions: quorum checks, node down detection, role reconciliation."""
+
+import pytest
+
+from manager.controlapi.nodes import check_remove, check_spec_change, find_node
+from manager.dispatcher.dispatcher import RECONNECT_GRACE, NodeSession, down_reason
+from manager.errors import FailedPrecondition, InvalidArgument, NotFound
+from manager.roles import demotions, promote, sync_manager_status
+from proto import objects_pb2 as pb
+
+
+def manager(node_id: str, reachable: bool = True) -> pb.Node:
+    n = pb.Node(id=node_id, role=pb.MANAGER)
+    n.spec.desired_role = pb.MANAGER
+    n.description.hostname = f"host-{node_id}"
+    n.manager_status.addr = f"{node_id}:2377"
+    n.manager_status.raft_addr = f"{node_id}:2379"
+    n.manager_status.reachability = pb.REACHABLE if reachable else pb.UNREACHABLE
+    return n
+
+
+def worker(node_id: str, state: int = pb.NODE_READY) -> pb.Node:
+    n = pb.Node(id=node_id)
+    n.description.hostname = f"host-{node_id}"
+    n.status.state = state  # type: ignore[assignment]
+    return n
+
+
+def demote_spec() -> pb.NodeSpec:
+    return pb.NodeSpec(desired_role=pb.WORKER)
+
+
+def test_demoting_the_last_manager_is_refused() -> None:
+    only = manager("m1")
+    with pytest.raises(FailedPrecondition, match="last manager"):
+        check_spec_change([only], only, demote_spec())
+
+
+def test_demoting_that_would_lose_quorum_is_refused() -> None:
+    nodes = [manager("m1"), manager("m2", reachable=False), manager("m3")]
+    with pytest.raises(FailedPrecondition, match="lose quorum"):
+        check_spec_change(nodes, nodes[0], demote_spec())
+
+
+def test_demoting_with_quorum_left_is_allowed() -> None:
+    nodes = [manager("m1"), manager("m2"), manager("m3")]
+    check_spec_change(nodes, nodes[2], demote_spec())
+
+
+def test_removing_a_manager_needs_a_demotion_first() -> None:
+    nodes = [manager("m1"), manager("m2"), manager("m3")]
+    with pytest.raises(FailedPrecondition, match="must be demoted"):
+        check_remove(nodes, nodes[1], force=True)
+
+
+def test_removing_a_ready_worker_needs_force() -> None:
+    w = worker("w1")
+    with pytest.raises(FailedPrecondition, match="--force"):
+        check_remove([w], w, force=False)
+    check_remove([w], w, force=True)
+    check_remove([worker("w2", pb.NODE_DOWN)], worker("w2", pb.NODE_DOWN), force=False)
+
+
+def test_find_node_by_id_hostname_prefix() -> None:
+    nodes = [worker("abc123"), worker("abd456")]
+    assert find_node(nodes, "abc123").id == "abc123"
+    assert find_node(nodes, "host-abd456").id == "abd456"
+    assert find_node(nodes, "abc").id == "abc123"
+    with pytest.raises(InvalidArgument, match="ambiguous"):
+        find_node(nodes, "ab")
+    with pytest.raises(NotFound):
+        find_node(nodes, "zzz")
+
+
+def test_down_reason() -> None:
+    s = NodeSession("s", "n", period=5.0, last_seen=100.0)
+    assert down_reason(s, 110.0, 0.0, 5.0) is None
+    assert down_reason(s, 116.0, 0.0, 5.0) == "heartbeat failure"
+    s.ended_at = 100.0
+    assert down_reason(s, 100.0 + RECONNECT_GRACE - 0.1, 0.0, 5.0) is None
+    assert "session ended" in (down_reason(s, 100.0 + RECONNECT_GRACE + 0.1, 0.0, 5.0) or "")
+    # no session: grace after a leader change, then down
+    assert down_reason(None, 10.0, 0.0, 5.0) is None
+    assert down_reason(None, 16.0, 0.0, 5.0) is not None
+
+
+def test_role_reconciliation() -> None:
+    m = manager("m1")
+    assert sync_manager_status(m, "m1:2379", lambda addr: True)
+    assert m.manager_status.leader
+    assert not sync_manager_status(m, "m1:2379", lambda addr: True)
+    assert sync_manager_status(m, "m2:2379", lambda addr: False)
+    assert not m.manager_status.leader and m.manager_status.reachability == pb.UNREACHABLE
+    w = worker("w1")
+    w.spec.desired_role = pb.MANAGER
+    assert promote(w) and w.role == pb.MANAGER
+    m.spec.desired_role = pb.WORKER
+    assert demotions([m, w]) == [m]
