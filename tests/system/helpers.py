@@ -1,0 +1,50 @@
+"""Small helpers shared by the system tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from shoal.client import Client
+from shoal.lab import HostState, LabState
+
+SHOAL = str(Path(sys.executable).parent / "shoal")
+
+
+def shoal(host: HostState, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `shoal` CLI against a lab host's API."""
+    return subprocess.run([SHOAL, "-H", host.api, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def nodes(client: Client) -> list[dict[str, Any]]:
+    result = client.get("/nodes")
+    assert isinstance(result, list)
+    return result
+
+
+def by_hostname(client: Client) -> dict[str, dict[str, Any]]:
+    return {n["Description"]["Hostname"]: n for n in nodes(client)}
+
+
+def leader_host(lab: LabState) -> HostState:
+    """The manager host whose node is the Raft leader, asked of any live manager."""
+    for host in lab.hosts:
+        if host.role != "manager" or not host.alive:
+            continue
+        try:
+            for name, node in by_hostname(host.client(timeout=5)).items():
+                if node.get("ManagerStatus", {}).get("Leader"):
+                    return lab.host(name)
+        except Exception:
+            continue
+    raise AssertionError("no manager reports a leader")
+
+
+def try_get(client: Client, path: str) -> Any:
+    try:
+        return client.get(path)
+    except Exception:
+        return None
