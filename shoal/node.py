@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from manager.ca.authority import RootCA
+from manager.ca.authority import BACKDATE, RootCA
 from manager.ca.server import cert_expiry
 from manager.errors import Unavailable
 from manager.grpcapi import role_name
@@ -254,9 +254,10 @@ class Node:
     async def _renew_loop(self) -> None:
         while True:
             ident = self.identity()
-            lifetime = (ident.not_after - ident.not_before).total_seconds()
-            renew_at = ident.not_before + datetime.timedelta(
-                seconds=lifetime * random.uniform(0.5, 0.8))
+            # Certificates are back-dated against clock skew; count from when it was issued.
+            issued = ident.not_before + BACKDATE
+            lifetime = (ident.not_after - issued).total_seconds()
+            renew_at = issued + datetime.timedelta(seconds=lifetime * random.uniform(0.5, 0.8))
             delay = (renew_at - datetime.datetime.now(datetime.UTC)).total_seconds()
             await asyncio.sleep(max(delay, 1.0))
             try:
