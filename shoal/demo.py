@@ -1,0 +1,88 @@
+"""`make demo`: a lab swarm of 3 managers and 2 workers, shown working.
+
+It brings the lab up, lists the nodes, promotes and demotes a worker, kills the leader and
+shows a new one taking over with writes still accepted. The lab stays up afterwards so you
+can try the CLI on it; `shoal lab down --name demo` removes it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shoal import lab as labmod
+from shoal.client import APIError
+
+NAME = "demo"
+SHOAL = str(Path(sys.executable).parent / "shoal")
+
+
+def run(host: labmod.HostState, *args: str) -> str:
+    print(f"\n$ shoal -H {host.api} {' '.join(args)}")
+    out = subprocess.run([SHOAL, "-H", host.api, *args], capture_output=True, text=True)
+    print(out.stdout + out.stderr, end="")
+    if out.returncode != 0:
+        raise SystemExit(f"demo step failed: shoal {' '.join(args)}")
+    return out.stdout
+
+
+def leader(state: labmod.LabState) -> labmod.HostState:
+    for host in state.hosts:
+        if host.role != "manager" or not labmod.status(NAME).host(host.name).alive:
+            continue
+        try:
+            for node in host.client(timeout=3).get("/nodes"):
+                if node.get("ManagerStatus", {}).get("Leader"):
+                    return state.host(node["Description"]["Hostname"])
+        except APIError:
+            continue
+    raise SystemExit("no leader found")
+
+
+def failover(state: labmod.LabState) -> None:
+    old = leader(state)
+    print(f"\n--- killing the leader's shoald ({old.name}) ---")
+    labmod.kill_host(NAME, old.name)
+    start = time.monotonic()
+    survivor = next(h for h in state.hosts if h.role == "manager" and h.name != old.name)
+    while time.monotonic() - start < 15:
+        try:
+            node = next(n for n in survivor.client(timeout=2).get("/nodes")
+                        if n["Description"]["Hostname"] == "w1")
+            survivor.client(timeout=2).post(f"/nodes/{node['ID']}/update",
+                                            node["Spec"] | {"Labels": {"after": "failover"}},
+                                            version=node["Version"]["Index"])
+            break
+        except (APIError, StopIteration):
+            time.sleep(0.1)
+    print(f"a write through {survivor.name} was committed "
+          f"{time.monotonic() - start:.1f} s after the leader died")
+    run(survivor, "node", "ls")
+    labmod.start_host(NAME, old.name)
+    print(f"\n--- {old.name} restarted; it rejoins as a follower ---")
+    time.sleep(3)
+    run(survivor, "node", "ls")
+
+
+def main() -> None:
+    if labmod._try_load(NAME) is not None or labmod._lab_namespaces(NAME):
+        print(f"removing the previous '{NAME}' lab")
+        labmod.down(NAME)
+    print("bringing up lab 'demo': 3 managers, 2 workers (network namespaces, one shoald each)")
+    state = labmod.up(NAME, 3, 2)
+    m1 = state.host("m1")
+    run(m1, "node", "ls")
+    run(m1, "node", "promote", "w1")
+    time.sleep(3)
+    run(m1, "node", "ls")
+    run(m1, "node", "demote", "w1")
+    run(m1, "node", "update", "--label-add", "zone=a", "w2")
+    failover(state)
+    print(f"\nThe lab is still up. Try: shoal -H {m1.api} node ls\n"
+          f"Remove it with: .venv/bin/shoal lab down --name {NAME}")
+
+
+if __name__ == "__main__":
+    main()
