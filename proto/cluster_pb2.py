@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto import objects_pb2 as proto_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x05shoal\x1a\x13proto/objects.proto\"\x07\n\x05\x45mpty\"\x12\n\x10GetRootCARequest\"(\n\x11GetRootCAResponse\x12\x13\n\x0b\x63\x61_cert_pem\x18\x01 \x01(\x0c\"\x96\x01\n\x1bIssueNodeCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64vertise_addr\x18\x04 \x01(\t\x12-\n\x0c\x61vailability\x18\x05 \x01(\x0e\x32\x17.shoal.NodeAvailability\"t\n\x1cIssueNodeCertificateResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\x0c\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.shoal.NodeRole\x12\x12\n\ncluster_id\x18\x04 \x01(\t\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"K\n\x18RenewCertificateResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.shoal.NodeRole\"K\n\x0eSessionRequest\x12+\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x16.shoal.NodeDescription\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"-\n\x0cWeightedPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"\xa0\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12%\n\x08managers\x18\x03 \x03(\x0b\x32\x13.shoal.WeightedPeer\x12\x1b\n\x13heartbeat_period_ns\x18\x04 \x01(\x03\x12%\n\x0c\x64\x65sired_role\x18\x05 \x01(\x0e\x32\x0f.shoal.NodeRole\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"&\n\x11HeartbeatResponse\x12\x11\n\tperiod_ns\x18\x01 \x01(\x03\"2\n\x0fJoinRaftRequest\x12\x11\n\traft_addr\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"8\n\x10JoinRaftResponse\x12\x13\n\x0braft_secret\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x03(\t\"#\n\x10LeaveRaftRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t2\xb0\x01\n\x02\x43\x41\x12I\n\x14GetRootCACertificate\x12\x17.shoal.GetRootCARequest\x1a\x18.shoal.GetRootCAResponse\x12_\n\x14IssueNodeCertificate\x12\".shoal.IssueNodeCertificateRequest\x1a#.shoal.IssueNodeCertificateResponse2]\n\x06NodeCA\x12S\n\x10RenewCertificate\x12\x1e.shoal.RenewCertificateRequest\x1a\x1f.shoal.RenewCertificateResponse2\x87\x01\n\nDispatcher\x12\x39\n\x07Session\x12\x15.shoal.SessionRequest\x1a\x15.shoal.SessionMessage0\x01\x12>\n\tHeartbeat\x12\x17.shoal.HeartbeatRequest\x1a\x18.shoal.HeartbeatResponse2y\n\x0eRaftMembership\x12\x37\n\x04Join\x12\x16.shoal.JoinRaftRequest\x1a\x17.shoal.JoinRaftResponse\x12.\n\x05Leave\x12\x17.shoal.LeaveRaftRequest\x1a\x0c.shoal.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x05shoal\x1a\x13proto/objects.proto\"\x07\n\x05\x45mpty\"\x12\n\x10GetRootCARequest\"(\n\x11GetRootCAResponse\x12\x13\n\x0b\x63\x61_cert_pem\x18\x01 \x01(\x0c\"\x96\x01\n\x1bIssueNodeCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64vertise_addr\x18\x04 \x01(\t\x12-\n\x0c\x61vailability\x18\x05 \x01(\x0e\x32\x17.shoal.NodeAvailability\"t\n\x1cIssueNodeCertificateResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\x0c\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.shoal.NodeRole\x12\x12\n\ncluster_id\x18\x04 \x01(\t\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"K\n\x18RenewCertificateResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\x0c\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.shoal.NodeRole\"K\n\x0eSessionRequest\x12+\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x16.shoal.NodeDescription\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"-\n\x0cWeightedPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"\xa0\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12%\n\x08managers\x18\x03 \x03(\x0b\x32\x13.shoal.WeightedPeer\x12\x1b\n\x13heartbeat_period_ns\x18\x04 \x01(\x03\x12%\n\x0c\x64\x65sired_role\x18\x05 \x01(\x0e\x32\x0f.shoal.NodeRole\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"&\n\x11HeartbeatResponse\x12\x11\n\tperiod_ns\x18\x01 \x01(\x03\"(\n\x12\x41ssignmentsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"0\n\x12\x41ssignmentsMessage\x12\x1a\n\x05tasks\x18\x01 \x03(\x0b\x32\x0b.shoal.Task\"F\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.shoal.TaskStatus\"W\n\x17UpdateTaskStatusRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x07updates\x18\x02 \x03(\x0b\x32\x17.shoal.TaskStatusUpdate\"4\n\x0bLogSelector\x12\x13\n\x0bservice_ids\x18\x01 \x03(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"P\n\nLogOptions\x12\x0e\n\x06\x66ollow\x18\x01 \x01(\x08\x12\x0c\n\x04tail\x18\x02 \x01(\x03\x12\x12\n\ntimestamps\x18\x03 \x01(\x08\x12\x10\n\x08since_ns\x18\x04 \x01(\x03\"v\n\nLogMessage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12\x0e\n\x06stream\x18\x05 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"z\n\x13SubscriptionMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x08selector\x18\x02 \x01(\x0b\x32\x12.shoal.LogSelector\x12\"\n\x07options\x18\x03 \x01(\x0b\x32\x11.shoal.LogOptions\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"\x1c\n\x1aListenSubscriptionsRequest\"a\n\x12PublishLogsMessage\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.shoal.LogMessage\x12\r\n\x05\x63lose\x18\x03 \x01(\x08\"`\n\x14SubscribeLogsRequest\x12$\n\x08selector\x18\x01 \x01(\x0b\x32\x12.shoal.LogSelector\x12\"\n\x07options\x18\x02 \x01(\x0b\x32\x11.shoal.LogOptions\";\n\x14SubscribeLogsMessage\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.shoal.LogMessage\"2\n\x0fJoinRaftRequest\x12\x11\n\traft_addr\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"8\n\x10JoinRaftResponse\x12\x13\n\x0braft_secret\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x03(\t\"#\n\x10LeaveRaftRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t2\xb0\x01\n\x02\x43\x41\x12I\n\x14GetRootCACertificate\x12\x17.shoal.GetRootCARequest\x1a\x18.shoal.GetRootCAResponse\x12_\n\x14IssueNodeCertificate\x12\".shoal.IssueNodeCertificateRequest\x1a#.shoal.IssueNodeCertificateResponse2]\n\x06NodeCA\x12S\n\x10RenewCertificate\x12\x1e.shoal.RenewCertificateRequest\x1a\x1f.shoal.RenewCertificateResponse2\x90\x02\n\nDispatcher\x12\x39\n\x07Session\x12\x15.shoal.SessionRequest\x1a\x15.shoal.SessionMessage0\x01\x12>\n\tHeartbeat\x12\x17.shoal.HeartbeatRequest\x1a\x18.shoal.HeartbeatResponse\x12\x45\n\x0b\x41ssignments\x12\x19.shoal.AssignmentsRequest\x1a\x19.shoal.AssignmentsMessage0\x01\x12@\n\x10UpdateTaskStatus\x12\x1e.shoal.UpdateTaskStatusRequest\x1a\x0c.shoal.Empty2\x9d\x01\n\tLogBroker\x12V\n\x13ListenSubscriptions\x12!.shoal.ListenSubscriptionsRequest\x1a\x1a.shoal.SubscriptionMessage0\x01\x12\x38\n\x0bPublishLogs\x12\x19.shoal.PublishLogsMessage\x1a\x0c.shoal.Empty(\x01\x32S\n\x04Logs\x12K\n\rSubscribeLogs\x12\x1b.shoal.SubscribeLogsRequest\x1a\x1b.shoal.SubscribeLogsMessage0\x01\x32y\n\x0eRaftMembership\x12\x37\n\x04Join\x12\x16.shoal.JoinRaftRequest\x1a\x17.shoal.JoinRaftResponse\x12.\n\x05Leave\x12\x17.shoal.LeaveRaftRequest\x1a\x0c.shoal.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,18 +56,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_end=839
   _globals['_HEARTBEATRESPONSE']._serialized_start=841
   _globals['_HEARTBEATRESPONSE']._serialized_end=879
-  _globals['_JOINRAFTREQUEST']._serialized_start=881
-  _globals['_JOINRAFTREQUEST']._serialized_end=931
-  _globals['_JOINRAFTRESPONSE']._serialized_start=933
-  _globals['_JOINRAFTRESPONSE']._serialized_end=989
-  _globals['_LEAVERAFTREQUEST']._serialized_start=991
-  _globals['_LEAVERAFTREQUEST']._serialized_end=1026
-  _globals['_CA']._serialized_start=1029
-  _globals['_CA']._serialized_end=1205
-  _globals['_NODECA']._serialized_start=1207
-  _globals['_NODECA']._serialized_end=1300
-  _globals['_DISPATCHER']._serialized_start=1303
-  _globals['_DISPATCHER']._serialized_end=1438
-  _globals['_RAFTMEMBERSHIP']._serialized_start=1440
-  _globals['_RAFTMEMBERSHIP']._serialized_end=1561
+  _globals['_ASSIGNMENTSREQUEST']._serialized_start=881
+  _globals['_ASSIGNMENTSREQUEST']._serialized_end=921
+  _globals['_ASSIGNMENTSMESSAGE']._serialized_start=923
+  _globals['_ASSIGNMENTSMESSAGE']._serialized_end=971
+  _globals['_TASKSTATUSUPDATE']._serialized_start=973
+  _globals['_TASKSTATUSUPDATE']._serialized_end=1043
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1045
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=1132
+  _globals['_LOGSELECTOR']._serialized_start=1134
+  _globals['_LOGSELECTOR']._serialized_end=1186
+  _globals['_LOGOPTIONS']._serialized_start=1188
+  _globals['_LOGOPTIONS']._serialized_end=1268
+  _globals['_LOGMESSAGE']._serialized_start=1270
+  _globals['_LOGMESSAGE']._serialized_end=1388
+  _globals['_SUBSCRIPTIONMESSAGE']._serialized_start=1390
+  _globals['_SUBSCRIPTIONMESSAGE']._serialized_end=1512
+  _globals['_LISTENSUBSCRIPTIONSREQUEST']._serialized_start=1514
+  _globals['_LISTENSUBSCRIPTIONSREQUEST']._serialized_end=1542
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_start=1544
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=1641
+  _globals['_SUBSCRIBELOGSREQUEST']._serialized_start=1643
+  _globals['_SUBSCRIBELOGSREQUEST']._serialized_end=1739
+  _globals['_SUBSCRIBELOGSMESSAGE']._serialized_start=1741
+  _globals['_SUBSCRIBELOGSMESSAGE']._serialized_end=1800
+  _globals['_JOINRAFTREQUEST']._serialized_start=1802
+  _globals['_JOINRAFTREQUEST']._serialized_end=1852
+  _globals['_JOINRAFTRESPONSE']._serialized_start=1854
+  _globals['_JOINRAFTRESPONSE']._serialized_end=1910
+  _globals['_LEAVERAFTREQUEST']._serialized_start=1912
+  _globals['_LEAVERAFTREQUEST']._serialized_end=1947
+  _globals['_CA']._serialized_start=1950
+  _globals['_CA']._serialized_end=2126
+  _globals['_NODECA']._serialized_start=2128
+  _globals['_NODECA']._serialized_end=2221
+  _globals['_DISPATCHER']._serialized_start=2224
+  _globals['_DISPATCHER']._serialized_end=2496
+  _globals['_LOGBROKER']._serialized_start=2499
+  _globals['_LOGBROKER']._serialized_end=2656
+  _globals['_LOGS']._serialized_start=2658
+  _globals['_LOGS']._serialized_end=2741
+  _globals['_RAFTMEMBERSHIP']._serialized_start=2743
+  _globals['_RAFTMEMBERSHIP']._serialized_end=2864
 # @@protoc_insertion_point(module_scope)

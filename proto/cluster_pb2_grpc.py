@@ -231,6 +231,16 @@ class DispatcherStub:
                 request_serializer=proto_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=proto_dot_cluster__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Assignments = channel.unary_stream(
+                '/shoal.Dispatcher/Assignments',
+                request_serializer=proto_dot_cluster__pb2.AssignmentsRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.AssignmentsMessage.FromString,
+                _registered_method=True)
+        self.UpdateTaskStatus = channel.unary_unary(
+                '/shoal.Dispatcher/UpdateTaskStatus',
+                request_serializer=proto_dot_cluster__pb2.UpdateTaskStatusRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -248,6 +258,18 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Assignments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTaskStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +282,16 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=proto_dot_cluster__pb2.HeartbeatRequest.FromString,
                     response_serializer=proto_dot_cluster__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Assignments': grpc.unary_stream_rpc_method_handler(
+                    servicer.Assignments,
+                    request_deserializer=proto_dot_cluster__pb2.AssignmentsRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.AssignmentsMessage.SerializeToString,
+            ),
+            'UpdateTaskStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTaskStatus,
+                    request_deserializer=proto_dot_cluster__pb2.UpdateTaskStatusRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +348,250 @@ class Dispatcher:
             '/shoal.Dispatcher/Heartbeat',
             proto_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
             proto_dot_cluster__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Assignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.Dispatcher/Assignments',
+            proto_dot_cluster__pb2.AssignmentsRequest.SerializeToString,
+            proto_dot_cluster__pb2.AssignmentsMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTaskStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.Dispatcher/UpdateTaskStatus',
+            proto_dot_cluster__pb2.UpdateTaskStatusRequest.SerializeToString,
+            proto_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LogBrokerStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListenSubscriptions = channel.unary_stream(
+                '/shoal.LogBroker/ListenSubscriptions',
+                request_serializer=proto_dot_cluster__pb2.ListenSubscriptionsRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.SubscriptionMessage.FromString,
+                _registered_method=True)
+        self.PublishLogs = channel.stream_unary(
+                '/shoal.LogBroker/PublishLogs',
+                request_serializer=proto_dot_cluster__pb2.PublishLogsMessage.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class LogBrokerServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ListenSubscriptions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishLogs(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LogBrokerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListenSubscriptions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListenSubscriptions,
+                    request_deserializer=proto_dot_cluster__pb2.ListenSubscriptionsRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.SubscriptionMessage.SerializeToString,
+            ),
+            'PublishLogs': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishLogs,
+                    request_deserializer=proto_dot_cluster__pb2.PublishLogsMessage.FromString,
+                    response_serializer=proto_dot_cluster__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.LogBroker', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.LogBroker', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LogBroker:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListenSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.LogBroker/ListenSubscriptions',
+            proto_dot_cluster__pb2.ListenSubscriptionsRequest.SerializeToString,
+            proto_dot_cluster__pb2.SubscriptionMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishLogs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/shoal.LogBroker/PublishLogs',
+            proto_dot_cluster__pb2.PublishLogsMessage.SerializeToString,
+            proto_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LogsStub:
+    """Manager to manager: a follower's API forwards a client's subscription to the leader.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SubscribeLogs = channel.unary_stream(
+                '/shoal.Logs/SubscribeLogs',
+                request_serializer=proto_dot_cluster__pb2.SubscribeLogsRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.SubscribeLogsMessage.FromString,
+                _registered_method=True)
+
+
+class LogsServicer:
+    """Manager to manager: a follower's API forwards a client's subscription to the leader.
+    """
+
+    def SubscribeLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LogsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SubscribeLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeLogs,
+                    request_deserializer=proto_dot_cluster__pb2.SubscribeLogsRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.SubscribeLogsMessage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.Logs', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.Logs', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Logs:
+    """Manager to manager: a follower's API forwards a client's subscription to the leader.
+    """
+
+    @staticmethod
+    def SubscribeLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.Logs/SubscribeLogs',
+            proto_dot_cluster__pb2.SubscribeLogsRequest.SerializeToString,
+            proto_dot_cluster__pb2.SubscribeLogsMessage.FromString,
             options,
             channel_credentials,
             insecure,

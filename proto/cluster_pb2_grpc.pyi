@@ -88,12 +88,16 @@ class DispatcherStub:
     def __new__(cls, channel: _aio.Channel) -> DispatcherAsyncStub: ...
     Session: _grpc.UnaryStreamMultiCallable[_cluster_pb2.SessionRequest, _cluster_pb2.SessionMessage]
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.HeartbeatRequest, _cluster_pb2.HeartbeatResponse]
+    Assignments: _grpc.UnaryStreamMultiCallable[_cluster_pb2.AssignmentsRequest, _cluster_pb2.AssignmentsMessage]
+    UpdateTaskStatus: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.UpdateTaskStatusRequest, _cluster_pb2.Empty]
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Session: _aio.UnaryStreamMultiCallable[_cluster_pb2.SessionRequest, _cluster_pb2.SessionMessage]  # type: ignore[assignment]
     Heartbeat: _aio.UnaryUnaryMultiCallable[_cluster_pb2.HeartbeatRequest, _cluster_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    Assignments: _aio.UnaryStreamMultiCallable[_cluster_pb2.AssignmentsRequest, _cluster_pb2.AssignmentsMessage]  # type: ignore[assignment]
+    UpdateTaskStatus: _aio.UnaryUnaryMultiCallable[_cluster_pb2.UpdateTaskStatusRequest, _cluster_pb2.Empty]  # type: ignore[assignment]
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -110,7 +114,80 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cluster_pb2.HeartbeatResponse, _abc.Awaitable[_cluster_pb2.HeartbeatResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def Assignments(
+        self,
+        request: _cluster_pb2.AssignmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cluster_pb2.AssignmentsMessage], _abc.AsyncIterator[_cluster_pb2.AssignmentsMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateTaskStatus(
+        self,
+        request: _cluster_pb2.UpdateTaskStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Empty, _abc.Awaitable[_cluster_pb2.Empty]]: ...
+
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class LogBrokerStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> LogBrokerAsyncStub: ...
+    ListenSubscriptions: _grpc.UnaryStreamMultiCallable[_cluster_pb2.ListenSubscriptionsRequest, _cluster_pb2.SubscriptionMessage]
+    PublishLogs: _grpc.StreamUnaryMultiCallable[_cluster_pb2.PublishLogsMessage, _cluster_pb2.Empty]
+
+@_typing.type_check_only
+class LogBrokerAsyncStub(LogBrokerStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListenSubscriptions: _aio.UnaryStreamMultiCallable[_cluster_pb2.ListenSubscriptionsRequest, _cluster_pb2.SubscriptionMessage]  # type: ignore[assignment]
+    PublishLogs: _aio.StreamUnaryMultiCallable[_cluster_pb2.PublishLogsMessage, _cluster_pb2.Empty]  # type: ignore[assignment]
+
+class LogBrokerServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def ListenSubscriptions(
+        self,
+        request: _cluster_pb2.ListenSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cluster_pb2.SubscriptionMessage], _abc.AsyncIterator[_cluster_pb2.SubscriptionMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishLogs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_cluster_pb2.PublishLogsMessage],
+        context: _ServicerContext,
+    ) -> _typing.Union[_cluster_pb2.Empty, _abc.Awaitable[_cluster_pb2.Empty]]: ...
+
+def add_LogBrokerServicer_to_server(servicer: LogBrokerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class LogsStub:
+    """Manager to manager: a follower's API forwards a client's subscription to the leader."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> LogsAsyncStub: ...
+    SubscribeLogs: _grpc.UnaryStreamMultiCallable[_cluster_pb2.SubscribeLogsRequest, _cluster_pb2.SubscribeLogsMessage]
+
+@_typing.type_check_only
+class LogsAsyncStub(LogsStub):
+    """Manager to manager: a follower's API forwards a client's subscription to the leader."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    SubscribeLogs: _aio.UnaryStreamMultiCallable[_cluster_pb2.SubscribeLogsRequest, _cluster_pb2.SubscribeLogsMessage]  # type: ignore[assignment]
+
+class LogsServicer(metaclass=_abc_1.ABCMeta):
+    """Manager to manager: a follower's API forwards a client's subscription to the leader."""
+
+    @_abc_1.abstractmethod
+    def SubscribeLogs(
+        self,
+        request: _cluster_pb2.SubscribeLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cluster_pb2.SubscribeLogsMessage], _abc.AsyncIterator[_cluster_pb2.SubscribeLogsMessage]]: ...
+
+def add_LogsServicer_to_server(servicer: LogsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class RaftMembershipStub:
     @_typing.overload

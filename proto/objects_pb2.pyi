@@ -89,6 +89,45 @@ UNREACHABLE: Reachability.ValueType  # 1
 REACHABLE: Reachability.ValueType  # 2
 Global___Reachability: _TypeAlias = Reachability  # noqa: Y015
 
+class _TaskState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NEW: _TaskState.ValueType  # 0
+    PENDING: _TaskState.ValueType  # 64
+    ASSIGNED: _TaskState.ValueType  # 192
+    ACCEPTED: _TaskState.ValueType  # 256
+    PREPARING: _TaskState.ValueType  # 320
+    READY: _TaskState.ValueType  # 384
+    STARTING: _TaskState.ValueType  # 448
+    RUNNING: _TaskState.ValueType  # 512
+    COMPLETE: _TaskState.ValueType  # 576
+    SHUTDOWN: _TaskState.ValueType  # 640
+    FAILED: _TaskState.ValueType  # 704
+    REJECTED: _TaskState.ValueType  # 768
+    REMOVE: _TaskState.ValueType  # 800
+    ORPHANED: _TaskState.ValueType  # 832
+
+class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper): ...
+
+NEW: TaskState.ValueType  # 0
+PENDING: TaskState.ValueType  # 64
+ASSIGNED: TaskState.ValueType  # 192
+ACCEPTED: TaskState.ValueType  # 256
+PREPARING: TaskState.ValueType  # 320
+READY: TaskState.ValueType  # 384
+STARTING: TaskState.ValueType  # 448
+RUNNING: TaskState.ValueType  # 512
+COMPLETE: TaskState.ValueType  # 576
+SHUTDOWN: TaskState.ValueType  # 640
+FAILED: TaskState.ValueType  # 704
+REJECTED: TaskState.ValueType  # 768
+REMOVE: TaskState.ValueType  # 800
+ORPHANED: TaskState.ValueType  # 832
+Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
+
 @_typing.final
 class Version(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -646,3 +685,976 @@ class Cluster(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class Duration(_message.Message):
+    """---------------------------------------------------------------- services and tasks"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NS_FIELD_NUMBER: _builtins.int
+    ns: _builtins.int
+    def __init__(
+        self,
+        *,
+        ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ns", b"ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Duration: _TypeAlias = Duration  # noqa: Y015
+
+@_typing.final
+class Mount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Mount._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        BIND: Mount._Type.ValueType  # 0
+        VOLUME: Mount._Type.ValueType  # 1
+        TMPFS: Mount._Type.ValueType  # 2
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    BIND: Mount.Type.ValueType  # 0
+    VOLUME: Mount.Type.ValueType  # 1
+    TMPFS: Mount.Type.ValueType  # 2
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    TMPFS_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    TMPFS_MODE_FIELD_NUMBER: _builtins.int
+    type: Global___Mount.Type.ValueType
+    source: _builtins.str
+    target: _builtins.str
+    read_only: _builtins.bool
+    tmpfs_size_bytes: _builtins.int
+    tmpfs_mode: _builtins.int
+    def __init__(
+        self,
+        *,
+        type: Global___Mount.Type.ValueType = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+        tmpfs_size_bytes: _builtins.int = ...,
+        tmpfs_mode: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_only", b"read_only", "source", b"source", "target", b"target", "tmpfs_mode", b"tmpfs_mode", "tmpfs_size_bytes", b"tmpfs_size_bytes", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mount: _TypeAlias = Mount  # noqa: Y015
+
+@_typing.final
+class HealthConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEST_FIELD_NUMBER: _builtins.int
+    INTERVAL_NS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_NS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    START_PERIOD_NS_FIELD_NUMBER: _builtins.int
+    interval_ns: _builtins.int
+    timeout_ns: _builtins.int
+    retries: _builtins.int
+    start_period_ns: _builtins.int
+    @_builtins.property
+    def test(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """["CMD-SHELL", cmd] / ["CMD", ...] / ["NONE"]"""
+
+    def __init__(
+        self,
+        *,
+        test: _abc.Iterable[_builtins.str] | None = ...,
+        interval_ns: _builtins.int = ...,
+        timeout_ns: _builtins.int = ...,
+        retries: _builtins.int = ...,
+        start_period_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_ns", b"interval_ns", "retries", b"retries", "start_period_ns", b"start_period_ns", "test", b"test", "timeout_ns", b"timeout_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthConfig: _TypeAlias = HealthConfig  # noqa: Y015
+
+@_typing.final
+class ContainerSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    DIR_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    MOUNTS_FIELD_NUMBER: _builtins.int
+    STOP_GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    STOP_SIGNAL_FIELD_NUMBER: _builtins.int
+    HEALTHCHECK_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
+    INIT_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    hostname: _builtins.str
+    dir: _builtins.str
+    user: _builtins.str
+    stop_signal: _builtins.str
+    tty: _builtins.bool
+    init: _builtins.bool
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]: ...
+    @_builtins.property
+    def stop_grace_period(self) -> Global___Duration: ...
+    @_builtins.property
+    def healthcheck(self) -> Global___HealthConfig: ...
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        hostname: _builtins.str = ...,
+        env: _abc.Iterable[_builtins.str] | None = ...,
+        dir: _builtins.str = ...,
+        user: _builtins.str = ...,
+        mounts: _abc.Iterable[Global___Mount] | None = ...,
+        stop_grace_period: Global___Duration | None = ...,
+        stop_signal: _builtins.str = ...,
+        healthcheck: Global___HealthConfig | None = ...,
+        tty: _builtins.bool = ...,
+        init: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "tty", b"tty", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class ResourceRequirements(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> Global___Resources: ...
+    @_builtins.property
+    def reservations(self) -> Global___Resources: ...
+    def __init__(
+        self,
+        *,
+        limits: Global___Resources | None = ...,
+        reservations: Global___Resources | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "reservations", b"reservations"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "reservations", b"reservations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceRequirements: _TypeAlias = ResourceRequirements  # noqa: Y015
+
+@_typing.final
+class SpreadOver(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPREAD_DESCRIPTOR_FIELD_NUMBER: _builtins.int
+    spread_descriptor: _builtins.str
+    def __init__(
+        self,
+        *,
+        spread_descriptor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spread_descriptor", b"spread_descriptor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpreadOver: _TypeAlias = SpreadOver  # noqa: Y015
+
+@_typing.final
+class PlacementPreference(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPREAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spread(self) -> Global___SpreadOver: ...
+    def __init__(
+        self,
+        *,
+        spread: Global___SpreadOver | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spread", b"spread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spread", b"spread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementPreference: _TypeAlias = PlacementPreference  # noqa: Y015
+
+@_typing.final
+class Placement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    PREFERENCES_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    PLATFORMS_FIELD_NUMBER: _builtins.int
+    max_replicas: _builtins.int
+    @_builtins.property
+    def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def preferences(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlacementPreference]: ...
+    @_builtins.property
+    def platforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Platform]: ...
+    def __init__(
+        self,
+        *,
+        constraints: _abc.Iterable[_builtins.str] | None = ...,
+        preferences: _abc.Iterable[Global___PlacementPreference] | None = ...,
+        max_replicas: _builtins.int = ...,
+        platforms: _abc.Iterable[Global___Platform] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "max_replicas", b"max_replicas", "platforms", b"platforms", "preferences", b"preferences"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Placement: _TypeAlias = Placement  # noqa: Y015
+
+@_typing.final
+class RestartPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Condition:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[RestartPolicy._Condition.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ANY: RestartPolicy._Condition.ValueType  # 0
+        NONE: RestartPolicy._Condition.ValueType  # 1
+        ON_FAILURE: RestartPolicy._Condition.ValueType  # 2
+
+    class Condition(_Condition, metaclass=_ConditionEnumTypeWrapper): ...
+    ANY: RestartPolicy.Condition.ValueType  # 0
+    NONE: RestartPolicy.Condition.ValueType  # 1
+    ON_FAILURE: RestartPolicy.Condition.ValueType  # 2
+
+    CONDITION_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    condition: Global___RestartPolicy.Condition.ValueType
+    max_attempts: _builtins.int
+    """0 = unlimited"""
+    @_builtins.property
+    def delay(self) -> Global___Duration:
+        """default 5 s"""
+
+    @_builtins.property
+    def window(self) -> Global___Duration: ...
+    def __init__(
+        self,
+        *,
+        condition: Global___RestartPolicy.Condition.ValueType = ...,
+        delay: Global___Duration | None = ...,
+        max_attempts: _builtins.int = ...,
+        window: Global___Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "delay", b"delay", "max_attempts", b"max_attempts", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
+
+@_typing.final
+class TaskSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    FORCE_UPDATE_FIELD_NUMBER: _builtins.int
+    force_update: _builtins.int
+    @_builtins.property
+    def container(self) -> Global___ContainerSpec: ...
+    @_builtins.property
+    def resources(self) -> Global___ResourceRequirements: ...
+    @_builtins.property
+    def restart(self) -> Global___RestartPolicy: ...
+    @_builtins.property
+    def placement(self) -> Global___Placement: ...
+    def __init__(
+        self,
+        *,
+        container: Global___ContainerSpec | None = ...,
+        resources: Global___ResourceRequirements | None = ...,
+        restart: Global___RestartPolicy | None = ...,
+        placement: Global___Placement | None = ...,
+        force_update: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class ReplicatedService(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    replicas: _builtins.int
+    def __init__(
+        self,
+        *,
+        replicas: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicatedService: _TypeAlias = ReplicatedService  # noqa: Y015
+
+@_typing.final
+class GlobalService(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GlobalService: _TypeAlias = GlobalService  # noqa: Y015
+
+@_typing.final
+class ReplicatedJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    TOTAL_COMPLETIONS_FIELD_NUMBER: _builtins.int
+    max_concurrent: _builtins.int
+    total_completions: _builtins.int
+    def __init__(
+        self,
+        *,
+        max_concurrent: _builtins.int = ...,
+        total_completions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent", b"max_concurrent", "total_completions", b"total_completions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicatedJob: _TypeAlias = ReplicatedJob  # noqa: Y015
+
+@_typing.final
+class GlobalJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GlobalJob: _TypeAlias = GlobalJob  # noqa: Y015
+
+@_typing.final
+class UpdateConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _FailureAction:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _FailureActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UpdateConfig._FailureAction.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PAUSE: UpdateConfig._FailureAction.ValueType  # 0
+        CONTINUE: UpdateConfig._FailureAction.ValueType  # 1
+        ROLLBACK: UpdateConfig._FailureAction.ValueType  # 2
+
+    class FailureAction(_FailureAction, metaclass=_FailureActionEnumTypeWrapper): ...
+    PAUSE: UpdateConfig.FailureAction.ValueType  # 0
+    CONTINUE: UpdateConfig.FailureAction.ValueType  # 1
+    ROLLBACK: UpdateConfig.FailureAction.ValueType  # 2
+
+    class _Order:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UpdateConfig._Order.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STOP_FIRST: UpdateConfig._Order.ValueType  # 0
+        START_FIRST: UpdateConfig._Order.ValueType  # 1
+
+    class Order(_Order, metaclass=_OrderEnumTypeWrapper): ...
+    STOP_FIRST: UpdateConfig.Order.ValueType  # 0
+    START_FIRST: UpdateConfig.Order.ValueType  # 1
+
+    PARALLELISM_FIELD_NUMBER: _builtins.int
+    DELAY_NS_FIELD_NUMBER: _builtins.int
+    FAILURE_ACTION_FIELD_NUMBER: _builtins.int
+    MONITOR_FIELD_NUMBER: _builtins.int
+    MAX_FAILURE_RATIO_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    parallelism: _builtins.int
+    """0 = all at once"""
+    delay_ns: _builtins.int
+    failure_action: Global___UpdateConfig.FailureAction.ValueType
+    max_failure_ratio: _builtins.float
+    order: Global___UpdateConfig.Order.ValueType
+    @_builtins.property
+    def monitor(self) -> Global___Duration:
+        """default 5 s"""
+
+    def __init__(
+        self,
+        *,
+        parallelism: _builtins.int = ...,
+        delay_ns: _builtins.int = ...,
+        failure_action: Global___UpdateConfig.FailureAction.ValueType = ...,
+        monitor: Global___Duration | None = ...,
+        max_failure_ratio: _builtins.float = ...,
+        order: Global___UpdateConfig.Order.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["monitor", b"monitor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_ns", b"delay_ns", "failure_action", b"failure_action", "max_failure_ratio", b"max_failure_ratio", "monitor", b"monitor", "order", b"order", "parallelism", b"parallelism"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConfig: _TypeAlias = UpdateConfig  # noqa: Y015
+
+@_typing.final
+class PortConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Protocol:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ProtocolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PortConfig._Protocol.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TCP: PortConfig._Protocol.ValueType  # 0
+        UDP: PortConfig._Protocol.ValueType  # 1
+        SCTP: PortConfig._Protocol.ValueType  # 2
+
+    class Protocol(_Protocol, metaclass=_ProtocolEnumTypeWrapper): ...
+    TCP: PortConfig.Protocol.ValueType  # 0
+    UDP: PortConfig.Protocol.ValueType  # 1
+    SCTP: PortConfig.Protocol.ValueType  # 2
+
+    class _PublishMode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PublishModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PortConfig._PublishMode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        INGRESS: PortConfig._PublishMode.ValueType  # 0
+        HOST: PortConfig._PublishMode.ValueType  # 1
+
+    class PublishMode(_PublishMode, metaclass=_PublishModeEnumTypeWrapper): ...
+    INGRESS: PortConfig.PublishMode.ValueType  # 0
+    HOST: PortConfig.PublishMode.ValueType  # 1
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    TARGET_PORT_FIELD_NUMBER: _builtins.int
+    PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
+    PUBLISH_MODE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    protocol: Global___PortConfig.Protocol.ValueType
+    target_port: _builtins.int
+    published_port: _builtins.int
+    publish_mode: Global___PortConfig.PublishMode.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        protocol: Global___PortConfig.Protocol.ValueType = ...,
+        target_port: _builtins.int = ...,
+        published_port: _builtins.int = ...,
+        publish_mode: Global___PortConfig.PublishMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "protocol", b"protocol", "publish_mode", b"publish_mode", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortConfig: _TypeAlias = PortConfig  # noqa: Y015
+
+@_typing.final
+class EndpointSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _ResolutionMode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ResolutionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[EndpointSpec._ResolutionMode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        VIP: EndpointSpec._ResolutionMode.ValueType  # 0
+        DNSRR: EndpointSpec._ResolutionMode.ValueType  # 1
+
+    class ResolutionMode(_ResolutionMode, metaclass=_ResolutionModeEnumTypeWrapper): ...
+    VIP: EndpointSpec.ResolutionMode.ValueType  # 0
+    DNSRR: EndpointSpec.ResolutionMode.ValueType  # 1
+
+    MODE_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    mode: Global___EndpointSpec.ResolutionMode.ValueType
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]: ...
+    def __init__(
+        self,
+        *,
+        mode: Global___EndpointSpec.ResolutionMode.ValueType = ...,
+        ports: _abc.Iterable[Global___PortConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "ports", b"ports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointSpec: _TypeAlias = EndpointSpec  # noqa: Y015
+
+@_typing.final
+class ServiceSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    REPLICATED_FIELD_NUMBER: _builtins.int
+    GLOBAL_FIELD_NUMBER: _builtins.int
+    REPLICATED_JOB_FIELD_NUMBER: _builtins.int
+    GLOBAL_JOB_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    ROLLBACK_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def annotations(self) -> Global___Annotations: ...
+    @_builtins.property
+    def task(self) -> Global___TaskSpec: ...
+    @_builtins.property
+    def replicated(self) -> Global___ReplicatedService: ...
+    @_builtins.property
+    def replicated_job(self) -> Global___ReplicatedJob: ...
+    @_builtins.property
+    def global_job(self) -> Global___GlobalJob: ...
+    @_builtins.property
+    def update(self) -> Global___UpdateConfig: ...
+    @_builtins.property
+    def rollback(self) -> Global___UpdateConfig: ...
+    @_builtins.property
+    def endpoint(self) -> Global___EndpointSpec: ...
+    def __init__(
+        self,
+        *,
+        annotations: Global___Annotations | None = ...,
+        task: Global___TaskSpec | None = ...,
+        replicated: Global___ReplicatedService | None = ...,
+        replicated_job: Global___ReplicatedJob | None = ...,
+        global_job: Global___GlobalJob | None = ...,
+        update: Global___UpdateConfig | None = ...,
+        rollback: Global___UpdateConfig | None = ...,
+        endpoint: Global___EndpointSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "global", b"global", "global_job", b"global_job", "mode", b"mode", "replicated", b"replicated", "replicated_job", b"replicated_job", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "global", b"global", "global_job", b"global_job", "mode", b"mode", "replicated", b"replicated", "replicated_job", b"replicated_job", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global", "replicated_job", "global_job"]  # noqa: Y015
+    _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_mode) -> _WhichOneofReturnType_mode | None: ...
+
+Global___ServiceSpec: _TypeAlias = ServiceSpec  # noqa: Y015
+
+@_typing.final
+class UpdateStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _UpdateState:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _UpdateStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UpdateStatus._UpdateState.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        UNKNOWN: UpdateStatus._UpdateState.ValueType  # 0
+        UPDATING: UpdateStatus._UpdateState.ValueType  # 1
+        PAUSED: UpdateStatus._UpdateState.ValueType  # 2
+        COMPLETED: UpdateStatus._UpdateState.ValueType  # 3
+        ROLLBACK_STARTED: UpdateStatus._UpdateState.ValueType  # 4
+        ROLLBACK_PAUSED: UpdateStatus._UpdateState.ValueType  # 5
+        ROLLBACK_COMPLETED: UpdateStatus._UpdateState.ValueType  # 6
+
+    class UpdateState(_UpdateState, metaclass=_UpdateStateEnumTypeWrapper): ...
+    UNKNOWN: UpdateStatus.UpdateState.ValueType  # 0
+    UPDATING: UpdateStatus.UpdateState.ValueType  # 1
+    PAUSED: UpdateStatus.UpdateState.ValueType  # 2
+    COMPLETED: UpdateStatus.UpdateState.ValueType  # 3
+    ROLLBACK_STARTED: UpdateStatus.UpdateState.ValueType  # 4
+    ROLLBACK_PAUSED: UpdateStatus.UpdateState.ValueType  # 5
+    ROLLBACK_COMPLETED: UpdateStatus.UpdateState.ValueType  # 6
+
+    STATE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_NS_FIELD_NUMBER: _builtins.int
+    COMPLETED_AT_NS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    state: Global___UpdateStatus.UpdateState.ValueType
+    started_at_ns: _builtins.int
+    completed_at_ns: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        state: Global___UpdateStatus.UpdateState.ValueType = ...,
+        started_at_ns: _builtins.int = ...,
+        completed_at_ns: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at_ns", b"completed_at_ns", "message", b"message", "started_at_ns", b"started_at_ns", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateStatus: _TypeAlias = UpdateStatus  # noqa: Y015
+
+@_typing.final
+class JobStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ITERATION_FIELD_NUMBER: _builtins.int
+    LAST_EXECUTION_NS_FIELD_NUMBER: _builtins.int
+    job_iteration: _builtins.int
+    last_execution_ns: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_iteration: _builtins.int = ...,
+        last_execution_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_iteration", b"job_iteration", "last_execution_ns", b"last_execution_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class Endpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___EndpointSpec: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]:
+        """with allocated published ports"""
+
+    def __init__(
+        self,
+        *,
+        spec: Global___EndpointSpec | None = ...,
+        ports: _abc.Iterable[Global___PortConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Endpoint: _TypeAlias = Endpoint  # noqa: Y015
+
+@_typing.final
+class Service(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SPEC_FIELD_NUMBER: _builtins.int
+    HAS_PREVIOUS_SPEC_FIELD_NUMBER: _builtins.int
+    UPDATE_STATUS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    JOB_STATUS_FIELD_NUMBER: _builtins.int
+    PENDING_DELETE_FIELD_NUMBER: _builtins.int
+    SPEC_VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    has_previous_spec: _builtins.bool
+    pending_delete: _builtins.bool
+    spec_version: _builtins.int
+    """bumped on every spec change; tasks record the one they run"""
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___ServiceSpec: ...
+    @_builtins.property
+    def previous_spec(self) -> Global___ServiceSpec: ...
+    @_builtins.property
+    def update_status(self) -> Global___UpdateStatus: ...
+    @_builtins.property
+    def endpoint(self) -> Global___Endpoint: ...
+    @_builtins.property
+    def job_status(self) -> Global___JobStatus: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: Global___Meta | None = ...,
+        spec: Global___ServiceSpec | None = ...,
+        previous_spec: Global___ServiceSpec | None = ...,
+        has_previous_spec: _builtins.bool = ...,
+        update_status: Global___UpdateStatus | None = ...,
+        endpoint: Global___Endpoint | None = ...,
+        job_status: Global___JobStatus | None = ...,
+        pending_delete: _builtins.bool = ...,
+        spec_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "has_previous_spec", b"has_previous_spec", "id", b"id", "job_status", b"job_status", "meta", b"meta", "pending_delete", b"pending_delete", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Service: _TypeAlias = Service  # noqa: Y015
+
+@_typing.final
+class ContainerStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    pid: _builtins.int
+    exit_code: _builtins.int
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        exit_code: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "exit_code", b"exit_code", "pid", b"pid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerStatus: _TypeAlias = ContainerStatus  # noqa: Y015
+
+@_typing.final
+class PortStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]: ...
+    def __init__(
+        self,
+        *,
+        ports: _abc.Iterable[Global___PortConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortStatus: _TypeAlias = PortStatus  # noqa: Y015
+
+@_typing.final
+class TaskStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_NS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ERR_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    PORT_STATUS_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    timestamp_ns: _builtins.int
+    state: Global___TaskState.ValueType
+    message: _builtins.str
+    err: _builtins.str
+    health: _builtins.str
+    """"", "starting", "healthy", "unhealthy" """
+    @_builtins.property
+    def container(self) -> Global___ContainerStatus: ...
+    @_builtins.property
+    def port_status(self) -> Global___PortStatus: ...
+    def __init__(
+        self,
+        *,
+        timestamp_ns: _builtins.int = ...,
+        state: Global___TaskState.ValueType = ...,
+        message: _builtins.str = ...,
+        err: _builtins.str = ...,
+        container: Global___ContainerStatus | None = ...,
+        port_status: Global___PortStatus | None = ...,
+        health: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "port_status", b"port_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "err", b"err", "health", b"health", "message", b"message", "port_status", b"port_status", "state", b"state", "timestamp_ns", b"timestamp_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
+
+@_typing.final
+class Task(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ServiceLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    SERVICE_LABELS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DESIRED_STATE_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    SPEC_VERSION_FIELD_NUMBER: _builtins.int
+    JOB_ITERATION_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    service_id: _builtins.str
+    slot: _builtins.int
+    node_id: _builtins.str
+    desired_state: Global___TaskState.ValueType
+    spec_version: _builtins.int
+    """Service.spec_version this task was made from"""
+    job_iteration: _builtins.int
+    service_name: _builtins.str
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___TaskSpec: ...
+    @_builtins.property
+    def annotations(self) -> Global___Annotations:
+        """name "<service>.<slot>.<id>" etc."""
+
+    @_builtins.property
+    def service_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def status(self) -> Global___TaskStatus: ...
+    @_builtins.property
+    def endpoint(self) -> Global___Endpoint: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: Global___Meta | None = ...,
+        spec: Global___TaskSpec | None = ...,
+        service_id: _builtins.str = ...,
+        slot: _builtins.int = ...,
+        node_id: _builtins.str = ...,
+        annotations: Global___Annotations | None = ...,
+        service_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status: Global___TaskStatus | None = ...,
+        desired_state: Global___TaskState.ValueType = ...,
+        endpoint: Global___Endpoint | None = ...,
+        spec_version: _builtins.int = ...,
+        job_iteration: _builtins.int = ...,
+        service_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "job_iteration", b"job_iteration", "meta", b"meta", "node_id", b"node_id", "service_id", b"service_id", "service_labels", b"service_labels", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Task: _TypeAlias = Task  # noqa: Y015

@@ -29,7 +29,7 @@ class _ActionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionKind
     CREATE: _ActionKind.ValueType  # 0
     UPDATE: _ActionKind.ValueType  # 1
     """object.meta.version.index must equal the stored version"""
-    REMOVE: _ActionKind.ValueType  # 2
+    DELETE: _ActionKind.ValueType  # 2
     PUT: _ActionKind.ValueType  # 3
     """create or replace without a version check (internal status writes)"""
 
@@ -38,7 +38,7 @@ class ActionKind(_ActionKind, metaclass=_ActionKindEnumTypeWrapper): ...
 CREATE: ActionKind.ValueType  # 0
 UPDATE: ActionKind.ValueType  # 1
 """object.meta.version.index must equal the stored version"""
-REMOVE: ActionKind.ValueType  # 2
+DELETE: ActionKind.ValueType  # 2
 PUT: ActionKind.ValueType  # 3
 """create or replace without a version check (internal status writes)"""
 Global___ActionKind: _TypeAlias = ActionKind  # noqa: Y015
@@ -49,21 +49,29 @@ class StoreObject(_message.Message):
 
     NODE_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node(self) -> _objects_pb2.Node: ...
     @_builtins.property
     def cluster(self) -> _objects_pb2.Cluster: ...
+    @_builtins.property
+    def service(self) -> _objects_pb2.Service: ...
+    @_builtins.property
+    def task(self) -> _objects_pb2.Task: ...
     def __init__(
         self,
         *,
         node: _objects_pb2.Node | None = ...,
         cluster: _objects_pb2.Cluster | None = ...,
+        service: _objects_pb2.Service | None = ...,
+        task: _objects_pb2.Task | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "node", b"node"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "cluster"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "cluster", "service", "task"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -46,7 +46,8 @@ def wrap(obj: Obj) -> store_pb2.StoreObject:
     return wrapped
 
 
-_TABLE_OF: dict[type, str] = {objects_pb2.Node: "node", objects_pb2.Cluster: "cluster"}
+_TABLE_OF: dict[type, str] = {objects_pb2.Node: "node", objects_pb2.Cluster: "cluster",
+                               objects_pb2.Service: "service", objects_pb2.Task: "task"}
 TABLES = tuple(_TABLE_OF.values())
 
 
@@ -114,7 +115,7 @@ class MemoryStore:
             current = self._tables[table].get(obj.id)
             _check(action.kind, table, obj, current)
             obj = _copy(obj)
-            if action.kind != store_pb2.REMOVE:
+            if action.kind != store_pb2.DELETE:
                 obj.meta.version.index = new_version
                 obj.meta.updated_at_ns = batch.timestamp_ns
                 if current is None:
@@ -126,9 +127,9 @@ class MemoryStore:
 
     def _commit(self, kind: int, table: str, obj: Obj) -> Event:
         old = self._tables[table].get(obj.id)
-        if kind == store_pb2.REMOVE:
+        if kind == store_pb2.DELETE:
             del self._tables[table][obj.id]
-            return Event(store_pb2.REMOVE, table, old, None)
+            return Event(store_pb2.DELETE, table, old, None)
         self._tables[table][obj.id] = obj
         event_kind = store_pb2.CREATE if old is None else store_pb2.UPDATE
         return Event(event_kind, table, old, _copy(obj))
@@ -156,7 +157,7 @@ class MemoryStore:
 def _check(kind: int, table: str, obj: Obj, current: Obj | None) -> None:
     if kind == store_pb2.CREATE and current is not None:
         raise AlreadyExists(f"{table} {obj.id} already exists")
-    if kind in (store_pb2.UPDATE, store_pb2.REMOVE) and current is None:
+    if kind in (store_pb2.UPDATE, store_pb2.DELETE) and current is None:
         raise NotFound(f"{table} {obj.id} not found")
     if kind == store_pb2.UPDATE and current is not None and \
             obj.meta.version.index != current.meta.version.index:

@@ -48,7 +48,7 @@ def test_batch_is_all_or_nothing() -> None:
 
 def test_remove_unknown_is_not_found() -> None:
     store = MemoryStore()
-    result = store.apply(batch((store_pb2.REMOVE, pb.Node(id="nope"))))
+    result = store.apply(batch((store_pb2.DELETE, pb.Node(id="nope"))))
     assert isinstance(result.error, NotFound)
 
 

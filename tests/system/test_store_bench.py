@@ -1,0 +1,38 @@
+"""Keeps bench/store_bench.py from rotting: a --quick run must finish and report every row.
+
+No timing assertions: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "store_bench.py"
+ROWS = ["raw", "store", "api_leader", "api_follower"]
+NUMBERS = ["seq_writes_per_s", "conc_writes_per_s", "p50_ms", "p99_ms",
+           "throughput_ratio", "throughput_ratio_same_k", "p50_ratio"]
+
+
+def test_store_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "store_bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    result = json.loads(out.read_text())
+    rows = {row["key"]: row for row in result["rows"]}
+    assert list(rows) == ROWS
+    for key, row in rows.items():
+        for field in NUMBERS:
+            assert row[field] > 0, (key, field, row[field])
+        assert row["seq_writes"] > 0 and row["conc_writes"] > 0, row
+    assert rows["raw"]["conf"] == rows["store"]["conf"]
+    for row in rows.values():
+        assert row["label"] in proc.stdout
