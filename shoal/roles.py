@@ -13,6 +13,8 @@ import grpc
 
 from manager.ca.server import CAServicer, NodeCAServicer
 from manager.dispatcher.dispatcher import Dispatcher
+from manager.logbroker.broker import LogBroker
+from manager.logbroker.server import LogBrokerServicer, LogsServicer
 from manager.manager import Manager, ManagerAddrs
 from manager.raft.replica import RaftReplica
 from manager.raftapi import RaftMembershipServicer
@@ -69,6 +71,7 @@ class ManagerRole:
                                self.store, self.replica)
         self.dispatcher = Dispatcher(self.manager)
         RoleController(self.manager)
+        self.logbroker = LogBroker(self.manager)
         self._certs = certs
         self._state = state
         self._servers: list[grpc.aio.Server] = []
@@ -80,6 +83,9 @@ class ManagerRole:
         cluster_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.manager), cluster)
         cluster_pb2_grpc.add_RaftMembershipServicer_to_server(
             RaftMembershipServicer(self.manager), cluster)
+        cluster_pb2_grpc.add_LogBrokerServicer_to_server(LogBrokerServicer(self.logbroker),
+                                                         cluster)
+        cluster_pb2_grpc.add_LogsServicer_to_server(LogsServicer(self.logbroker), cluster)
         cluster.add_secure_port(f"{self._state.listen_ip}:{self._state.port}",
                                 _server_credentials(self._certs, True))
         bootstrap = grpc.aio.server()
