@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 DEFAULT_HOST = "unix:///run/shoal/shoal.sock"
@@ -86,6 +87,25 @@ class Client:
             message = decoded.get("message") if isinstance(decoded, dict) else None
             raise APIError(resp.status, str(message or raw.decode(errors="replace")))
         return decoded
+
+    def stream(self, path: str, **params: Any) -> Iterator[bytes]:
+        """GET a streaming response (logs, events); yield its body as it arrives."""
+        query = "?" + urllib.parse.urlencode(
+            {k: _param(v) for k, v in params.items() if v is not None}) if params else ""
+        conn = self._connection()
+        try:
+            conn.request("GET", path + query)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                decoded = _decode(resp.read())
+                message = decoded.get("message") if isinstance(decoded, dict) else decoded
+                raise APIError(resp.status, str(message))
+            while chunk := resp.read1(65536):
+                yield chunk
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionFailed(self.host, str(exc) or type(exc).__name__) from exc
+        finally:
+            conn.close()
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None)
