@@ -77,6 +77,13 @@ class MemoryStore:
         with self._lock:
             return [_copy(o) for o in self._tables[table_of(cls)].values()]
 
+    def list_view(self, cls: type) -> builtins.list[Obj]:
+        """The stored objects themselves, not copies: cheap for big scans, but read-only —
+        never mutate one (copy it first to write it back). Safe to keep: a commit replaces
+        an object, it never changes a stored one in place."""
+        with self._lock:
+            return builtins.list(self._tables[table_of(cls)].values())
+
     # -- watch --
 
     def watch(self, callback: Callable[[builtins.list[Event]], None]) -> Callable[[], None]:
