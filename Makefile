@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables docker.io containerd runc wireguard-go wireguard-tools busybox-static procps
 STAMP := $(VENV)/.installed
 
-.PHONY: deps sysdeps venv proto test lint unit system demo bench clean
+.PHONY: deps sysdeps venv images proto test lint unit system demo bench clean
 
 deps: sysdeps venv
 
@@ -27,6 +27,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Test images (shoal/busybox:latest, :v1, :v2) as a `docker save` tarball that `lab up` loads;
+# rebuilt only when missing or when images/build.py changes (no Docker daemon needed).
+IMAGES := images/out/busybox.tar
+
+images: $(IMAGES)
+
+$(IMAGES): images/build.py | sysdeps
+	python3 images/build.py $@
+
 # Regenerates proto/*_pb2*.py(i); tests/unit/test_proto_generated.py checks they are current.
 proto: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=. --mypy_out=. proto/objects.proto proto/store.proto
@@ -39,19 +48,19 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit tests/integration
 
-system: deps
+system: deps images
 	$(VENV)/bin/pytest -q tests/system
 
 # The whole suite. pytest exits 5 when it collects nothing; that is a failure here.
-test: deps lint
+test: deps lint images
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
-demo: deps
+demo: deps images
 	$(PY) -m shoal.demo
 
 bench: deps
 	$(PY) bench/store_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info images/out
