@@ -59,21 +59,22 @@ class Constraint:
         if self.key == "node.ip":
             equal = _ip_in(node.status.addr, self._network)
         else:
-            actual = self._read(node)
+            actual = node_value(self.key, node)
             equal = actual is not None and actual.lower() == self.value.lower()
         return equal if self.op == EQ else not equal
 
-    def _read(self, node: pb.Node) -> str | None:
-        """The node's value for the key; None when a label is missing."""
-        if self.key.startswith(NODE_LABEL_PREFIX):
-            labels = node.spec.annotations.labels
-            name = self.key[len(NODE_LABEL_PREFIX):]
-            return labels[name] if name in labels else None
-        if self.key.startswith(ENGINE_LABEL_PREFIX):
-            labels = node.description.engine.labels
-            name = self.key[len(ENGINE_LABEL_PREFIX):]
-            return labels[name] if name in labels else None
-        return _FIXED_KEYS[self.key](node)
+
+def node_value(key: str, node: pb.Node) -> str | None:
+    """A node's value for a normalized key; None when a label is missing."""
+    if key.startswith(NODE_LABEL_PREFIX):
+        labels = node.spec.annotations.labels
+        name = key[len(NODE_LABEL_PREFIX):]
+        return labels[name] if name in labels else None
+    if key.startswith(ENGINE_LABEL_PREFIX):
+        labels = node.description.engine.labels
+        name = key[len(ENGINE_LABEL_PREFIX):]
+        return labels[name] if name in labels else None
+    return _FIXED_KEYS[key](node)
 
 
 def _ip_in(addr: str, network: IPNetwork | None) -> bool:
@@ -119,6 +120,16 @@ def _normalize_key(raw: str) -> str | None:
         if lower.startswith(prefix) and len(raw) > len(prefix):
             return prefix + raw[len(prefix):]  # label names keep their case
     return None
+
+
+def parse_spread(descriptor: str) -> str:
+    """Check a `--placement-pref spread=KEY` descriptor; returns the normalized key."""
+    key = _normalize_key(descriptor.strip())
+    if key is None or not _KEY_RE.match(descriptor.strip()):
+        raise InvalidArgument(
+            f'invalid placement preference "spread={descriptor}": expected node.labels.<name>, '
+            f"engine.labels.<name> or one of {', '.join(_FIXED_KEYS)}")
+    return key
 
 
 def parse_constraints(exprs: list[str]) -> list[Constraint]:

@@ -68,3 +68,13 @@ def test_describe_and_helpers() -> None:
     assert not matches_all(cs, node())
     assert first_unmet(cs, node()) == cs[1]
     assert first_unmet(cs[:1], node()) is None
+
+
+def test_spread_descriptors() -> None:
+    from manager.scheduler.constraint import node_value, parse_spread
+    assert parse_spread("node.labels.zone") == "node.labels.zone"
+    assert parse_spread("Node.Hostname") == "node.hostname"
+    assert node_value(parse_spread("engine.labels.disk"), node()) == "ssd"
+    assert node_value("node.labels.rack", node()) is None
+    with pytest.raises(InvalidArgument, match='invalid placement preference "spread=zone"'):
+        parse_spread("zone")
