@@ -6,6 +6,8 @@
   taken down at teardown, even when `up` failed half way.
 - `lab`: one lab per test, sized by `@pytest.mark.lab(managers=3, workers=2, ...)` (keyword
   arguments go to `shoal.lab.up`; default one manager, no worker).
+- `engine`: one private dockerd for the session (shoal/engine.py) with the test images
+  (`make images`) loaded; stopped and deleted at the end.
 
 Teardown prints the end of each host's shoald log; pytest shows it when the test failed.
 """
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from shoal import engine as enginemod
 from shoal import lab as labmod
 
 T = TypeVar("T")
@@ -110,3 +113,15 @@ def lab(request: pytest.FixtureRequest, lab_factory: LabFactory) -> labmod.LabSt
     marker = request.node.get_closest_marker("lab")
     kwargs = dict(marker.kwargs) if marker else {}
     return lab_factory(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[enginemod.Engine]:
+    """A bare private dockerd with the test images loaded, shared by the session's tests."""
+    eng = enginemod.start_engine(tmp_path_factory.mktemp("eng"), "tests")
+    try:
+        for tarball in enginemod.image_tarballs():
+            enginemod.load_image(eng, tarball)
+        yield eng
+    finally:
+        eng.purge()
