@@ -1,0 +1,361 @@
+"""Service operations of the control API: validation and the create / update / rollback /
+remove decisions are pure functions over a snapshot of services; `ServiceControl` reads the
+store and returns the object to write. Nothing here writes: a refused request changes nothing.
+
+What each decision writes (the orchestrator's contract):
+- create: a new Service, `spec_version` 1; job modes get `job_status` (iteration 0).
+- update: `spec` replaced; `previous_spec` = the old spec (when the spec changed);
+  `update_status` cleared; `spec_version` bumped only when the change needs new tasks
+  (`needs_new_tasks`: task template or endpoint) — scaling or relabelling does not start an
+  update; job modes bump `job_status.job_iteration` (the job runs again).
+- rollback: `spec` and `previous_spec` swapped, `update_status` ROLLBACK_STARTED
+  "manually requested rollback", `spec_version` bumped if the task template differs.
+- remove: `pending_delete` set; the service disappears from the API at once and the
+  orchestrator/reaper removes its tasks, then deletes the service.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+
+from manager.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfSequence,
+)
+from manager.identity import new_id
+from manager.scheduler.constraint import parse_constraints, parse_spread
+from manager.store.memory import MemoryStore
+from proto import objects_pb2 as pb
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+MAX_NAME = 63
+MIN_NANO_CPUS = 1_000_000
+MIN_MEMORY = 4 * 1024 * 1024
+MIN_HEALTH_NS = 1_000_000
+
+# A Docker image reference: [domain[:port]/]path[/path...][:tag][@digest]
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[\w][\w.-]{{0,127}})?"
+                      r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
+
+_ADJECTIVES = ("agile", "bold", "brisk", "calm", "clever", "curious", "deep", "eager", "fast",
+               "gentle", "glad", "happy", "keen", "lively", "lucid", "merry", "nimble",
+               "patient", "quiet", "quick", "silver", "steady", "sunny", "swift", "tidy",
+               "vivid", "warm", "wise", "witty", "zesty")
+_NOUNS = ("anchovy", "barracuda", "bass", "bream", "carp", "cod", "dory", "eel", "flounder",
+          "grouper", "guppy", "haddock", "halibut", "herring", "koi", "mackerel", "marlin",
+          "minnow", "perch", "pike", "pollock", "salmon", "sardine", "shad", "smelt",
+          "snapper", "sprat", "trout", "tuna", "wrasse")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_name(name: str) -> None:
+    if len(name) > MAX_NAME or not NAME_RE.match(name):
+        raise InvalidArgument(
+            f'invalid service name "{name}": use 1 to {MAX_NAME} letters, digits, "-" or "_", '
+            "starting and ending with a letter or digit")
+
+
+def validate_image(image: str) -> None:
+    if not image:
+        raise InvalidArgument("the service has no image: set TaskTemplate.ContainerSpec.Image "
+                              "(shoal service create IMAGE)")
+    if IMAGE_RE.match(image):
+        return
+    why = "repository name must be lowercase" if IMAGE_RE.match(image.lower()) else \
+        "expected [registry/]name[:tag][@digest]"
+    raise InvalidArgument(f'invalid image reference "{image}": {why}')
+
+
+def validate_spec(spec: pb.ServiceSpec) -> None:
+    """Raise InvalidArgument naming the first bad field of a ServiceSpec."""
+    validate_name(spec.annotations.name)
+    _validate_labels(spec.annotations.labels, "service label")
+    _validate_container(spec.task.container)
+    _validate_resources(spec.task.resources)
+    _validate_placement(spec)
+    _validate_mode(spec)
+    _validate_endpoint(spec.endpoint)
+
+
+def _validate_labels(labels: Iterable[str], what: str) -> None:
+    if any(not key.strip() for key in labels):
+        raise InvalidArgument(f"invalid {what}: the key must not be empty")
+
+
+def _validate_container(c: pb.ContainerSpec) -> None:
+    validate_image(c.image)
+    _validate_labels(c.labels, "container label")
+    for env in c.env:
+        if not env.partition("=")[0].strip():
+            raise InvalidArgument(f'invalid environment variable "{env}": expected KEY=VALUE')
+    targets: set[str] = set()
+    for m in c.mounts:
+        _validate_mount(m)
+        if m.target in targets:
+            raise InvalidArgument(f"mount target {m.target} is used by more than one mount")
+        targets.add(m.target)
+    if c.HasField("healthcheck"):
+        _validate_healthcheck(c.healthcheck)
+
+
+def _validate_mount(m: pb.Mount) -> None:
+    kind = pb.Mount.Type.Name(m.type).lower()
+    if not m.target.startswith("/"):
+        raise InvalidArgument(f'invalid {kind} mount target "{m.target}": it must be an '
+                              "absolute path in the container (target=/path)")
+    if m.type == pb.Mount.BIND and not m.source.startswith("/"):
+        raise InvalidArgument(f'invalid bind mount source "{m.source}": it must be an '
+                              "absolute path on the node (source=/path)")
+    if m.type == pb.Mount.TMPFS and m.source:
+        raise InvalidArgument(f'invalid tmpfs mount: it takes no source (got "{m.source}")')
+    if m.type != pb.Mount.TMPFS and (m.tmpfs_size_bytes or m.tmpfs_mode):
+        raise InvalidArgument(f"invalid {kind} mount of {m.target}: tmpfs options are only "
+                              "for type=tmpfs")
+
+
+def _validate_healthcheck(h: pb.HealthConfig) -> None:
+    if h.test and h.test[0] not in ("NONE", "CMD", "CMD-SHELL"):
+        raise InvalidArgument(f'invalid health check test "{h.test[0]}": expected NONE, CMD or '
+                              "CMD-SHELL as its first element")
+    for name, ns in (("interval", h.interval_ns), ("timeout", h.timeout_ns),
+                     ("start period", h.start_period_ns)):
+        if 0 < ns < MIN_HEALTH_NS:
+            raise InvalidArgument(f"invalid health check {name} {ns}ns: must be at least 1ms")
+
+
+def _validate_resources(r: pb.ResourceRequirements) -> None:
+    for what, res in (("limit", r.limits), ("reservation", r.reservations)):
+        if 0 < res.nano_cpus < MIN_NANO_CPUS:
+            raise InvalidArgument(f"invalid CPU {what} {res.nano_cpus / 1e9:g}: must be at "
+                                  f"least {MIN_NANO_CPUS / 1e9:g}")
+        if 0 < res.memory_bytes < MIN_MEMORY:
+            raise InvalidArgument(f"invalid memory {what} {res.memory_bytes} bytes: must be "
+                                  "at least 4MiB")
+    if r.limits.memory_bytes and r.reservations.memory_bytes > r.limits.memory_bytes:
+        raise InvalidArgument("the memory reservation is larger than the memory limit; "
+                              "lower --reserve-memory or raise --limit-memory")
+    if r.limits.nano_cpus and r.reservations.nano_cpus > r.limits.nano_cpus:
+        raise InvalidArgument("the CPU reservation is larger than the CPU limit; "
+                              "lower --reserve-cpu or raise --limit-cpu")
+
+
+def _validate_placement(spec: pb.ServiceSpec) -> None:
+    placement = spec.task.placement
+    parse_constraints(list(placement.constraints))
+    for pref in placement.preferences:
+        parse_spread(pref.spread.spread_descriptor)
+    if placement.max_replicas and spec.WhichOneof("mode") in ("global", "global_job"):
+        raise InvalidArgument("max replicas per node (Placement.MaxReplicas) can't be used with "
+                              "a global service: it runs one task per node already")
+
+
+def _validate_mode(spec: pb.ServiceSpec) -> None:
+    mode = spec.WhichOneof("mode")
+    if mode is None:
+        raise InvalidArgument("the service has no mode: set Mode.Replicated, Mode.Global, "
+                              "Mode.ReplicatedJob or Mode.GlobalJob")
+    if mode.endswith("_job") and spec.HasField("update"):
+        raise InvalidArgument("jobs have no rolling updates: remove UpdateConfig "
+                              "(--update-*) from a replicated-job or global-job service")
+    if mode == "replicated_job" and spec.replicated_job.max_concurrent == 0:
+        raise InvalidArgument("invalid ReplicatedJob.MaxConcurrent 0: at least 1 task must "
+                              "run at a time (--max-concurrent)")
+
+
+def _validate_endpoint(e: pb.EndpointSpec) -> None:
+    seen: set[tuple[int, int, int]] = set()
+    for p in e.ports:
+        proto = pb.PortConfig.Protocol.Name(p.protocol).lower()
+        if not p.target_port:
+            raise InvalidArgument(f"invalid published port: the target (container) port is "
+                                  f"missing (--publish published={p.published_port or 'N'},"
+                                  "target=PORT)")
+        if p.publish_mode == pb.PortConfig.INGRESS and e.mode == pb.EndpointSpec.DNSRR:
+            raise InvalidArgument(f"port {p.published_port or p.target_port}/{proto} is "
+                                  "published in ingress mode, which needs endpoint mode vip; "
+                                  "use --endpoint-mode vip or --publish mode=host,...")
+        if p.published_port:
+            key = (p.published_port, p.protocol, p.publish_mode)
+            if key in seen:
+                raise InvalidArgument(f"port {p.published_port}/{proto} is published more "
+                                      "than once")
+            seen.add(key)
+
+
+def check_port_conflicts(spec: pb.ServiceSpec, others: Iterable[pb.Service]) -> None:
+    """Ingress published ports are cluster-wide: refuse one another service holds."""
+    wanted = {(p.published_port, p.protocol) for p in spec.endpoint.ports
+              if p.published_port and p.publish_mode == pb.PortConfig.INGRESS}
+    for svc in others:
+        held = list(svc.spec.endpoint.ports) + list(svc.endpoint.ports)
+        for p in held:
+            if p.publish_mode == pb.PortConfig.INGRESS and \
+                    (p.published_port, p.protocol) in wanted:
+                proto = pb.PortConfig.Protocol.Name(p.protocol).lower()
+                raise InvalidArgument(
+                    f"port {p.published_port}/{proto} is already published by service "
+                    f"{svc.spec.annotations.name} ({svc.id}); choose another published port")
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def visible(services: Iterable[pb.Service]) -> list[pb.Service]:
+    """Services the API shows: not those being deleted."""
+    return [s for s in services if not s.pending_delete]
+
+
+def find_service(services: list[pb.Service], ref: str) -> pb.Service:
+    """By full ID, then name, then unique ID prefix (as Docker resolves services)."""
+    live = visible(services)
+    for svc in live:
+        if svc.id == ref:
+            return svc
+    for svc in live:
+        if svc.spec.annotations.name == ref:
+            return svc
+    prefixed = [s for s in live if ref and s.id.startswith(ref)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if len(prefixed) > 1:
+        raise InvalidArgument(f"service {ref} is ambiguous ({len(prefixed)} services have IDs "
+                              "starting with it); use the full ID or the name")
+    raise NotFound(f"service {ref} not found")
+
+
+def random_name(taken: set[str]) -> str:
+    while True:
+        name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+        if name not in taken:
+            return name
+        name += str(secrets.randbelow(100))
+        if name not in taken:
+            return name
+
+
+def needs_new_tasks(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
+    """Whether running tasks are out of date: the task template or the endpoint changed."""
+    return old.task != new.task or old.endpoint != new.endpoint
+
+
+def task_up_to_date(svc: pb.Service, task: pb.Task) -> bool:
+    """A task runs the service's current spec (the `_up-to-date` filter)."""
+    if task.spec_version != svc.spec_version and task.spec != svc.spec.task:
+        return False
+    if svc.spec.WhichOneof("mode") in ("replicated_job", "global_job"):
+        return task.job_iteration == svc.job_status.job_iteration
+    return True
+
+
+def new_service(services: list[pb.Service], spec: pb.ServiceSpec, now_ns: int) -> pb.Service:
+    live = visible(services)
+    spec = _copy(spec)
+    if not spec.annotations.name:
+        spec.annotations.name = random_name({s.spec.annotations.name for s in live})
+    validate_spec(spec)
+    if any(s.spec.annotations.name == spec.annotations.name for s in live):
+        raise AlreadyExists(f"service {spec.annotations.name} already exists: choose another "
+                            "name, or update it (shoal service update)")
+    check_port_conflicts(spec, live)
+    svc = pb.Service(id=new_id(), spec=spec, spec_version=1)
+    if spec.WhichOneof("mode") in ("replicated_job", "global_job"):
+        svc.job_status.last_execution_ns = now_ns
+    return svc
+
+
+def updated_service(services: list[pb.Service], ref: str, version: int,
+                    spec: pb.ServiceSpec | None, now_ns: int) -> pb.Service:
+    """The service to write for an update (`spec`) or a manual rollback (`spec` None)."""
+    svc = find_service(services, ref)
+    name = svc.spec.annotations.name
+    if version != svc.meta.version.index:
+        raise OutOfSequence(
+            f"update out of sequence: service {name} is at version "
+            f"{svc.meta.version.index}, the update was for version {version}; read it again "
+            "and retry")
+    old = _copy(svc.spec)
+    if spec is None:
+        if not svc.has_previous_spec:
+            raise FailedPrecondition(f"service {name} has no previous spec to roll back to")
+        new = _copy(svc.previous_spec)
+        svc.update_status.CopyFrom(pb.UpdateStatus(
+            state=pb.UpdateStatus.ROLLBACK_STARTED, started_at_ns=now_ns,
+            message="manually requested rollback"))
+    else:
+        new = _copy(spec)
+        if not new.annotations.name:
+            new.annotations.name = name
+        _check_change(old, new)
+        validate_spec(new)
+        svc.ClearField("update_status")
+    check_port_conflicts(new, [s for s in visible(services) if s.id != svc.id])
+    if new != old:
+        svc.previous_spec.CopyFrom(old)
+        svc.has_previous_spec = True
+    if needs_new_tasks(old, new):
+        svc.spec_version += 1
+    svc.spec.CopyFrom(new)
+    if new.WhichOneof("mode") in ("replicated_job", "global_job"):
+        svc.job_status.job_iteration += 1
+        svc.job_status.last_execution_ns = now_ns
+    return svc
+
+
+def _check_change(old: pb.ServiceSpec, new: pb.ServiceSpec) -> None:
+    if new.annotations.name != old.annotations.name:
+        raise InvalidArgument(f"service {old.annotations.name} can't be renamed to "
+                              f"{new.annotations.name}: create a new service instead")
+    before, after = old.WhichOneof("mode"), new.WhichOneof("mode")
+    if before != after:
+        raise InvalidArgument(f"service {old.annotations.name} can't change its mode from "
+                              f"{(before or '').replace('_', '-')} to "
+                              f"{(after or '').replace('_', '-')}: remove it and create it "
+                              "again")
+
+
+def removed_service(services: list[pb.Service], ref: str) -> pb.Service:
+    svc = find_service(services, ref)
+    svc.pending_delete = True
+    return svc
+
+
+def _copy(spec: pb.ServiceSpec) -> pb.ServiceSpec:
+    out = pb.ServiceSpec()
+    out.CopyFrom(spec)
+    return out
+
+
+class ServiceControl:
+    """Reads the store; returns the object to write (the caller proposes it)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def services(self) -> list[pb.Service]:
+        return list(self.store.list(pb.Service))
+
+    def visible(self) -> list[pb.Service]:
+        return visible(self.services())
+
+    def get(self, ref: str) -> pb.Service:
+        return find_service(self.services(), ref)
+
+    def create(self, spec: pb.ServiceSpec, now_ns: int) -> pb.Service:
+        return new_service(self.services(), spec, now_ns)
+
+    def update(self, ref: str, version: int, spec: pb.ServiceSpec | None,
+               now_ns: int) -> pb.Service:
+        return updated_service(self.services(), ref, version, spec, now_ns)
+
+    def remove(self, ref: str) -> pb.Service:
+        return removed_service(self.services(), ref)

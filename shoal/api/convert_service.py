@@ -1,0 +1,480 @@
+"""ServiceSpec, Service and Task (protobuf) ⇄ the Docker Engine API's JSON.
+
+Reading: keys match case-insensitively (docker-py sends `"Mode":{"replicated":...}`), unknown
+keys and wrong types are a 400 naming the field, durations are integer nanoseconds, and
+negative numbers (which JSON allows but the unsigned proto fields do not) are refused here.
+Fields of Docker's API that Shoal does not implement are accepted only while empty (the
+docker CLI sends `"DNSConfig":{}`, `"Init":false`, ...); with content they are a 400 that says
+so, never silently dropped. Writing mirrors Go's `omitempty`: unset fields are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from proto import objects_pb2 as pb
+from shoal.api.convert import _meta, timestamp
+from shoal.api.request import fields
+from shoal.errors import InvalidRequest
+
+TASK_STATES = {v: k.lower() for k, v in pb.TaskState.items()}
+RESTART = {pb.RestartPolicy.ANY: "any", pb.RestartPolicy.NONE: "none",
+           pb.RestartPolicy.ON_FAILURE: "on-failure"}
+FAILURE_ACTION = {pb.UpdateConfig.PAUSE: "pause", pb.UpdateConfig.CONTINUE: "continue",
+                  pb.UpdateConfig.ROLLBACK: "rollback"}
+ORDER = {pb.UpdateConfig.STOP_FIRST: "stop-first", pb.UpdateConfig.START_FIRST: "start-first"}
+MOUNT_TYPE = {pb.Mount.BIND: "bind", pb.Mount.VOLUME: "volume", pb.Mount.TMPFS: "tmpfs"}
+PROTOCOL = {pb.PortConfig.TCP: "tcp", pb.PortConfig.UDP: "udp", pb.PortConfig.SCTP: "sctp"}
+PUBLISH_MODE = {pb.PortConfig.INGRESS: "ingress", pb.PortConfig.HOST: "host"}
+ENDPOINT_MODE = {pb.EndpointSpec.VIP: "vip", pb.EndpointSpec.DNSRR: "dnsrr"}
+UPDATE_STATE = {pb.UpdateStatus.UPDATING: "updating", pb.UpdateStatus.PAUSED: "paused",
+                pb.UpdateStatus.COMPLETED: "completed",
+                pb.UpdateStatus.ROLLBACK_STARTED: "rollback_started",
+                pb.UpdateStatus.ROLLBACK_PAUSED: "rollback_paused",
+                pb.UpdateStatus.ROLLBACK_COMPLETED: "rollback_completed"}
+MODE_KEYS = {"replicated": "Replicated", "global": "Global",
+             "replicated_job": "ReplicatedJob", "global_job": "GlobalJob"}
+
+# Defaults shown with ?insertDefaults=true (swarmkit's api/defaults).
+DEFAULT_RESTART_DELAY_NS = 5_000_000_000
+DEFAULT_MONITOR_NS = 5_000_000_000
+DEFAULT_STOP_GRACE_NS = 10_000_000_000
+
+ANY = object
+NUM = (int, float)
+
+
+def _unsupported(f: dict[str, Any], names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        if not _empty(f.get(name)):
+            raise InvalidRequest(f"{where}.{name} is not supported by Shoal yet; remove it "
+                                 "from the request (or leave it empty)")
+
+
+def _empty(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_empty(v) for v in value.values())
+    return value in (None, False, 0, "", [])
+
+
+def _enum(value: str, names: Mapping[Any, str], what: str) -> Any:
+    if value == "":
+        return next(iter(names))
+    for key, name in names.items():
+        if name == value.lower():
+            return key
+    raise InvalidRequest(f"invalid {what} {value!r}: expected one of {', '.join(names.values())}")
+
+
+def _nonneg(f: dict[str, Any], name: str, where: str) -> int:
+    value = f.get(name, 0)
+    if value < 0:
+        raise InvalidRequest(f"invalid {where}.{name} {value}: must not be negative")
+    return int(value)
+
+
+def _strings(f: dict[str, Any], name: str, where: str) -> list[str]:
+    values = f.get(name, [])
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidRequest(f"{where}.{name} must be a list of strings")
+    return list(values)
+
+
+def _labels(f: dict[str, Any], name: str, where: str) -> dict[str, str]:
+    labels = f.get(name, {})
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidRequest(f"{where}.{name} must map strings to strings")
+    return dict(labels)
+
+
+# ---------------------------------------------------------------- JSON → proto
+
+
+def service_spec(body: Any) -> pb.ServiceSpec:
+    w = "ServiceSpec"
+    f = fields(body, {"Name": str, "Labels": dict, "TaskTemplate": dict, "Mode": dict,
+                      "UpdateConfig": dict, "RollbackConfig": dict, "Networks": list,
+                      "EndpointSpec": dict}, w)
+    _unsupported(f, ("Networks",), w)
+    spec = pb.ServiceSpec()
+    spec.annotations.name = f.get("Name", "")
+    spec.annotations.labels.update(_labels(f, "Labels", w))
+    spec.task.CopyFrom(task_spec(f.get("TaskTemplate"), f"{w}.TaskTemplate"))
+    _mode(spec, f.get("Mode"), f"{w}.Mode")
+    if "UpdateConfig" in f:
+        spec.update.CopyFrom(_update_config(f["UpdateConfig"], f"{w}.UpdateConfig"))
+    if "RollbackConfig" in f:
+        spec.rollback.CopyFrom(_update_config(f["RollbackConfig"], f"{w}.RollbackConfig"))
+    spec.endpoint.CopyFrom(_endpoint_spec(f.get("EndpointSpec"), f"{w}.EndpointSpec"))
+    return spec
+
+
+def _mode(spec: pb.ServiceSpec, body: Any, w: str) -> None:
+    f = fields(body, {"Replicated": dict, "Global": dict, "ReplicatedJob": dict,
+                      "GlobalJob": dict}, w)
+    if len(f) > 1:
+        raise InvalidRequest(f"{w}: set only one of {', '.join(f)}")
+    if "Global" in f:
+        fields(f["Global"], {}, f"{w}.Global")
+        getattr(spec, "global").SetInParent()
+    elif "GlobalJob" in f:
+        fields(f["GlobalJob"], {}, f"{w}.GlobalJob")
+        spec.global_job.SetInParent()
+    elif "ReplicatedJob" in f:
+        jw = f"{w}.ReplicatedJob"
+        job = fields(f["ReplicatedJob"], {"MaxConcurrent": int, "TotalCompletions": int}, jw)
+        spec.replicated_job.max_concurrent = _nonneg(job, "MaxConcurrent", jw) \
+            if "MaxConcurrent" in job else 1
+        spec.replicated_job.total_completions = _nonneg(job, "TotalCompletions", jw) \
+            if "TotalCompletions" in job else spec.replicated_job.max_concurrent
+    else:  # no mode, or Replicated without Replicas: one replica (as moby)
+        rw = f"{w}.Replicated"
+        rep = fields(f.get("Replicated"), {"Replicas": int}, rw)
+        spec.replicated.replicas = _nonneg(rep, "Replicas", rw) if "Replicas" in rep else 1
+
+
+def task_spec(body: Any, w: str = "TaskTemplate") -> pb.TaskSpec:
+    f = fields(body, {"ContainerSpec": dict, "PluginSpec": ANY, "NetworkAttachmentSpec": ANY,
+                      "Resources": dict, "RestartPolicy": dict, "Placement": dict,
+                      "Networks": list, "LogDriver": ANY, "ForceUpdate": int,
+                      "Runtime": str}, w)
+    _unsupported(f, ("PluginSpec", "NetworkAttachmentSpec", "Networks", "LogDriver"), w)
+    if f.get("Runtime", "container") not in ("", "container"):
+        raise InvalidRequest(f"invalid {w}.Runtime {f['Runtime']!r}: Shoal runs containers "
+                             "only (Runtime \"container\")")
+    spec = pb.TaskSpec()
+    spec.container.CopyFrom(_container_spec(f.get("ContainerSpec"), f"{w}.ContainerSpec"))
+    if "Resources" in f:
+        spec.resources.CopyFrom(_resources(f["Resources"], f"{w}.Resources"))
+    if "RestartPolicy" in f:
+        spec.restart.CopyFrom(_restart(f["RestartPolicy"], f"{w}.RestartPolicy"))
+    if "Placement" in f:
+        spec.placement.CopyFrom(_placement(f["Placement"], f"{w}.Placement"))
+    spec.force_update = _nonneg(f, "ForceUpdate", w)
+    return spec
+
+
+_CONTAINER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "Image": str, "Labels": dict, "Command": list, "Args": list, "Hostname": str, "Env": list,
+    "Dir": str, "User": str, "Mounts": list, "StopGracePeriod": int, "StopSignal": str,
+    "Healthcheck": dict, "TTY": bool, "Init": bool, "Isolation": str,
+    # Docker fields Shoal does not implement yet (accepted while empty):
+    "Groups": ANY, "Privileges": ANY, "Hosts": ANY, "DNSConfig": ANY, "Secrets": ANY,
+    "Configs": ANY, "Sysctls": ANY, "CapabilityAdd": ANY, "CapabilityDrop": ANY,
+    "Ulimits": ANY, "OomScoreAdj": ANY, "ReadOnly": ANY, "OpenStdin": ANY}
+_CONTAINER_UNSUPPORTED = ("Groups", "Privileges", "Hosts", "DNSConfig", "Secrets", "Configs",
+                          "Sysctls", "CapabilityAdd", "CapabilityDrop", "Ulimits",
+                          "OomScoreAdj", "ReadOnly", "OpenStdin")
+
+
+def _container_spec(body: Any, w: str) -> pb.ContainerSpec:
+    f = fields(body, _CONTAINER_FIELDS, w)
+    _unsupported(f, _CONTAINER_UNSUPPORTED, w)
+    if f.get("Isolation", "default") not in ("", "default"):
+        raise InvalidRequest(f"invalid {w}.Isolation {f['Isolation']!r}: only \"default\"")
+    c = pb.ContainerSpec(image=f.get("Image", ""), hostname=f.get("Hostname", ""),
+                         dir=f.get("Dir", ""), user=f.get("User", ""),
+                         stop_signal=f.get("StopSignal", ""), tty=f.get("TTY", False),
+                         init=f.get("Init", False))
+    c.labels.update(_labels(f, "Labels", w))
+    c.command.extend(_strings(f, "Command", w))
+    c.args.extend(_strings(f, "Args", w))
+    c.env.extend(_strings(f, "Env", w))
+    c.mounts.extend(_mount(m, f"{w}.Mounts[{i}]") for i, m in enumerate(f.get("Mounts", [])))
+    if "StopGracePeriod" in f:
+        c.stop_grace_period.ns = _nonneg(f, "StopGracePeriod", w)
+    if "Healthcheck" in f:
+        c.healthcheck.CopyFrom(_healthcheck(f["Healthcheck"], f"{w}.Healthcheck"))
+    return c
+
+
+def _mount(body: Any, w: str) -> pb.Mount:
+    f = fields(body, {"Type": str, "Source": str, "Target": str, "ReadOnly": bool,
+                      "Consistency": str, "BindOptions": ANY, "VolumeOptions": ANY,
+                      "TmpfsOptions": dict, "ClusterOptions": ANY, "ImageOptions": ANY}, w)
+    _unsupported(f, ("BindOptions", "VolumeOptions", "ClusterOptions", "ImageOptions"), w)
+    kind = f.get("Type", "")
+    if kind.lower() not in MOUNT_TYPE.values():
+        raise InvalidRequest(f"invalid {w}.Type {kind!r}: unknown mount type; use bind, "
+                             "volume or tmpfs")
+    m = pb.Mount(type=_enum(kind, MOUNT_TYPE, "mount type"), source=f.get("Source", ""),
+                 target=f.get("Target", ""), read_only=f.get("ReadOnly", False))
+    tmpfs = fields(f.get("TmpfsOptions"), {"SizeBytes": int, "Mode": int, "Options": ANY},
+                   f"{w}.TmpfsOptions")
+    _unsupported(tmpfs, ("Options",), f"{w}.TmpfsOptions")
+    m.tmpfs_size_bytes = _nonneg(tmpfs, "SizeBytes", f"{w}.TmpfsOptions")
+    m.tmpfs_mode = _nonneg(tmpfs, "Mode", f"{w}.TmpfsOptions")
+    return m
+
+
+def _healthcheck(body: Any, w: str) -> pb.HealthConfig:
+    f = fields(body, {"Test": list, "Interval": int, "Timeout": int, "Retries": int,
+                      "StartPeriod": int, "StartInterval": int}, w)
+    _unsupported(f, ("StartInterval",), w)
+    return pb.HealthConfig(test=_strings(f, "Test", w), interval_ns=_nonneg(f, "Interval", w),
+                           timeout_ns=_nonneg(f, "Timeout", w), retries=_nonneg(f, "Retries", w),
+                           start_period_ns=_nonneg(f, "StartPeriod", w))
+
+
+def _resources(body: Any, w: str) -> pb.ResourceRequirements:
+    f = fields(body, {"Limits": dict, "Reservations": dict}, w)
+    lim = fields(f.get("Limits"), {"NanoCPUs": int, "MemoryBytes": int, "Pids": int},
+                 f"{w}.Limits")
+    _unsupported(lim, ("Pids",), f"{w}.Limits")
+    res = fields(f.get("Reservations"), {"NanoCPUs": int, "MemoryBytes": int,
+                                         "GenericResources": ANY}, f"{w}.Reservations")
+    _unsupported(res, ("GenericResources",), f"{w}.Reservations")
+    out = pb.ResourceRequirements()
+    for target, src, sw in ((out.limits, lim, f"{w}.Limits"),
+                            (out.reservations, res, f"{w}.Reservations")):
+        target.nano_cpus = _nonneg(src, "NanoCPUs", sw)
+        target.memory_bytes = _nonneg(src, "MemoryBytes", sw)
+    return out
+
+
+def _restart(body: Any, w: str) -> pb.RestartPolicy:
+    f = fields(body, {"Condition": str, "Delay": int, "MaxAttempts": int, "Window": int}, w)
+    r = pb.RestartPolicy(condition=_enum(f.get("Condition", ""), RESTART, "restart condition"),
+                         max_attempts=_nonneg(f, "MaxAttempts", w))
+    if "Delay" in f:
+        r.delay.ns = _nonneg(f, "Delay", w)
+    if "Window" in f:
+        r.window.ns = _nonneg(f, "Window", w)
+    return r
+
+
+def _placement(body: Any, w: str) -> pb.Placement:
+    f = fields(body, {"Constraints": list, "Preferences": list, "MaxReplicas": int,
+                      "Platforms": list}, w)
+    p = pb.Placement(constraints=_strings(f, "Constraints", w),
+                     max_replicas=_nonneg(f, "MaxReplicas", w))
+    for i, pref in enumerate(f.get("Preferences", [])):
+        pw = f"{w}.Preferences[{i}]"
+        spread = fields(fields(pref, {"Spread": dict}, pw).get("Spread"),
+                        {"SpreadDescriptor": str}, f"{pw}.Spread")
+        p.preferences.add().spread.spread_descriptor = spread.get("SpreadDescriptor", "")
+    for i, plat in enumerate(f.get("Platforms", [])):
+        pf = fields(plat, {"Architecture": str, "OS": str}, f"{w}.Platforms[{i}]")
+        p.platforms.add(architecture=pf.get("Architecture", ""), os=pf.get("OS", ""))
+    return p
+
+
+def _update_config(body: Any, w: str) -> pb.UpdateConfig:
+    f = fields(body, {"Parallelism": int, "Delay": int, "FailureAction": str, "Monitor": int,
+                      "MaxFailureRatio": NUM, "Order": str}, w)
+    u = pb.UpdateConfig(parallelism=_nonneg(f, "Parallelism", w), delay_ns=_nonneg(f, "Delay", w),
+                        failure_action=_enum(f.get("FailureAction", ""), FAILURE_ACTION,
+                                             f"{w}.FailureAction"),
+                        order=_enum(f.get("Order", ""), ORDER, f"{w}.Order"))
+    ratio = f.get("MaxFailureRatio", 0)
+    if not 0 <= ratio <= 1:
+        raise InvalidRequest(f"invalid {w}.MaxFailureRatio {ratio}: must be between 0 and 1")
+    u.max_failure_ratio = ratio
+    if "Monitor" in f:
+        u.monitor.ns = _nonneg(f, "Monitor", w)
+    return u
+
+
+def _endpoint_spec(body: Any, w: str) -> pb.EndpointSpec:
+    f = fields(body, {"Mode": str, "Ports": list}, w)
+    e = pb.EndpointSpec(mode=_enum(f.get("Mode", ""), ENDPOINT_MODE, f"{w}.Mode"))
+    e.ports.extend(_port(p, f"{w}.Ports[{i}]") for i, p in enumerate(f.get("Ports", [])))
+    return e
+
+
+def _port(body: Any, w: str) -> pb.PortConfig:
+    f = fields(body, {"Name": str, "Protocol": str, "TargetPort": int, "PublishedPort": int,
+                      "PublishMode": str}, w)
+    for name in ("TargetPort", "PublishedPort"):
+        if not 0 <= f.get(name, 0) <= 65535:
+            raise InvalidRequest(f"invalid {w}.{name} {f[name]}: must be 0-65535")
+    return pb.PortConfig(name=f.get("Name", ""),
+                         protocol=_enum(f.get("Protocol", ""), PROTOCOL, f"{w}.Protocol"),
+                         target_port=f.get("TargetPort", 0),
+                         published_port=f.get("PublishedPort", 0),
+                         publish_mode=_enum(f.get("PublishMode", ""), PUBLISH_MODE,
+                                            f"{w}.PublishMode"))
+
+
+# ---------------------------------------------------------------- proto → JSON
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    """Go's omitempty: leave out zero values."""
+    if value not in (None, "", 0, [], {}, False):
+        out[key] = value
+
+
+def service_spec_json(spec: pb.ServiceSpec, defaults: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _put(out, "Name", spec.annotations.name)
+    out["Labels"] = dict(spec.annotations.labels)
+    out["TaskTemplate"] = task_spec_json(spec.task, defaults)
+    out["Mode"] = mode_json(spec)
+    if spec.HasField("update") or defaults:
+        out["UpdateConfig"] = _update_config_json(spec.update, defaults)
+    if spec.HasField("rollback") or defaults:
+        out["RollbackConfig"] = _update_config_json(spec.rollback, defaults)
+    out["EndpointSpec"] = endpoint_spec_json(spec.endpoint)
+    return out
+
+
+def mode_name(spec: pb.ServiceSpec) -> str:
+    """"replicated", "global", "replicated_job" or "global_job" (the oneof's field)."""
+    return spec.WhichOneof("mode") or "replicated"
+
+
+def mode_json(spec: pb.ServiceSpec) -> dict[str, Any]:
+    name = mode_name(spec)
+    if name == "replicated":
+        return {"Replicated": {"Replicas": spec.replicated.replicas}}
+    if name == "replicated_job":
+        job = spec.replicated_job
+        return {"ReplicatedJob": {"MaxConcurrent": job.max_concurrent,
+                                  "TotalCompletions": job.total_completions}}
+    return {MODE_KEYS[name]: {}}
+
+
+def task_spec_json(task: pb.TaskSpec, defaults: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"ContainerSpec": _container_json(task.container, defaults)}
+    res = task.resources
+    out["Resources"] = {k: v for k, v in (("Limits", _resources_json(res.limits)),
+                                          ("Reservations", _resources_json(res.reservations)))
+                        if v or defaults}
+    if task.HasField("restart") or defaults:
+        r = task.restart
+        out["RestartPolicy"] = {
+            "Condition": RESTART[r.condition],
+            "Delay": r.delay.ns if r.HasField("delay") else DEFAULT_RESTART_DELAY_NS,
+            "MaxAttempts": r.max_attempts}
+        if r.HasField("window"):
+            out["RestartPolicy"]["Window"] = r.window.ns
+    out["Placement"] = _placement_json(task.placement)
+    out["ForceUpdate"] = task.force_update
+    out["Runtime"] = "container"
+    return out
+
+
+def _resources_json(r: pb.Resources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _put(out, "NanoCPUs", r.nano_cpus)
+    _put(out, "MemoryBytes", r.memory_bytes)
+    return out
+
+
+def _container_json(c: pb.ContainerSpec, defaults: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"Image": c.image}
+    _put(out, "Labels", dict(c.labels))
+    for key, value in (("Command", list(c.command)), ("Args", list(c.args)),
+                       ("Hostname", c.hostname), ("Env", list(c.env)), ("Dir", c.dir),
+                       ("User", c.user), ("TTY", c.tty), ("Init", c.init),
+                       ("StopSignal", c.stop_signal)):
+        _put(out, key, value)
+    _put(out, "Mounts", [_mount_json(m) for m in c.mounts])
+    if c.HasField("stop_grace_period"):
+        out["StopGracePeriod"] = c.stop_grace_period.ns
+    elif defaults:
+        out["StopGracePeriod"] = DEFAULT_STOP_GRACE_NS
+    if c.HasField("healthcheck"):
+        h = c.healthcheck
+        hc: dict[str, Any] = {"Test": list(h.test)}
+        for name, ns in (("Interval", h.interval_ns), ("Timeout", h.timeout_ns),
+                         ("StartPeriod", h.start_period_ns), ("Retries", h.retries)):
+            _put(hc, name, ns)
+        out["Healthcheck"] = hc
+    if defaults:
+        out["Isolation"] = "default"
+    return out
+
+
+def _mount_json(m: pb.Mount) -> dict[str, Any]:
+    out: dict[str, Any] = {"Type": MOUNT_TYPE[m.type]}
+    _put(out, "Source", m.source)
+    out["Target"] = m.target
+    _put(out, "ReadOnly", m.read_only)
+    tmpfs: dict[str, Any] = {}
+    _put(tmpfs, "SizeBytes", m.tmpfs_size_bytes)
+    _put(tmpfs, "Mode", m.tmpfs_mode)
+    _put(out, "TmpfsOptions", tmpfs)
+    return out
+
+
+def _placement_json(p: pb.Placement) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _put(out, "Constraints", list(p.constraints))
+    _put(out, "Preferences", [{"Spread": {"SpreadDescriptor": x.spread.spread_descriptor}}
+                              for x in p.preferences])
+    _put(out, "MaxReplicas", p.max_replicas)
+    _put(out, "Platforms", [{"Architecture": x.architecture, "OS": x.os} for x in p.platforms])
+    return out
+
+
+def _update_config_json(u: pb.UpdateConfig, defaults: bool) -> dict[str, Any]:
+    parallelism = u.parallelism
+    if defaults and not u.ListFields():
+        parallelism = 1  # an unset config means swarmkit's defaults
+    out: dict[str, Any] = {"Parallelism": parallelism,
+                           "FailureAction": FAILURE_ACTION[u.failure_action]}
+    _put(out, "Delay", u.delay_ns)
+    if u.HasField("monitor") or defaults:
+        out["Monitor"] = u.monitor.ns if u.HasField("monitor") else DEFAULT_MONITOR_NS
+    out["MaxFailureRatio"] = u.max_failure_ratio
+    out["Order"] = ORDER[u.order]
+    return out
+
+
+def endpoint_spec_json(e: pb.EndpointSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"Mode": ENDPOINT_MODE[e.mode]}
+    _put(out, "Ports", [port_json(p) for p in e.ports])
+    return out
+
+
+def port_json(p: pb.PortConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _put(out, "Name", p.name)
+    out |= {"Protocol": PROTOCOL[p.protocol], "TargetPort": p.target_port,
+            "PublishedPort": p.published_port, "PublishMode": PUBLISH_MODE[p.publish_mode]}
+    return out
+
+
+def service_json(svc: pb.Service, defaults: bool = False,
+                 status: dict[str, int] | None = None) -> dict[str, Any]:
+    out = _meta(svc) | {"Spec": service_spec_json(svc.spec, defaults)}
+    if svc.has_previous_spec:
+        out["PreviousSpec"] = service_spec_json(svc.previous_spec, defaults)
+    ports = svc.endpoint.ports if svc.HasField("endpoint") else svc.spec.endpoint.ports
+    out["Endpoint"] = {"Spec": endpoint_spec_json(svc.spec.endpoint),
+                       "Ports": [port_json(p) for p in ports], "VirtualIPs": []}
+    u = svc.update_status
+    if u.state != pb.UpdateStatus.UNKNOWN:
+        out["UpdateStatus"] = {"State": UPDATE_STATE[u.state],
+                               "StartedAt": timestamp(u.started_at_ns), "Message": u.message}
+        if u.completed_at_ns:
+            out["UpdateStatus"]["CompletedAt"] = timestamp(u.completed_at_ns)
+    if status is not None:
+        out["ServiceStatus"] = status
+    if mode_name(svc.spec).endswith("_job"):
+        out["JobStatus"] = {"JobIteration": {"Index": svc.job_status.job_iteration},
+                            "LastExecution": timestamp(svc.job_status.last_execution_ns)}
+    return out
+
+
+def task_json(task: pb.Task, job: bool = False) -> dict[str, Any]:
+    st = task.status
+    status: dict[str, Any] = {"Timestamp": timestamp(st.timestamp_ns),
+                              "State": TASK_STATES[st.state], "Message": st.message}
+    _put(status, "Err", st.err)
+    if st.HasField("container"):
+        status["ContainerStatus"] = {"ContainerID": st.container.container_id,
+                                     "PID": st.container.pid, "ExitCode": st.container.exit_code}
+    status["PortStatus"] = {"Ports": [port_json(p) for p in st.port_status.ports]} \
+        if st.port_status.ports else {}
+    out = _meta(task) | {"Name": task.annotations.name, "Labels": dict(task.annotations.labels),
+                         "Spec": task_spec_json(task.spec), "ServiceID": task.service_id}
+    _put(out, "Slot", task.slot)
+    _put(out, "NodeID", task.node_id)
+    out |= {"Status": status, "DesiredState": TASK_STATES[task.desired_state]}
+    if job:
+        out["JobIteration"] = {"Index": task.job_iteration}
+    return out

@@ -1,0 +1,148 @@
+"""/services, /services/create, /services/{id}, /services/{id}/update, DELETE /services/{id},
+and /distribution/{image}/json (which Shoal does not serve: the CLI then uses the image
+unpinned)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from aiohttp import web
+
+from manager.controlapi.services import ServiceControl, task_up_to_date, visible
+from manager.manager import Manager
+from proto import objects_pb2 as pb
+from proto import store_pb2
+from shoal.api import convert_service as conv
+from shoal.api.request import bool_param, filters_param, int_param, parse_json
+from shoal.errors import InvalidRequest
+from shoal.node import Node
+
+_SERVICE_FILTERS = {"id", "name", "label", "mode"}
+_MODES = {"replicated": "replicated", "global": "global", "replicated-job": "replicated_job",
+          "global-job": "global_job"}
+
+
+def manager_of(request: web.Request) -> Manager:
+    node: Node = request.app["node"]
+    return node.manager()
+
+
+def label_match(labels: dict[str, str], wanted: list[str]) -> bool:
+    """Docker's label filter: every `key` or `key=value` given must match."""
+    for want in wanted:
+        key, sep, value = want.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+def service_matches(svc: pb.Service, filters: dict[str, list[str]]) -> bool:
+    for key, values in filters.items():
+        if key == "label":
+            if not label_match(dict(svc.spec.annotations.labels), values):
+                return False
+            continue
+        if key == "mode" and any(v not in _MODES for v in values):
+            raise InvalidRequest(f"invalid mode filter {values}: expected "
+                                 f"{', '.join(_MODES)}")
+        checks = {"id": lambda v: svc.id.startswith(v),
+                  "name": lambda v: svc.spec.annotations.name.startswith(v),
+                  "mode": lambda v: conv.mode_name(svc.spec) == _MODES[v]}
+        if not any(checks[key](v) for v in values):
+            return False
+    return True
+
+
+def service_status(svc: pb.Service, tasks: list[pb.Task]) -> dict[str, int]:
+    """ServiceStatus {RunningTasks, DesiredTasks, CompletedTasks} over the service's
+    up-to-date tasks (what `service ls` shows as REPLICAS)."""
+    current = [t for t in tasks if task_up_to_date(svc, t)]
+    states = Counter(t.status.state for t in current
+                     if t.desired_state <= pb.COMPLETE)
+    running, completed = states[pb.RUNNING], states[pb.COMPLETE]
+    mode = conv.mode_name(svc.spec)
+    if mode == "replicated":
+        desired = svc.spec.replicated.replicas
+    elif mode == "replicated_job":
+        job = svc.spec.replicated_job
+        desired = max(0, min(job.max_concurrent, job.total_completions - completed))
+    else:  # global: the nodes with a task; global job: those whose task is not done yet
+        live = [t for t in current if t.desired_state <= pb.COMPLETE and
+                (mode == "global" or t.status.state != pb.COMPLETE)]
+        desired = len({t.node_id for t in live})
+    return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": completed}
+
+
+async def list_services(request: web.Request) -> web.Response:
+    mgr = manager_of(request)
+    filters = filters_param(request.query.get("filters"))
+    unknown = set(filters) - _SERVICE_FILTERS
+    if unknown:
+        raise InvalidRequest(f"invalid filter '{sorted(unknown)[0]}': services filter by "
+                             f"{', '.join(sorted(_SERVICE_FILTERS))}")
+    services = [s for s in visible(mgr.store.list(pb.Service)) if service_matches(s, filters)]
+    with_status = bool_param(request.query.get("status"))
+    by_service: dict[str, list[pb.Task]] = {}
+    if with_status:
+        for task in mgr.store.list_view(pb.Task):
+            by_service.setdefault(task.service_id, []).append(task)
+    services.sort(key=lambda s: s.spec.annotations.name)
+    return web.json_response([
+        conv.service_json(s, status=service_status(s, by_service.get(s.id, []))
+                          if with_status else None) for s in services])
+
+
+async def inspect_service(request: web.Request) -> web.Response:
+    svc = ServiceControl(manager_of(request).store).get(request.match_info["ref"])
+    defaults = bool_param(request.query.get("insertDefaults"))
+    return web.json_response(conv.service_json(svc, defaults=defaults))
+
+
+async def create_service(request: web.Request) -> web.Response:
+    mgr = manager_of(request)
+    spec = conv.service_spec(parse_json(await request.read()))
+    svc = ServiceControl(mgr.store).create(spec, time.time_ns())
+    await mgr.write((store_pb2.CREATE, svc))
+    return web.json_response({"ID": svc.id, "Warnings": None}, status=201)
+
+
+async def update_service(request: web.Request) -> web.Response:
+    mgr = manager_of(request)
+    version = int_param(request.query.get("version"), "version")
+    if version is None:
+        raise InvalidRequest("service update needs ?version=N (the service's Version.Index, "
+                             "from GET /services/{id})")
+    rollback = request.query.get("rollback", "")
+    if rollback not in ("", "none", "previous"):
+        raise InvalidRequest(f"invalid rollback {rollback!r}: expected \"previous\"")
+    body = parse_json(await request.read())
+    spec = None if rollback == "previous" else conv.service_spec(body)
+    svc = ServiceControl(mgr.store).update(request.match_info["ref"], version, spec,
+                                           time.time_ns())
+    await mgr.update(svc)
+    return web.json_response({"Warnings": None})
+
+
+async def remove_service(request: web.Request) -> web.Response:
+    mgr = manager_of(request)
+    svc = ServiceControl(mgr.store).remove(request.match_info["ref"])
+    await mgr.update(svc)
+    return web.Response(status=200)
+
+
+async def distribution(request: web.Request) -> web.Response:
+    image = request.match_info["image"]
+    return web.json_response({"message": (
+        f"Shoal does not query registries: image {image} is used as given (unpinned) and each "
+        "node's engine pulls it when a task starts")}, status=404)
+
+
+ROUTES = [
+    ("GET", "/services", list_services),
+    ("POST", "/services/create", create_service),
+    ("GET", "/services/{ref}", inspect_service),
+    ("POST", "/services/{ref}/update", update_service),
+    ("DELETE", "/services/{ref}", remove_service),
+    ("GET", "/distribution/{image:.+}/json", distribution),
+]

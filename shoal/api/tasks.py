@@ -1,0 +1,110 @@
+"""/tasks and /tasks/{id}, with Docker's filters (service, node, name, id, label,
+desired-state, _up-to-date)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from manager.controlapi.nodes import find_node
+from manager.controlapi.services import find_service, task_up_to_date
+from manager.errors import InvalidArgument, NotFound
+from proto import objects_pb2 as pb
+from shoal.api import convert_service as conv
+from shoal.api.request import bool_param, filters_param
+from shoal.api.services import label_match, manager_of
+from shoal.errors import InvalidRequest
+
+_TASK_FILTERS = {"service", "node", "name", "id", "label", "desired-state", "_up-to-date",
+                 "runtime"}
+_STATES = {name: value for value, name in conv.TASK_STATES.items()}
+
+TaskCheck = Callable[[pb.Task], bool]
+
+
+def task_filter(filters: dict[str, list[str]], services: list[pb.Service],
+                nodes: list[pb.Node]) -> TaskCheck:
+    """One predicate for all filters: values of one key are ORed, keys are ANDed (labels:
+    every one must match). Services and nodes are resolved by ID, name or ID prefix; one that
+    does not exist is a 404, as Docker's."""
+    unknown = set(filters) - _TASK_FILTERS
+    if unknown:
+        raise InvalidRequest(f"invalid filter '{sorted(unknown)[0]}': tasks filter by "
+                             f"{', '.join(sorted(_TASK_FILTERS - {'_up-to-date'}))}")
+    checks: list[TaskCheck] = []
+    if "service" in filters:
+        ids = {find_service(services, ref).id for ref in filters["service"]}
+        checks.append(lambda t: t.service_id in ids)
+    if "node" in filters:
+        node_ids = {find_node(nodes, ref).id for ref in filters["node"]}
+        checks.append(lambda t: t.node_id in node_ids)
+    if "name" in filters:
+        names = filters["name"]
+        checks.append(lambda t: any(t.annotations.name.startswith(n) for n in names))
+    if "id" in filters:
+        prefixes = filters["id"]
+        checks.append(lambda t: any(t.id.startswith(p) for p in prefixes))
+    if "label" in filters:
+        labels = filters["label"]
+        checks.append(lambda t: label_match(dict(t.service_labels) | dict(t.annotations.labels),
+                                            labels))
+    if "desired-state" in filters:
+        checks.append(_desired(filters["desired-state"]))
+    if any(bool_param(v) for v in filters.get("_up-to-date", [])):
+        by_id = {s.id: s for s in services}
+        checks.append(lambda t: t.service_id in by_id and task_up_to_date(by_id[t.service_id], t))
+    if any(v != "container" for v in filters.get("runtime", [])):
+        checks.append(lambda t: False)
+    return lambda t: all(check(t) for check in checks)
+
+
+def _desired(values: list[str]) -> TaskCheck:
+    wanted = set()
+    for value in values:
+        if value.lower() not in _STATES:
+            raise InvalidArgument(f"invalid desired-state filter {value!r}: expected one of "
+                                  f"{', '.join(_STATES)}")
+        wanted.add(_STATES[value.lower()])
+    return lambda t: t.desired_state in wanted
+
+
+def _jobs(services: list[pb.Service]) -> set[str]:
+    return {s.id for s in services if conv.mode_name(s.spec).endswith("_job")}
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    mgr = manager_of(request)
+    services = mgr.store.list(pb.Service)
+    check = task_filter(filters_param(request.query.get("filters")), services,
+                        mgr.store.list(pb.Node))
+    tasks = sorted((t for t in mgr.store.list_view(pb.Task) if check(t)),
+                   key=lambda t: (t.meta.created_at_ns, t.id))
+    jobs = _jobs(services)
+    return web.json_response([conv.task_json(t, job=t.service_id in jobs) for t in tasks])
+
+
+def find_task(tasks: list[pb.Task], ref: str) -> pb.Task:
+    for task in tasks:
+        if task.id == ref:
+            return task
+    prefixed = [t for t in tasks if ref and t.id.startswith(ref)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if prefixed:
+        raise InvalidArgument(f"task {ref} is ambiguous ({len(prefixed)} matches); use the "
+                              "full task ID")
+    raise NotFound(f"task {ref} not found")
+
+
+async def inspect_task(request: web.Request) -> web.Response:
+    mgr = manager_of(request)
+    task = find_task(mgr.store.list_view(pb.Task), request.match_info["task_id"])
+    jobs = _jobs(mgr.store.list(pb.Service))
+    return web.json_response(conv.task_json(task, job=task.service_id in jobs))
+
+
+ROUTES = [
+    ("GET", "/tasks", list_tasks),
+    ("GET", "/tasks/{task_id}", inspect_task),
+]
