@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from manager import errors as merr
-from shoal.api import logs, nodes, swarm
+from shoal.api import logs, nodes, services, swarm, tasks
 from shoal.description import VERSION
 from shoal.errors import NodeError
 from shoal.node import Node
@@ -109,7 +109,7 @@ def make_app(node: Node) -> web.Application:
     app["node"] = node
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),
-        *swarm.ROUTES, *nodes.ROUTES, *logs.ROUTES,
+        *swarm.ROUTES, *nodes.ROUTES, *logs.ROUTES, *services.ROUTES, *tasks.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
