@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -162,6 +163,26 @@ def image_tarballs() -> list[Path]:
         raise EngineError(f"no image tarballs (*.tar) in {images_dir()}; build them with "
                           f"`make images`, or set {IMAGES_ENV} to their directory")
     return found
+
+
+def _tarball_tags(path: Path) -> list[str]:
+    try:
+        with tarfile.open(path) as tar:
+            member = tar.extractfile("manifest.json")
+            manifest = json.loads(member.read()) if member else []
+    except (OSError, KeyError, ValueError, tarfile.TarError) as exc:
+        raise EngineError(f"{path} is not a `docker save` tarball ({exc}); "
+                          "rebuild it with `make images`") from exc
+    return [tag for entry in manifest for tag in entry.get("RepoTags") or []]
+
+
+def ensure_images(engine: str) -> list[str]:
+    """Load each tarball of images_dir() that has a tag the engine lacks; returns those tags."""
+    loaded = []
+    for tarball in image_tarballs():
+        if not all(has_image(engine, tag) for tag in _tarball_tags(tarball)):
+            loaded += load_image(engine, tarball)
+    return loaded
 
 
 # ---- processes -------------------------------------------------------------------------
@@ -412,6 +433,13 @@ def start_engine(root_dir: Path, name: str, *, storage_driver: str | None = None
         errors.append(f"with --storage-driver {driver} it {how}:{_log_errors(engine.log_file)}")
     raise EngineError(f"engine {name}: dockerd did not start (log {engine.log_file}):\n  "
                       + "\n  ".join(errors))
+
+
+def purge_engine(root_dir: Path, name: str = "", pid: int | None = None) -> None:
+    """Stop the dockerd of `root_dir` (its pidfile's, or `pid`) and delete `root_dir`."""
+    root = Path(root_dir).absolute()
+    engine = attach_engine(root, name) or Engine(root, name or root.name, pid or 0, "")
+    engine.purge()
 
 
 def attach_engine(root_dir: Path, name: str = "") -> Engine | None:

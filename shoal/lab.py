@@ -7,10 +7,16 @@ machine's own namespace never holds a lab interface, address or route, not even 
 Addresses come from 198.18.0.0/15, one /24 per lab. Hosts share the filesystem: each one's
 data root, API socket and log live under `${SHOAL_LAB_ROOT:-/var/tmp/shoal-lab}/<NAME>/<h>/`,
 and `lab.json` there records the plan, the addresses and the daemons' PIDs.
+
+All hosts use one container engine: a private dockerd the lab starts in the machine's own
+network namespace, under `<NAME>/engine/` (socket `<NAME>/engine/docker.sock`, see
+shoal/engine.py) with the test images loaded, or an engine given to `up`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -26,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shoal import engine as enginemod
 from shoal.client import APIError, Client
 
 NAME_RE = re.compile(r"[a-z0-9]{1,8}")
@@ -59,7 +66,7 @@ class HostState:
     pid: int | None = None
     alive: bool = False
     node_id: str | None = None
-    engine: str | None = None  # reserved: the host's container engine socket
+    engine: str | None = None  # the host's container engine: unix:///PATH
 
     @property
     def api(self) -> str:
@@ -78,6 +85,8 @@ class LabState:
     state_dir: str
     swarm: bool
     hosts: list[HostState]
+    engine: str | None = None  # the engine all hosts use (unix:///PATH)
+    engine_pid: int | None = None  # its dockerd, when the lab started it (under engine/)
 
     def host(self, name: str) -> HostState:
         for host in self.hosts:
@@ -151,26 +160,29 @@ def _pick_subnet(name: str) -> ipaddress.IPv4Network:
     raise LabError(f"all {len(subnets)} lab subnets of {LAB_NET} are in use; remove a lab")
 
 
-def _plan(name: str, managers: int, workers: int,
-          daemon_argv: Sequence[str] | None, swarm: bool) -> LabState:
+def _plan(name: str, managers: int, workers: int, daemon_argv: Sequence[str] | None,
+          swarm: bool, engine: str | None) -> LabState:
     sdir = state_dir(name)
     subnet = _pick_subnet(name)
+    engine = engine or "unix://" + str(sdir / "engine" / "docker.sock")
     names = [(f"m{i}", "manager") for i in range(1, managers + 1)]
     names += [(f"w{i}", "worker") for i in range(1, workers + 1)]
     hosts = []
     for index, (host, role) in enumerate(names):
         hdir = sdir / host
         paths = {"data_root": str(hdir / "data"), "socket": str(hdir / "shoal.sock"),
-                 "hostname": host}
+                 "hostname": host, "engine": engine}
         template = daemon_argv or [_shoald(), "--data-root", "{data_root}",
-                                   "--host", "unix://{socket}", "--hostname", "{hostname}"]
+                                   "--host", "unix://{socket}", "--hostname", "{hostname}",
+                                   *(["--engine", "{engine}"] if _shoald_has_engine() else [])]
         hosts.append(HostState(
             name=host, role=role, namespace=namespace(name, host),
             address=str(subnet.network_address + 2 + index), api_socket=paths["socket"],
             data_root=paths["data_root"], log_file=str(hdir / "shoald.log"),
-            argv=[arg.format(**paths) for arg in template]))
+            argv=[arg.format(**paths) for arg in template], engine=engine))
     return LabState(name=name, subnet=str(subnet), switch_namespace=namespace(name, "sw"),
-                    bridge=f"b{name}", state_dir=str(sdir), swarm=swarm, hosts=hosts)
+                    bridge=f"b{name}", state_dir=str(sdir), swarm=swarm, hosts=hosts,
+                    engine=engine)
 
 
 def _shoald() -> str:
@@ -180,6 +192,13 @@ def _shoald() -> str:
         raise LabError(f"shoald not found next to {sys.executable} nor on PATH; "
                        "install Shoal in this environment (`make venv`)")
     return found
+
+
+@functools.cache
+def _shoald_has_engine() -> bool:
+    """Does this shoald take `--engine`? (Until every shoald does: then pass it always.)"""
+    proc = subprocess.run([_shoald(), "--help"], capture_output=True, text=True)
+    return "--engine" in proc.stdout
 
 
 # ---- ip(8), namespaces, processes --------------------------------------------------------
@@ -310,6 +329,38 @@ def _create_network(state: LabState) -> None:
         _ip("-n", host.namespace, "link", "set", HOST_IFNAME, "up")
 
 
+def _setup_engine(state: LabState, given: str | None, save: Callable[[], None]) -> None:
+    """Start the lab's dockerd (unless an engine was given) and load the test images."""
+    url = state.engine or ""
+    try:
+        if given is None:
+            engine = enginemod.start_engine(Path(state.state_dir) / "engine", state.name)
+            state.engine_pid = engine.pid
+            save()
+        elif not enginemod.ping(url):
+            raise LabError(f"engine {url} does not answer GET /_ping; start it, or leave out "
+                           "the engine to have the lab start its own dockerd")
+        enginemod.ensure_images(url)
+    except enginemod.EngineError as exc:
+        raise LabError(str(exc)) from exc
+
+
+def _remove_engine(name: str, state: LabState | None) -> None:
+    """Stop and delete the lab's own dockerd, or remove the lab's containers from a given one."""
+    root = state_dir(name) / "engine"
+    try:
+        if root.exists():
+            enginemod.purge_engine(root, name, state.engine_pid if state else None)
+            return
+    except enginemod.EngineError as exc:
+        raise LabError(f"lab {name!r}: {exc}") from exc
+    if state is None or state.engine is None:
+        return
+    for node_id in filter(None, (host.node_id for host in state.hosts)):
+        with contextlib.suppress(enginemod.EngineError):  # an engine gone has none left
+            enginemod.remove_containers(state.engine, f"{enginemod.SWARM_NODE_LABEL}={node_id}")
+
+
 def _wait_ping(hosts: Sequence[HostState], timeout: float = PING_TIMEOUT) -> None:
     pending = list(hosts)
 
@@ -385,12 +436,15 @@ def _wait_ready(state: LabState, timeout: float = READY_TIMEOUT) -> None:
 
 # ---- public API --------------------------------------------------------------------------
 
-def up(name: str, managers: int = 1, workers: int = 0, *,
-       form_swarm: bool = True, daemon_argv: Sequence[str] | None = None) -> LabState:
-    """Create lab `name`: the switch, the hosts, one shoald each, and (by default) a swarm.
+def up(name: str, managers: int = 1, workers: int = 0, *, form_swarm: bool = True,
+       daemon_argv: Sequence[str] | None = None, engine: str | None = None) -> LabState:
+    """Create lab `name`: the engine, the switch, the hosts, one shoald each, and a swarm.
 
-    `daemon_argv` replaces the shoald command line (tests); `{data_root}`, `{socket}` and
-    `{hostname}` in it are replaced per host (a node's hostname is its host's name, `m1`).
+    `engine` (unix:///PATH) is a running Docker engine for the hosts; without it the lab
+    starts its own dockerd. The test images (shoal.engine.images_dir()) are loaded into it.
+    `daemon_argv` replaces the shoald command line (tests); `{data_root}`, `{socket}`,
+    `{hostname}` and `{engine}` in it are replaced per host (a node's hostname is its host's
+    name, `m1`).
     On failure the lab is left for inspection: `down(name)` removes it.
     """
     validate_name(name)
@@ -400,7 +454,7 @@ def up(name: str, managers: int = 1, workers: int = 0, *,
         raise LabError(f"lab {name!r} already exists (namespaces {existing}); "
                        f"remove it with `shoal lab down --name {name}`")
     lab_root().mkdir(parents=True, exist_ok=True)
-    state = _plan(name, managers, workers, daemon_argv, form_swarm)
+    state = _plan(name, managers, workers, daemon_argv, form_swarm, engine)
     if len(longest := max((h.api_socket for h in state.hosts), key=len)) > MAX_SOCKET_PATH:
         raise LabError(f"socket path {longest} is too long for a unix socket; "
                        "set SHOAL_LAB_ROOT to a shorter directory")
@@ -411,6 +465,7 @@ def up(name: str, managers: int = 1, workers: int = 0, *,
                        f"remove it with `shoal lab down --name {name}`") from None
     _save(state)
     try:
+        _setup_engine(state, engine, lambda: _save(state))
         _create_network(state)
         for host in state.hosts:
             host.pid = _start_daemon(host)
@@ -434,6 +489,9 @@ def status(name: str) -> LabState:
 def down(name: str) -> None:
     """Stop every daemon and process of the lab, delete its namespaces and state directory.
 
+    The lab's own dockerd is stopped (its containers removed first) and its data deleted; on
+    an engine given to `up`, only containers labelled with the lab's node IDs are removed.
+
     Works on a half-created lab; raises LabError when there is nothing of `name` to remove.
     """
     validate_name(name)
@@ -446,6 +504,7 @@ def down(name: str) -> None:
     host_nss = [h.namespace for h in hosts] + [ns for ns in existing if ns != switch]
     for ns in dict.fromkeys(host_nss + [switch]):
         _terminate(_netns_pids(ns))
+    _remove_engine(name, state)  # after the daemons, so no agent starts a container again
     for ns in dict.fromkeys(host_nss + [switch]):  # the switch namespace last
         if ns in existing:
             _ip("netns", "del", ns)

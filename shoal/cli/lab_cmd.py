@@ -40,11 +40,15 @@ def lab() -> None:
 @NAME_OPTION
 @click.option("--managers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--engine", metavar="unix:///PATH", default=None,
+              help="A running Docker engine for the hosts (default: the lab starts its own "
+                   "dockerd under its state directory).")
 @_lab_errors
-def up_cmd(name: str, managers: int, workers: int) -> None:
+def up_cmd(name: str, managers: int, workers: int, engine: str | None) -> None:
     """Create the hosts, start their daemons and form a swarm."""
-    state = labmod.up(name, managers, workers)
-    click.echo(f"lab {name} is up: {len(state.hosts)} hosts on {state.subnet}")
+    state = labmod.up(name, managers, workers, engine=engine)
+    click.echo(f"lab {name} is up: {len(state.hosts)} hosts on {state.subnet}, "
+               f"engine {state.engine}")
     _print_table(state)
 
 

@@ -1,7 +1,8 @@
-"""System tests of the lab (shoal/lab.py, `shoal lab`): namespaces, switch, daemons, swarm.
+"""System tests of the lab (shoal/lab.py, `shoal lab`): namespaces, switch, daemons, engine,
+swarm.
 
 Most tests run a stand-in daemon so they test the lab alone; `test_full_swarm` runs real
-shoald processes and forms a 3-manager, 2-worker swarm.
+shoald processes and forms a 3-manager, 2-worker swarm. Every lab has a real dockerd.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import docker
 import pytest
 from click.testing import CliRunner
 
+from shoal import engine as enginemod
 from shoal import lab as labmod
 from shoal.cli.lab_cmd import lab as lab_cli
 from tests.system.conftest import LabFactory, root_namespace_snapshot, teardown_lab, wait_until
@@ -91,8 +94,10 @@ def _netns_list() -> str:
 def _assert_gone(state: labmod.LabState, pids: list[int]) -> None:
     assert f"shl-{state.name}-" not in _netns_list()
     assert not Path(state.state_dir).exists()
-    for pid in pids:
+    for pid in pids + [state.engine_pid or 0]:
         assert not labmod._alive(pid), f"pid {pid} survived down"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert state.state_dir + "/" not in mounts
 
 
 @pytest.fixture
@@ -207,7 +212,8 @@ def test_cli(lab_factory: LabFactory, lab_name: str) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert [h["name"] for h in doc["hosts"]] == ["m1", "w1"]
-    assert all(h["alive"] and h["engine"] is None for h in doc["hosts"])
+    assert doc["engine"] == f"unix://{state.state_dir}/engine/docker.sock"
+    assert all(h["alive"] and h["engine"] == doc["engine"] for h in doc["hosts"])
     assert doc["hosts"][0]["api"] == "unix://" + doc["hosts"][0]["api_socket"]
     table = runner.invoke(lab_cli, ["status", "--name", state.name])
     assert table.exit_code == 0 and "w1" in table.output and state.hosts[1].address in table.output
@@ -221,6 +227,69 @@ def test_cli(lab_factory: LabFactory, lab_name: str) -> None:
                  ["up", "--name", "Bad!"]):
         result = runner.invoke(lab_cli, args)
         assert result.exit_code == 1 and "Error:" in result.output, (args, result.output)
+    try:
+        result = runner.invoke(lab_cli, ["up", "--name", lab_name,
+                                         "--engine", "unix:///nonexistent/docker.sock"])
+        assert result.exit_code == 1 and "does not answer GET /_ping" in result.output
+    finally:
+        teardown_lab(lab_name)
+
+
+def _docker(url: str) -> docker.DockerClient:
+    return docker.DockerClient(base_url=url, version="auto", timeout=60)
+
+
+def _start_box(client: docker.DockerClient, node_id: str | None) -> str:
+    labels = {enginemod.SWARM_NODE_LABEL: node_id} if node_id else {}
+    box = client.containers.run("shoal/busybox:latest", ["sleep", "600"], network_mode="none",
+                                detach=True, labels=labels)
+    return str(box.id)
+
+
+def test_lab_engine(lab_factory: LabFactory, fake_shoald: list[str]) -> None:
+    """The lab's own dockerd: up, shared by the hosts, has the images; gone after down."""
+    before = root_namespace_snapshot()
+    state = lab_factory(1, 1, daemon_argv=[*fake_shoald, "--engine", "{engine}"])
+    assert state.engine == f"unix://{state.state_dir}/engine/docker.sock"
+    assert all(h.engine == state.engine and h.argv[-1] == state.engine for h in state.hosts)
+    assert state.engine_pid and labmod._alive(state.engine_pid)
+    info = enginemod.api(state.engine, "GET", "/info")
+    assert info["DockerRootDir"] == f"{state.state_dir}/engine/data"
+    for tag in ("latest", "v1", "v2"):
+        assert enginemod.has_image(state.engine, f"shoal/busybox:{tag}")
+    client = _docker(state.engine)
+    _start_box(client, state.hosts[1].node_id)
+    _start_box(client, None)
+    client.close()
+    doc = json.loads(CliRunner().invoke(lab_cli, ["status", "--name", state.name,
+                                                  "--format", "json"]).output)
+    assert doc["engine_pid"] == state.engine_pid
+
+    labmod.down(state.name)
+    _assert_gone(state, [h.pid for h in state.hosts if h.pid])
+    assert not enginemod.ping(state.engine)
+    assert root_namespace_snapshot() == before
+
+
+def test_lab_with_given_engine(lab_factory: LabFactory, fake_shoald: list[str],
+                               engine: enginemod.Engine) -> None:
+    """A given engine is used as it is; down removes only the lab's containers from it."""
+    state = lab_factory(1, 1, daemon_argv=fake_shoald, engine=engine.socket)
+    assert state.engine == engine.socket and state.engine_pid is None
+    assert all(h.engine == engine.socket for h in state.hosts)
+    assert not (Path(state.state_dir) / "engine").exists()
+    client = _docker(engine.socket)
+    ours = _start_box(client, state.hosts[1].node_id)
+    others = [_start_box(client, "another-lab-node"), _start_box(client, None)]
+    try:
+        labmod.down(state.name)
+        left = {c.id for c in client.containers.list(all=True)}
+        assert ours not in left and set(others) <= left
+        assert engine.running()
+    finally:
+        for cid in others:
+            client.containers.get(cid).remove(force=True)
+        client.close()
 
 
 def test_full_swarm(lab_factory: LabFactory) -> None:
@@ -236,6 +305,10 @@ def test_full_swarm(lab_factory: LabFactory) -> None:
     assert {n["ID"] for n in nodes} == {h.node_id for h in state.hosts}
     assert sorted(n["Description"]["Hostname"] for n in nodes) == ["m1", "m2", "m3", "w1", "w2"]
     pids = [h.pid for h in state.hosts if h.pid]
+    assert enginemod.ping(state.engine or "") and all(h.engine == state.engine
+                                                      for h in state.hosts)
+    if labmod._shoald_has_engine():  # until shoald's --engine lands everywhere
+        assert all(h.argv[-2:] == ["--engine", state.engine] for h in state.hosts)
 
     # A restarted daemon keeps its data root, hence its node identity, and is ready again.
     labmod.stop_host(state.name, "w1")
