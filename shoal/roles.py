@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import grpc
 
+from manager.allocator.allocator import Allocator
 from manager.ca.server import CAServicer, NodeCAServicer
 from manager.dispatcher.dispatcher import Dispatcher
 from manager.logbroker.broker import LogBroker
@@ -19,6 +20,7 @@ from manager.manager import Manager, ManagerAddrs
 from manager.raft.replica import RaftReplica
 from manager.raftapi import RaftMembershipServicer
 from manager.roles import RoleController
+from manager.scheduler.scheduler import Scheduler
 from manager.store.memory import MemoryStore
 from proto import cluster_pb2_grpc
 from shoal.nodestate import Certificates, DataRoot, SwarmState
@@ -71,6 +73,8 @@ class ManagerRole:
                                self.store, self.replica)
         self.dispatcher = Dispatcher(self.manager)
         RoleController(self.manager)
+        Allocator(self.manager)
+        Scheduler(self.manager)
         self.logbroker = LogBroker(self.manager)
         self._certs = certs
         self._state = state

@@ -1,0 +1,124 @@
+"""The allocator controller (leader only): gives services their published ports and moves
+new tasks to PENDING with a copy of their service's endpoint.
+
+Each leader tick, if a service or a NEW task changed since the last pass (or every
+RESCAN_PERIOD anyway), it brings every service's `endpoint` up to date with its spec
+(`ports.resolve_endpoint`), then moves the NEW tasks of services whose endpoint is current
+to PENDING ("pending task scheduling"). Writes go through `manager.batching.write_updates`
+(version-checked Raft batches of ≤200 actions); a lost race leaves the object for the next
+pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from manager.allocator.ports import PortKey, in_use_by_others, resolve_endpoint
+from manager.batching import write_updates
+from manager.errors import ManagerError
+from manager.manager import Manager
+from manager.store.memory import Event
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+RESCAN_PERIOD = 10.0
+PENDING_MESSAGE = "pending task scheduling"
+
+
+def needs_endpoint(service: pb.Service) -> bool:
+    return bool(service.endpoint.spec != service.spec.endpoint
+                or len(service.endpoint.ports) != len(service.spec.endpoint.ports))
+
+
+def is_new(task: pb.Task) -> bool:
+    return task.status.state == pb.NEW and task.desired_state <= pb.RUNNING
+
+
+def relevant(event: Event) -> bool:
+    if event.table == "service":
+        return event.new is not None and needs_endpoint(event.new)
+    return event.table == "task" and event.new is not None and is_new(event.new)
+
+
+def allocate_services(services: Sequence[pb.Service]) -> dict[str, pb.Service]:
+    """Copies of the services whose endpoint must change, with the new endpoint (pure).
+    A service that can't be given its ports is left out (and logged)."""
+    changed: dict[str, pb.Service] = {}
+    chosen: set[PortKey] = set()
+    for service in sorted(services, key=lambda s: (s.meta.created_at_ns, s.id)):
+        if service.pending_delete or not needs_endpoint(service):
+            continue
+        used = in_use_by_others(services, service.id) | chosen
+        try:
+            endpoint = resolve_endpoint(service, used)
+        except ManagerError as err:
+            log.warning("allocator: %s", err)
+            continue
+        chosen |= {(p.protocol, p.published_port) for p in endpoint.ports
+                   if p.publish_mode == pb.PortConfig.INGRESS}
+        new = pb.Service()
+        new.CopyFrom(service)
+        new.endpoint.CopyFrom(endpoint)
+        changed[service.id] = new
+    return changed
+
+
+def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
+                  now_ns: int) -> list[pb.Task]:
+    """Copies of the NEW tasks that can move to PENDING, with their service's endpoint.
+    Tasks of a missing service, or one whose endpoint is not allocated, stay NEW."""
+    out: list[pb.Task] = []
+    for task in tasks:
+        if not is_new(task):
+            continue
+        service = services.get(task.service_id) if task.service_id else None
+        if task.service_id and (service is None or needs_endpoint(service)):
+            continue
+        new = pb.Task()
+        new.CopyFrom(task)
+        if service is not None:
+            new.endpoint.CopyFrom(service.endpoint)
+        new.status.state = pb.PENDING
+        new.status.message = PENDING_MESSAGE
+        new.status.timestamp_ns = now_ns
+        out.append(new)
+    return out
+
+
+class Allocator:
+    def __init__(self, manager: Manager) -> None:
+        self.mgr = manager
+        self._dirty = True
+        self._last_pass = 0.0
+        manager.store.watch(self._on_events)
+        manager.on_leader_tick(self.tick)
+
+    def _on_events(self, events: list[Event]) -> None:
+        if not self._dirty and any(relevant(e) for e in events):
+            self._dirty = True
+
+    async def tick(self, became_leader: bool) -> None:
+        now = time.monotonic()
+        if not (self._dirty or became_leader or now - self._last_pass > RESCAN_PERIOD):
+            return
+        self._dirty = False
+        self._last_pass = now
+        await self.run_once()
+
+    async def run_once(self) -> None:
+        store = self.mgr.store
+        services = store.list_view(pb.Service)
+        changed = allocate_services(services)
+        if changed:
+            await self._write(list(changed.values()))
+        current = {s.id: s for s in store.list_view(pb.Service)}
+        tasks = pending_tasks(store.list_view(pb.Task), current, time.time_ns())
+        if tasks:
+            await self._write(tasks)
+
+    async def _write(self, objs: Sequence[object]) -> None:
+        if not await write_updates(self.mgr, objs):
+            self._dirty = True  # what lost a race or found no quorum: next pass

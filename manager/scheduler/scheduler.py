@@ -1,0 +1,127 @@
+"""The scheduler controller (leader only): places PENDING tasks on nodes.
+
+Each leader tick, if anything that could change a decision happened since the last pass (a
+node changed, a task became pending, a task stopped or left its node) — or every
+RESCAN_PERIOD anyway — it reads the store without copying, runs the pure decision core
+(`decide.schedule`) over all pending tasks at once, and writes the results through
+`manager.batching.write_updates` (Raft batches of ≤200 actions, several in flight). A task
+that fits nowhere stays PENDING with `status.err` saying why per reason with node counts;
+the err is written only when it changes. Tasks that changed while being decided (a lost
+version race) get a fresh decision in the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+from manager.batching import write_updates
+from manager.manager import Manager
+from manager.scheduler.decide import Decisions, schedule
+from manager.scheduler.filters import holds_node, is_active
+from manager.store.memory import Event
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+RESCAN_PERIOD = 10.0
+ASSIGNED_MESSAGE = "scheduler assigned task to node"
+
+
+def is_pending(task: pb.Task) -> bool:
+    return task.status.state == pb.PENDING and task.desired_state <= pb.RUNNING
+
+
+def split_tasks(tasks: Iterable[pb.Task]) -> tuple[list[pb.Task], dict[str, list[pb.Task]]]:
+    """Pending tasks (oldest first) and the tasks holding each node."""
+    pending: list[pb.Task] = []
+    by_node: dict[str, list[pb.Task]] = {}
+    for task in tasks:
+        if is_pending(task):
+            pending.append(task)
+        elif holds_node(task):
+            by_node.setdefault(task.node_id, []).append(task)
+    pending.sort(key=lambda t: (t.meta.created_at_ns, t.service_id, t.slot, t.id))
+    return pending, by_node
+
+
+def relevant(event: Event) -> bool:
+    """Could this change let a pending task be placed (or need one placed)?"""
+    if event.table == "node":
+        return True
+    if event.table != "task":
+        return False
+    old, new = event.old, event.new
+    if new is not None and is_pending(new) and (old is None or not is_pending(old)):
+        return True
+    if old is None:
+        return False
+    # A task that leaves its node, or stops counting there, frees room.
+    return (holds_node(old) and (new is None or not holds_node(new))) or \
+        (is_active(old) and (new is None or not is_active(new)))
+
+
+def updates(decisions: Decisions, pending: Sequence[pb.Task], now_ns: int) -> list[pb.Task]:
+    """Copies of the pending tasks with their new node or err (only those that change)."""
+    out: list[pb.Task] = []
+    for task in pending:
+        node_id = decisions.assignments.get(task.id)
+        if node_id is not None:
+            new = pb.Task()
+            new.CopyFrom(task)
+            new.node_id = node_id
+            new.status.state = pb.ASSIGNED
+            new.status.message = ASSIGNED_MESSAGE
+            new.status.err = ""
+            new.status.timestamp_ns = now_ns
+            out.append(new)
+            continue
+        err = decisions.unplaceable.get(task.id)
+        if err is not None and err != task.status.err:
+            new = pb.Task()
+            new.CopyFrom(task)
+            new.status.err = err
+            out.append(new)
+    return out
+
+
+class Scheduler:
+    def __init__(self, manager: Manager) -> None:
+        self.mgr = manager
+        self._dirty = True
+        self._last_pass = 0.0
+        self.last: Decisions | None = None  # the latest pass's decisions (tests, metrics)
+        manager.store.watch(self._on_events)
+        manager.on_leader_tick(self.tick)
+
+    def _on_events(self, events: list[Event]) -> None:
+        # On the Raft thread: only flip a flag (an atomic store).
+        if not self._dirty and any(relevant(e) for e in events):
+            self._dirty = True
+
+    async def tick(self, became_leader: bool) -> None:
+        now = time.monotonic()
+        if not (self._dirty or became_leader or now - self._last_pass > RESCAN_PERIOD):
+            return
+        self._dirty = False
+        self._last_pass = now
+        await self.run_once()
+
+    async def run_once(self) -> Decisions:
+        store = self.mgr.store
+        nodes = store.list_view(pb.Node)
+        pending, by_node = split_tasks(store.list_view(pb.Task))
+        decisions = schedule(nodes, by_node, pending) if pending else Decisions({}, {})
+        self.last = decisions
+        changed = updates(decisions, pending, time.time_ns())
+        if changed:
+            await self._write(changed)
+        if decisions.assignments:
+            log.info("scheduler: assigned %d tasks, %d unplaceable",
+                     len(decisions.assignments), len(decisions.unplaceable))
+        return decisions
+
+    async def _write(self, tasks: list[pb.Task]) -> None:
+        if not await write_updates(self.mgr, tasks):
+            self._dirty = True  # the tasks that changed get a fresh decision next pass

@@ -1,0 +1,106 @@
+"""Allocator: published ports (pure) and NEW → PENDING over a store."""
+
+from __future__ import annotations
+
+import pytest
+
+from manager.allocator.allocator import Allocator, allocate_services, pending_tasks
+from manager.allocator.ports import DYNAMIC_FIRST, DYNAMIC_LAST, conflicts, resolve_endpoint
+from manager.errors import FailedPrecondition
+from manager.manager import Manager, ManagerAddrs
+from manager.store.memory import MemoryStore
+from proto import objects_pb2 as pb
+from tests.unit.test_scheduler import FakeReplica, put
+
+INGRESS, HOST = pb.PortConfig.INGRESS, pb.PortConfig.HOST
+TCP, UDP = pb.PortConfig.TCP, pb.PortConfig.UDP
+
+
+def service(sid: str, *ports: tuple[int, int, int, int], created: int = 0) -> pb.Service:
+    """ports: (target, published, mode, protocol)"""
+    s = pb.Service(id=sid)
+    s.meta.created_at_ns = created
+    s.spec.annotations.name = sid
+    for target, published, mode, proto in ports:
+        s.spec.endpoint.ports.add(target_port=target, published_port=published,
+                                  publish_mode=mode, protocol=proto)  # type: ignore[arg-type]
+    return s
+
+
+def new_task(tid: str, svc: str, desired: int = pb.RUNNING) -> pb.Task:
+    t = pb.Task(id=tid, service_id=svc)
+    t.desired_state = desired  # type: ignore[assignment]
+    return t
+
+
+def published(s: pb.Service) -> list[tuple[int, int, int]]:
+    return [(p.target_port, p.published_port, p.protocol) for p in s.endpoint.ports]
+
+
+def test_ingress_ports_get_unique_dynamic_numbers() -> None:
+    a = service("a", (80, 0, INGRESS, TCP), (53, 0, INGRESS, UDP), created=1)
+    b = service("b", (80, 0, INGRESS, TCP), created=2)
+    c = service("c", (80, 30001, INGRESS, TCP), created=3)  # explicit: others avoid it
+    out = allocate_services([a, b, c])
+    assert published(out["a"]) == [(80, 30000, TCP), (53, 30000, UDP)]
+    assert published(out["b"]) == [(80, 30002, TCP)]
+    assert published(out["c"]) == [(80, 30001, TCP)]
+    assert out["a"].endpoint.spec == a.spec.endpoint
+
+
+def test_host_mode_ports_are_copied_as_they_are() -> None:
+    out = allocate_services([service("h", (80, 8080, HOST, TCP), (81, 0, HOST, TCP))])
+    assert published(out["h"]) == [(80, 8080, TCP), (81, 0, TCP)]
+
+
+def test_allocated_port_is_kept_across_updates_and_current_services_are_left_alone() -> None:
+    a = allocate_services([service("a", (80, 0, INGRESS, TCP))])["a"]
+    assert allocate_services([a]) == {}
+    a.spec.endpoint.ports.add(target_port=443, publish_mode=INGRESS)
+    b = service("b", (80, 0, INGRESS, TCP), created=5)
+    out = allocate_services([a, b])
+    assert published(out["a"]) == [(80, 30000, TCP), (443, 30001, TCP)]
+    assert published(out["b"]) == [(80, 30002, TCP)]
+
+
+def test_range_exhausted_is_a_clear_error() -> None:
+    used = {(TCP, p) for p in range(DYNAMIC_FIRST, DYNAMIC_LAST + 1)}
+    with pytest.raises(FailedPrecondition, match="no free published port left in 30000-32767"):
+        resolve_endpoint(service("a", (80, 0, INGRESS, TCP)), used)
+
+
+def test_conflicts_for_the_api() -> None:
+    a = allocate_services([service("a", (80, 8080, INGRESS, TCP))])["a"]
+    spec = service("b", (80, 8080, INGRESS, TCP), (80, 8080, INGRESS, UDP)).spec.endpoint
+    assert conflicts(spec, [a]) == ["8080/tcp"]
+    assert conflicts(spec, [a], service_id="a") == []
+
+
+def test_pending_tasks_copy_the_endpoint() -> None:
+    s = allocate_services([service("a", (80, 0, INGRESS, TCP))])["a"]
+    unallocated = service("u", (80, 0, INGRESS, TCP))
+    tasks = [new_task("t1", "a"), new_task("t2", "missing"), new_task("t3", "u"),
+             new_task("t4", "a", desired=pb.SHUTDOWN), new_task("t5", "")]
+    out = pending_tasks(tasks, {"a": s, "u": unallocated}, now_ns=7)
+    assert [t.id for t in out] == ["t1", "t5"]
+    assert out[0].status.state == pb.PENDING
+    assert out[0].status.message == "pending task scheduling"
+    assert out[0].status.timestamp_ns == 7
+    assert out[0].endpoint == s.endpoint
+
+
+async def test_controller_allocates_then_moves_tasks_to_pending() -> None:
+    store = MemoryStore()
+    replica = FakeReplica(store)
+    alloc = Allocator(Manager("m", ManagerAddrs("a:1", "a:2"), store, replica))  # type: ignore[arg-type]
+    put(store, service("a", (80, 0, INGRESS, TCP)), *(new_task(f"t{i}", "a") for i in range(250)))
+    await alloc.tick(True)
+    assert published(store.get(pb.Service, "a")) == [(80, 30000, TCP)]
+    assert replica.batch_sizes == [1, 200, 50]
+    t = store.get(pb.Task, "t0")
+    assert t.status.state == pb.PENDING and t.endpoint.ports[0].published_port == 30000
+    await alloc.tick(False)
+    assert len(replica.batch_sizes) == 3  # nothing new: no pass
+    put(store, new_task("late", "a"))
+    await alloc.tick(False)
+    assert store.get(pb.Task, "late").status.state == pb.PENDING
