@@ -3,13 +3,15 @@ remove decisions are pure functions over a snapshot of services; `ServiceControl
 store and returns the object to write. Nothing here writes: a refused request changes nothing.
 
 What each decision writes (the orchestrator's contract):
-- create: a new Service, `spec_version` 1; job modes get `job_status` (iteration 0).
+- create: a new Service, `spec_version` 1 (`job_status` is the orchestrator's).
 - update: `spec` replaced; `previous_spec` = the old spec (when the spec changed);
-  `update_status` cleared; `spec_version` bumped only when the change needs new tasks
+  `update_status` cleared; `spec_version` bumped when the change needs new tasks
   (`needs_new_tasks`: task template or endpoint) — scaling or relabelling does not start an
-  update; job modes bump `job_status.job_iteration` (the job runs again).
+  update — and on every update of a job (a new spec_version is a new run of the job).
 - rollback: `spec` and `previous_spec` swapped, `update_status` ROLLBACK_STARTED
-  "manually requested rollback", `spec_version` bumped if the task template differs.
+  "manually requested rollback", `spec_version` bumped as for an update.
+A task is up to date (`task_up_to_date`) when it was made from the current task template
+(jobs: from the current spec_version), as the orchestrator's `is_current` decides.
 - remove: `pending_delete` set; the service disappears from the API at once and the
   orchestrator/reaper removes its tasks, then deletes the service.
 """
@@ -164,7 +166,7 @@ def _validate_mode(spec: pb.ServiceSpec) -> None:
     if mode is None:
         raise InvalidArgument("the service has no mode: set Mode.Replicated, Mode.Global, "
                               "Mode.ReplicatedJob or Mode.GlobalJob")
-    if mode.endswith("_job") and spec.HasField("update"):
+    if is_job(spec) and spec.HasField("update"):
         raise InvalidArgument("jobs have no rolling updates: remove UpdateConfig "
                               "(--update-*) from a replicated-job or global-job service")
     if mode == "replicated_job" and spec.replicated_job.max_concurrent == 0:
@@ -248,16 +250,19 @@ def needs_new_tasks(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
     return old.task != new.task or old.endpoint != new.endpoint
 
 
+def is_job(spec: pb.ServiceSpec) -> bool:
+    return spec.WhichOneof("mode") in ("replicated_job", "global_job")
+
+
 def task_up_to_date(svc: pb.Service, task: pb.Task) -> bool:
-    """A task runs the service's current spec (the `_up-to-date` filter)."""
-    if task.spec_version != svc.spec_version and task.spec != svc.spec.task:
-        return False
-    if svc.spec.WhichOneof("mode") in ("replicated_job", "global_job"):
-        return task.job_iteration == svc.job_status.job_iteration
-    return True
+    """A task runs the service's current spec (the `_up-to-date` filter): made from the
+    current task template; for jobs, from the current run (spec_version)."""
+    if is_job(svc.spec):
+        return task.spec_version == svc.spec_version
+    return task.spec == svc.spec.task
 
 
-def new_service(services: list[pb.Service], spec: pb.ServiceSpec, now_ns: int) -> pb.Service:
+def new_service(services: list[pb.Service], spec: pb.ServiceSpec) -> pb.Service:
     live = visible(services)
     spec = _copy(spec)
     if not spec.annotations.name:
@@ -267,10 +272,7 @@ def new_service(services: list[pb.Service], spec: pb.ServiceSpec, now_ns: int) -
         raise AlreadyExists(f"service {spec.annotations.name} already exists: choose another "
                             "name, or update it (shoal service update)")
     check_port_conflicts(spec, live)
-    svc = pb.Service(id=new_id(), spec=spec, spec_version=1)
-    if spec.WhichOneof("mode") in ("replicated_job", "global_job"):
-        svc.job_status.last_execution_ns = now_ns
-    return svc
+    return pb.Service(id=new_id(), spec=spec, spec_version=1)
 
 
 def updated_service(services: list[pb.Service], ref: str, version: int,
@@ -302,12 +304,9 @@ def updated_service(services: list[pb.Service], ref: str, version: int,
     if new != old:
         svc.previous_spec.CopyFrom(old)
         svc.has_previous_spec = True
-    if needs_new_tasks(old, new):
+    if needs_new_tasks(old, new) or is_job(new):
         svc.spec_version += 1
     svc.spec.CopyFrom(new)
-    if new.WhichOneof("mode") in ("replicated_job", "global_job"):
-        svc.job_status.job_iteration += 1
-        svc.job_status.last_execution_ns = now_ns
     return svc
 
 
@@ -350,8 +349,8 @@ class ServiceControl:
     def get(self, ref: str) -> pb.Service:
         return find_service(self.services(), ref)
 
-    def create(self, spec: pb.ServiceSpec, now_ns: int) -> pb.Service:
-        return new_service(self.services(), spec, now_ns)
+    def create(self, spec: pb.ServiceSpec) -> pb.Service:
+        return new_service(self.services(), spec)
 
     def update(self, ref: str, version: int, spec: pb.ServiceSpec | None,
                now_ns: int) -> pb.Service:

@@ -102,7 +102,7 @@ async def inspect_service(request: web.Request) -> web.Response:
 async def create_service(request: web.Request) -> web.Response:
     mgr = manager_of(request)
     spec = conv.service_spec(parse_json(await request.read()))
-    svc = ServiceControl(mgr.store).create(spec, time.time_ns())
+    svc = ServiceControl(mgr.store).create(spec)
     await mgr.write((store_pb2.CREATE, svc))
     return web.json_response({"ID": svc.id, "Warnings": None}, status=201)
 

@@ -258,10 +258,10 @@ async def test_bad_updates_write_nothing(api: Api, changed: dict[str, Any],
 async def test_job_update_runs_the_job_again(api: Api) -> None:
     sid = await api.create(Mode={"ReplicatedJob": {"MaxConcurrent": 2,
                                                    "TotalCompletions": 4}})
-    assert api.service(sid).job_status.job_iteration == 0
+    assert api.service(sid).spec_version == 1
     await update(api, sid, body(Mode={"ReplicatedJob": {"MaxConcurrent": 2,
-                                                        "TotalCompletions": 4}}))
-    assert api.service(sid).job_status.job_iteration == 1
+                                                        "TotalCompletions": 6}}))
+    assert api.service(sid).spec_version == 2  # a new run, though only the count changed
 
 
 def test_needs_new_tasks() -> None:
@@ -281,7 +281,7 @@ def test_needs_new_tasks() -> None:
 
 async def test_remove_marks_pending_delete(api: Api) -> None:
     sid = await api.create()
-    api.mgr.put(task("t1", sid, 1, "n1", pb.RUNNING))
+    api.mgr.put(task("t1", api.service(sid), 1, "n1", pb.RUNNING))
     assert (await api.call("DELETE", "/services/web"))[0] == 200
     svc = api.service(sid)
     assert svc.pending_delete
@@ -295,13 +295,15 @@ async def test_remove_marks_pending_delete(api: Api) -> None:
 # ---------------------------------------------------------------- tasks, filters, status
 
 
-def task(tid: str, sid: str, slot: int, node: str, state: pb.TaskState.ValueType,
-         desired: pb.TaskState.ValueType = pb.RUNNING,
-         spec_version: int = 1, labels: dict[str, str] | None = None,
-         name: str = "web") -> pb.Task:
-    t = pb.Task(id=tid, service_id=sid, slot=slot, node_id=node, desired_state=desired,
-                spec_version=spec_version)
-    t.annotations.name = f"{name}.{slot}.{tid}"
+def task(tid: str, svc: pb.Service, slot: int, node: str, state: pb.TaskState.ValueType,
+         desired: pb.TaskState.ValueType = pb.RUNNING, old: bool = False,
+         labels: dict[str, str] | None = None) -> pb.Task:
+    """A task of `svc`, made from its current spec unless `old`."""
+    t = pb.Task(id=tid, service_id=svc.id, slot=slot, node_id=node, desired_state=desired,
+                spec_version=svc.spec_version - old, spec=svc.spec.task)
+    if old:
+        t.spec.container.image = "old:1"
+    t.annotations.name = f"{svc.spec.annotations.name}.{slot}.{tid}"
     t.annotations.labels.update(labels or {})
     t.status.state = state
     return t
@@ -322,11 +324,12 @@ async def tasks(api: Api, **filters: Any) -> list[str]:
 async def test_task_filters(api: Api) -> None:
     sid = await api.create()
     other = await api.create(name="db", EndpointSpec={})
+    web, db = api.service(sid), api.service(other)
     api.mgr.put(node("n1", "host1"), node("n2", "host2"),
-                task("a", sid, 1, "n1", pb.RUNNING, labels={"x": "1"}),
-                task("b", sid, 2, "n2", pb.PENDING),
-                task("c", sid, 1, "n1", pb.SHUTDOWN, desired=pb.SHUTDOWN, spec_version=0),
-                task("d", other, 1, "n2", pb.RUNNING, name="db"))
+                task("a", web, 1, "n1", pb.RUNNING, labels={"x": "1"}),
+                task("b", web, 2, "n2", pb.PENDING),
+                task("c", web, 1, "n1", pb.SHUTDOWN, desired=pb.SHUTDOWN, old=True),
+                task("d", db, 1, "n2", pb.RUNNING))
     assert await tasks(api) == ["a", "b", "c", "d"]
     assert await tasks(api, service={"web": True}) == ["a", "b", "c"]
     assert await tasks(api, service=[sid[:5], "db"]) == ["a", "b", "c", "d"]  # docker-py form
@@ -371,12 +374,14 @@ async def test_service_status_counts(api: Api) -> None:
     job = await api.create(name="job", EndpointSpec={},
                            Mode={"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}})
     glob = await api.create(name="glob", EndpointSpec={}, Mode={"Global": {}})
-    api.mgr.put(task("a", web, 1, "n1", pb.RUNNING), task("b", web, 2, "n1", pb.STARTING),
-                task("c", web, 3, "n1", pb.RUNNING, desired=pb.SHUTDOWN),
-                task("d", web, 3, "n1", pb.RUNNING, spec_version=7),
-                task("e", job, 1, "n1", pb.COMPLETE, desired=pb.COMPLETE),
-                task("f", job, 2, "n1", pb.RUNNING, desired=pb.COMPLETE),
-                task("g", glob, 0, "n1", pb.RUNNING), task("h", glob, 0, "n2", pb.PENDING))
+    w, j, g = api.service(web), api.service(job), api.service(glob)
+    api.mgr.put(task("a", w, 1, "n1", pb.RUNNING), task("b", w, 2, "n1", pb.STARTING),
+                task("c", w, 3, "n1", pb.RUNNING, desired=pb.SHUTDOWN),
+                task("d", w, 3, "n1", pb.RUNNING, old=True),
+                task("e", j, 1, "n1", pb.COMPLETE, desired=pb.COMPLETE),
+                task("f", j, 2, "n1", pb.RUNNING, desired=pb.COMPLETE),
+                task("x", j, 3, "n1", pb.COMPLETE, desired=pb.COMPLETE, old=True),
+                task("g", g, 0, "n1", pb.RUNNING), task("h", g, 0, "n2", pb.PENDING))
     listed = {s["ID"]: s["ServiceStatus"] for s in
               (await api.call("GET", "/services", status="1"))[1]}
     assert listed[web] == {"RunningTasks": 1, "DesiredTasks": 3, "CompletedTasks": 0}
