@@ -11,7 +11,9 @@ task walks down the heads of the heaps and re-keys them: O(levels × log nodes) 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 from manager.errors import InvalidArgument
@@ -69,79 +71,155 @@ class _Parser:
                             task.node_id)
 
 
-class _Static:
-    """Static filter results per (constraints, platforms), shared by groups within a pass."""
+@dataclass
+class _Eligible:
+    """The nodes that pass the static filters for one (constraints, platforms), the reasons
+    of the others, and (built on first use) those nodes in a heap by (all tasks, id) that
+    the groups of a pass share: see _Pass.place_flat."""
+    nodes: list[NodeInfo]
+    failed: dict[str, Reason]
+    heap: list[tuple[int, str, NodeInfo]] | None = None
 
-    def __init__(self, infos: Sequence[NodeInfo]) -> None:
-        self.infos = infos
-        self._cache: dict[tuple[Any, ...], tuple[list[NodeInfo], dict[str, Reason]]] = {}
-
-    def evaluate(self, req: Requirements) -> tuple[list[NodeInfo], dict[str, Reason]]:
-        key = (req.constraints, req.platforms)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._cache[key] = _split(req, self.infos)
-        return hit
+    def shared_heap(self) -> list[tuple[int, str, NodeInfo]]:
+        if self.heap is None:
+            self.heap = [(i.total, i.id, i) for i in self.nodes]
+            heapq.heapify(self.heap)
+        return self.heap
 
 
-def _split(req: Requirements, infos: Iterable[NodeInfo]) -> tuple[list[NodeInfo],
-                                                                   dict[str, Reason]]:
-    eligible: list[NodeInfo] = []
-    failed: dict[str, Reason] = {}
+def _split(req: Requirements, infos: Iterable[NodeInfo]) -> _Eligible:
+    eligible = _Eligible([], {})
     for info in infos:
         reason = first_failure(req, info, STATIC)
         if reason is None:
-            eligible.append(info)
+            eligible.nodes.append(info)
         else:
-            failed[info.id] = reason
-    return eligible, failed
+            eligible.failed[info.id] = reason
+    return eligible
 
 
 def schedule(nodes: Iterable[pb.Node], tasks_by_node: Mapping[str, Iterable[pb.Task]],
              pending: Iterable[pb.Task]) -> Decisions:
     """Place `pending` (PENDING tasks, in priority order) on `nodes`, given the tasks already
     on each node (terminal ones are ignored). Inputs are not modified."""
-    infos = {n.id: NodeInfo.build(n, tasks_by_node.get(n.id, ())) for n in nodes}
-    static = _Static(list(infos.values()))
-    result = Decisions({}, {})
+    run = _Pass({n.id: NodeInfo.build(n, tasks_by_node.get(n.id, ())) for n in nodes})
     groups: dict[Requirements, list[pb.Task]] = {}
     parser = _Parser()
     for task in pending:
         try:
             req = parser.requirements(task)
         except InvalidArgument as err:
-            result.unplaceable[task.id] = f"no suitable node ({err})"
+            run.result.unplaceable[task.id] = f"no suitable node ({err})"
             continue
         groups.setdefault(req, []).append(task)
     for req, tasks in groups.items():
-        _schedule_group(req, tasks, infos, static, result)
-    return result
+        run.schedule_group(req, tasks)
+    return run.result
 
 
-def _schedule_group(req: Requirements, tasks: list[pb.Task], infos: dict[str, NodeInfo],
-                    static: _Static, result: Decisions) -> None:
-    if req.node_id:
-        info = infos.get(req.node_id)
-        if info is None:
-            reason = f"no suitable node (node {req.node_id} not found)"
-            result.unplaceable.update((t.id, reason) for t in tasks)
-            return
-        eligible, failed = _split(req, [info])
-        candidates: Sequence[NodeInfo] = [info]
-    else:
-        eligible, failed = static.evaluate(req)
-        candidates = static.infos
-    root = _tree(req, eligible, 0)
-    placed = 0
-    for task in tasks:
-        chosen = _place(root, req)
-        if chosen is None:
-            break
-        result.assignments[task.id] = chosen.id
-        placed += 1
-    if placed < len(tasks):
-        reason = explain(_failures(req, candidates, failed))
-        result.unplaceable.update((t.id, reason) for t in tasks[placed:])
+class _Pass:
+    """The mutable state of one scheduling pass."""
+
+    def __init__(self, infos: dict[str, NodeInfo]) -> None:
+        self.infos = infos
+        self.all = list(infos.values())
+        self.result = Decisions({}, {})
+        self._static: dict[tuple[Any, ...], _Eligible] = {}
+        self.hosting: dict[str, dict[str, NodeInfo]] = {}  # service -> nodes with its tasks
+        for info in self.all:
+            for svc in info.by_service:
+                self.hosting.setdefault(svc, {})[info.id] = info
+
+    def eligible(self, req: Requirements) -> _Eligible:
+        key = (req.constraints, req.platforms)
+        hit = self._static.get(key)
+        if hit is None:
+            hit = self._static[key] = _split(req, self.all)
+        return hit
+
+    def take(self, req: Requirements, info: NodeInfo, *, task: pb.Task) -> None:
+        info.take(req)
+        self.hosting.setdefault(req.service_id, {})[info.id] = info
+        self.result.assignments[task.id] = info.id
+
+    def schedule_group(self, req: Requirements, tasks: list[pb.Task]) -> None:
+        candidates: Sequence[NodeInfo] = self.all
+        if req.node_id:
+            info = self.infos.get(req.node_id)
+            if info is None:
+                reason = f"no suitable node (node {req.node_id} not found)"
+                self.result.unplaceable.update((t.id, reason) for t in tasks)
+                return
+            eligible, candidates = _split(req, [info]), [info]
+        else:
+            eligible = self.eligible(req)
+        if req.spread or req.node_id:
+            placed = self.place_tree(req, tasks, eligible)
+        else:
+            placed = self.place_flat(req, tasks, eligible)
+        if placed < len(tasks):
+            reason = explain(_failures(req, candidates, eligible.failed))
+            self.result.unplaceable.update((t.id, reason) for t in tasks[placed:])
+
+    def place_tree(self, req: Requirements, tasks: list[pb.Task], eligible: _Eligible) -> int:
+        root = _tree(req, eligible.nodes, 0)
+        for placed, task in enumerate(tasks):
+            if _place(root, req, partial(self.take, req, task=task)) is None:
+                return placed
+        return len(tasks)
+
+    def place_flat(self, req: Requirements, tasks: list[pb.Task], eligible: _Eligible) -> int:
+        """Without spread: the nodes that have none of the service's tasks come from the
+        shared heap (by all tasks, id), so a small group costs O(its size × log nodes), not
+        O(nodes); the few that have some sit in a heap of the group's own."""
+        svc = req.service_id
+        shared = eligible.shared_heap()
+        own = [((i.by_service[svc], i.total, i.id), i)
+               for i in self.hosting.get(svc, {}).values() if i.id not in eligible.failed]
+        heapq.heapify(own)
+        popped: list[NodeInfo] = []  # taken off the shared heap; put back for later groups
+        placed = 0
+        for task in tasks:
+            chosen = _from_shared(shared, req, popped) or _from_own(own, req)
+            if chosen is None:
+                break
+            fresh = svc not in chosen.by_service
+            self.take(req, chosen, task=task)
+            entry = ((chosen.by_service[svc], chosen.total, chosen.id), chosen)
+            if fresh:
+                heapq.heappush(own, entry)
+            else:
+                heapq.heapreplace(own, entry)
+            placed += 1
+        for info in popped:
+            heapq.heappush(shared, (info.total, info.id, info))
+        return placed
+
+
+def _from_shared(heap: list[tuple[int, str, NodeInfo]], req: Requirements,
+                 popped: list[NodeInfo]) -> NodeInfo | None:
+    """The node with fewest tasks that has none of this service's and fits."""
+    while heap:
+        total, node_id, info = heap[0]
+        if total != info.total:  # another group placed a task there since it was pushed
+            heapq.heapreplace(heap, (info.total, node_id, info))
+            continue
+        heapq.heappop(heap)
+        popped.append(info)
+        if req.service_id not in info.by_service and fits(req, info):
+            return info
+    return None
+
+
+def _from_own(heap: list[Any], req: Requirements) -> NodeInfo | None:
+    """The node with fewest tasks of this service (then fewest tasks) that fits; it stays
+    at the head of the heap for the caller to re-key."""
+    while heap:
+        info: NodeInfo = heap[0][1]
+        if fits(req, info):
+            return info
+        heapq.heappop(heap)  # resources only shrink within a group: never fits again
+    return None
 
 
 def _failures(req: Requirements, candidates: Iterable[NodeInfo],
@@ -177,8 +255,10 @@ def _tree(req: Requirements, infos: list[NodeInfo], level: int) -> list[Any]:
     return heap
 
 
-def _place(root: list[Any], req: Requirements) -> NodeInfo | None:
-    """Take the best node that fits, update its state and re-key the heaps on the path."""
+def _place(root: list[Any], req: Requirements,
+           take: Callable[[NodeInfo], None]) -> NodeInfo | None:
+    """Take the best node that fits (`take` updates its state), re-key the heaps on the
+    path."""
     path: list[list[Any]] = []
     heap = root
     while True:
@@ -197,7 +277,7 @@ def _place(root: list[Any], req: Requirements) -> NodeInfo | None:
             break
         heapq.heappop(heap)  # resources only shrink within a group: never fits again
     info: NodeInfo = child
-    info.take(req)
+    take(info)
     heapq.heapreplace(heap, (_leaf_key(req.service_id, info), info))
     for level in reversed(path):
         branch: _Branch = level[0][1]

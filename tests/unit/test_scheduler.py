@@ -377,3 +377,49 @@ async def test_lost_race_keeps_the_rest_and_retries_next_pass(cluster) -> None: 
     assert t1.status.state == pb.PENDING and t1.desired_state == pb.SHUTDOWN
     await sched.tick(False)  # the next pass leaves it alone: it is no longer wanted
     assert store.get(pb.Task, "web-0001").status.state == pb.PENDING
+
+
+def naive_schedule(nodes: list[pb.Node], on_node: dict[str, list[pb.Task]],
+                   pending: list[pb.Task]) -> dict[str, str]:
+    """Reference: each task, group by group, to the least loaded node that passes all the
+    filters, found by scanning every node."""
+    from manager.scheduler.decide import _Parser
+    from manager.scheduler.filters import PIPELINE, NodeInfo, first_failure
+    infos = [NodeInfo.build(n, on_node.get(n.id, ())) for n in nodes]
+    parser = _Parser()
+    groups: dict[object, list[pb.Task]] = {}
+    for t in pending:
+        groups.setdefault(parser.requirements(t), []).append(t)
+    out = {}
+    for req, group in groups.items():
+        for t in group:
+            fit = [i for i in infos if first_failure(req, i, PIPELINE) is None]  # type: ignore[arg-type]
+            if not fit:
+                break
+            best = min(fit, key=lambda i: (i.by_service.get(t.service_id, 0), i.total, i.id))
+            best.take(req)  # type: ignore[arg-type]
+            out[t.id] = best.id
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_a_naive_scan(seed: int) -> None:
+    import random
+    rnd = random.Random(seed)
+    nodes = [node(f"n{i:02d}", cpus=rnd.choice([1, 2, 4]), mem=rnd.choice([1, 2, 4]) * GIB,
+                  labels={"zone": rnd.choice("ab")},
+                  avail=rnd.choice([pb.ACTIVE] * 5 + [pb.DRAIN]))
+             for i in range(rnd.randint(1, 30))]
+    on_node = {n.id: [running(f"r{n.id}{j}", n.id, svc=rnd.choice(["s0", "s1", "x"]),
+                              mem=GIB // 4, host_port=rnd.choice([0, 0, 80]))
+                      for j in range(rnd.randint(0, 3))] for n in nodes}
+    pending = []
+    for s in range(rnd.randint(1, 12)):
+        kw = {"cpus": rnd.choice([0, 0.5]), "mem": rnd.choice([0, GIB // 2]),
+              "host_port": rnd.choice([0, 0, 80]), "max_replicas": rnd.choice([0, 0, 2]),
+              "constraints": rnd.choice([(), ("node.labels.zone==a",)])}
+        pending += [task(f"s{s}-{i}", f"s{s % 3}", **kw)  # type: ignore[arg-type]
+                    for i in range(rnd.randint(1, 15))]
+    d = schedule(nodes, on_node, pending)
+    assert d.assignments == naive_schedule(nodes, on_node, pending)
+    assert set(d.assignments) | set(d.unplaceable) == {t.id for t in pending}
