@@ -15,6 +15,7 @@ from aiohttp import web
 
 from shoal.api.server import make_app
 from shoal.node import Node
+from worker.executor import DEFAULT_ENGINE, KINDS, make_executor
 
 log = logging.getLogger("shoald")
 
@@ -25,6 +26,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", "-H", action="append", default=[],
                    help="API listener: unix:///PATH or tcp://ADDR:PORT (repeatable)")
     p.add_argument("--hostname", default=None, help="name this node reports (default: host's)")
+    p.add_argument("--engine", default=DEFAULT_ENGINE,
+                   help="container engine API socket, unix:///PATH (default %(default)s)")
+    p.add_argument("--executor", default="docker", choices=KINDS,
+                   help="run tasks on the engine (docker) or pretend to (fake: tests)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
@@ -51,7 +56,8 @@ async def _sites(runner: web.AppRunner, hosts: list[str]) -> list[web.BaseSite]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    node = Node(args.data_root, args.hostname or socket.gethostname())
+    node = Node(args.data_root, args.hostname or socket.gethostname(),
+                executor=make_executor(args.executor, args.engine))
     await node.start()
     runner = web.AppRunner(make_app(node), access_log=None)
     await runner.setup()

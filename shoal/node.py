@@ -27,6 +27,9 @@ from shoal.errors import AlreadyInSwarm, JoinFailed, LeaveRefused, NotAManager, 
 from shoal.nodestate import Certificates, DataRoot, SwarmState
 from shoal.roles import ManagerRole, read_secret
 from worker.agent import Agent, AgentConfig
+from worker.executor import make_executor
+from worker.executor.base import Executor
+from worker.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +44,17 @@ class InitRequest:
 
 
 class Node:
-    def __init__(self, data_root: str, hostname: str) -> None:
+    def __init__(self, data_root: str, hostname: str, executor: Executor | None = None) -> None:
         self.data = DataRoot(data_root)
         self.hostname = hostname
+        self.executor = executor if executor is not None else make_executor()
+        self.worker: Worker | None = None
         self.state: SwarmState | None = None
         self.certs: Certificates | None = None
         self.manager_role: ManagerRole | None = None
         self.agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None
+        self._worker_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one membership change at a time
 
@@ -202,26 +208,43 @@ class Node:
     def _start_worker(self) -> None:
         assert self.state is not None
         certs = self._current_certs
+        worker = self.worker = Worker(self.state.node_id, self.executor)
         config = AgentConfig(
             addr=self.state.advertise_ip,
             credentials=lambda: pki.channel_credentials(
                 certs().ca_pem, certs().key_pem, certs().cert_pem),
             channel_options=pki.channel_options(),
-            description=lambda: describe(self.hostname),
+            description=self._describe,
             on_message=self._on_session_message,
+            worker=worker,
         )
-        self.agent = Agent(config, self.state.managers)
-        self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
+        self.agent = agent = Agent(config, self.state.managers)
+
+        async def run() -> None:
+            await worker.wait_engine(3.0)  # so the first session reports the engine version
+            await agent.run()
+
+        self._worker_task = asyncio.create_task(worker.run(), name="worker")
+        self._agent_task = asyncio.create_task(run(), name="agent")
         self._renew_task = asyncio.create_task(self._renew_loop(), name="cert-renewal")
 
+    def _describe(self) -> pb.NodeDescription:
+        engine = self.worker.engine if self.worker else None
+        if engine is None:
+            return describe(self.hostname)
+        return describe(self.hostname, engine.version, engine.labels)
+
     async def _stop_worker(self) -> None:
-        for task in (self._agent_task, self._renew_task):
+        for task in (self._agent_task, self._renew_task, self._worker_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._agent_task = self._renew_task = None
+        self._agent_task = self._renew_task = self._worker_task = None
         self.agent = None
+        if self.worker is not None:
+            await self.worker.stop()  # containers keep running: a restart adopts them
+            self.worker = None
 
     async def _on_session_message(self, msg: cluster_pb2.SessionMessage) -> None:
         state = self.state

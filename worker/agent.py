@@ -1,5 +1,8 @@
 """The agent: keeps a session with the leader's dispatcher and heartbeats over it.
 
+While a session is up it also follows the node's Assignments stream, hands each set to the
+worker, and lends the worker's reporter a sender of UpdateTaskStatus on this session.
+
 It tries the managers it knows, follows a follower's hint to the leader, and backs off
 between attempts (100 ms doubling to 8 s, like swarmkit). Every SessionMessage is handed to
 the node, which reacts to role changes and new manager lists.
@@ -13,11 +16,13 @@ import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
+from worker.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ class AgentConfig:
     channel_options: list[tuple[str, object]]
     description: Callable[[], pb.NodeDescription]
     on_message: Callable[[cluster_pb2.SessionMessage], Awaitable[None]]
+    worker: Worker | None = None
 
 
 class Agent:
@@ -84,17 +90,46 @@ class Agent:
             request = cluster_pb2.SessionRequest(description=self.config.description(),
                                                  addr=self.config.addr)
             stream = stub.Session(request)
-            heartbeat: asyncio.Task[None] | None = None
+            helpers: list[asyncio.Task[None]] = []
             try:
                 async for msg in stream:
                     self.connected_to = addr
-                    if heartbeat is None:
-                        heartbeat = asyncio.create_task(self._heartbeat(stub, msg, stream))
+                    if not helpers:
+                        helpers.append(asyncio.create_task(self._heartbeat(stub, msg, stream)))
+                        helpers.extend(self._start_tasks(stub, msg.session_id, stream))
                     self._learn_managers(msg)
                     await self.config.on_message(msg)
             finally:
-                if heartbeat is not None:
-                    heartbeat.cancel()
+                if self.config.worker is not None:
+                    self.config.worker.reporter.attach(None)
+                for helper in helpers:
+                    helper.cancel()
+
+    def _start_tasks(self, stub: cluster_pb2_grpc.DispatcherStub, session_id: str,
+                     stream: Any) -> list[asyncio.Task[None]]:
+        worker = self.config.worker
+        if worker is None:
+            return []
+
+        async def send(updates: list[cluster_pb2.TaskStatusUpdate]) -> None:
+            await stub.UpdateTaskStatus(  # type: ignore[misc]
+                cluster_pb2.UpdateTaskStatusRequest(session_id=session_id, updates=updates),
+                timeout=10.0)
+
+        worker.reporter.attach(send)
+        return [asyncio.create_task(self._assignments(stub, session_id, stream, worker))]
+
+    async def _assignments(self, stub: cluster_pb2_grpc.DispatcherStub, session_id: str,
+                           stream: Any, worker: Worker) -> None:
+        try:
+            async for msg in stub.Assignments(  # type: ignore[attr-defined]
+                    cluster_pb2.AssignmentsRequest(session_id=session_id)):
+                await worker.assign(list(msg.tasks))
+            log.info("the assignments stream ended; reopening the session")
+        except grpc.aio.AioRpcError as err:
+            log.info("assignments stream failed: %s %s; reopening the session",
+                     err.code().name, err.details())
+        stream.cancel()
 
     def _learn_managers(self, msg: cluster_pb2.SessionMessage) -> None:
         addrs = [m.addr for m in msg.managers if m.addr]

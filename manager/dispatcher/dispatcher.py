@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from manager import grpcapi
+from manager.dispatcher.assignments import AssignmentIndex, StatusWriter
 from manager.errors import FailedPrecondition, NotFound
 from manager.identity import new_id
 from manager.manager import Manager
@@ -61,6 +62,8 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self.mgr = manager
         self.sessions: dict[str, NodeSession] = {}
         self._leader_since = time.monotonic()
+        self.assignments = AssignmentIndex(manager.store)
+        self.statuses = StatusWriter(manager)
         manager.on_leader_tick(self.tick)
 
     def _period(self) -> float:
@@ -101,6 +104,37 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         session.last_seen = time.monotonic()
         return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
 
+    @grpcapi.streaming
+    async def Assignments(self, request: cluster_pb2.AssignmentsRequest,
+                          context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[cluster_pb2.AssignmentsMessage]:
+        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER))
+        self._require_leader()
+        session = self._session(ident.node_id, request.session_id)
+
+        def alive() -> bool:
+            return (self.mgr.is_leader() and session.ended_at is None
+                    and self.sessions.get(session.node_id) is session)
+
+        async for msg in self.assignments.stream(session.node_id, alive):
+            yield msg
+
+    @grpcapi.unary
+    async def UpdateTaskStatus(self, request: cluster_pb2.UpdateTaskStatusRequest,
+                               context: grpc.aio.ServicerContext) -> cluster_pb2.Empty:
+        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER))
+        self._require_leader()
+        session = self._session(ident.node_id, request.session_id)
+        await self.statuses.submit(session.node_id, list(request.updates))
+        return cluster_pb2.Empty()
+
+    def _session(self, node_id: str, session_id: str) -> NodeSession:
+        session = self.sessions.get(node_id)
+        if session is None or session.session_id != session_id or session.ended_at is not None:
+            raise NotFound(f"session {session_id} of node {node_id} is not open on this "
+                           "leader; open a new session")
+        return session
+
     def _require_leader(self) -> None:
         if not self.mgr.is_leader():
             leader = self.mgr.leader_addr() or ""
@@ -132,6 +166,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         if became_leader:
             # Sessions may already be open (agents race the first tick); keep them.
             self._leader_since = now
+            self.assignments.start()
         period = self._period()
         for node in self.mgr.store.list(pb.Node):
             if node.status.state != pb.NODE_READY:

@@ -1,0 +1,194 @@
+"""The dispatcher's Assignments/UpdateTaskStatus and the worker, end to end in one process:
+a manager node and a joined worker node (real Raft, real gRPC with mTLS over loopback), the
+fake executor on each. Tasks are written into the store directly (as the orchestrator and
+scheduler will)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from manager.identity import new_id
+from manager.manager import Manager
+from proto import objects_pb2 as pb
+from proto import store_pb2
+from shoal.joining import JoinRequest
+from shoal.node import InitRequest, Node
+from worker.executor.fake import FakeExecutor
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port_block(size: int = 3) -> int:
+    """A port P with P … P+size-1 free (cluster, bootstrap and Raft ports)."""
+    for _ in range(100):
+        base = random.randrange(20000, 60000)
+        socks = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((LOOPBACK, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+async def until(check: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.manager_fake, self.worker_fake = FakeExecutor(), FakeExecutor()
+        self.m = Node(str(tmp / "m1"), "m1", executor=self.manager_fake)
+        self.w = Node(str(tmp / "w1"), "w1", executor=self.worker_fake)
+        self.worker_port = free_port_block()
+
+    @property
+    def mgr(self) -> Manager:
+        return self.m.manager()
+
+    @property
+    def worker_id(self) -> str:
+        assert self.w.state is not None
+        return self.w.state.node_id
+
+    async def up(self) -> None:
+        port = free_port_block()
+        await self.m.init(InitRequest(LOOPBACK, LOOPBACK, port, pb.ClusterSpec()))
+        token = self.mgr.cluster().root_ca.join_tokens.worker
+        await self.w.join(JoinRequest(f"{LOOPBACK}:{port}", token, LOOPBACK, LOOPBACK,
+                                      self.worker_port))
+        await until(lambda: self.node_ready(self.worker_id), what="the worker to be ready")
+
+    def node_ready(self, node_id: str) -> bool:
+        node = self.mgr.store.get(pb.Node, node_id)
+        return node is not None and node.status.state == pb.NODE_READY
+
+    async def restart_worker(self) -> None:
+        await self.w.stop()
+        self.w = Node(str(self.tmp / "w1"), "w1", executor=self.worker_fake)
+        await self.w.start()
+
+    def task(self, task_id: str) -> pb.Task:
+        task = self.mgr.store.get(pb.Task, task_id)
+        assert task is not None, task_id
+        return task  # type: ignore[no-any-return]
+
+    async def add_task(self, name: str, **script: str) -> str:
+        task = pb.Task(id=new_id(), service_id="svc", service_name="web",
+                       node_id=self.worker_id, desired_state=pb.RUNNING)
+        task.annotations.name = f"web.{name}.{task.id}"
+        task.status.state = pb.ASSIGNED
+        task.spec.container.image = "shoal/busybox:latest"
+        for key, value in script.items():
+            task.spec.container.labels[f"shoal.fake.{key}"] = value
+        await self.mgr.write((store_pb2.CREATE, task))
+        return str(task.id)
+
+    async def set_desired(self, task_id: str, state: int) -> None:
+        def change(t: pb.Task) -> bool:
+            t.desired_state = state  # type: ignore[assignment]
+            return True
+        await self.mgr.modify(pb.Task, task_id, change)
+
+    async def wait_state(self, task_id: str, state: int, timeout: float = 10.0) -> pb.Task:
+        await until(lambda: self.task(task_id).status.state == state, timeout,
+                    f"task {task_id} to be {pb.TaskState.Name(state)} "  # type: ignore[arg-type]
+                    f"(is {pb.TaskState.Name(self.task(task_id).status.state)})")
+        return self.task(task_id)
+
+    async def down(self) -> None:
+        await self.w.stop()
+        await self.m.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        await c.up()
+        yield c
+    finally:
+        await c.down()
+
+
+async def test_tasks_run_exit_fail_and_stop_through_the_dispatcher(cluster: Cluster) -> None:
+    node = cluster.mgr.node(cluster.worker_id)
+    assert node.description.engine.engine_version == "fake-1.0"
+
+    run = await cluster.add_task("1")
+    exits = await cluster.add_task("2", run_for="0.3", exit="3")
+    bad = await cluster.add_task("3", fail="prepare", error="No such image: nope:latest")
+
+    running = await cluster.wait_state(run, pb.RUNNING)
+    assert running.status.container.container_id.startswith("fake")
+    failed = await cluster.wait_state(exits, pb.FAILED)
+    assert failed.status.err == "task: non-zero exit (3)"
+    assert failed.status.container.exit_code == 3
+    rejected = await cluster.wait_state(bad, pb.REJECTED)
+    assert rejected.status.err == "No such image: nope:latest"
+    assert cluster.manager_fake.containers == {}  # nothing ran on the manager's own worker
+
+    await cluster.set_desired(run, pb.SHUTDOWN)
+    await cluster.wait_state(run, pb.SHUTDOWN)
+    assert cluster.worker_fake.containers[run].state.exited
+    await cluster.set_desired(run, pb.REMOVE)
+    await until(lambda: run not in cluster.worker_fake.containers, what="container removed")
+
+    # A deleted task leaves the set: its container goes away too.
+    await cluster.mgr.write((store_pb2.DELETE, cluster.task(exits)))
+    await until(lambda: exits not in cluster.worker_fake.containers, what="container removed")
+
+
+async def test_reports_only_move_tasks_forward_and_only_for_the_reporting_node(
+        cluster: Cluster) -> None:
+    task_id = await cluster.add_task("1")
+    await cluster.wait_state(task_id, pb.RUNNING)
+    writer = cluster.m.manager_role.dispatcher.statuses  # type: ignore[union-attr]
+    stale = pb.TaskStatus(state=pb.PREPARING, timestamp_ns=1)
+    assert await writer.write({task_id: (cluster.worker_id, stale)}) == 0
+    other_node = pb.TaskStatus(state=pb.FAILED, err="forged", timestamp_ns=2**62)
+    assert await writer.write({task_id: ("someone-else", other_node)}) == 0
+    assert cluster.task(task_id).status.state == pb.RUNNING
+
+
+async def test_a_restarted_worker_adopts_its_containers(cluster: Cluster) -> None:
+    keep = await cluster.add_task("1")
+    dies = await cluster.add_task("2", run_for="1.5", exit="5")
+    await cluster.wait_state(keep, pb.RUNNING)
+    await cluster.wait_state(dies, pb.RUNNING)
+    container = cluster.worker_fake.containers[keep].state
+
+    await cluster.w.stop()  # shoald goes away; the engine's containers keep running
+    await asyncio.sleep(1.8)  # `dies` exits meanwhile
+    cluster.worker_fake.calls.clear()
+    cluster.w = Node(str(cluster.tmp / "w1"), "w1", executor=cluster.worker_fake)
+    await cluster.w.start()
+
+    failed = await cluster.wait_state(dies, pb.FAILED)  # the exit is reported after restart
+    assert failed.status.err == "task: non-zero exit (5)"
+    assert cluster.task(keep).status.state == pb.RUNNING
+    await asyncio.sleep(0.3)
+    assert cluster.worker_fake.containers[keep].state == container  # same, still running
+    assert ("start", keep) not in cluster.worker_fake.calls
+    assert ("prepare", keep) not in cluster.worker_fake.calls
+
+    await cluster.set_desired(keep, pb.SHUTDOWN)  # and it is managed again
+    await cluster.wait_state(keep, pb.SHUTDOWN)

@@ -1,0 +1,1 @@
+"""The Docker executor (docker-py is imported only in this package)."""

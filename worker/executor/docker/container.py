@@ -1,0 +1,133 @@
+"""Pure translations between a task and the Docker Engine API: the container to create, the
+state an inspect reports, and timestamped log lines. No engine calls here."""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import math
+import time
+from typing import Any
+
+from docker.types import Healthcheck, Mount
+
+from proto import objects_pb2 as pb
+from worker.executor.base import ContainerState, stop_grace, swarm_labels, task_name
+
+_MOUNT_TYPES = {pb.Mount.BIND: "bind", pb.Mount.VOLUME: "volume", pb.Mount.TMPFS: "tmpfs"}
+
+
+def mount(m: pb.Mount) -> Mount:
+    kind = _MOUNT_TYPES[m.type]
+    return Mount(target=m.target, source=None if kind == "tmpfs" else (m.source or None),
+                 type=kind, read_only=m.read_only,
+                 tmpfs_size=m.tmpfs_size_bytes or None, tmpfs_mode=m.tmpfs_mode or None)
+
+
+def healthcheck(hc: pb.HealthConfig) -> Healthcheck | None:
+    """None inherits the image's health check; ["NONE"] disables it."""
+    if not hc.test:
+        return None
+    return Healthcheck(test=list(hc.test), interval=hc.interval_ns or None,
+                       timeout=hc.timeout_ns or None, retries=hc.retries or None,
+                       start_period=hc.start_period_ns or None)
+
+
+def host_config_params(task: pb.Task) -> dict[str, Any]:
+    """Keyword arguments of APIClient.create_host_config."""
+    c, limits = task.spec.container, task.spec.resources.limits
+    return {
+        "network_mode": "none",  # overlay attachments come later
+        "mounts": [mount(m) for m in c.mounts] or None,
+        "init": True if c.init else None,
+        "nano_cpus": limits.nano_cpus or None,
+        "mem_limit": limits.memory_bytes or None,
+    }
+
+
+def create_params(task: pb.Task) -> dict[str, Any]:
+    """Keyword arguments of APIClient.create_container (without host_config).
+
+    Docker's semantics: ContainerSpec.command replaces the image's entrypoint, args its cmd.
+    """
+    c = task.spec.container
+    return {
+        "image": c.image,
+        "name": task_name(task),
+        "labels": swarm_labels(task),
+        "entrypoint": list(c.command) or None,
+        "command": list(c.args) or None,
+        "environment": list(c.env) or None,
+        "working_dir": c.dir or None,
+        "user": c.user or None,
+        "hostname": c.hostname or None,
+        "tty": c.tty,
+        "stop_signal": c.stop_signal or None,
+        "stop_timeout": math.ceil(stop_grace(task)),
+        "healthcheck": healthcheck(c.healthcheck),
+        "use_config_proxy": False,
+    }
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    """(repository, tag or digest) to pull; the tag defaults to latest."""
+    if "@" in ref:
+        repo, _, digest = ref.partition("@")
+        return repo, digest
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1:]
+    return ref, "latest"
+
+
+def state_of(info: dict[str, Any]) -> ContainerState:
+    """A ContainerState from GET /containers/{id}/json."""
+    state = info.get("State") or {}
+    health = (state.get("Health") or {}).get("Status", "")
+    error = state.get("Error") or ""
+    if state.get("OOMKilled"):
+        error = error or "out of memory (OOM killed)"
+    return ContainerState(container_id=info.get("Id", ""), status=state.get("Status", ""),
+                          exit_code=int(state.get("ExitCode") or 0), health=health,
+                          pid=int(state.get("Pid") or 0), error=error)
+
+
+def parse_timestamp(text: str) -> int:
+    """RFC 3339 with nanoseconds (Docker's log timestamps) → ns since the epoch."""
+    if text.endswith("Z"):
+        base, _, frac = text[:-1].partition(".")
+        seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+        return seconds * 1_000_000_000 + int((frac + "000000000")[:9])
+    base, dot, rest = text.partition(".")
+    if dot:  # offset zone: fromisoformat takes at most microseconds
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        zone = rest[len(digits):]
+        text = f"{base}.{(digits + '000000')[:6]}{zone}"
+    return int(datetime.datetime.fromisoformat(text).timestamp() * 1e9)
+
+
+def split_log_line(line: bytes) -> tuple[int, bytes]:
+    """A line of `logs?timestamps=1` → (timestamp_ns, the line without its timestamp)."""
+    stamp, sep, rest = line.partition(b" ")
+    try:
+        return parse_timestamp(stamp.decode()), rest if sep else b""
+    except ValueError:
+        return time.time_ns(), line
+
+
+class LineSplitter:
+    """Frames of a stream → complete lines (a tty stream is not framed by line)."""
+
+    def __init__(self) -> None:
+        self._partial: dict[int, bytes] = {}
+
+    def feed(self, stream: int, data: bytes) -> list[bytes]:
+        buf = self._partial.get(stream, b"") + data
+        *lines, self._partial[stream] = buf.split(b"\n")
+        return [line + b"\n" for line in lines]
+
+    def rest(self) -> list[tuple[int, bytes]]:
+        left = [(s, b) for s, b in self._partial.items() if b]
+        self._partial.clear()
+        return left

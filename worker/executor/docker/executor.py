@@ -1,0 +1,307 @@
+"""The Docker executor: tasks as containers on a Docker Engine API socket, through docker-py.
+
+docker-py is blocking: every call runs on this executor's own thread pool (so a 10 s stop
+never starves the loop's default executor). One long-lived call follows the engine's
+container events (of task containers only) and wakes whoever observes that task; observers
+also re-inspect every `RECHECK` seconds in case events were missed.
+
+Several lab workers may share one engine: a task's container is found by its task-id label,
+and `list_tasks` only returns containers labelled with the asking node's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests
+from docker.utils.socket import frames_iter
+
+from proto import objects_pb2 as pb
+from worker.executor.base import (
+    LABEL_NODE_ID,
+    LABEL_TASK_ID,
+    MISSING,
+    ContainerState,
+    EngineInfo,
+    Executor,
+    ExecutorError,
+    LogRecord,
+)
+from worker.executor.docker import container as ct
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RECHECK = 10.0  # seconds between re-inspections of an observed container
+EVENTS_RETRY = 1.0
+API_TIMEOUT = 60
+
+
+class DockerExecutor(Executor):
+    def __init__(self, engine: str, threads: int = 32) -> None:
+        self.engine = engine
+        self._threads = threads
+        self._client: docker.APIClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ids: dict[str, str] = {}  # task id → container id
+        self._observers: dict[str, set[asyncio.Future[None]]] = {}
+        self._events: asyncio.Task[None] | None = None
+        self._event_stream: Any = None
+
+    # -- plumbing --
+
+    def _api(self) -> docker.APIClient:
+        if self._client is None:
+            self._client = docker.APIClient(base_url=self.engine, version="auto",
+                                            timeout=API_TIMEOUT)
+        return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking docker-py call on the pool; engine errors → ExecutorError."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="docker")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except docker.errors.APIError as err:
+            raise ExecutorError(_message(err)) from err
+        except (docker.errors.DockerException, requests.RequestException, OSError) as err:
+            raise ExecutorError(f"container engine {self.engine} unreachable: {err}") from err
+
+    async def close(self) -> None:
+        stream, self._event_stream = self._event_stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        if self._events is not None:
+            self._events.cancel()
+            self._events = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # -- engine --
+
+    async def describe(self) -> EngineInfo:
+        version = await self._call(lambda: self._api().version())
+        info = await self._call(lambda: self._api().info())
+        labels = dict(item.partition("=")[::2] for item in info.get("Labels") or [])
+        return EngineInfo(str(version.get("Version", "")), labels)
+
+    async def list_tasks(self, node_id: str) -> dict[str, ContainerState]:
+        found = await self._call(lambda: self._api().containers(
+            all=True, filters={"label": f"{LABEL_NODE_ID}={node_id}"}))
+        states: dict[str, ContainerState] = {}
+        for summary in found:
+            task_id = (summary.get("Labels") or {}).get(LABEL_TASK_ID)
+            if not task_id:
+                continue
+            self._ids[task_id] = summary["Id"]
+            states[task_id] = await self.inspect(task_id)
+        return states
+
+    # -- lifecycle of a task's container --
+
+    async def prepare(self, task: pb.Task) -> ContainerState:
+        existing = await self._find(task.id)
+        if existing is not None:
+            return await self.inspect(task.id)
+        await self._ensure_image(task.spec.container.image)
+        params = ct.create_params(task)
+        host = ct.host_config_params(task)
+
+        def create() -> dict[str, Any]:
+            api = self._api()
+            return dict(api.create_container(host_config=api.create_host_config(**host),
+                                             **params))
+
+        created = await self._call(create)
+        self._ids[task.id] = created["Id"]
+        return await self.inspect(task.id)
+
+    async def _ensure_image(self, ref: str) -> None:
+        if not ref:
+            raise ExecutorError("the task's container spec names no image")
+        try:
+            await self._call(lambda: self._api().inspect_image(ref))
+            return
+        except ExecutorError as err:
+            if not isinstance(err.__cause__, docker.errors.NotFound):
+                raise
+        repo, tag = ct.split_image(ref)
+        log.info("pulling image %s", ref)
+
+        def pull() -> str:
+            last_error = ""
+            for item in self._api().pull(repo, tag=tag, stream=True, decode=True):
+                last_error = item.get("error") or last_error
+            return last_error
+
+        error = await self._call(pull)
+        try:
+            await self._call(lambda: self._api().inspect_image(ref))
+        except ExecutorError as err:
+            raise ExecutorError(f"pulling image {ref} failed: {error or err}") from err
+
+    async def start(self, task_id: str) -> None:
+        cid = await self._require(task_id)
+        self._watch_events()
+        await self._call(lambda: self._api().start(cid))
+
+    async def inspect(self, task_id: str) -> ContainerState:
+        cid = await self._find(task_id)
+        if cid is None:
+            return MISSING
+        try:
+            info = await self._call(lambda: self._api().inspect_container(cid))
+        except ExecutorError as err:
+            if isinstance(err.__cause__, docker.errors.NotFound):
+                self._ids.pop(task_id, None)
+                return MISSING
+            raise
+        return ct.state_of(info)
+
+    async def observe(self, task_id: str, last: ContainerState) -> ContainerState:
+        self._watch_events()
+        while True:
+            waiter = asyncio.get_running_loop().create_future()
+            self._observers.setdefault(task_id, set()).add(waiter)
+            try:
+                state = await self.inspect(task_id)
+                if state != last:
+                    return state
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, RECHECK)
+            finally:
+                observers = self._observers.get(task_id, set())
+                observers.discard(waiter)
+                if not observers:
+                    self._observers.pop(task_id, None)
+
+    async def shutdown(self, task_id: str, grace: float) -> None:
+        cid = await self._find(task_id)
+        if cid is None:
+            return
+        seconds = max(0, round(grace))
+        try:
+            await self._call(lambda: self._api().stop(cid, timeout=seconds))
+        except ExecutorError as err:
+            if not isinstance(err.__cause__, docker.errors.NotFound):
+                raise
+
+    async def remove(self, task_id: str) -> None:
+        cid = await self._find(task_id)
+        if cid is None:
+            return
+        try:
+            await self._call(lambda: self._api().remove_container(cid, v=True, force=True))
+        except ExecutorError as err:
+            cause = err.__cause__
+            if not isinstance(cause, docker.errors.NotFound) and "in progress" not in str(err):
+                raise
+        self._ids.pop(task_id, None)
+
+    # -- logs --
+
+    async def logs(self, task_id: str, follow: bool = False, tail: int = -1,
+                   timestamps: bool = False) -> AsyncIterator[LogRecord]:
+        cid = await self._require(task_id)
+        response, frames = await self._call(self._open_logs, cid, follow, tail)
+        splitter = ct.LineSplitter()
+        try:
+            while True:
+                frame = await self._call(next, frames, None)
+                if frame is None:
+                    break
+                stream, data = frame
+                for line in splitter.feed(stream, data):
+                    stamp, text = ct.split_log_line(line)
+                    yield stamp, stream, text
+            for stream, data in splitter.rest():
+                stamp, text = ct.split_log_line(data)
+                yield stamp, stream, text
+        finally:
+            response.close()
+
+    def _open_logs(self, cid: str, follow: bool, tail: int) -> tuple[Any, Any]:
+        """The raw log stream, framed by stream (docker-py's logs() drops which stream)."""
+        api = self._api()
+        tty = bool(api.inspect_container(cid)["Config"].get("Tty"))
+        params = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": int(follow),
+                  "tail": "all" if tail < 0 else str(tail)}
+        response = api._get(api._url("/containers/{0}/logs", cid), params=params, stream=True)
+        api._raise_for_status(response)
+        return response, frames_iter(api._get_raw_response_socket(response), tty)
+
+    # -- finding containers --
+
+    async def _find(self, task_id: str) -> str | None:
+        cid = self._ids.get(task_id)
+        if cid is not None:
+            return cid
+        found = await self._call(lambda: self._api().containers(
+            all=True, filters={"label": f"{LABEL_TASK_ID}={task_id}"}))
+        if not found:
+            return None
+        self._ids[task_id] = found[0]["Id"]
+        return str(found[0]["Id"])
+
+    async def _require(self, task_id: str) -> str:
+        cid = await self._find(task_id)
+        if cid is None:
+            raise ExecutorError(f"no container for task {task_id}; prepare it first")
+        return cid
+
+    # -- engine events --
+
+    def _watch_events(self) -> None:
+        if self._events is None or self._events.done():
+            self._events = asyncio.create_task(self._follow_events(), name="docker-events")
+
+    async def _follow_events(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._call(self._read_events, loop)
+            except ExecutorError as err:
+                log.info("engine events interrupted, reconnecting: %s", err)
+            for task_id in list(self._observers):  # something may have been missed
+                self._wake(task_id)
+            await asyncio.sleep(EVENTS_RETRY)
+
+    def _read_events(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On a pool thread: follow container events of task containers until closed."""
+        stream = self._api().events(decode=True,
+                                    filters={"type": "container", "label": LABEL_TASK_ID})
+        self._event_stream = stream
+        for event in stream:
+            attrs = (event.get("Actor") or {}).get("Attributes") or {}
+            task_id = attrs.get(LABEL_TASK_ID)
+            if task_id:
+                try:
+                    loop.call_soon_threadsafe(self._wake, task_id)
+                except RuntimeError:  # the loop closed
+                    return
+
+    def _wake(self, task_id: str) -> None:
+        for waiter in self._observers.get(task_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _message(err: docker.errors.APIError) -> str:
+    explanation = err.explanation
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode(errors="replace")
+    return str(explanation or err).strip()
