@@ -1,0 +1,114 @@
+"""The task reaper: deletes tasks nobody needs any more.
+
+- History: each slot (each node for global modes) keeps at most the cluster's
+  task_history_retention_limit tasks (default 5), counting the one that holds the slot, as
+  Docker does; the oldest others go first. A slot with a restart max_attempts keeps enough of
+  them to count the attempts. Slots above the replica count and nodes that were removed keep
+  none.
+- Desired REMOVE (scale-down): deleted once stopped.
+- Removed services (the API sets `pending_delete`): their tasks are marked REMOVE, deleted once
+  stopped, and then the service itself is deleted. Tasks whose service is gone are treated
+  the same way.
+A task is deleted only once it is out of its slot and has stopped, never reached a node, or
+its node is down or removed (the agent stops and removes a task that left its assignments).
+"""
+
+from __future__ import annotations
+
+from manager.orchestrator.controller import Controller
+from manager.orchestrator.snapshot import Decision, Snapshot, delete, update
+from manager.orchestrator.tasks import (
+    SlotKey,
+    by_slot,
+    ended,
+    holds_slot,
+    is_global,
+    mode,
+    replicas,
+    restart_policy,
+    with_desired,
+)
+from proto import objects_pb2 as pb
+
+
+def deletable(task: pb.Task, snap: Snapshot) -> bool:
+    """Out of its slot and stopped, never placed, or its node is down or removed (an agent
+    stops and removes a task that left its assignments when it comes back)."""
+    if holds_slot(task):
+        return False
+    if ended(task) or task.status.state < pb.ASSIGNED:
+        return True
+    node = snap.nodes.get(task.node_id)
+    return node is None or node.status.state == pb.NODE_DOWN
+
+
+def by_age(tasks: list[pb.Task]) -> list[pb.Task]:
+    """Newest first."""
+    return sorted(tasks, key=lambda t: (t.meta.created_at_ns, t.meta.version.index),
+                  reverse=True)
+
+
+def slot_gone(service: pb.Service, key: SlotKey, snap: Snapshot) -> bool:
+    if is_global(service):
+        return key not in snap.nodes
+    return mode(service) == "replicated" and not 1 <= int(key) <= replicas(service)
+
+
+def prune_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task], snap: Snapshot,
+               decision: Decision) -> None:
+    limit = snap.history_limit()
+    attempts = restart_policy(service).max_attempts
+    if attempts:
+        limit = max(limit, attempts + 1)
+    if slot_gone(service, key, snap) and not any(holds_slot(t) for t in tasks):
+        limit = 0
+    kept = 0
+    for task in by_age(tasks):
+        if kept < limit or not deletable(task, snap):
+            kept += 1
+        else:
+            decision.add(delete(task))
+
+
+def remove_all(tasks: list[pb.Task], snap: Snapshot, decision: Decision) -> None:
+    for task in tasks:
+        if task.desired_state != pb.REMOVE:
+            task = with_desired(task, pb.REMOVE)
+            if not deletable(task, snap):
+                decision.add(update(task))
+                continue
+        if deletable(task, snap):
+            decision.add(delete(task))
+
+
+def decide_service(service: pb.Service | None, tasks: list[pb.Task],
+                   snap: Snapshot) -> Decision:
+    decision = Decision()
+    if service is None or service.pending_delete:
+        remove_all(tasks, snap, decision)
+        if service is not None and not tasks:
+            decision.add(delete(service))
+        return decision
+    for task in tasks:
+        if task.desired_state == pb.REMOVE and deletable(task, snap):
+            decision.add(delete(task))
+    if snap.history_limit() < 0:
+        return decision
+    for key, slot_tasks in by_slot(service, tasks).items():
+        prune_slot(service, key, slot_tasks, snap, decision)
+    return decision
+
+
+def decide(snap: Snapshot) -> Decision:
+    decision = Decision()
+    for service_id in set(snap.services) | set(snap.tasks):
+        decision.merge(decide_service(snap.services.get(service_id),
+                                      snap.tasks_of(service_id), snap))
+    return decision
+
+
+class TaskReaper(Controller):
+    name = "task reaper"
+
+    def decide(self, snap: Snapshot) -> Decision:
+        return decide(snap)

@@ -1,0 +1,174 @@
+"""What the orchestrators agree on about tasks and services: which tasks hold a slot, which
+have ended, the defaults of the restart and update policies, and how a new task is made.
+
+Desired states the orchestrators write: RUNNING (services), COMPLETE (jobs), SHUTDOWN (taken
+out of its slot: replaced, drained, stopped for an update) and REMOVE (scale-down, service
+removal; the reaper deletes it once stopped). A task "holds its slot" while its desired state
+is RUNNING or COMPLETE, even after it ended: the restart supervisor then decides, after the
+restart delay, whether it gets a successor.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from manager.identity import new_id
+from proto import objects_pb2 as pb
+
+SECOND = 1_000_000_000
+DEFAULT_RESTART_DELAY = 5 * SECOND
+DEFAULT_MONITOR = 5 * SECOND
+DEFAULT_STOP_GRACE = 10 * SECOND
+# A stopping task whose node never reports it stopped stops holding its slot after its stop
+# grace period plus this much (its node is then unresponsive without being marked down yet).
+STOP_WAIT_EXTRA = 30 * SECOND
+
+SlotKey = int | str  # the slot number, or the node ID for global services and jobs
+
+# Statuses a task reaches by itself: it ran (or tried to) and stopped.
+ENDED_BY_ITSELF = frozenset({pb.COMPLETE, pb.FAILED, pb.REJECTED})
+
+
+def clone(obj: Any) -> Any:
+    """A copy to modify: snapshot objects are shared by the controllers and never mutated."""
+    copy = type(obj)()
+    copy.CopyFrom(obj)
+    return copy
+
+
+def holds_slot(task: pb.Task) -> bool:
+    """Desired RUNNING (or READY) for services, COMPLETE for jobs."""
+    return bool(task.desired_state <= pb.COMPLETE)
+
+
+def ended(task: pb.Task) -> bool:
+    """The task is past RUNNING: complete, shut down, failed, rejected or orphaned."""
+    return bool(task.status.state >= pb.COMPLETE)
+
+
+def live(task: pb.Task) -> bool:
+    """Holds its slot and has not ended: starting, running, or on its way there."""
+    return holds_slot(task) and not ended(task)
+
+
+def ended_at(task: pb.Task) -> int:
+    """When the task was last written (for an ended task, about when it ended), on the
+    managers' clock."""
+    return int(task.meta.updated_at_ns or task.meta.created_at_ns)
+
+
+# -- services --
+
+def mode(service: pb.Service) -> str:
+    """replicated, global, replicated_job or global_job."""
+    return service.spec.WhichOneof("mode") or "replicated"
+
+
+def is_job(service: pb.Service) -> bool:
+    return mode(service) in ("replicated_job", "global_job")
+
+
+def is_global(service: pb.Service) -> bool:
+    return mode(service) in ("global", "global_job")
+
+
+def replicas(service: pb.Service) -> int:
+    if service.spec.WhichOneof("mode") is None:
+        return 1
+    return int(service.spec.replicated.replicas)
+
+
+def slot_key(service: pb.Service, task: pb.Task) -> SlotKey:
+    return task.node_id if is_global(service) else int(task.slot)
+
+
+def by_slot(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[SlotKey, list[pb.Task]]:
+    """Tasks grouped by slot (node for global modes), without those being removed."""
+    slots: dict[SlotKey, list[pb.Task]] = defaultdict(list)
+    for task in tasks:
+        if task.desired_state != pb.REMOVE:
+            slots[slot_key(service, task)].append(task)
+    return slots
+
+
+def is_current(service: pb.Service, task: pb.Task) -> bool:
+    """Made from the service's current task spec (for jobs: from the current run)."""
+    if is_job(service):
+        return bool(task.spec_version == service.spec_version)
+    return bool(task.spec == service.spec.task)
+
+
+def new_task(service: pb.Service, now_ns: int, slot: int = 0, node_id: str = "") -> pb.Task:
+    task = pb.Task(id=new_id(), service_id=service.id, slot=slot, node_id=node_id,
+                   spec_version=service.spec_version, service_name=service.spec.annotations.name)
+    task.spec.CopyFrom(service.spec.task)
+    task.annotations.name = f"{task.service_name}.{slot or node_id}.{task.id}"
+    task.service_labels.update(service.spec.annotations.labels)
+    task.status.state = pb.NEW
+    task.status.message = "created"
+    task.status.timestamp_ns = now_ns
+    if is_job(service):
+        task.desired_state = pb.COMPLETE
+        task.job_iteration = service.spec_version
+    else:
+        task.desired_state = pb.RUNNING
+    return task
+
+
+def with_desired(task: pb.Task, desired: int) -> pb.Task:
+    changed: pb.Task = clone(task)
+    changed.desired_state = desired  # type: ignore[assignment]
+    return changed
+
+
+# -- policies with Docker's defaults --
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    condition: int  # pb.RestartPolicy.ANY / NONE / ON_FAILURE
+    delay_ns: int
+    max_attempts: int  # 0: unlimited
+    window_ns: int  # 0: attempts count forever
+
+
+def restart_policy(service: pb.Service) -> RestartPolicy:
+    spec = service.spec.task
+    if not spec.HasField("restart"):
+        condition = pb.RestartPolicy.ON_FAILURE if is_job(service) else pb.RestartPolicy.ANY
+        return RestartPolicy(condition, DEFAULT_RESTART_DELAY, 0, 0)
+    policy = spec.restart
+    delay = policy.delay.ns if policy.HasField("delay") else DEFAULT_RESTART_DELAY
+    return RestartPolicy(int(policy.condition), int(delay), int(policy.max_attempts),
+                         int(policy.window.ns))
+
+
+@dataclass(frozen=True)
+class Rollout:
+    parallelism: int  # 0: all at once
+    delay_ns: int
+    failure_action: int  # pb.UpdateConfig.PAUSE / CONTINUE / ROLLBACK
+    monitor_ns: int
+    max_failure_ratio: float
+    order: int  # pb.UpdateConfig.STOP_FIRST / START_FIRST
+
+
+def rollout(service: pb.Service, rollback: bool) -> Rollout:
+    """The service's update config (or rollback config), Docker's defaults where unset."""
+    present = service.spec.HasField("rollback") if rollback else service.spec.HasField("update")
+    if not present:
+        return Rollout(1, 0, pb.UpdateConfig.PAUSE, DEFAULT_MONITOR, 0.0,
+                       pb.UpdateConfig.STOP_FIRST)
+    cfg = service.spec.rollback if rollback else service.spec.update
+    monitor = cfg.monitor.ns if cfg.HasField("monitor") else DEFAULT_MONITOR
+    return Rollout(int(cfg.parallelism), int(cfg.delay_ns), int(cfg.failure_action),
+                   int(monitor), float(cfg.max_failure_ratio), int(cfg.order))
+
+
+def stop_wait_ns(task: pb.Task) -> int:
+    container = task.spec.container
+    grace = (container.stop_grace_period.ns if container.HasField("stop_grace_period")
+             else DEFAULT_STOP_GRACE)
+    return int(grace) + STOP_WAIT_EXTRA
