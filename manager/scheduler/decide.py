@@ -1,11 +1,15 @@
 """The scheduler's decision core: a pure function from a snapshot (nodes, the tasks on them,
 the pending tasks) to assignments and, for tasks that fit nowhere, the reason why.
 
-Pending tasks are grouped by their requirements (a service's replicas share one group), the
-static filters run once per node per group, and each group's eligible nodes sit in a tree
-of heaps: one level per spread preference (label values, fewest tasks of the service first)
-and, at the bottom, the nodes ordered by (tasks of this service, all tasks, id). Placing a
-task walks down the heads of the heaps and re-keys them: O(levels × log nodes) per task.
+Pending tasks are grouped by their requirements (a service's replicas share one group) and
+the static filters run once per node per constraint set. Nodes are chosen by (tasks of this
+service, all tasks, id), the least loaded first:
+- without spread, from one heap of eligible nodes by (all tasks, id) shared by every group
+  of the pass, plus a small heap of the nodes that already have some of the service's tasks;
+- with spread, from a tree of heaps: one level per preference (label values, fewest tasks of
+  the service first; nodes without the label form one more value), nodes at the bottom.
+Either way a placement costs O(levels × log nodes); a node that no longer fits is dropped
+from the group's heaps (within a group, free room only shrinks).
 """
 
 from __future__ import annotations
