@@ -8,6 +8,7 @@ import click
 
 from shoal.cli.node import node
 from shoal.cli.output import CommandFailed, describe_api_error
+from shoal.cli.service import service
 from shoal.cli.swarm import swarm
 from shoal.client import DEFAULT_HOST, APIError, Client
 
@@ -36,6 +37,7 @@ def cli(ctx: click.Context, host: str) -> None:
 
 cli.add_command(swarm)
 cli.add_command(node)
+cli.add_command(service)
 
 try:
     from shoal.cli.lab_cmd import lab
