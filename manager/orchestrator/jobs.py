@@ -58,16 +58,16 @@ def stop_earlier_runs(service: pb.Service, tasks: list[pb.Task], decision: Decis
 
 def slot_state(service: pb.Service, tasks: list[pb.Task], snap: Snapshot,
                decision: Decision) -> str:
-    """done, busy (running, retrying or stopping) or free."""
+    """done, busy (running, retrying or stopping), failed (given up) or free."""
     if any(t.status.state == pb.COMPLETE for t in tasks):
         return "done"
+    if any(live(t) for t in tasks):
+        return "busy"
     for task in tasks:
-        if live(task):
-            return "busy"
         if holds_slot(task) and ended(task):
             result = restart.check(service, task, tasks, snap.now_ns)
-            if result.verdict in (restart.Verdict.WAIT, restart.Verdict.RESTART):
-                return "busy"
+            decision.wake(result.at_ns)
+            return "failed" if result.verdict is restart.Verdict.GIVE_UP else "busy"
     stopping = [t for t in tasks if snap.stopping(t)]
     if stopping:
         decision.wake(min(stop_deadline(t) for t in stopping))

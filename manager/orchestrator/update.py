@@ -7,12 +7,13 @@ slots (0: all), lowest slots first:
   with a new task once the old one has stopped;
 - start-first: a new task is started in the slot next to the old one, and the old one is shut
   down only once the new one is RUNNING, so the running count never drops below the replicas.
-The next batch starts when every slot touched by the update has a RUNNING task of the new spec
-and `delay` has passed since the last one came up. Tasks of the new spec that end by themselves
-(failed, rejected, exited) count as failures; more than max_failure_ratio × slots triggers the
-failure action: pause (PAUSED, with the task in the message), continue, or rollback (the spec
-goes back to previous_spec, then the same procedure with the rollback config). `monitor` after
-the last task came up, the update is COMPLETED (or ROLLBACK_COMPLETED).
+The next batch starts when no slot touched by the update is still on its way (every new task is
+RUNNING or has ended) and `delay` has passed since the last one came up or ended. Tasks of the
+new spec that end by themselves (failed, rejected, exited) count as failures; more than
+max_failure_ratio × slots triggers the failure action: pause (PAUSED, with the task in the
+message), continue, or rollback (the spec goes back to previous_spec, then the same procedure
+with the rollback config). `monitor` after the last new task came up (or ended), the update is
+COMPLETED (or ROLLBACK_COMPLETED).
 
 All state is in the store — UpdateStatus (state, started_at) on the service and each task's spec
 and times — so a new leader resumes where the old one stopped: every pass recomputes the batch
@@ -62,7 +63,7 @@ class Survey:
     dirty: list[SlotKey] = field(default_factory=list)  # only old tasks hold these
     promote: list[pb.Task] = field(default_factory=list)  # old tasks next to a running new one
     in_flight: bool = False  # a touched slot has no running task of the new spec yet
-    last_up_ns: int = 0  # when the last new task was seen running
+    last_change_ns: int = 0  # when a task of this update last came up or ended
 
 
 def slot_keys(service: pb.Service, snap: Snapshot) -> list[SlotKey]:
@@ -88,13 +89,14 @@ def survey(service: pb.Service, tasks: list[pb.Task], snap: Snapshot,
             view.dirty.append(key)
         elif not holders:
             view.in_flight = True  # stopping, or about to be filled by the orchestrator
-        for task in new:
-            if task.meta.created_at_ns < started_ns:
-                continue
-            if task.status.state == pb.RUNNING:
-                view.last_up_ns = max(view.last_up_ns, int(task.meta.updated_at_ns))
-            elif not ended(task):
-                view.in_flight = True
+        ours = [t for t in slots.get(key, []) if is_current(service, t)
+                and t.meta.created_at_ns >= started_ns]
+        if any(live(t) and t.status.state != pb.RUNNING for t in ours):
+            view.in_flight = True
+        first = min(ours, key=lambda t: t.meta.created_at_ns, default=None)
+        if first is not None and (first.status.state == pb.RUNNING or ended(first)):
+            # the slot's first new task (later ones are restarts) came up or ended
+            view.last_change_ns = max(view.last_change_ns, int(first.meta.updated_at_ns))
     view.dirty.sort(key=str if is_global(service) else int)  # type: ignore[arg-type]
     return view
 
@@ -162,7 +164,7 @@ def next_batch(service: pb.Service, tasks: list[pb.Task], view: Survey, snap: Sn
     cfg = rollout(service, service.update_status.state in ROLLING_BACK)
     if view.in_flight:
         return
-    not_before = view.last_up_ns + cfg.delay_ns if view.last_up_ns else 0
+    not_before = view.last_change_ns + cfg.delay_ns if view.last_change_ns else 0
     if snap.now_ns < not_before:
         decision.wake(not_before)
         return
@@ -177,7 +179,7 @@ def finish(service: pb.Service, view: Survey, snap: Snapshot, decision: Decision
     if view.in_flight or view.promote:
         return
     cfg = rollout(service, service.update_status.state in ROLLING_BACK)
-    done_at = view.last_up_ns + cfg.monitor_ns if view.last_up_ns else 0
+    done_at = view.last_change_ns + cfg.monitor_ns if view.last_change_ns else 0
     if snap.now_ns < done_at:
         decision.wake(done_at)
     elif service.update_status.state == US.ROLLBACK_STARTED:
