@@ -17,6 +17,7 @@ from manager.dispatcher.dispatcher import Dispatcher
 from manager.logbroker.broker import LogBroker
 from manager.logbroker.server import LogBrokerServicer, LogsServicer
 from manager.manager import Manager, ManagerAddrs
+from manager.orchestrator.orchestrators import Orchestrators
 from manager.raft.replica import RaftReplica
 from manager.raftapi import RaftMembershipServicer
 from manager.roles import RoleController
@@ -73,6 +74,7 @@ class ManagerRole:
                                self.store, self.replica)
         self.dispatcher = Dispatcher(self.manager)
         RoleController(self.manager)
+        Orchestrators(self.manager)
         Allocator(self.manager)
         Scheduler(self.manager)
         self.logbroker = LogBroker(self.manager)

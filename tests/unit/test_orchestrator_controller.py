@@ -1,0 +1,158 @@
+"""The controllers around the cores: Raft batches of ≤200 actions without splitting a group,
+a stale group skipped without holding back the others, ticks skipped while nothing changed,
+and a new leader carrying on an update from the store alone."""
+
+import time
+
+from manager.manager import Manager, ManagerAddrs
+from manager.orchestrator.controller import batches, write_groups
+from manager.orchestrator.orchestrators import Orchestrators
+from manager.orchestrator.replicated import ReplicatedOrchestrator
+from manager.orchestrator.snapshot import Decision, Snapshot, create, update
+from manager.store.memory import MemoryStore
+from proto import objects_pb2 as pb
+from proto import store_pb2
+from tests.unit.orchestration_world import node, service
+
+
+class FakeReplica:
+    """Applies proposals straight to the store, and remembers their sizes."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.sizes: list[int] = []
+
+    def is_leader(self) -> bool:
+        return True
+
+    async def propose(self, batch: store_pb2.StoreBatch, timeout: float = 10.0) -> int:
+        if not batch.timestamp_ns:
+            batch.timestamp_ns = time.time_ns()
+        self.sizes.append(len(batch.actions))
+        result = self.store.apply(batch)
+        if result.error is not None:
+            raise result.error
+        return result.version
+
+
+def make_manager(*objs: object) -> tuple[Manager, FakeReplica]:
+    store = MemoryStore()
+    replica = FakeReplica(store)
+    mgr = Manager("m1", ManagerAddrs("a:1", "a:2"), store, replica)  # type: ignore[arg-type]
+    for obj in objs:
+        store.apply(store_pb2.StoreBatch(timestamp_ns=time.time_ns(), actions=[
+            store_pb2.StoreAction(kind=store_pb2.CREATE,
+                                  object=store_pb2.StoreObject(**{_table(obj): obj}))]))
+    return mgr, replica
+
+
+def _table(obj: object) -> str:
+    return {pb.Node: "node", pb.Service: "service", pb.Task: "task"}[type(obj)]
+
+
+def test_batches_never_split_a_group() -> None:
+    groups = [[(store_pb2.CREATE, pb.Task(id=f"t{i}.{j}")) for j in range(3)] for i in range(70)]
+    sizes = [sum(len(g) for g in chunk) for chunk in batches(groups)]
+    assert sizes == [198, 12]
+    assert [len(chunk) for chunk in batches([[(0, None)] * 250])] == [1]  # too big: alone
+
+
+async def test_scale_to_500_writes_batches_of_at_most_200() -> None:
+    mgr, replica = make_manager(node("n1"), service(replicas=500))
+    ReplicatedOrchestrator(mgr)
+    await mgr._leader_ticks[0](True)
+    assert replica.sizes == [200, 200, 100]
+    assert len(mgr.store.list(pb.Task)) == 500
+
+
+async def test_a_stale_group_is_skipped_and_the_others_written() -> None:
+    mgr, replica = make_manager(pb.Task(id="a"), pb.Task(id="b"))
+    a, b = mgr.store.get(pb.Task, "a"), mgr.store.get(pb.Task, "b")
+    stale = pb.Task()
+    stale.CopyFrom(b)
+    b.desired_state = pb.SHUTDOWN
+    await mgr.update(b)  # someone else changed b since it was read
+    a.desired_state = stale.desired_state = pb.REMOVE
+    failed = await write_groups(mgr, [[update(a)], [update(stale), create(pb.Task(id="c"))]])
+    assert failed == 1
+    assert mgr.store.get(pb.Task, "a").desired_state == pb.REMOVE
+    assert mgr.store.get(pb.Task, "c") is None  # its group failed as a whole
+
+
+class Counting(ReplicatedOrchestrator):
+    calls = 0
+
+    def decide(self, snap: Snapshot) -> Decision:
+        self.calls += 1
+        decision = super().decide(snap)
+        decision.wake(self.wake_at)
+        return decision
+
+    wake_at: int | None = None
+
+
+async def test_ticks_are_skipped_until_the_store_changes_or_a_wake_up_is_due() -> None:
+    mgr, _ = make_manager(node("n1"), service(replicas=1))
+    ctl = Counting(mgr)
+    await ctl.tick(True)
+    await ctl.tick(False)  # its own write changed the store: decides again (nothing to do)
+    await ctl.tick(False)
+    await ctl.tick(False)
+    assert ctl.calls == 2
+    ctl.wake_at = time.time_ns() - 1
+    await ctl.tick(True)
+    await ctl.tick(False)  # wake-up due
+    assert ctl.calls == 4
+    ctl.stop()
+    await ctl.tick(True)
+    assert ctl.calls == 4
+
+
+async def run_agents(mgr: Manager) -> None:
+    """Place and start tasks, stop those asked to stop (crude scheduler + agents)."""
+    for task in mgr.store.list(pb.Task):
+        if task.desired_state > pb.COMPLETE and pb.ASSIGNED <= task.status.state < pb.COMPLETE:
+            task.status.state = pb.SHUTDOWN
+        elif task.desired_state <= pb.COMPLETE and task.status.state < pb.RUNNING:
+            task.node_id = task.node_id or "n1"
+            task.status.state = pb.RUNNING
+        else:
+            continue
+        await mgr.update(task)
+
+
+async def test_a_new_leader_finishes_a_start_first_update() -> None:
+    svc = service(replicas=3, update={"order": pb.UpdateConfig.START_FIRST, "monitor": 0})
+    mgr, _ = make_manager(node("n1"), svc)
+
+    async def tick_all(orch: Orchestrators, became_leader: bool) -> None:
+        for ctl in orch.controllers:
+            await ctl.tick(became_leader)
+
+    first = Orchestrators(mgr)
+    await tick_all(first, True)
+    await run_agents(mgr)
+    await tick_all(first, False)
+
+    def new_image(s: pb.Service) -> bool:
+        s.previous_spec.CopyFrom(s.spec)
+        s.has_previous_spec = True
+        s.spec.task.container.image = "busybox:2"
+        s.spec_version += 1
+        s.ClearField("update_status")
+        return True
+    await mgr.modify(pb.Service, svc.id, new_image)
+    await tick_all(first, False)  # UPDATING
+    await tick_all(first, False)  # first batch: a new task next to an old one
+    first.stop()
+    assert len([t for t in mgr.store.list(pb.Task) if t.desired_state == pb.RUNNING]) == 4
+
+    second = Orchestrators(mgr)  # the new leader: nothing but the store
+    for i in range(30):
+        await run_agents(mgr)
+        await tick_all(second, i == 0)
+    running = [t for t in mgr.store.list(pb.Task)
+               if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING]
+    assert sorted((t.slot, t.spec.container.image) for t in running) == [
+        (1, "busybox:2"), (2, "busybox:2"), (3, "busybox:2")]
+    assert mgr.store.get(pb.Service, svc.id).update_status.state == pb.UpdateStatus.COMPLETED
