@@ -41,7 +41,9 @@ def error_status(err: Exception) -> int:
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status)
+    # Exactly "application/json" (no charset): the docker CLI parses the message only then.
+    return web.Response(body=json.dumps({"message": message}).encode(), status=status,
+                        content_type="application/json")
 
 
 @web.middleware

@@ -120,6 +120,7 @@ class Printer:
         if self.tty:
             if self.shown:
                 click.echo(f"\x1b[{len(self.shown)}A", nl=False)
+            lines = lines + [""] * (len(self.shown) - len(lines))  # clear a longer old block
             for line in lines:
                 click.echo("\x1b[2K" + line)
         else:
@@ -132,7 +133,8 @@ class Printer:
     def say(self, line: str) -> None:
         if not self.quiet:
             click.echo(line)
-            self.shown = []
+            if self.tty:  # the block to redraw is now above this line: start a new one
+                self.shown = []
 
 
 def render(snap: Snapshot, rolling_back: bool) -> list[str]:
@@ -155,6 +157,15 @@ def monitor_ns(service: dict[str, Any]) -> int:
     return DEFAULT_MONITOR_NS if value is None else int(value)
 
 
+def _check_update(state: str, message: str, rollback: bool) -> None:
+    if state == "paused":
+        raise CommandFailed(f"service update paused: {message}")
+    if state == "rollback_paused":
+        raise CommandFailed(f"service rollback paused: {message}")
+    if state == "rollback_completed" and not rollback:
+        raise CommandFailed(f"service rolled back: {message}")
+
+
 def wait(client: Client, service_id: str, quiet: bool = False, rollback: bool = False,
          poll: float = POLL_SECONDS) -> None:
     """Poll until the service converges; raise CommandFailed if its update fails."""
@@ -170,27 +181,24 @@ def wait(client: Client, service_id: str, quiet: bool = False, rollback: bool = 
         if state == "rollback_started" and said_rollback != message:
             rollback, said_rollback = True, message
             printer.say(f"rollback: {message}")
-        if state == "paused":
-            raise CommandFailed(f"service update paused: {message}")
-        if state == "rollback_paused":
-            raise CommandFailed(f"service rollback paused: {message}")
-        if state == "rollback_completed" and not rollback:
-            raise CommandFailed(f"service rolled back: {message}")
+        _check_update(state, message, rollback)
         snap = snapshot(service, tasks, nodes)
-        printer.show(render(snap, rollback))
-        if snap.converged and snap.job:
-            printer.say("job complete")
-            return
-        if state == "completed" and not snap.converged:
-            return
+        lines = render(snap, rollback)
+        monitor = monitor_ns(service) / 1e9
         if not snap.converged:
             stable_since = None
+        elif snap.job:
+            printer.show(lines + ["job complete"])
+            return
         elif stable_since is None:
             stable_since = time.monotonic()
-            wait_s = monitor_ns(service) / 1e9
-            printer.say(f"verify: Waiting {wait_s:g} seconds to verify that tasks are "
-                        "stable...")
-        elif time.monotonic() - stable_since >= monitor_ns(service) / 1e9:
-            printer.say(f"verify: Service {service_id} converged")
+        elif time.monotonic() - stable_since >= monitor:
+            printer.show(lines + [f"verify: Service {service_id} converged"])
+            return
+        if stable_since is not None:
+            lines.append(f"verify: Waiting {monitor:g} seconds to verify that tasks are "
+                         "stable...")
+        printer.show(lines)
+        if state == "completed" and not snap.converged:
             return
         time.sleep(poll)
