@@ -7,8 +7,8 @@
   none.
 - Desired REMOVE (scale-down): deleted once stopped.
 - Removed services (the API sets `pending_delete`): their tasks are marked REMOVE, deleted once
-  stopped, and then the service itself is deleted. Tasks whose service is gone are treated
-  the same way.
+  stopped, and then the service itself is deleted. (Tasks whose service is not in the store,
+  and services without a mode, which the API never writes, are left alone.)
 A task is deleted only once it is out of its slot and has stopped, never reached a node, or
 its node is down or removed (the agent stops and removes a task that left its assignments).
 """
@@ -84,9 +84,11 @@ def remove_all(tasks: list[pb.Task], snap: Snapshot, decision: Decision) -> None
 def decide_service(service: pb.Service | None, tasks: list[pb.Task],
                    snap: Snapshot) -> Decision:
     decision = Decision()
-    if service is None or service.pending_delete:
+    if service is None or not (mode(service) or service.pending_delete):
+        return decision  # tasks nobody orchestrates: left alone
+    if service.pending_delete:
         remove_all(tasks, snap, decision)
-        if service is not None and not tasks:
+        if not tasks:
             decision.add(delete(service))
         return decision
     for task in tasks:
@@ -101,9 +103,8 @@ def decide_service(service: pb.Service | None, tasks: list[pb.Task],
 
 def decide(snap: Snapshot) -> Decision:
     decision = Decision()
-    for service_id in set(snap.services) | set(snap.tasks):
-        decision.merge(decide_service(snap.services.get(service_id),
-                                      snap.tasks_of(service_id), snap))
+    for service in snap.services.values():
+        decision.merge(decide_service(service, snap.tasks_of(service.id), snap))
     return decision
 
 

@@ -38,6 +38,7 @@ from manager.orchestrator.tasks import (
     is_job,
     live,
     new_task,
+    orchestrated,
     restart_policy,
     with_desired,
 )
@@ -105,7 +106,7 @@ def successor(service: pb.Service, task: pb.Task, now_ns: int) -> pb.Task:
 
 def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) -> Decision:
     decision = Decision()
-    if service.pending_delete:
+    if not orchestrated(service):
         return decision
     slots = by_slot(service, tasks)
     for slot_tasks in slots.values():

@@ -63,8 +63,13 @@ def ended_at(task: pb.Task) -> int:
 # -- services --
 
 def mode(service: pb.Service) -> str:
-    """replicated, global, replicated_job or global_job."""
-    return service.spec.WhichOneof("mode") or "replicated"
+    """replicated, global, replicated_job or global_job; "" for a service without a mode,
+    which the API never writes and the orchestrators leave alone."""
+    return service.spec.WhichOneof("mode") or ""
+
+
+def orchestrated(service: pb.Service) -> bool:
+    return bool(mode(service)) and not service.pending_delete
 
 
 def is_job(service: pb.Service) -> bool:
@@ -76,8 +81,6 @@ def is_global(service: pb.Service) -> bool:
 
 
 def replicas(service: pb.Service) -> int:
-    if service.spec.WhichOneof("mode") is None:
-        return 1
     return int(service.spec.replicated.replicas)
 
 
@@ -95,10 +98,14 @@ def by_slot(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[SlotKey, list
 
 
 def is_current(service: pb.Service, task: pb.Task) -> bool:
-    """Made from the service's current task spec (for jobs: from the current run)."""
+    """Made from the service's current task spec and, once the allocator gave it one, its
+    current endpoint spec (published ports), as swarmkit decides; for jobs: from the current
+    run (spec_version)."""
     if is_job(service):
         return bool(task.spec_version == service.spec_version)
-    return bool(task.spec == service.spec.task)
+    if task.spec != service.spec.task:
+        return False
+    return not task.HasField("endpoint") or task.endpoint.spec == service.spec.endpoint
 
 
 def new_task(service: pb.Service, now_ns: int, slot: int = 0, node_id: str = "") -> pb.Task:

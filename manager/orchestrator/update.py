@@ -44,6 +44,7 @@ from manager.orchestrator.tasks import (
     is_job,
     live,
     new_task,
+    orchestrated,
     replicas,
     rollout,
     with_desired,
@@ -192,7 +193,7 @@ def finish(service: pb.Service, view: Survey, snap: Snapshot, decision: Decision
 
 def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) -> Decision:
     decision = Decision()
-    if service.pending_delete or is_job(service):
+    if not orchestrated(service) or is_job(service):
         return decision
     state = service.update_status.state
     started = int(service.update_status.started_at_ns) if state in ACTIVE + PAUSED else 0

@@ -80,14 +80,13 @@ def test_removed_service_tasks_then_service_are_deleted() -> None:
     assert world.store.get(pb.Service, "svc-web") is None
 
 
-def test_tasks_of_a_vanished_service_are_cleaned_up() -> None:
-    world = World([node("n1")], [service(replicas=1)])
-    world.settle()
-    world.write((store_pb2.DELETE, world.service()))
-    world.step(reaper.decide)
-    world.agents()
-    world.step(reaper.decide)
-    assert world.tasks() == []
+def test_tasks_of_unknown_or_modeless_services_are_left_alone() -> None:
+    world = World([node("n1")], [pb.Service(id="svc-bare")])
+    for i, owner in enumerate(("svc-bare", "svc-missing")):
+        task = pb.Task(id=f"t{i}", service_id=owner, desired_state=pb.SHUTDOWN)
+        task.status.state = pb.COMPLETE
+        world.write((store_pb2.CREATE, task))
+    assert not world.step().groups
 
 
 def test_global_history_is_per_node_and_removed_nodes_keep_none() -> None:

@@ -251,3 +251,18 @@ def test_resumes_from_the_store_after_a_leader_change() -> None:
     run_for(world, 30, check=never_below(4))
     assert running_by_slot(world) == {s: ["busybox:2"] for s in (1, 2, 3, 4)}
     assert world.service().update_status.state == US.COMPLETED
+
+
+def test_a_published_port_change_rolls_the_tasks() -> None:
+    world = World([node("n1")], [service(replicas=2, update={"parallelism": 0})])
+    world.settle()
+    for task in world.tasks():  # as the allocator leaves them
+        world.change(pb.Task, task.id, lambda t: t.endpoint.spec.CopyFrom(pb.EndpointSpec()))
+
+    def publish(s: pb.Service) -> None:
+        s.spec.endpoint.ports.add(target_port=80, published_port=8080)
+    world.update_service(publish)
+    old = {t.id for t in world.tasks()}
+    run_for(world, 10)
+    assert not old & {t.id for t in world.holders()}
+    assert world.service().update_status.state == US.COMPLETED
