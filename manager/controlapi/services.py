@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
 from manager.errors import (
     AlreadyExists,
@@ -166,9 +167,6 @@ def _validate_mode(spec: pb.ServiceSpec) -> None:
     if mode is None:
         raise InvalidArgument("the service has no mode: set Mode.Replicated, Mode.Global, "
                               "Mode.ReplicatedJob or Mode.GlobalJob")
-    if is_job(spec) and spec.HasField("update"):
-        raise InvalidArgument("jobs have no rolling updates: remove UpdateConfig "
-                              "(--update-*) from a replicated-job or global-job service")
     if mode == "replicated_job" and spec.replicated_job.max_concurrent == 0:
         raise InvalidArgument("invalid ReplicatedJob.MaxConcurrent 0: at least 1 task must "
                               "run at a time (--max-concurrent)")
@@ -245,6 +243,37 @@ def random_name(taken: set[str]) -> str:
             return name
 
 
+DEFAULT_STOP_GRACE_NS = 10_000_000_000
+DEFAULT_RESTART_DELAY_NS = 5_000_000_000
+
+
+def canonical(spec: pb.ServiceSpec) -> pb.ServiceSpec:
+    """The same task template written one way: values equal to swarmkit's defaults and empty
+    sections are dropped, so a client that sends the defaults back (`?insertDefaults=true`,
+    then update) or `"Resources":{}` does not look like a change that needs new tasks."""
+    out = _copy(spec)
+    task = out.task
+    if task.container.stop_grace_period.ns == DEFAULT_STOP_GRACE_NS:
+        task.container.ClearField("stop_grace_period")
+    if task.restart.delay.ns == DEFAULT_RESTART_DELAY_NS:
+        task.restart.ClearField("delay")
+    if task.restart.HasField("window") and task.restart.window.ns == 0:
+        task.restart.ClearField("window")
+    _prune(task)
+    return out
+
+
+def _prune(msg: Any) -> None:
+    """Clear empty sub-messages (not Duration wrappers: there, set-to-0 differs from unset)."""
+    for fd, value in msg.ListFields():
+        if fd.message_type is None or fd.is_repeated or \
+                fd.message_type.name == "Duration":
+            continue
+        _prune(value)
+        if value.ByteSize() == 0:
+            msg.ClearField(fd.name)
+
+
 def needs_new_tasks(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
     """Whether running tasks are out of date: the task template or the endpoint changed."""
     return old.task != new.task or old.endpoint != new.endpoint
@@ -264,7 +293,7 @@ def task_up_to_date(svc: pb.Service, task: pb.Task) -> bool:
 
 def new_service(services: list[pb.Service], spec: pb.ServiceSpec) -> pb.Service:
     live = visible(services)
-    spec = _copy(spec)
+    spec = canonical(spec)
     if not spec.annotations.name:
         spec.annotations.name = random_name({s.spec.annotations.name for s in live})
     validate_spec(spec)
@@ -294,7 +323,7 @@ def updated_service(services: list[pb.Service], ref: str, version: int,
             state=pb.UpdateStatus.ROLLBACK_STARTED, started_at_ns=now_ns,
             message="manually requested rollback"))
     else:
-        new = _copy(spec)
+        new = canonical(spec)
         if not new.annotations.name:
             new.annotations.name = name
         _check_change(old, new)

@@ -312,9 +312,10 @@ def service_spec_json(spec: pb.ServiceSpec, defaults: bool = False) -> dict[str,
     out["Labels"] = dict(spec.annotations.labels)
     out["TaskTemplate"] = task_spec_json(spec.task, defaults)
     out["Mode"] = mode_json(spec)
-    if spec.HasField("update") or defaults:
+    rolling = defaults and not mode_name(spec).endswith("_job")  # jobs don't roll
+    if spec.HasField("update") or rolling:
         out["UpdateConfig"] = _update_config_json(spec.update, defaults)
-    if spec.HasField("rollback") or defaults:
+    if spec.HasField("rollback") or rolling:
         out["RollbackConfig"] = _update_config_json(spec.rollback, defaults)
     out["EndpointSpec"] = endpoint_spec_json(spec.endpoint)
     return out

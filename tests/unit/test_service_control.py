@@ -152,8 +152,6 @@ BAD_CREATES = [
     (body(TaskTemplate={"ContainerSpec": {"Image": "a"},
                         "Resources": {"Reservations": {"MemoryBytes": 1024}}}),
      400, "at least 4MiB"),
-    (body(Mode={"ReplicatedJob": {"TotalCompletions": 2}}, UpdateConfig={"Parallelism": 1}),
-     400, "jobs have no rolling updates"),
     (body(EndpointSpec={"Mode": "dnsrr", "Ports": [{"TargetPort": 80, "PublishedPort": 81}]}),
      400, "needs endpoint mode vip"),
     (with_task(body(), Healthcheck={"Test": ["SHELL", "x"]}), 400, "health check test"),
@@ -212,6 +210,19 @@ async def test_image_change_bumps_spec_version(api: Api) -> None:
     # labels only: no new tasks
     assert (await update(api, sid, body(image="busybox:1.36", Labels={"a": "b"})))[0] == 200
     assert api.service(sid).spec_version == 2
+
+
+async def test_sending_back_inspect_defaults_is_not_a_change(api: Api) -> None:
+    sid = await api.create(replicas=None)
+    before = api.service(sid)
+    shown = (await api.call("GET", f"/services/{sid}", insertDefaults="true"))[1]
+    assert (await update(api, sid, shown["Spec"]))[0] == 200
+    after = api.service(sid)
+    assert after.spec.task == before.spec.task and after.spec_version == 1
+    b = body(replicas=None)  # as created, less the empty "Resources":{"Limits":{},...}
+    del b["TaskTemplate"]["Resources"]
+    assert (await update(api, sid, b))[0] == 200
+    assert api.service(sid).spec_version == 1
 
 
 async def test_stale_version_is_out_of_sequence(api: Api) -> None:
