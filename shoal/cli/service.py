@@ -201,7 +201,7 @@ def current_state(task: dict[str, Any], now: float) -> str:
     state = pretty(status.get("State"))
     if since is None:
         return state
-    return f"{state} {human_duration(max(0.0, now - since))} ago"
+    return f"{state} {human_duration(max(0.0, now - since)).lower()} ago"
 
 
 class NodeNames:
