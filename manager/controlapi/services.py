@@ -9,9 +9,9 @@ What each decision writes (the orchestrator's contract):
   (`needs_new_tasks`: task template or endpoint) — scaling or relabelling does not start an
   update — and on every update of a job (a new spec_version is a new run of the job).
 - rollback: `spec` and `previous_spec` swapped, `update_status` ROLLBACK_STARTED
-  "manually requested rollback", `spec_version` bumped as for an update.
-A task is up to date (`task_up_to_date`) when it was made from the current task template
-(jobs: from the current spec_version), as the orchestrator's `is_current` decides.
+  "manually requested rollback" (started_at now), `spec_version` bumped.
+A task is up to date (`task_up_to_date`) when it was made from the current task template and
+endpoint (jobs: from the current spec_version), as the orchestrator's `is_current` decides.
 - remove: `pending_delete` set; the service disappears from the API at once and the
   orchestrator/reaper removes its tasks, then deletes the service.
 """
@@ -288,7 +288,9 @@ def task_up_to_date(svc: pb.Service, task: pb.Task) -> bool:
     current task template; for jobs, from the current run (spec_version)."""
     if is_job(svc.spec):
         return task.spec_version == svc.spec_version
-    return task.spec == svc.spec.task
+    if task.spec != svc.spec.task:
+        return False
+    return not task.HasField("endpoint") or task.endpoint.spec == svc.spec.endpoint
 
 
 def new_service(services: list[pb.Service], spec: pb.ServiceSpec) -> pb.Service:
@@ -333,7 +335,7 @@ def updated_service(services: list[pb.Service], ref: str, version: int,
     if new != old:
         svc.previous_spec.CopyFrom(old)
         svc.has_previous_spec = True
-    if needs_new_tasks(old, new) or is_job(new):
+    if needs_new_tasks(old, new) or is_job(new) or spec is None:
         svc.spec_version += 1
     svc.spec.CopyFrom(new)
     return svc
