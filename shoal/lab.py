@@ -16,7 +16,6 @@ shoal/engine.py) with the test images loaded, or an engine given to `up`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import ipaddress
 import json
@@ -174,7 +173,7 @@ def _plan(name: str, managers: int, workers: int, daemon_argv: Sequence[str] | N
                  "hostname": host, "engine": engine}
         template = daemon_argv or [_shoald(), "--data-root", "{data_root}",
                                    "--host", "unix://{socket}", "--hostname", "{hostname}",
-                                   *(["--engine", "{engine}"] if _shoald_has_engine() else [])]
+                                   "--engine", "{engine}"]
         hosts.append(HostState(
             name=host, role=role, namespace=namespace(name, host),
             address=str(subnet.network_address + 2 + index), api_socket=paths["socket"],
@@ -192,13 +191,6 @@ def _shoald() -> str:
         raise LabError(f"shoald not found next to {sys.executable} nor on PATH; "
                        "install Shoal in this environment (`make venv`)")
     return found
-
-
-@functools.cache
-def _shoald_has_engine() -> bool:
-    """Does this shoald take `--engine`? (Until every shoald does: then pass it always.)"""
-    proc = subprocess.run([_shoald(), "--help"], capture_output=True, text=True)
-    return "--engine" in proc.stdout
 
 
 # ---- ip(8), namespaces, processes --------------------------------------------------------
