@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from manager.errors import ManagerError, Unavailable
 from manager.manager import Manager
 from manager.orchestrator.snapshot import Decision, Group, Snapshot, SnapshotCache
+from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,11 @@ async def write_groups(mgr: Manager, groups: list[Group]) -> int:
 
 
 class Controller:
-    """Subclasses set `name` and implement `decide(snapshot)`."""
+    """Subclasses set `name` and implement `decide_service(service, tasks, snapshot)`.
+
+    A service whose fingerprint (its version, its tasks' versions, the nodes', the
+    cluster's) did not change since a pass that decided nothing for it is skipped, until
+    the wake-up time that pass asked for."""
 
     name = "orchestrator"
 
@@ -71,11 +76,31 @@ class Controller:
         self.snapshots = snapshots or SnapshotCache(manager.store)
         self._seen_version = -1
         self._wake_at: int | None = None
+        self._quiet: dict[str, tuple[tuple[int, ...], int | None]] = {}
         self._running = True
         manager.on_leader_tick(self.tick)
 
-    def decide(self, snap: Snapshot) -> Decision:
+    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                       snap: Snapshot) -> Decision:
         raise NotImplementedError
+
+    def decide(self, snap: Snapshot) -> Decision:
+        decision = Decision()
+        quiet: dict[str, tuple[tuple[int, ...], int | None]] = {}
+        for service in snap.services.values():
+            key = snap.fingerprint(service)
+            before = self._quiet.get(service.id)
+            if before is not None and before[0] == key and \
+                    (before[1] is None or snap.now_ns < before[1]):
+                quiet[service.id] = before
+                decision.wake(before[1])
+                continue
+            result = self.decide_service(service, snap.tasks_of(service.id), snap)
+            if not result.groups:
+                quiet[service.id] = (key, result.wake_at_ns)
+            decision.merge(result)
+        self._quiet = quiet
+        return decision
 
     def stop(self) -> None:
         self._running = False

@@ -75,5 +75,6 @@ def decide(snap: Snapshot) -> Decision:
 class GlobalOrchestrator(Controller):
     name = "global orchestrator"
 
-    def decide(self, snap: Snapshot) -> Decision:
-        return decide(snap)
+    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                       snap: Snapshot) -> Decision:
+        return decide_service(service, tasks, snap)

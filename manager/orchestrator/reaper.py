@@ -54,14 +54,19 @@ def slot_gone(service: pb.Service, key: SlotKey, snap: Snapshot) -> bool:
     return mode(service) == "replicated" and not 1 <= int(key) <= replicas(service)
 
 
-def prune_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task], snap: Snapshot,
-               decision: Decision) -> None:
+def history_limit(service: pb.Service, snap: Snapshot) -> int:
+    """Tasks kept per slot; enough to count the restart attempts."""
     limit = snap.history_limit()
     attempts = restart_policy(service).max_attempts
-    if attempts:
-        limit = max(limit, attempts + 1)
+    return max(limit, attempts + 1) if attempts else limit
+
+
+def prune_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task], limit: int,
+               snap: Snapshot, decision: Decision) -> None:
     if slot_gone(service, key, snap) and not any(holds_slot(t) for t in tasks):
         limit = 0
+    elif len(tasks) <= limit:
+        return
     kept = 0
     for task in by_age(tasks):
         if kept < limit or not deletable(task, snap):
@@ -94,10 +99,11 @@ def decide_service(service: pb.Service | None, tasks: list[pb.Task],
     for task in tasks:
         if task.desired_state == pb.REMOVE and deletable(task, snap):
             decision.add(delete(task))
-    if snap.history_limit() < 0:
+    limit = history_limit(service, snap)
+    if limit < 0:
         return decision
     for key, slot_tasks in by_slot(service, tasks).items():
-        prune_slot(service, key, slot_tasks, snap, decision)
+        prune_slot(service, key, slot_tasks, limit, snap, decision)
     return decision
 
 
@@ -111,5 +117,6 @@ def decide(snap: Snapshot) -> Decision:
 class TaskReaper(Controller):
     name = "task reaper"
 
-    def decide(self, snap: Snapshot) -> Decision:
-        return decide(snap)
+    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                       snap: Snapshot) -> Decision:
+        return decide_service(service, tasks, snap)

@@ -49,6 +49,8 @@ def misplaced(task: pb.Task, snap: Snapshot) -> bool:
 def decide_slot(service: pb.Service, slot: int, tasks: list[pb.Task], snap: Snapshot,
                 decision: Decision) -> None:
     wanted = 1 <= slot <= replicas(service)
+    if wanted and len(tasks) == 1 and holds_slot(tasks[0]) and not misplaced(tasks[0], snap):
+        return  # the common case: one task, holding its slot where it should
     moved = {t.id for t in tasks if wanted and misplaced(t, snap)}
     actions: list[Action] = [update(with_desired(t, pb.SHUTDOWN)) for t in tasks
                              if t.id in moved]
@@ -84,5 +86,6 @@ def decide(snap: Snapshot) -> Decision:
 class ReplicatedOrchestrator(Controller):
     name = "replicated orchestrator"
 
-    def decide(self, snap: Snapshot) -> Decision:
-        return decide(snap)
+    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                       snap: Snapshot) -> Decision:
+        return decide_service(service, tasks, snap)

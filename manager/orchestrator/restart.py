@@ -106,7 +106,7 @@ def successor(service: pb.Service, task: pb.Task, now_ns: int) -> pb.Task:
 
 def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) -> Decision:
     decision = Decision()
-    if not orchestrated(service):
+    if not orchestrated(service) or not any(holds_slot(t) and ended(t) for t in tasks):
         return decision
     slots = by_slot(service, tasks)
     for slot_tasks in slots.values():
@@ -141,5 +141,6 @@ def decide(snap: Snapshot) -> Decision:
 class RestartSupervisor(Controller):
     name = "restart supervisor"
 
-    def decide(self, snap: Snapshot) -> Decision:
-        return decide(snap)
+    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                       snap: Snapshot) -> Decision:
+        return decide_service(service, tasks, snap)

@@ -37,6 +37,7 @@ class Snapshot:
     nodes: dict[str, pb.Node]
     cluster: pb.Cluster | None = None
     version: int = 0
+    _fingerprints: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, now_ns: int, services: Iterable[pb.Service] = (),
@@ -53,6 +54,23 @@ class Snapshot:
 
     def tasks_of(self, service_id: str) -> list[pb.Task]:
         return self.tasks.get(service_id, [])
+
+    def fingerprint(self, service: pb.Service) -> tuple[int, ...]:
+        """Changes whenever anything a decision about the service reads changes: the
+        service, its tasks, any node, the cluster (store versions only grow)."""
+        found = self._fingerprints.get(service.id)
+        if found is None:
+            tasks = self.tasks_of(service.id)
+            nodes = self._fingerprints.get("")
+            if nodes is None:
+                nodes = (len(self.nodes), max((n.meta.version.index for n in
+                                               self.nodes.values()), default=0),
+                         self.cluster.meta.version.index if self.cluster is not None else 0)
+                self._fingerprints[""] = nodes
+            found = (service.meta.version.index, len(tasks),
+                     max((t.meta.version.index for t in tasks), default=0), *nodes)
+            self._fingerprints[service.id] = found
+        return found
 
     def history_limit(self) -> int:
         """Tasks kept per slot (cluster task_history_retention_limit; 0 means the default)."""
@@ -94,6 +112,8 @@ def _parsed(exprs: tuple[str, ...]) -> tuple[Constraint, ...] | None:
 def satisfies(node: pb.Node, spec: pb.TaskSpec) -> bool:
     """The node meets the spec's placement constraints (a spec whose constraints don't parse
     fits nowhere)."""
+    if not spec.placement.constraints:
+        return True
     constraints = _parsed(tuple(spec.placement.constraints))
     return constraints is not None and all(c.matches(node) for c in constraints)
 

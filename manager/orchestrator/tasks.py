@@ -91,9 +91,10 @@ def slot_key(service: pb.Service, task: pb.Task) -> SlotKey:
 def by_slot(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[SlotKey, list[pb.Task]]:
     """Tasks grouped by slot (node for global modes), without those being removed."""
     slots: dict[SlotKey, list[pb.Task]] = defaultdict(list)
+    per_node = is_global(service)
     for task in tasks:
         if task.desired_state != pb.REMOVE:
-            slots[slot_key(service, task)].append(task)
+            slots[task.node_id if per_node else int(task.slot)].append(task)
     return slots
 
 
@@ -101,9 +102,9 @@ def is_current(service: pb.Service, task: pb.Task) -> bool:
     """Made from the service's current task spec and, once the allocator gave it one, its
     current endpoint spec (published ports), as swarmkit decides; for jobs: from the current
     run (spec_version)."""
-    if is_job(service):
-        return bool(task.spec_version == service.spec_version)
-    if task.spec != service.spec.task:
+    if task.spec_version == service.spec_version:
+        return True  # the API bumps spec_version whenever the task spec or endpoint changes
+    if is_job(service) or task.spec != service.spec.task:
         return False
     return not task.HasField("endpoint") or task.endpoint.spec == service.spec.endpoint
 

@@ -80,18 +80,21 @@ def survey(service: pb.Service, tasks: list[pb.Task], snap: Snapshot,
     keys = slot_keys(service, snap)
     view.total = len(keys)
     for key in keys:
-        holders = [t for t in slots.get(key, []) if holds_slot(t)]
-        old = [t for t in holders if not is_current(service, t)]
-        new = [t for t in holders if is_current(service, t)]
+        slot_tasks = slots.get(key, [])
+        current = [is_current(service, t) for t in slot_tasks]
+        old = [t for t, cur in zip(slot_tasks, current, strict=True) if holds_slot(t) and not cur]
+        new = [t for t, cur in zip(slot_tasks, current, strict=True) if holds_slot(t) and cur]
         up = [t for t in new if t.status.state == pb.RUNNING]
         if old and up:
             view.promote += old
         elif old and not new:
             view.dirty.append(key)
-        elif not holders:
+        elif not old and not new:
             view.in_flight = True  # stopping, or about to be filled by the orchestrator
-        ours = [t for t in slots.get(key, []) if is_current(service, t)
-                and t.meta.created_at_ns >= started_ns]
+        if not started_ns:
+            continue  # no update in progress: nothing more to know
+        ours = [t for t, cur in zip(slot_tasks, current, strict=True)
+                if cur and t.meta.created_at_ns >= started_ns]
         if any(live(t) and t.status.state != pb.RUNNING for t in ours):
             view.in_flight = True
         first = min(ours, key=lambda t: t.meta.created_at_ns, default=None)
@@ -196,6 +199,9 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
     if not orchestrated(service) or is_job(service):
         return decision
     state = service.update_status.state
+    if state not in ACTIVE and all(t.spec_version == service.spec_version
+                                   for t in tasks if holds_slot(t)):
+        return decision  # every task is of the current spec: nothing to update or promote
     started = int(service.update_status.started_at_ns) if state in ACTIVE + PAUSED else 0
     view = survey(service, tasks, snap, started)
     decision.add(*[update(with_desired(t, pb.SHUTDOWN)) for t in view.promote])
@@ -228,5 +234,6 @@ def decide(snap: Snapshot) -> Decision:
 class Updater(Controller):
     name = "updater"
 
-    def decide(self, snap: Snapshot) -> Decision:
-        return decide(snap)
+    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                       snap: Snapshot) -> Decision:
+        return decide_service(service, tasks, snap)
