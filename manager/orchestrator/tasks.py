@@ -84,10 +84,6 @@ def replicas(service: pb.Service) -> int:
     return int(service.spec.replicated.replicas)
 
 
-def slot_key(service: pb.Service, task: pb.Task) -> SlotKey:
-    return task.node_id if is_global(service) else int(task.slot)
-
-
 def by_slot(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[SlotKey, list[pb.Task]]:
     """Tasks grouped by slot (node for global modes), without those being removed."""
     slots: dict[SlotKey, list[pb.Task]] = defaultdict(list)

@@ -156,3 +156,30 @@ async def test_a_new_leader_finishes_a_start_first_update() -> None:
     assert sorted((t.slot, t.spec.container.image) for t in running) == [
         (1, "busybox:2"), (2, "busybox:2"), (3, "busybox:2")]
     assert mgr.store.get(pb.Service, svc.id).update_status.state == pb.UpdateStatus.COMPLETED
+
+
+class Recording(ReplicatedOrchestrator):
+    def __init__(self, mgr: Manager) -> None:
+        super().__init__(mgr)
+        self.decided: list[str] = []
+
+    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                       snap: Snapshot) -> Decision:
+        self.decided.append(service.spec.annotations.name)
+        return super().decide_service(service, tasks, snap)
+
+
+async def test_only_services_whose_inputs_changed_are_decided_again() -> None:
+    mgr, _ = make_manager(node("n1"), service("a", replicas=1), service("b", replicas=1))
+    ctl = Recording(mgr)
+    await ctl.tick(True)  # creates a task for each
+    await ctl.tick(False)  # both changed (their new tasks): decided, nothing to do
+    ctl.decided.clear()
+    (task_a,) = [t for t in mgr.store.list(pb.Task) if t.service_id == "svc-a"]
+    task_a.status.state = pb.RUNNING
+    await mgr.update(task_a)
+    await ctl.tick(False)
+    assert ctl.decided == ["a"]
+    await mgr.write((store_pb2.CREATE, node("n2")))  # a node change concerns every service
+    await ctl.tick(False)
+    assert sorted(ctl.decided) == ["a", "a", "b"]
