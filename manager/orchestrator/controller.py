@@ -113,6 +113,8 @@ class Controller:
         due = self._wake_at is not None and now >= self._wake_at
         if not became_leader and version == self._seen_version and not due:
             return
+        if became_leader:
+            self._quiet.clear()
         snap = self.snapshots.get(now)
         decision = self.decide(snap)
         self._seen_version = snap.version
