@@ -37,8 +37,10 @@ from manager.orchestrator.tasks import (
     is_global,
     is_job,
     live,
+    mode,
     new_task,
     orchestrated,
+    replicas,
     restart_policy,
     with_desired,
 )
@@ -109,7 +111,9 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
     if not orchestrated(service) or not any(holds_slot(t) and ended(t) for t in tasks):
         return decision
     slots = by_slot(service, tasks)
-    for slot_tasks in slots.values():
+    for key, slot_tasks in slots.items():
+        if mode(service) == "replicated" and not 1 <= int(key) <= replicas(service):
+            continue  # scaled away: the replicated orchestrator removes it
         for task in slot_tasks:
             if not holds_slot(task) or not ended(task):
                 continue

@@ -140,3 +140,12 @@ def test_ended_task_next_to_a_live_one_just_leaves_the_slot() -> None:
     (group,) = world.step(restart.decide).groups
     assert [(a[1].id, a[1].desired_state) for a in group] == [(new.id, pb.SHUTDOWN)]
     assert [t.id for t in world.holders()] == [old.id]
+
+
+def test_a_slot_scaled_away_is_not_restarted() -> None:
+    world = World([node("n1")], [service(replicas=2, restart={"delay": 0})])
+    world.settle()
+    (task,) = [t for t in world.holders() if t.slot == 2]
+    world.set_status(task, pb.FAILED)
+    world.change(pb.Service, "svc-web", lambda s: setattr(s.spec.replicated, "replicas", 1))
+    assert not world.step(restart.decide).groups
