@@ -15,20 +15,21 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import requests
-from docker.utils.socket import frames_iter
 
 from proto import objects_pb2 as pb
 from worker.executor.base import (
     LABEL_NODE_ID,
     LABEL_TASK_ID,
     MISSING,
+    STDERR,
+    STDOUT,
     ContainerState,
     EngineInfo,
     Executor,
@@ -40,6 +41,7 @@ from worker.executor.docker import container as ct
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Frame = tuple[int, bytes]
 RECHECK = 10.0  # seconds between re-inspections of an observed container
 EVENTS_RETRY = 1.0
 API_TIMEOUT = 60
@@ -234,15 +236,17 @@ class DockerExecutor(Executor):
         finally:
             response.close()
 
-    def _open_logs(self, cid: str, follow: bool, tail: int) -> tuple[Any, Any]:
-        """The raw log stream, framed by stream (docker-py's logs() drops which stream)."""
+    def _open_logs(self, cid: str, follow: bool, tail: int) -> tuple[Any, Iterator[Frame]]:
+        """The log stream, framed by stream (docker-py's logs() drops which stream)."""
         api = self._api()
         tty = bool(api.inspect_container(cid)["Config"].get("Tty"))
         params = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": int(follow),
                   "tail": "all" if tail < 0 else str(tail)}
         response = api._get(api._url("/containers/{0}/logs", cid), params=params, stream=True)
         api._raise_for_status(response)
-        return response, frames_iter(api._get_raw_response_socket(response), tty)
+        if follow:  # quiet for a minute is not an error
+            api._disable_socket_timeout(api._get_raw_response_socket(response))
+        return response, _frames(response.raw, tty)
 
     # -- finding containers --
 
@@ -298,6 +302,21 @@ class DockerExecutor(Executor):
         for waiter in self._observers.get(task_id, ()):
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _frames(raw: Any, tty: bool) -> Iterator[Frame]:
+    """(stream, data) from a logs response body: raw bytes with a tty, else frames of an
+    8-byte header (stream, 0, 0, 0, big-endian length) and the data."""
+    if tty:
+        while chunk := raw.read1(65536):
+            yield STDOUT, chunk
+        return
+    while len(header := raw.read(8)) == 8:
+        length = int.from_bytes(header[4:8], "big")
+        data = raw.read(length) if length else b""
+        if len(data) < length:
+            return
+        yield (STDERR if header[0] == STDERR else STDOUT), data
 
 
 def _message(err: docker.errors.APIError) -> str:
