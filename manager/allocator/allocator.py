@@ -19,6 +19,7 @@ from manager.allocator.ports import PortKey, in_use_by_others, resolve_endpoint
 from manager.batching import write_updates
 from manager.errors import ManagerError
 from manager.manager import Manager
+from manager.scheduler.filters import wants_to_run
 from manager.store.memory import Event
 from proto import objects_pb2 as pb
 
@@ -33,8 +34,9 @@ def needs_endpoint(service: pb.Service) -> bool:
                 or len(service.endpoint.ports) != len(service.spec.endpoint.ports))
 
 
+
 def is_new(task: pb.Task) -> bool:
-    return task.status.state == pb.NEW and task.desired_state <= pb.RUNNING
+    return task.status.state == pb.NEW and wants_to_run(task)
 
 
 def relevant(event: Event) -> bool:

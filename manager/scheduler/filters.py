@@ -52,9 +52,14 @@ def holds_node(task: pb.Task) -> bool:
     return bool(task.node_id) and pb.ASSIGNED <= task.status.state < TERMINAL
 
 
+def wants_to_run(task: pb.Task) -> bool:
+    """Desired RUNNING, or COMPLETE for a job's task (it must run to complete)."""
+    return task.desired_state in (pb.RUNNING, pb.COMPLETE)
+
+
 def is_active(task: pb.Task) -> bool:
     """Counts towards spread, least-loaded and max-replicas."""
-    return holds_node(task) and task.desired_state <= pb.RUNNING
+    return holds_node(task) and wants_to_run(task)
 
 
 @dataclass(eq=False)
@@ -79,7 +84,7 @@ class NodeInfo:
             info.free_cpu -= reserved.nano_cpus
             info.free_mem -= reserved.memory_bytes
             info.ports.update(host_ports(task))
-            if task.desired_state <= pb.RUNNING:
+            if wants_to_run(task):
                 info.total += 1
                 info.by_service[task.service_id] = info.by_service.get(task.service_id, 0) + 1
         return info

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from manager.batching import write_updates
 from manager.manager import Manager
 from manager.scheduler.decide import Decisions, schedule
-from manager.scheduler.filters import holds_node, is_active
+from manager.scheduler.filters import holds_node, is_active, wants_to_run
 from manager.store.memory import Event
 from proto import objects_pb2 as pb
 
@@ -30,7 +30,7 @@ ASSIGNED_MESSAGE = "scheduler assigned task to node"
 
 
 def is_pending(task: pb.Task) -> bool:
-    return task.status.state == pb.PENDING and task.desired_state <= pb.RUNNING
+    return task.status.state == pb.PENDING and wants_to_run(task)
 
 
 def split_tasks(tasks: Iterable[pb.Task]) -> tuple[list[pb.Task], dict[str, list[pb.Task]]]:
