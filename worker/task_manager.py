@@ -132,8 +132,7 @@ class TaskManager:
         state, desired = self.status.state, self.task.desired_state
         if state >= pb.COMPLETE:
             if self._closing or desired >= pb.REMOVE:
-                await self._executor.remove(self.task_id)
-                return DONE
+                return await self._remove()
             return WAIT
         if self._closing or desired >= pb.SHUTDOWN:
             return await self._shutdown()
@@ -217,6 +216,16 @@ class TaskManager:
         with contextlib.suppress(ExecutorError):
             self._container = await self._executor.inspect(self.task_id)
         return self._status(pb.SHUTDOWN, "shutdown")
+
+    async def _remove(self) -> Step:
+        try:
+            await self._executor.remove(self.task_id)
+        except ExecutorError as err:
+            log.warning("task %s: removing its container failed, retrying: %s",
+                        self.task_id, err)
+            await self._pause(RETRY)
+            return AGAIN
+        return DONE
 
     # -- helpers --
 
