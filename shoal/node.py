@@ -29,7 +29,7 @@ from shoal.roles import ManagerRole, read_secret
 from worker.agent import Agent, AgentConfig
 from worker.executor import make_executor
 from worker.executor.base import Executor
-from worker.worker import Worker
+from worker.worker import Worker, remove_node_containers
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class Node:
                 with contextlib.suppress(Exception):
                     await self.manager_role.replica.remove_member(self.state.raft_addr, 3.0)
             await self.stop()
+            await remove_node_containers(self.executor, self.state.node_id)
             self.data.wipe()
             self.state = None
             self.certs = None

@@ -129,6 +129,8 @@ class Agent:
         except grpc.aio.AioRpcError as err:
             log.info("assignments stream failed: %s %s; reopening the session",
                      err.code().name, err.details())
+        except Exception:
+            log.exception("handling assignments failed; reopening the session")
         stream.cancel()
 
     def _learn_managers(self, msg: cluster_pb2.SessionMessage) -> None:

@@ -25,6 +25,21 @@ log = logging.getLogger(__name__)
 ENGINE_RETRY = 10.0
 
 
+async def remove_node_containers(executor: Executor, node_id: str) -> int:
+    """What leaving the swarm does to this node's task containers (as Docker: force-removed).
+    Returns how many were removed."""
+    try:
+        found = await executor.list_tasks(node_id)
+        for task_id in found:
+            await executor.remove(task_id)
+    except ExecutorError as err:
+        log.warning("could not remove this node's task containers: %s", err)
+        return 0
+    finally:
+        await executor.close()
+    return len(found)
+
+
 class Worker:
     def __init__(self, node_id: str, executor: Executor, reporter: Reporter | None = None
                  ) -> None:

@@ -192,3 +192,10 @@ async def test_a_restarted_worker_adopts_its_containers(cluster: Cluster) -> Non
 
     await cluster.set_desired(keep, pb.SHUTDOWN)  # and it is managed again
     await cluster.wait_state(keep, pb.SHUTDOWN)
+
+
+async def test_leaving_the_swarm_removes_the_nodes_task_containers(cluster: Cluster) -> None:
+    task_id = await cluster.add_task("1")
+    await cluster.wait_state(task_id, pb.RUNNING)
+    await cluster.w.leave(force=False)
+    assert cluster.worker_fake.containers == {}
