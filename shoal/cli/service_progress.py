@@ -57,11 +57,22 @@ class Snapshot:
     job: bool = False
 
 
+def counts(task: dict[str, Any], job: bool) -> bool:
+    """Whether a task shows in the progress: desired and observed state on the way to
+    running (as the docker CLI's), or a job's completed task."""
+    state, desired = task_state(task), task.get("DesiredState", "")
+    if job and state == "complete":
+        return True
+    return state in STEPS and (desired in STEPS or (job and desired == "complete"))
+
+
 def snapshot(service: dict[str, Any], tasks: list[dict[str, Any]],
              nodes: list[dict[str, Any]]) -> Snapshot:
     down = {n.get("ID") for n in nodes if (n.get("Status") or {}).get("State") == "down"}
-    tasks = [t for t in tasks if t.get("NodeID") not in down or not t.get("NodeID")]
     mode = (service.get("Spec") or {}).get("Mode") or {}
+    job = "ReplicatedJob" in mode or "GlobalJob" in mode
+    tasks = [t for t in tasks if (t.get("NodeID") not in down or not t.get("NodeID")) and
+             counts(t, job)]
     if "Replicated" in mode or "ReplicatedJob" in mode:
         return _replicated(mode, tasks)
     return _global(mode, tasks)
@@ -94,7 +105,7 @@ def _global(mode: dict[str, Any], tasks: list[dict[str, Any]]) -> Snapshot:
     job = "GlobalJob" in mode
     by_node: dict[str, list[dict[str, Any]]] = {}
     for t in tasks:
-        if t.get("NodeID") and t.get("DesiredState") in ("running", "complete", "ready"):
+        if t.get("NodeID"):
             by_node.setdefault(t["NodeID"], []).append(t)
     snap = Snapshot(total=len(by_node), job=job)
     goal = "complete" if job else "running"
