@@ -4,7 +4,9 @@ unpinned)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections import Counter
 
 from aiohttp import web
@@ -99,11 +101,22 @@ async def inspect_service(request: web.Request) -> web.Response:
     return web.json_response(conv.service_json(svc, defaults=defaults))
 
 
+# Creates through one node are checked and written one at a time, so two requests for the
+# same name can't both pass the name check (the store itself does not index names).
+_CREATE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+    weakref.WeakKeyDictionary()
+
+
+def _create_lock() -> asyncio.Lock:
+    return _CREATE_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
 async def create_service(request: web.Request) -> web.Response:
     mgr = manager_of(request)
     spec = conv.service_spec(parse_json(await request.read()))
-    svc = ServiceControl(mgr.store).create(spec)
-    await mgr.write((store_pb2.CREATE, svc))
+    async with _create_lock():
+        svc = ServiceControl(mgr.store).create(spec)
+        await mgr.write((store_pb2.CREATE, svc))
     return web.json_response({"ID": svc.id, "Warnings": None}, status=201)
 
 
