@@ -9,6 +9,7 @@ import click
 from shoal.cli.node import node
 from shoal.cli.output import CommandFailed, describe_api_error
 from shoal.cli.service import service
+from shoal.cli.service_logs import logs as service_logs
 from shoal.cli.swarm import swarm
 from shoal.client import DEFAULT_HOST, APIError, Client
 
@@ -37,6 +38,7 @@ def cli(ctx: click.Context, host: str) -> None:
 
 cli.add_command(swarm)
 cli.add_command(node)
+service.add_command(service_logs)
 cli.add_command(service)
 
 try:
