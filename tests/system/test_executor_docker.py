@@ -4,7 +4,9 @@ test images loaded): task managers drive real containers from shoal/busybox:late
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import docker
 import pytest
@@ -12,6 +14,9 @@ import pytest
 from manager.identity import new_id
 from proto import objects_pb2 as pb
 from shoal import engine as enginemod
+from shoal import lab as labmod
+from tests.system.conftest import wait_until
+from tests.system.helpers import shoal
 from worker.executor.base import STDERR, STDOUT
 from worker.executor.docker.executor import DockerExecutor
 from worker.reporter import Reporter
@@ -218,3 +223,54 @@ async def test_a_restarted_worker_adopts_only_its_own_running_containers(
     runner.cancel()
     await worker.stop()
     client.remove_container(theirs.annotations.name, force=True)
+
+
+# ---- in a lab: real shoald processes sharing the lab's dockerd ------------------------------
+
+
+def _tasks(host: labmod.HostState, service: str) -> list[dict[str, Any]]:
+    found = host.client(timeout=10).get("/tasks", filters=json.dumps({"service": [service]}))
+    assert isinstance(found, list)
+    return found
+
+
+def _running(host: labmod.HostState, service: str) -> dict[str, dict[str, Any]]:
+    return {t["ID"]: t for t in _tasks(host, service)
+            if t["Status"]["State"] == "running" and t["DesiredState"] == "running"}
+
+
+@pytest.mark.lab(managers=1, workers=1)
+def test_a_restarted_worker_shoald_adopts_its_containers(lab: labmod.LabState) -> None:
+    m1 = lab.host("m1")
+    created = shoal(m1, "service", "create", "--name", "keep", "--replicas", "2", "--detach",
+                    "--constraint", "node.role==worker", IMAGE, "sleep", "1000")
+    assert created.returncode == 0, created.stderr
+    wait_until(lambda: len(_running(m1, "keep")) == 2, 60, "2 running tasks")
+    running = _running(m1, "keep")
+    assert lab.engine is not None
+    client = docker.APIClient(base_url=lab.engine, version="auto")
+
+    def container(task_id: str) -> dict[str, Any]:
+        found = client.containers(all=True, filters={
+            "label": f"com.docker.swarm.task.id={task_id}"})
+        assert len(found) == 1
+        return dict(client.inspect_container(found[0]["Id"]))
+
+    started = {tid: container(tid)["State"]["StartedAt"] for tid in running}
+    survivor, victim = sorted(running)
+
+    labmod.kill_host(lab.name, "w1")  # a crash: SIGKILL, nothing cleaned up
+    client.kill(container(victim)["Id"])  # one task's container dies while its shoald is down
+    labmod.start_host(lab.name, "w1")
+
+    def victim_failed() -> dict[str, Any]:
+        return next((t for t in _tasks(m1, "keep") if t["ID"] == victim
+                     and t["Status"]["State"] == "failed"), {})
+
+    failed = wait_until(victim_failed, 30, "the killed container's exit reported")
+    assert failed["Status"]["Err"] == "task: non-zero exit (137)"
+    assert failed["Status"]["ContainerStatus"]["ExitCode"] == 137
+    survived = _running(m1, "keep").get(survivor)
+    assert survived is not None, "the surviving task was replaced"
+    assert container(survivor)["State"]["StartedAt"] == started[survivor]  # not restarted
+    wait_until(lambda: len(_running(m1, "keep")) == 2, 60, "the failed task replaced")
