@@ -164,24 +164,31 @@ def _plan(name: str, managers: int, workers: int, daemon_argv: Sequence[str] | N
     sdir = state_dir(name)
     subnet = _pick_subnet(name)
     engine = engine or "unix://" + str(sdir / "engine" / "docker.sock")
+    state = LabState(name=name, subnet=str(subnet), switch_namespace=namespace(name, "sw"),
+                     bridge=f"b{name}", state_dir=str(sdir), swarm=swarm, hosts=[],
+                     engine=engine)
     names = [(f"m{i}", "manager") for i in range(1, managers + 1)]
     names += [(f"w{i}", "worker") for i in range(1, workers + 1)]
-    hosts = []
     for index, (host, role) in enumerate(names):
-        hdir = sdir / host
-        paths = {"data_root": str(hdir / "data"), "socket": str(hdir / "shoal.sock"),
-                 "hostname": host, "engine": engine}
-        template = daemon_argv or [_shoald(), "--data-root", "{data_root}",
-                                   "--host", "unix://{socket}", "--hostname", "{hostname}",
-                                   "--engine", "{engine}"]
-        hosts.append(HostState(
-            name=host, role=role, namespace=namespace(name, host),
-            address=str(subnet.network_address + 2 + index), api_socket=paths["socket"],
-            data_root=paths["data_root"], log_file=str(hdir / "shoald.log"),
-            argv=[arg.format(**paths) for arg in template], engine=engine))
-    return LabState(name=name, subnet=str(subnet), switch_namespace=namespace(name, "sw"),
-                    bridge=f"b{name}", state_dir=str(sdir), swarm=swarm, hosts=hosts,
-                    engine=engine)
+        state.hosts.append(_host_state(state, host, role, index, daemon_argv))
+    return state
+
+
+def _host_state(state: LabState, host: str, role: str, index: int,
+                daemon_argv: Sequence[str] | None) -> HostState:
+    hdir = Path(state.state_dir) / host
+    engine = state.engine or ""
+    paths = {"data_root": str(hdir / "data"), "socket": str(hdir / "shoal.sock"),
+             "hostname": host, "engine": engine}
+    template = daemon_argv or [_shoald(), "--data-root", "{data_root}",
+                               "--host", "unix://{socket}", "--hostname", "{hostname}",
+                               "--engine", "{engine}"]
+    subnet = ipaddress.IPv4Network(state.subnet)
+    return HostState(
+        name=host, role=role, namespace=namespace(state.name, host),
+        address=str(subnet.network_address + 2 + index), api_socket=paths["socket"],
+        data_root=paths["data_root"], log_file=str(hdir / "shoald.log"),
+        argv=[arg.format(**paths) for arg in template], engine=engine)
 
 
 def _shoald() -> str:
@@ -311,14 +318,19 @@ def _create_network(state: LabState) -> None:
     _ip("-n", sw, "link", "add", state.bridge, "type", "bridge", "stp_state", "0")
     _ip("-n", sw, "link", "set", state.bridge, "up")
     for host in state.hosts:
-        port = f"s{state.name}-{host.name}"
-        _ip("netns", "add", host.namespace)
-        _ip("-n", sw, "link", "add", port, "type", "veth",
-            "peer", "name", HOST_IFNAME, "netns", host.namespace)
-        _ip("-n", sw, "link", "set", port, "master", state.bridge, "up")
-        _ip("-n", host.namespace, "link", "set", "lo", "up")
-        _ip("-n", host.namespace, "addr", "add", f"{host.address}/{prefix}", "dev", HOST_IFNAME)
-        _ip("-n", host.namespace, "link", "set", HOST_IFNAME, "up")
+        _plumb_host(state, host, prefix)
+
+
+def _plumb_host(state: LabState, host: HostState, prefix: int) -> None:
+    """The host's namespace and its veth to the switch (made inside the switch namespace)."""
+    sw, port = state.switch_namespace, f"s{state.name}-{host.name}"
+    _ip("netns", "add", host.namespace)
+    _ip("-n", sw, "link", "add", port, "type", "veth",
+        "peer", "name", HOST_IFNAME, "netns", host.namespace)
+    _ip("-n", sw, "link", "set", port, "master", state.bridge, "up")
+    _ip("-n", host.namespace, "link", "set", "lo", "up")
+    _ip("-n", host.namespace, "addr", "add", f"{host.address}/{prefix}", "dev", HOST_IFNAME)
+    _ip("-n", host.namespace, "link", "set", HOST_IFNAME, "up")
 
 
 def _setup_engine(state: LabState, given: str | None, save: Callable[[], None]) -> None:
@@ -504,6 +516,24 @@ def down(name: str) -> None:
     left = _lab_namespaces(name)
     if left or sdir.exists():
         raise LabError(f"lab {name!r} not fully removed: namespaces {left}, {sdir}")
+
+
+def add_host(name: str, host: str, role: str = "worker") -> HostState:
+    """Add a host to a running lab (its shoald started, not yet in the swarm): a node that
+    joins later. The caller joins it (`POST /swarm/join` on its API)."""
+    validate_name(name)
+    state = _load(name)
+    if any(h.name == host for h in state.hosts) or not re.fullmatch(r"[mw][0-9]+", host):
+        raise LabError(f"lab {name!r}: host name {host!r} is taken or not like m4/w3")
+    new = _host_state(state, host, role, len(state.hosts), None)
+    state.hosts.append(new)
+    _save(state)
+    _plumb_host(state, new, ipaddress.IPv4Network(state.subnet).prefixlen)
+    new.pid = _start_daemon(new)
+    _save(state)
+    _wait_ping([new])
+    new.alive = _ours(new)
+    return new
 
 
 def stop_host(name: str, host: str) -> HostState:
