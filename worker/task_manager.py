@@ -89,11 +89,13 @@ class TaskManager:
 
     def update(self, task: pb.Task) -> None:
         """A new version of the task from the manager (desired state, spec); our status wins."""
+        wake = task.desired_state != self.task.desired_state or task.spec != self.task.spec
         status = pb.TaskStatus()
         status.CopyFrom(self.status)
         self.task.CopyFrom(task)
         self.task.status.CopyFrom(status)
-        self._changed.set()
+        if wake:
+            self._changed.set()
 
     def close(self) -> None:
         """The task left the assignment set: stop its container, remove it, finish."""
