@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_NS = 5_000_000_000
 GRACE_MULTIPLIER = 3
-RECONNECT_GRACE = 3.0  # seconds a node may take to reopen a dropped session
+RECONNECT_GRACE = 5.0  # seconds a node may take to reopen a dropped session (a restart)
 POLL = 0.3
 
 

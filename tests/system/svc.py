@@ -55,8 +55,10 @@ def engine(lab: LabState) -> docker.DockerClient:
     return docker.DockerClient(base_url=lab.engine, version="1.41")
 
 
-def containers(lab: LabState, service_id: str, all_: bool = False) -> list[Any]:
-    return list(engine(lab).containers.list(
+def containers(lab: LabState, service_id: str, all_: bool = False) -> list[dict[str, Any]]:
+    """The service's containers (one listing call: no per-container inspect that could race
+    with a container being removed)."""
+    return list(engine(lab).api.containers(
         all=all_, filters={"label": f"com.docker.swarm.service.id={service_id}"}))
 
 

@@ -150,11 +150,15 @@ class DockerExecutor(Executor):
                 last_error = item.get("error") or last_error
             return last_error
 
-        error = await self._call(pull)
+        failed = f"image {ref} is not on this node and pulling it failed"
+        try:
+            error = await self._call(pull)
+        except ExecutorError as err:
+            raise ExecutorError(f"{failed}: {err}") from err
         try:
             await self._call(lambda: self._api().inspect_image(ref))
         except ExecutorError as err:
-            raise ExecutorError(f"pulling image {ref} failed: {error or err}") from err
+            raise ExecutorError(f"{failed}: {error or err}") from err
 
     async def start(self, task_id: str) -> None:
         cid = await self._require(task_id)
