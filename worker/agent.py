@@ -22,6 +22,7 @@ import grpc
 
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
+from worker.logs import publish_logs
 from worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class Agent:
                     if not helpers:
                         helpers.append(asyncio.create_task(self._heartbeat(stub, msg, stream)))
                         helpers.extend(self._start_tasks(stub, msg.session_id, stream))
+                        if self.config.worker is not None:
+                            helpers.append(asyncio.create_task(
+                                publish_logs(channel, self.config.worker, msg.node_id)))
                     self._learn_managers(msg)
                     await self.config.on_message(msg)
             finally:
