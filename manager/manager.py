@@ -98,7 +98,9 @@ class Manager:
     async def run(self) -> None:
         was_leader = False
         while True:
-            leader = self.replica.is_leader()
+            # Controllers start once the cluster object exists (swarm init writes it just
+            # after this node became the leader).
+            leader = self.replica.is_leader() and bool(self.store.list_view(pb.Cluster))
             if leader:
                 for tick in self._leader_ticks:
                     try:
