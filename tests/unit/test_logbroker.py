@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 from manager.logbroker.broker import LogBroker
 from manager.store.memory import MemoryStore, wrap
-from proto import cluster_pb2
+from proto import cluster_pb2, store_pb2
 from proto import objects_pb2 as pb
-from proto import store_pb2
 
 
 def store_with(*tasks: pb.Task) -> MemoryStore:
