@@ -187,8 +187,10 @@ def finish(service: pb.Service, view: Survey, snap: Snapshot, decision: Decision
     if snap.now_ns < done_at:
         decision.wake(done_at)
     elif service.update_status.state == US.ROLLBACK_STARTED:
-        decision.add(update(with_status(service, US.ROLLBACK_COMPLETED, "rollback completed",
-                                        snap.now_ns)))
+        # Keep why it rolled back: the reason is what a user looks for in `service inspect`.
+        why = service.update_status.message
+        message = f"rollback completed ({why})" if why else "rollback completed"
+        decision.add(update(with_status(service, US.ROLLBACK_COMPLETED, message, snap.now_ns)))
     else:
         decision.add(update(with_status(service, US.COMPLETED, "update completed",
                                         snap.now_ns)))

@@ -163,7 +163,8 @@ def test_failure_rolls_back_to_the_previous_spec() -> None:
     assert svc.spec_version == 3
     run_for(world, 10, fail=fails_v2)
     status = world.service().update_status
-    assert status.state == US.ROLLBACK_COMPLETED and status.message == "rollback completed"
+    assert status.state == US.ROLLBACK_COMPLETED and status.message.startswith(
+        "rollback completed (update rolled back due to failure")
     assert running_by_slot(world) == {s: ["busybox:1"] for s in (1, 2, 3)}
 
 
