@@ -7,6 +7,7 @@ from aiohttp import web
 from manager.controlapi.nodes import NodeControl
 from manager.manager import Manager
 from proto import objects_pb2 as pb
+from proto import store_pb2
 from shoal.api import convert
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
 from shoal.errors import InvalidRequest
@@ -68,9 +69,7 @@ async def remove_node(request: web.Request) -> web.Response:
     mgr = _manager(request)
     force = bool_param(request.query.get("force"))
     node = NodeControl(mgr.store).removable(request.match_info["node_id"], force)
-    from proto import store_pb2
-
-    await mgr.write((store_pb2.REMOVE, node))
+    await mgr.write((store_pb2.DELETE, node))
     return web.Response(status=200)
 
 

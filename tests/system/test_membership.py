@@ -119,3 +119,16 @@ def _new_leader(lab: LabState, old: str) -> str | None:
     except AssertionError:
         return None
     return name if name != old else None
+
+
+@pytest.mark.lab(managers=1, workers=2)
+def test_node_rm(lab: LabState) -> None:
+    m1 = lab.host("m1")
+    out = shoal(m1, "node", "rm", "w2")
+    assert out.returncode == 1 and "--force" in out.stderr
+    labmod.kill_host(lab.name, "w1")
+    wait_until(lambda: by_hostname(m1.client())["w1"]["Status"]["State"] == "down", 20,
+               "w1 down")
+    assert shoal(m1, "node", "rm", "w1").returncode == 0
+    assert shoal(m1, "node", "rm", "--force", "w2").returncode == 0
+    assert set(by_hostname(m1.client())) == {"m1"}
