@@ -7,22 +7,14 @@ import urllib.parse
 
 from aiohttp import web
 
+from manager.controlapi.services import ServiceControl
 from manager.errors import InvalidArgument, NotFound
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from shoal import logs
+from shoal.api.context import manager_of, node_of
 from shoal.api.convert import timestamp
 from shoal.api.request import bool_param
-from shoal.node import Node
-
-
-def find_service(services: list[pb.Service], ref: str) -> pb.Service:
-    for match in (lambda s: s.id == ref, lambda s: s.spec.annotations.name == ref,
-                  lambda s: s.id.startswith(ref)):
-        found = [s for s in services if match(s)]
-        if len(found) == 1:
-            return found[0]
-    raise NotFound(f"service {ref} not found")
 
 
 def options_from(query: dict[str, str]) -> cluster_pb2.LogOptions:
@@ -64,7 +56,7 @@ def render(msg: cluster_pb2.LogMessage, opts: cluster_pb2.LogOptions, with_detai
 
 async def _stream(request: web.Request, selector: cluster_pb2.LogSelector,
                   tty: bool) -> web.StreamResponse:
-    node: Node = request.app["node"]
+    node = node_of(request)
     opts = options_from(dict(request.query))
     want = {1: bool_param(request.query.get("stdout")), 2: bool_param(request.query.get("stderr"))}
     if not any(want.values()):
@@ -87,16 +79,13 @@ async def _stream(request: web.Request, selector: cluster_pb2.LogSelector,
 
 
 async def service_logs(request: web.Request) -> web.StreamResponse:
-    node: Node = request.app["node"]
-    mgr = node.manager()
-    service = find_service(mgr.store.list(pb.Service), request.match_info["service_id"])
+    service = ServiceControl(manager_of(request).store).get(request.match_info["service_id"])
     return await _stream(request, cluster_pb2.LogSelector(service_ids=[service.id]),
                          service.spec.task.container.tty)
 
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
-    node: Node = request.app["node"]
-    mgr = node.manager()
+    mgr = manager_of(request)
     task_id = request.match_info["task_id"]
     task = mgr.store.get(pb.Task, task_id)
     if task is None:

@@ -5,20 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from manager.controlapi.nodes import NodeControl
-from manager.manager import Manager
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert
+from shoal.api.context import manager_of
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
 from shoal.errors import InvalidRequest
-from shoal.node import Node
 
 _NODE_FILTERS = {"id", "label", "node.label", "membership", "name", "role"}
-
-
-def _manager(request: web.Request) -> Manager:
-    node: Node = request.app["node"]
-    return node.manager()
 
 
 def node_matches(node: pb.Node, filters: dict[str, list[str]]) -> bool:
@@ -40,7 +34,7 @@ def _label_match(labels: dict[str, str], want: str) -> bool:
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    mgr = _manager(request)
+    mgr = manager_of(request)
     filters = filters_param(request.query.get("filters"))
     unknown = set(filters) - _NODE_FILTERS
     if unknown:
@@ -50,12 +44,12 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def inspect_node(request: web.Request) -> web.Response:
-    node = NodeControl(_manager(request).store).get(request.match_info["node_id"])
+    node = NodeControl(manager_of(request).store).get(request.match_info["node_id"])
     return web.json_response(convert.node_json(node))
 
 
 async def update_node(request: web.Request) -> web.Response:
-    mgr = _manager(request)
+    mgr = manager_of(request)
     version = int_param(request.query.get("version"), "version")
     if version is None:
         raise InvalidRequest("node update needs ?version=N (the node's Version.Index)")
@@ -66,7 +60,7 @@ async def update_node(request: web.Request) -> web.Response:
 
 
 async def remove_node(request: web.Request) -> web.Response:
-    mgr = _manager(request)
+    mgr = manager_of(request)
     force = bool_param(request.query.get("force"))
     node = NodeControl(mgr.store).removable(request.match_info["node_id"], force)
     await mgr.write((store_pb2.DELETE, node))

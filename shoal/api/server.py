@@ -12,6 +12,7 @@ from aiohttp import web
 
 from manager import errors as merr
 from shoal.api import logs, nodes, services, swarm, tasks
+from shoal.api.context import NODE
 from shoal.description import VERSION
 from shoal.errors import NodeError
 from shoal.node import Node
@@ -108,7 +109,7 @@ def _arch() -> str:
 def make_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[headers_middleware(node), errors_middleware],
                           client_max_size=16 * 1024 * 1024)
-    app["node"] = node
+    app[NODE] = node
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),
         *swarm.ROUTES, *nodes.ROUTES, *logs.ROUTES, *services.ROUTES, *tasks.ROUTES,

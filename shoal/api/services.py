@@ -12,22 +12,16 @@ from collections import Counter
 from aiohttp import web
 
 from manager.controlapi.services import ServiceControl, task_up_to_date, visible
-from manager.manager import Manager
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert_service as conv
+from shoal.api.context import manager_of
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
 from shoal.errors import InvalidRequest
-from shoal.node import Node
 
 _SERVICE_FILTERS = {"id", "name", "label", "mode"}
 _MODES = {"replicated": "replicated", "global": "global", "replicated-job": "replicated_job",
           "global-job": "global_job"}
-
-
-def manager_of(request: web.Request) -> Manager:
-    node: Node = request.app["node"]
-    return node.manager()
 
 
 def label_match(labels: dict[str, str], wanted: list[str]) -> bool:

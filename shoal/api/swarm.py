@@ -13,17 +13,13 @@ from manager.controlapi.cluster import update_cluster
 from proto import objects_pb2 as pb
 from shoal import joining
 from shoal.api import convert
+from shoal.api.context import node_of
 from shoal.api.request import bool_param, fields, int_param, parse_json
 from shoal.description import VERSION
-from shoal.errors import InvalidRequest, NotInSwarm
+from shoal.errors import InvalidRequest
 from shoal.node import InitRequest, Node
 
 DEFAULT_PORT = 2377
-
-
-def _node(request: web.Request) -> Node:
-    node: Node = request.app["node"]
-    return node
 
 
 async def _body(request: web.Request) -> Any:
@@ -79,7 +75,7 @@ async def swarm_init(request: web.Request) -> web.Response:
     adv_ip, listen_ip, port = _addresses(f)
     spec = convert.cluster_spec(f.get("Spec") or {})
     req = InitRequest(adv_ip, listen_ip, port, spec, _availability(f.get("Availability")))
-    node_id = await _node(request).init(req)
+    node_id = await node_of(request).init(req)
     return web.json_response(node_id)
 
 
@@ -95,24 +91,24 @@ async def swarm_join(request: web.Request) -> web.Response:
         raise InvalidRequest("a join needs RemoteAddrs (a manager's IP:PORT) and a JoinToken")
     remote_ip, remote_port = split_addr(str(remotes[0]), DEFAULT_PORT, "remote address")
     adv_ip, listen_ip, port = _addresses(f)
-    await _node(request).join(joining.JoinRequest(
+    await node_of(request).join(joining.JoinRequest(
         f"{remote_ip}:{remote_port}", f["JoinToken"], adv_ip, listen_ip, port,
         _availability(f.get("Availability"))))
     return web.Response(status=200)
 
 
 async def swarm_leave(request: web.Request) -> web.Response:
-    await _node(request).leave(bool_param(request.query.get("force")))
+    await node_of(request).leave(bool_param(request.query.get("force")))
     return web.Response(status=200)
 
 
 async def swarm_inspect(request: web.Request) -> web.Response:
-    mgr = _node(request).manager()
+    mgr = node_of(request).manager()
     return web.json_response(convert.cluster_json(mgr.cluster(), with_tokens=True))
 
 
 async def swarm_update(request: web.Request) -> web.Response:
-    mgr = _node(request).manager()
+    mgr = node_of(request).manager()
     version = int_param(request.query.get("version"), "version")
     if version is None:
         raise InvalidRequest("swarm update needs ?version=N (the swarm's Version.Index)")
@@ -147,18 +143,13 @@ def _swarm_info(node: Node) -> dict[str, Any]:
 
 
 async def system_info(request: web.Request) -> web.Response:
-    node = _node(request)
+    node = node_of(request)
     return web.json_response({
         "ID": node.state.node_id if node.state else "", "Name": node.hostname,
         "ServerVersion": VERSION, "OperatingSystem": "Shoal", "OSType": "linux",
         "Architecture": platform.machine(), "NCPU": os.cpu_count() or 1,
         "KernelVersion": platform.release(), "Swarm": _swarm_info(node),
     })
-
-
-def require_swarm(node: Node) -> None:
-    if node.state is None:
-        raise NotInSwarm()
 
 
 ROUTES = [

@@ -101,7 +101,7 @@ async def test_failed_start_first_update_rolls_back(cluster: Cluster) -> None:
         return int(cluster.mgr.store.get(pb.Service, "svc-web").update_status.state)
     await until(lambda: state() == US.ROLLBACK_COMPLETED, timeout=30, what="rolled back")
     status = cluster.mgr.store.get(pb.Service, "svc-web").update_status
-    assert status.message == "rollback completed"
+    assert status.message.startswith("rollback completed (update rolled back")
     assert running_slots(cluster) == [(1, "1"), (2, "1")]
     assert min(low) == 2  # start-first: never fewer running than the replicas
     failed = [t for t in tasks(cluster) if t.spec.container.labels.get("v") == "2"]
