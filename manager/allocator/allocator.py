@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from manager.allocator.ports import PortKey, in_use_by_others, resolve_endpoint
 from manager.batching import write_updates
 from manager.errors import ManagerError
-from manager.manager import Manager
 from manager.scheduler.filters import wants_to_run
 from manager.store.memory import Event
+from manager.watched import PassController
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -90,25 +90,11 @@ def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
     return out
 
 
-class Allocator:
-    def __init__(self, manager: Manager) -> None:
-        self.mgr = manager
-        self._dirty = True
-        self._last_pass = 0.0
-        manager.store.watch(self._on_events)
-        manager.on_leader_tick(self.tick)
+class Allocator(PassController):
+    rescan = RESCAN_PERIOD
 
-    def _on_events(self, events: list[Event]) -> None:
-        if not self._dirty and any(relevant(e) for e in events):
-            self._dirty = True
-
-    async def tick(self, became_leader: bool) -> None:
-        now = time.monotonic()
-        if not (self._dirty or became_leader or now - self._last_pass > RESCAN_PERIOD):
-            return
-        self._dirty = False
-        self._last_pass = now
-        await self.run_once()
+    def relevant(self, event: Event) -> bool:
+        return relevant(event)
 
     async def run_once(self) -> None:
         store = self.mgr.store

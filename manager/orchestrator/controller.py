@@ -12,10 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any, ClassVar
 
 from manager.errors import ManagerError, Unavailable
 from manager.manager import Manager
-from manager.orchestrator.snapshot import Decision, Group, Snapshot, SnapshotCache
+from manager.orchestrator.snapshot import (
+    Decision,
+    Group,
+    Snapshot,
+    SnapshotCache,
+)
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,8 @@ class Controller:
     the wake-up time that pass asked for."""
 
     name = "orchestrator"
+    # The module's pure decide_service (a staticmethod: typed loosely, as mypy would bind it).
+    core: ClassVar[Any] = None
 
     def __init__(self, manager: Manager, snapshots: SnapshotCache | None = None) -> None:
         self.mgr = manager
@@ -82,7 +90,10 @@ class Controller:
 
     def decide_service(self, service: pb.Service, tasks: list[pb.Task],
                        snap: Snapshot) -> Decision:
-        raise NotImplementedError
+        core = type(self).core
+        if core is None:
+            raise TypeError(f"{type(self).__name__} sets no decision core")
+        return core(service, tasks, snap)
 
     def decide(self, snap: Snapshot) -> Decision:
         decision = Decision()

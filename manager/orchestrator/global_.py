@@ -18,6 +18,7 @@ from manager.orchestrator.snapshot import (
     Decision,
     Snapshot,
     create,
+    for_each_service,
     satisfies,
     stop_deadline,
     update,
@@ -66,15 +67,9 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
 
 
 def decide(snap: Snapshot) -> Decision:
-    decision = Decision()
-    for service in snap.services.values():
-        decision.merge(decide_service(service, snap.tasks_of(service.id), snap))
-    return decision
+    return for_each_service(snap, decide_service)
 
 
 class GlobalOrchestrator(Controller):
     name = "global orchestrator"
-
-    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
-                       snap: Snapshot) -> Decision:
-        return decide_service(service, tasks, snap)
+    core = staticmethod(decide_service)

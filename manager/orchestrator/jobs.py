@@ -24,6 +24,7 @@ from manager.orchestrator.snapshot import (
     Decision,
     Snapshot,
     create,
+    for_each_service,
     stop_deadline,
     update,
 )
@@ -126,15 +127,9 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
 
 
 def decide(snap: Snapshot) -> Decision:
-    decision = Decision()
-    for service in snap.services.values():
-        decision.merge(decide_service(service, snap.tasks_of(service.id), snap))
-    return decision
+    return for_each_service(snap, decide_service)
 
 
 class JobsOrchestrator(Controller):
     name = "jobs orchestrator"
-
-    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
-                       snap: Snapshot) -> Decision:
-        return decide_service(service, tasks, snap)
+    core = staticmethod(decide_service)

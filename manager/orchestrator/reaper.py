@@ -16,7 +16,7 @@ its node is down or removed (the agent stops and removes a task that left its as
 from __future__ import annotations
 
 from manager.orchestrator.controller import Controller
-from manager.orchestrator.snapshot import Decision, Snapshot, delete, update
+from manager.orchestrator.snapshot import Decision, Snapshot, delete, for_each_service, update
 from manager.orchestrator.tasks import (
     SlotKey,
     by_slot,
@@ -108,15 +108,9 @@ def decide_service(service: pb.Service | None, tasks: list[pb.Task],
 
 
 def decide(snap: Snapshot) -> Decision:
-    decision = Decision()
-    for service in snap.services.values():
-        decision.merge(decide_service(service, snap.tasks_of(service.id), snap))
-    return decision
+    return for_each_service(snap, decide_service)
 
 
 class TaskReaper(Controller):
     name = "task reaper"
-
-    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
-                       snap: Snapshot) -> Decision:
-        return decide_service(service, tasks, snap)
+    core = staticmethod(decide_service)

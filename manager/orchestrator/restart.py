@@ -26,7 +26,7 @@ import enum
 from dataclasses import dataclass
 
 from manager.orchestrator.controller import Controller
-from manager.orchestrator.snapshot import Decision, Snapshot, create, update
+from manager.orchestrator.snapshot import Decision, Snapshot, create, for_each_service, update
 from manager.orchestrator.tasks import (
     ENDED_BY_ITSELF,
     by_slot,
@@ -136,15 +136,9 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
 
 
 def decide(snap: Snapshot) -> Decision:
-    decision = Decision()
-    for service in snap.services.values():
-        decision.merge(decide_service(service, snap.tasks_of(service.id), snap))
-    return decision
+    return for_each_service(snap, decide_service)
 
 
 class RestartSupervisor(Controller):
     name = "restart supervisor"
-
-    def decide_service(self, service: pb.Service, tasks: list[pb.Task],
-                       snap: Snapshot) -> Decision:
-        return decide_service(service, tasks, snap)
+    core = staticmethod(decide_service)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -166,3 +166,14 @@ class SnapshotCache:
                                      self.store.list(pb.Task), self.store.list(pb.Node),
                                      clusters[0] if clusters else None, version)
         return self._snap.at(now_ns)
+
+
+ServiceCore = Callable[[pb.Service, list[pb.Task], "Snapshot"], Decision]
+
+
+def for_each_service(snap: Snapshot, core: ServiceCore) -> Decision:
+    """Run a per-service decision core over every service of the snapshot."""
+    decision = Decision()
+    for service in snap.services.values():
+        decision.merge(core(service, snap.tasks_of(service.id), snap))
+    return decision

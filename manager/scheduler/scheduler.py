@@ -21,6 +21,7 @@ from manager.manager import Manager
 from manager.scheduler.decide import Decisions, schedule
 from manager.scheduler.filters import holds_node, is_active, wants_to_run
 from manager.store.memory import Event
+from manager.watched import PassController
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -86,27 +87,15 @@ def updates(decisions: Decisions, pending: Sequence[pb.Task], now_ns: int) -> li
     return out
 
 
-class Scheduler:
+class Scheduler(PassController):
+    rescan = RESCAN_PERIOD
+
     def __init__(self, manager: Manager) -> None:
-        self.mgr = manager
-        self._dirty = True
-        self._last_pass = 0.0
         self.last: Decisions | None = None  # the latest pass's decisions (tests, metrics)
-        manager.store.watch(self._on_events)
-        manager.on_leader_tick(self.tick)
+        super().__init__(manager)
 
-    def _on_events(self, events: list[Event]) -> None:
-        # On the Raft thread: only flip a flag (an atomic store).
-        if not self._dirty and any(relevant(e) for e in events):
-            self._dirty = True
-
-    async def tick(self, became_leader: bool) -> None:
-        now = time.monotonic()
-        if not (self._dirty or became_leader or now - self._last_pass > RESCAN_PERIOD):
-            return
-        self._dirty = False
-        self._last_pass = now
-        await self.run_once()
+    def relevant(self, event: Event) -> bool:
+        return relevant(event)
 
     async def run_once(self) -> Decisions:
         store = self.mgr.store
