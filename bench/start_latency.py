@@ -1,0 +1,270 @@
+"""Start latency: a service of N replicas until all N tasks run, against starting the same N
+containers directly with docker-py on the same engine.
+
+One lab (`shoal.lab.up(NAME, 1, 2)`: 1 manager, 2 workers, all active) and its private
+dockerd. For each N (default 1, 10, 50), each repetition measures three things in turn:
+
+  ours             POST /services/create of N replicas of `shoal/busybox:latest sleep 3600`
+                   on the manager's socket, then GET /services?status=true every POLL s
+                   until ServiceStatus.RunningTasks == N
+  docker-py seq    N x (create_container + start), one after the other, network_mode none,
+                   same image and command; then one listing call confirms N running
+  docker-py conc   the same from a pool of THREADS threads
+
+Each ends with a cleanup that is timed too but not part of the figure: `DELETE
+/services/<id>` then wait until the engine lists none of its containers; or a forced remove
+of the docker-py containers. The baseline per N is the faster of the two docker-py variants
+(by median); the JSON and the table say which. For our runs the containers are inspected
+before removal, which splits the time into: the control plane until the first container
+exists, the engine until the last one has started, and the reporting until the API shows
+all N running.
+
+    sudo .venv/bin/python bench/start_latency.py [--quick] [--sizes 1,10,50] [--repeat 3]
+
+Needs root (the lab's namespaces). Results: a table on stdout and
+bench/results/start_latency.json (or --json PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import docker  # noqa: E402
+
+from shoal import lab  # noqa: E402
+from shoal.client import Client  # noqa: E402
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "start_latency.json"
+IMAGE = "shoal/busybox:latest"
+COMMAND = ["sleep", "3600"]
+POLL = 0.05
+THREADS = 8
+BENCH_LABEL = "shoal.bench"  # on the docker-py containers, to find and remove them
+RUN_TIMEOUT = 300.0
+VARIANTS = (("ours", "shoal service"), ("seq", "docker-py seq"),
+            ("conc", f"docker-py {THREADS} threads"))
+
+
+class BenchError(Exception):
+    pass
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str,
+             interval: float = POLL) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wall(text: str) -> float:
+    """An engine timestamp (RFC 3339, nanoseconds) as seconds since the epoch."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# ---- ours: a service through the API ----------------------------------------------------
+
+def running_tasks(client: Client, service_id: str) -> int:
+    for svc in client.get("/services", status=True, filters={"id": [service_id]}):
+        if svc["ID"] == service_id:
+            return int((svc.get("ServiceStatus") or {}).get("RunningTasks", 0))
+    raise BenchError(f"service {service_id} is missing from GET /services")
+
+
+def engine_ids(eng: docker.APIClient, label: str) -> list[str]:
+    return [c["Id"] for c in eng.containers(all=True, filters={"label": label})]
+
+
+def phases(eng: docker.APIClient, label: str, t0_wall: float) -> dict[str, float]:
+    """Seconds from the create call to the first container created and the last started."""
+    infos = [eng.inspect_container(cid) for cid in engine_ids(eng, label)]
+    if not infos:
+        raise BenchError(f"no container labelled {label} to inspect")
+    return {"first_created_s": min(wall(i["Created"]) for i in infos) - t0_wall,
+            "last_started_s": max(wall(i["State"]["StartedAt"]) for i in infos) - t0_wall}
+
+
+def run_ours(client: Client, eng: docker.APIClient, n: int, tag: str) -> dict[str, Any]:
+    body = {"Name": f"bench-{tag}",
+            "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": COMMAND}},
+            "Mode": {"Replicated": {"Replicas": n}}}
+    t0_wall, t0 = time.time(), time.perf_counter()
+    service_id = client.post("/services/create", body)["ID"]
+    t_api = time.perf_counter() - t0
+    wait_for(lambda: running_tasks(client, service_id) >= n, RUN_TIMEOUT,
+             f"{n} running tasks of service bench-{tag}")
+    elapsed = time.perf_counter() - t0
+    label = f"com.docker.swarm.service.id={service_id}"
+    result = {"s": elapsed, "create_call_s": t_api, **phases(eng, label, t0_wall)}
+    t1 = time.perf_counter()
+    client.delete(f"/services/{service_id}")
+    wait_for(lambda: not engine_ids(eng, label), RUN_TIMEOUT,
+             f"the containers of service bench-{tag} to be removed")
+    result["cleanup_s"] = time.perf_counter() - t1
+    return result
+
+
+# ---- the baseline: docker-py on the same engine ------------------------------------------
+
+def start_one(eng: docker.APIClient, label: str, name: str) -> None:
+    container = eng.create_container(
+        IMAGE, COMMAND, name=name, labels={BENCH_LABEL: label},
+        host_config=eng.create_host_config(network_mode="none"))
+    eng.start(container["Id"])
+
+
+def run_direct(eng: docker.APIClient, n: int, tag: str, threads: int) -> dict[str, Any]:
+    label = f"{BENCH_LABEL}={tag}"
+    names = [f"bench-{tag}-{i}" for i in range(n)]
+    t0 = time.perf_counter()
+    if threads <= 1:
+        for name in names:
+            start_one(eng, tag, name)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda name: start_one(eng, tag, name), names))
+    up = eng.containers(filters={"label": label, "status": "running"})
+    elapsed = time.perf_counter() - t0
+    if len(up) != n:
+        raise BenchError(f"docker-py: {len(up)} of {n} containers running after start")
+    t1 = time.perf_counter()
+    ids = engine_ids(eng, label)
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(lambda cid: eng.remove_container(cid, force=True), ids))
+    wait_for(lambda: not engine_ids(eng, label), RUN_TIMEOUT, f"containers {label} removed")
+    return {"s": elapsed, "cleanup_s": time.perf_counter() - t1}
+
+
+# ---- the runs and the figures ------------------------------------------------------------
+
+def measure(state: lab.LabState, sizes: list[int], repeat: int,
+            log: Callable[[str], None]) -> list[dict[str, Any]]:
+    client = state.host("m1").client(timeout=60.0)
+    eng = docker.APIClient(base_url=state.engine, version="1.41", timeout=120)
+    rows = []
+    try:
+        for n in sizes:
+            runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in VARIANTS}
+            for rep in range(repeat):
+                for key, label in VARIANTS:
+                    tag = f"{key}{n}r{rep}{secrets.token_hex(2)}"
+                    if key == "ours":
+                        result = run_ours(client, eng, n, tag)
+                    else:
+                        result = run_direct(eng, n, tag, 1 if key == "seq" else THREADS)
+                    runs[key].append(result)
+                    log(f"N={n} run {rep + 1}/{repeat} {label}: {result['s']:.2f} s "
+                        f"(cleanup {result['cleanup_s']:.2f} s)")
+            rows.append(make_row(n, runs))
+    finally:
+        eng.close()
+    return rows
+
+
+def median_of(runs: list[dict[str, Any]], field: str) -> float:
+    return statistics.median(r[field] for r in runs)
+
+
+def make_row(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    ours, seq, conc = (median_of(runs[k], "s") for k in ("ours", "seq", "conc"))
+    baseline_key = "seq" if seq <= conc else "conc"
+    baseline = min(seq, conc)
+    return {
+        "n": n, "ours_s": ours, "seq_s": seq, "conc_s": conc,
+        "baseline": baseline_key, "baseline_s": baseline, "ratio": ours / baseline,
+        "overhead_ms_per_task": (ours - baseline) / n * 1e3,
+        "ours_create_call_s": median_of(runs["ours"], "create_call_s"),
+        "ours_first_created_s": median_of(runs["ours"], "first_created_s"),
+        "ours_last_started_s": median_of(runs["ours"], "last_started_s"),
+        "ours_cleanup_s": median_of(runs["ours"], "cleanup_s"),
+        "runs": runs}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'N':>4} {'ours s':>8} {'seq s':>8} {'conc s':>8} {'baseline':>9} "
+            f"{'ours/base':>9} {'ms/task':>8} {'1st ctr s':>9} {'last start s':>12}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['n']:4d} {r['ours_s']:8.2f} {r['seq_s']:8.2f} {r['conc_s']:8.2f} "
+                     f"{r['baseline']:>9} {r['ratio']:9.2f} {r['overhead_ms_per_task']:8.0f} "
+                     f"{r['ours_first_created_s']:9.2f} {r['ours_last_started_s']:12.2f}")
+    lines.append("ours/base: our median over the faster docker-py variant's median; ms/task: "
+                 "(ours - base) / N;\n1st ctr / last start: from our create call to the "
+                 "engine's first Created and last StartedAt (medians)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,10,50", help="replica counts (default 1,10,50)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per N and variant (median)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: N = 1, 5, one run each")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeat = "1,5", 1
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes {args.sizes!r}: give comma-separated integers")
+    if min(args.sizes) < 1 or args.repeat < 1:
+        parser.error("sizes and --repeat must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    name = "sl" + secrets.token_hex(3)
+    log(f"lab {name}: 1 manager + 2 workers coming up")
+    try:
+        state = lab.up(name, 1, 2)
+        log(f"lab {name} up; engine {state.engine}")
+        rows = measure(state, args.sizes, args.repeat, log)
+    finally:
+        try:
+            lab.down(name)
+        except lab.LabError as exc:
+            if lab.state_dir(name).exists() or lab._lab_namespaces(name):
+                raise
+            log(f"lab {name}: {exc}")
+    log("done")
+    print(table(rows))
+    result = {
+        "benchmark": "start_latency", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "kernel": platform.release()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "lab": {"managers": 1, "workers": 2, "image": IMAGE, "command": COMMAND,
+                "poll_s": POLL, "threads": THREADS},
+        "duration_s": time.monotonic() - started, "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
