@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal import procs
+
 DOCKERD = "dockerd"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -43,7 +45,6 @@ SWARM_NODE_LABEL = "com.docker.swarm.node.id"
 IMAGES_ENV = "SHOAL_IMAGES"  # a directory of `docker save` tarballs (default images/out)
 DRIVER_ENV = "SHOAL_ENGINE_STORAGE_DRIVER"  # force a storage driver (overlay2, vfs, ...)
 SHIM_SOCKETS = "/run/containerd/s"  # containerd 1.6 puts shim sockets here, hashed per task
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # dockerd processes started here, to reap
 
 
 class EngineError(Exception):
@@ -187,34 +188,11 @@ def ensure_images(engine: str) -> list[str]:
 
 # ---- processes -------------------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        del _CHILDREN[pid]
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
-
-
-def _wait(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def _kill(pids: list[int], sig: int) -> None:
@@ -288,7 +266,7 @@ class Engine:
 
     def running(self) -> bool:
         """Is `pid` alive and still this engine's dockerd (its data root on the command line)?"""
-        return _alive(self.pid) and str(self.data_root) in _cmdline(self.pid)
+        return procs.alive(self.pid) and str(self.data_root) in _cmdline(self.pid)
 
     def stop(self, timeout: float = STOP_TIMEOUT, keep_containers: bool = False) -> None:
         """Remove its containers (unless kept), SIGTERM dockerd, SIGKILL it after `timeout`.
@@ -299,11 +277,11 @@ class Engine:
             if not keep_containers and ping(self.socket):
                 remove_containers(self.socket)
             _kill([self.pid], signal.SIGTERM)
-            if not _wait(lambda: not _alive(self.pid), timeout):
+            if not _wait_bool(lambda: not procs.alive(self.pid), timeout):
                 _kill([self.pid], signal.SIGKILL)
-                _wait(lambda: not _alive(self.pid), 5.0)
+                _wait_bool(lambda: not procs.alive(self.pid), 5.0)
         self._kill_leftovers()
-        if _alive(self.pid) and self.running():
+        if procs.alive(self.pid) and self.running():
             raise EngineError(f"engine {self.name}: dockerd {self.pid} survived SIGKILL")
 
     def _kill_leftovers(self) -> None:
@@ -316,7 +294,7 @@ class Engine:
         shims = [_shim_task(_cmdline(pid)) for pid in ours]
         pids = _descendants(ours) + ours
         _kill(pids, signal.SIGKILL)
-        _wait(lambda: not any(_alive(pid) for pid in pids), 5.0)
+        _wait_bool(lambda: not any(procs.alive(pid) for pid in pids), 5.0)
         for task in filter(None, shims):  # what containerd would have cleaned up after them
             address, namespace, cid = task
             digest = hashlib.sha256(f"{address}/{namespace}/{cid}".encode()).hexdigest()
@@ -401,14 +379,14 @@ def _spawn(engine: Engine) -> subprocess.Popen[bytes]:
         log.flush()
         proc = subprocess.Popen(_argv(engine), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    _CHILDREN[proc.pid] = proc
+    procs.track(proc)
     return proc
 
 
 def _wait_ready(engine: Engine, timeout: float) -> bool:
     """Wait for GET /_ping to answer; False as soon as dockerd exits or after `timeout`."""
-    _wait(lambda: ping(engine.socket) or not _alive(engine.pid), timeout)
-    return _alive(engine.pid) and ping(engine.socket)
+    _wait_bool(lambda: ping(engine.socket) or not procs.alive(engine.pid), timeout)
+    return procs.alive(engine.pid) and ping(engine.socket)
 
 
 def start_engine(root_dir: Path, name: str, *, storage_driver: str | None = None,
@@ -428,7 +406,7 @@ def start_engine(root_dir: Path, name: str, *, storage_driver: str | None = None
         engine.pid = proc.pid
         if _wait_ready(engine, timeout):
             return engine
-        how = "exited" if not _alive(engine.pid) else f"gave no answer in {timeout:.0f} s"
+        how = "exited" if not procs.alive(engine.pid) else f"gave no answer in {timeout:.0f} s"
         engine.stop(timeout=5.0, keep_containers=True)
         errors.append(f"with --storage-driver {driver} it {how}:{_log_errors(engine.log_file)}")
     raise EngineError(f"engine {name}: dockerd did not start (log {engine.log_file}):\n  "
@@ -453,3 +431,7 @@ def attach_engine(root_dir: Path, name: str = "") -> Engine | None:
                    if (root / "data" / "image" / d).is_dir()), "")
     engine = Engine(root=root, name=name or root.name, pid=pid, storage_driver=driver)
     return engine if engine.running() else None
+
+
+def _wait_bool(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    return procs.wait_for(check, timeout, interval) is not None

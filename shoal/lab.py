@@ -25,13 +25,13 @@ import shutil
 import signal as signals
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from shoal import engine as enginemod
+from shoal import procs
 from shoal.client import APIError, Client
 
 NAME_RE = re.compile(r"[a-z0-9]{1,8}")
@@ -45,7 +45,6 @@ STOP_TIMEOUT = 10.0
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
 
 T = TypeVar("T")
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # daemons this process started, to reap
 
 
 class LabError(Exception):
@@ -221,20 +220,6 @@ def _netns_pids(ns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()]
 
 
-def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        del _CHILDREN[pid]
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-
-
 def _in_namespace(pid: int, ns: str) -> bool:
     try:
         return os.stat(f"/run/netns/{ns}").st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
@@ -244,7 +229,7 @@ def _in_namespace(pid: int, ns: str) -> bool:
 
 def _ours(host: HostState) -> bool:
     """Is the recorded PID still our daemon: in the host's namespace, or on its way there?"""
-    if host.pid is None or not _alive(host.pid):
+    if host.pid is None or not procs.alive(host.pid):
         return False
     if _in_namespace(host.pid, host.namespace):
         return True
@@ -255,21 +240,9 @@ def _ours(host: HostState) -> bool:
     return host.data_root in cmdline or host.namespace in cmdline.split("\0")
 
 
-def _wait_for(check: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T | None:
-    """Poll `check` until it returns a truthy value (returned) or `timeout` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
 def _terminate(pids: Iterable[int], timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM each process, wait up to `timeout` for all, then SIGKILL the rest."""
-    live = [pid for pid in pids if _alive(pid)]
+    live = [pid for pid in pids if procs.alive(pid)]
     for sigs in ((signals.SIGTERM, signals.SIGCONT), (signals.SIGKILL,)):
         for pid, sig in ((pid, sig) for pid in live for sig in sigs):
             try:
@@ -283,8 +256,8 @@ def _terminate(pids: Iterable[int], timeout: float = STOP_TIMEOUT) -> None:
 
 
 def _wait_exit(pids: list[int], timeout: float) -> list[int]:
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), timeout)
-    return [pid for pid in pids if _alive(pid)]
+    procs.wait_for(lambda: not any(procs.alive(pid) for pid in pids), timeout)
+    return [pid for pid in pids if procs.alive(pid)]
 
 
 def _start_daemon(host: HostState) -> int:
@@ -295,9 +268,10 @@ def _start_daemon(host: HostState) -> int:
         proc = subprocess.Popen(["ip", "netns", "exec", host.namespace, *host.argv],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
-    _CHILDREN[proc.pid] = proc
+    procs.track(proc)
     # `ip netns exec` enters the namespace, then execs the daemon; wait for the first step.
-    _wait_for(lambda: not _alive(proc.pid) or _in_namespace(proc.pid, host.namespace), 5.0)
+    procs.wait_for(lambda: not procs.alive(proc.pid) or
+                   _in_namespace(proc.pid, host.namespace), 5.0)
     return proc.pid
 
 
@@ -370,7 +344,7 @@ def _wait_ping(hosts: Sequence[HostState], timeout: float = PING_TIMEOUT) -> Non
 
     def check() -> bool:
         for host in list(pending):
-            if host.pid is None or not _alive(host.pid):
+            if host.pid is None or not procs.alive(host.pid):
                 raise LabError(f"{host.name}: shoald exited; see {host.log_file}"
                                + _log_tail(host))
             try:
@@ -380,7 +354,7 @@ def _wait_ping(hosts: Sequence[HostState], timeout: float = PING_TIMEOUT) -> Non
                 pass
         return not pending
 
-    if not _wait_for(check, timeout, interval=0.1):
+    if not procs.wait_for(check, timeout, interval=0.1):
         names = ", ".join(f"{h.name} (log {h.log_file})" for h in pending)
         raise LabError(f"no answer to GET /_ping within {timeout:.0f} s from {names}")
 
@@ -433,7 +407,7 @@ def _wait_ready(state: LabState, timeout: float = READY_TIMEOUT) -> None:
         except LabError:  # e.g. m1 busy while a manager joins: ask again
             return False
 
-    if _wait_for(all_ready, timeout, interval=0.2) is None:
+    if procs.wait_for(all_ready, timeout, interval=0.2) is None:
         late = ", ".join(f"{h.name} (log {h.log_file})" for h in _not_ready(state))
         raise LabError(f"nodes not ready within {timeout:.0f} s: {late}")
 

@@ -17,6 +17,7 @@ import docker
 import pytest
 
 from shoal import engine as enginemod
+from shoal import procs
 from tests.system.conftest import root_namespace_snapshot, wait_until
 
 pytestmark = pytest.mark.system
@@ -109,7 +110,7 @@ def test_crashed_engine_leaves_nothing(tmp_path: Path) -> None:
         assert pid and os.path.exists(f"/proc/{pid}"), "the container outlives its dockerd"
     finally:
         eng.purge()
-    assert not enginemod._alive(pid)  # gone, or a zombie until init reaps it
+    assert not procs.alive(pid)  # gone, or a zombie until init reaps it
     assert _processes_naming(root) == [] and not root.exists()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/docker/{box.id}"))
 

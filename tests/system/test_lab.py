@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from shoal import engine as enginemod
 from shoal import lab as labmod
+from shoal import procs
 from shoal.cli.lab_cmd import lab as lab_cli
 from tests.system.conftest import LabFactory, root_namespace_snapshot, teardown_lab, wait_until
 
@@ -95,7 +96,7 @@ def _assert_gone(state: labmod.LabState, pids: list[int]) -> None:
     assert f"shl-{state.name}-" not in _netns_list()
     assert not Path(state.state_dir).exists()
     for pid in pids + [state.engine_pid or 0]:
-        assert not labmod._alive(pid), f"pid {pid} survived down"
+        assert not procs.alive(pid), f"pid {pid} survived down"
     mounts = Path("/proc/self/mountinfo").read_text()
     assert state.state_dir + "/" not in mounts
 
@@ -139,7 +140,7 @@ def test_stop_start_kill_exec(lab: labmod.LabState) -> None:
     state = lab
     old = state.host("w1").pid
     assert labmod.stop_host(state.name, "w1").pid is None
-    assert old is not None and not labmod._alive(old)
+    assert old is not None and not procs.alive(old)
     assert not labmod.status(state.name).host("w1").alive
     new = labmod.start_host(state.name, "w1")
     assert new.alive and new.pid != old
@@ -153,7 +154,7 @@ def test_stop_start_kill_exec(lab: labmod.LabState) -> None:
     started = time.monotonic()
     labmod.stop_host(state.name, "w1")
     assert time.monotonic() - started < labmod.STOP_TIMEOUT / 2, "SIGTERM ignored when stopped"
-    assert not labmod._alive(new.pid or 0)
+    assert not procs.alive(new.pid or 0)
     labmod.start_host(state.name, "w1")
     assert labmod.exec_in(state.name, "w1", ["sh", "-c", "exit 7"]).returncode == 7
     out = labmod.exec_in(state.name, "w1", ["ip", "-o", "-4", "addr", "show", "lab0"],
@@ -252,7 +253,7 @@ def test_lab_engine(lab_factory: LabFactory, fake_shoald: list[str]) -> None:
     state = lab_factory(1, 1, daemon_argv=[*fake_shoald, "--engine", "{engine}"])
     assert state.engine == f"unix://{state.state_dir}/engine/docker.sock"
     assert all(h.engine == state.engine and h.argv[-1] == state.engine for h in state.hosts)
-    assert state.engine_pid and labmod._alive(state.engine_pid)
+    assert state.engine_pid and procs.alive(state.engine_pid)
     info = enginemod.api(state.engine, "GET", "/info")
     assert info["DockerRootDir"] == f"{state.state_dir}/engine/data"
     for tag in ("latest", "v1", "v2"):
