@@ -1,0 +1,533 @@
+"""Scheduling throughput on a simulated cluster: N fake nodes and T tasks on a real manager.
+
+The manager is a real `shoald` (fake executor, drained so that no task lands on it) on
+127.0.0.1, its API on a unix socket in a temporary directory. The fake nodes are real
+`shoal.node.Node`s over the fake executor (bench/scale_sim_agents.py), several processes of
+them with one asyncio loop each: every node joins with the worker token (its own
+certificate) and holds its Session/Heartbeat/Assignments/UpdateTaskStatus streams to the
+leader over gRPC with mTLS. Then S replicated services of T/S replicas are created through
+the HTTP API, and the benchmark measures, from the first create:
+
+- assigned  the last task reached its node (the fake nodes note when each task's first
+            `prepare` was called; this includes the dispatcher's delivery), so tasks
+            assigned per second = T / assigned; `scheduled` is the end of the scheduler's
+            last pass (its log), `created` the orchestrator's last task (CreatedAt);
+- running   `GET /services?status=true` counts T running tasks (polled every --poll s).
+
+Also: the time for the N nodes to join and be Ready, the manager's CPU and RSS (from
+/proc/<pid>) while joining, idle with N sessions, and during the run; the fake nodes' CPU.
+Baselines (issue 3): Docker's scheduler alone, in memory, about 4,400 tasks/s (swarmkit,
+100k tasks on 1k nodes); Nomad placed 1,500-3,750 containers/s.
+
+    .venv/bin/python bench/scale_sim.py                 # 1,000 nodes, 10,000 tasks
+    .venv/bin/python bench/scale_sim.py --quick         # 50 nodes, 500 tasks, < 60 s
+    .venv/bin/python bench/scale_sim.py --nodes 200 --tasks 2000 --procs 2
+
+Results: a table on stdout and bench/results/scale_sim.json (or --json PATH). Traffic stays on
+loopback; every process it starts is stopped by PID, and the temporary directory removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from shoal.client import APIError, Client  # noqa: E402
+
+DEFAULT_JSON = REPO / "bench" / "results" / "scale_sim.json"
+AGENTS = REPO / "bench" / "scale_sim_agents.py"
+LOOPBACK = "127.0.0.1"
+IMAGE = "shoal/busybox:latest"
+SWARMKIT_TASKS_PER_S = 4400.0
+NOMAD_TASKS_PER_S = (1500.0, 3750.0)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MIB = 1 << 20
+SCHED_LINE = re.compile(r"^(\S+ \S+),(\d{3}) .*scheduler: assigned (\d+) tasks")
+
+
+# ---- processes -------------------------------------------------------------------------
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def proc_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def stop_pid(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+
+
+def free_port_block(size: int = 3) -> int:
+    """P with P .. P+size-1 free on loopback (cluster, bootstrap and Raft ports)."""
+    for _ in range(100):
+        base = random.randrange(20000, 60000)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((LOOPBACK, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of loopback ports")
+
+
+class Sampler(threading.Thread):
+    """Samples a set of PIDs' CPU seconds and RSS every `interval` (daemon thread)."""
+
+    def __init__(self, pids: dict[str, list[int]], interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.interval = pids, interval
+        self.samples: list[tuple[float, dict[str, float], dict[str, int]]] = []
+        self._stop = threading.Event()
+
+    def sample(self) -> tuple[float, dict[str, float], dict[str, int]]:
+        cpu = {k: sum(proc_cpu_s(p) for p in ps) for k, ps in self.pids.items()}
+        rss = {k: sum(proc_rss(p) for p in ps) for k, ps in self.pids.items()}
+        return time.time(), cpu, rss
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(self.sample())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def window(self, start: float, end: float, key: str) -> dict[str, float]:
+        """CPU (percent of one core, and seconds) and peak RSS of `key` between two times."""
+        before = [s for s in self.samples if s[0] <= start][-1:]
+        after = [s for s in self.samples if s[0] >= end][:1]
+        inside = before + [s for s in self.samples if start < s[0] < end] + after
+        if len(inside) < 2:
+            return {"cpu_pct": 0.0, "cpu_s": 0.0, "rss_peak_mib": 0.0}
+        first, last = inside[0], inside[-1]
+        cpu_s = last[1][key] - first[1][key]
+        return {"cpu_pct": round(100 * cpu_s / max(last[0] - first[0], 1e-9), 1),
+                "cpu_s": round(cpu_s, 2),
+                "rss_peak_mib": round(max(s[2][key] for s in inside) / MIB, 1)}
+
+
+# ---- the manager -----------------------------------------------------------------------
+
+class ManagerProc:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.socket = tmp / "api.sock"
+        self.log = tmp / "manager.log"
+        self.port = free_port_block()
+        self.client = Client(f"unix://{self.socket}", timeout=120.0)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.node_id = ""
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "shoal.daemon", "--data-root", str(self.tmp / "manager"),
+                "--host", f"unix://{self.socket}", "--hostname", "sim-manager",
+                "--executor", "fake", "--log-level", "info"]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        wait_for(lambda: self._ping(), 30.0, "shoald to answer /_ping")
+        addr = f"{LOOPBACK}:{self.port}"
+        self.node_id = self.client.post("/swarm/init", {
+            "ListenAddr": addr, "AdvertiseAddr": addr, "Availability": "drain"})
+
+    def _ping(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"shoald exited ({self.proc.returncode}); see {self.log}")
+        try:
+            self.client.get("/_ping")
+            return True
+        except APIError:
+            return False
+
+    @property
+    def remote(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def worker_token(self) -> str:
+        return str(self.client.get("/swarm")["JoinTokens"]["Worker"])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+
+    def scheduler_passes(self) -> list[tuple[float, int]]:
+        """(wall time, tasks assigned) of each scheduler pass that assigned tasks."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = SCHED_LINE.match(line)
+            if m:
+                t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+                out.append((t + int(m.group(2)) / 1000, int(m.group(3))))
+        return out
+
+
+def wait_for(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---- the fake nodes --------------------------------------------------------------------
+
+class AgentProcs:
+    """`procs` processes of fake nodes; their stdout lines (JSON) are collected."""
+
+    def __init__(self, tmp: Path, nodes: int, procs: int, concurrency: int) -> None:
+        self.tmp, self.nodes, self.concurrency = tmp, nodes, concurrency
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.outs: list[Path] = []
+        self.lines: list[list[dict[str, Any]]] = []
+        per, extra = divmod(nodes, procs)
+        self.ranges, first = [], 1
+        for i in range(procs):
+            count = per + (1 if i < extra else 0)
+            self.ranges.append((first, count))
+            first += count
+
+    def start(self, remote: str, token: str) -> None:
+        for i, (first, count) in enumerate(self.ranges):
+            out = self.tmp / f"agents-{i}.json"
+            argv = [sys.executable, str(AGENTS), "--remote", remote, "--token", token,
+                    "--first", str(first), "--count", str(count),
+                    "--data-dir", str(self.tmp / "nodes"), "--out", str(out),
+                    "--concurrency", str(self.concurrency)]
+            with open(self.tmp / f"agents-{i}.log", "wb") as log:
+                proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=log,
+                                        stdin=subprocess.PIPE)
+            lines: list[dict[str, Any]] = []
+            threading.Thread(target=_read_lines, args=(proc, lines), daemon=True).start()
+            self.procs.append(proc)
+            self.outs.append(out)
+            self.lines.append(lines)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def check(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                raise RuntimeError(f"fake-node process {i} exited ({proc.returncode}); see "
+                                   f"{self.tmp}/agents-{i}.log")
+
+    def joined(self) -> list[dict[str, Any]]:
+        """Each process's final join line, once all have one."""
+        done = [next((x for x in lines if "joined_all" in x), None) for lines in self.lines]
+        return [d for d in done if d is not None] if all(done) else []
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Stop the processes; the merged task times they wrote."""
+        procs, self.procs = self.procs, []
+        outs, self.outs = self.outs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        merged: dict[str, dict[str, float]] = {"prepared": {}, "started": {}}
+        for proc, out in zip(procs, outs, strict=True):
+            stop_pid(proc, 30.0)
+            if out.exists():
+                data = json.loads(out.read_text())
+                for key in merged:
+                    merged[key].update(data[key])
+        return merged
+
+
+def _read_lines(proc: subprocess.Popen[bytes], lines: list[dict[str, Any]]) -> None:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            pass
+
+
+# ---- the phases ------------------------------------------------------------------------
+
+def count_ready(client: Client, manager_id: str) -> int:
+    return sum(1 for n in client.get("/nodes")
+               if n["ID"] != manager_id and n["Status"]["State"] == "ready")
+
+
+def join_phase(mgr: ManagerProc, agents: AgentProcs, sampler: Sampler, timeout: float,
+               log: Any) -> dict[str, Any]:
+    start = time.time()
+    agents.start(mgr.remote, mgr.worker_token())
+    sampler.pids["agents"] = agents.pids()
+    ready = 0
+
+    def all_ready() -> bool:
+        nonlocal ready
+        agents.check()
+        ready = count_ready(mgr.client, mgr.node_id)
+        return ready >= agents.nodes
+
+    last = -1
+    deadline = time.monotonic() + timeout
+    while not all_ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {ready} of {agents.nodes} nodes ready after {timeout} s")
+        if ready != last:
+            log(f"  {ready}/{agents.nodes} nodes ready ({time.time() - start:.1f} s)")
+            last = ready
+        time.sleep(1.0)
+    ready_s = time.time() - start
+    joins = wait_for(agents.joined, 30.0, "the fake-node processes to report their joins")
+    return {"start": start, "ready_s": round(ready_s, 2),
+            "nodes_per_s": round(agents.nodes / ready_s, 1),
+            "certificates_s": round(max(j["t"] for j in joins) - start, 2),
+            "failed_joins": sum(j["failed"] for j in joins)}
+
+
+def create_services(client: Client, tasks: int, services: int) -> list[str]:
+    ids = []
+    per, extra = divmod(tasks, services)
+    for i in range(services):
+        replicas = per + (1 if i < extra else 0)
+        resp = client.post("/services/create", {
+            "Name": f"sim{i:02d}", "TaskTemplate": {"ContainerSpec": {"Image": IMAGE}},
+            "Mode": {"Replicated": {"Replicas": replicas}}})
+        ids.append(resp["ID"])
+    return ids
+
+
+def run_phase(mgr: ManagerProc, agents: AgentProcs, tasks: int, services: int, poll: float,
+              timeout: float, log: Any) -> dict[str, Any]:
+    start = time.time()
+    create_services(mgr.client, tasks, services)
+    created_call_s = time.time() - start
+    running, polls, last_log = 0, 0, 0.0
+    deadline = time.monotonic() + timeout
+    while running < tasks:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {running} of {tasks} tasks running after {timeout} s")
+        time.sleep(poll)
+        agents.check()
+        running = sum(s["ServiceStatus"]["RunningTasks"]
+                      for s in mgr.client.get("/services", status="true")
+                      if s["Spec"]["Name"].startswith("sim"))
+        polls += 1
+        if time.time() - last_log > 5:
+            log(f"  {running}/{tasks} tasks running ({time.time() - start:.1f} s)")
+            last_log = time.time()
+    return {"start": start, "running_s": round(time.time() - start, 2),
+            "create_calls_s": round(created_call_s, 3), "polls": polls}
+
+
+def task_facts(client: Client, manager_id: str, start: float) -> dict[str, Any]:
+    """From one GET /tasks at the end: where the tasks are and when the last was created."""
+    tasks = client.get("/tasks")
+    per_node: dict[str, int] = {}
+    for t in tasks:
+        per_node[t.get("NodeID", "")] = per_node.get(t.get("NodeID", ""), 0) + 1
+    created = max(parse_ts(t["CreatedAt"]) for t in tasks) if tasks else start
+    return {"tasks_listed": len(tasks),
+            "running": sum(1 for t in tasks if t["Status"]["State"] == "running"),
+            "on_manager": per_node.get(manager_id, 0), "nodes_used": len(per_node),
+            "per_node_min": min(per_node.values(), default=0),
+            "per_node_max": max(per_node.values(), default=0),
+            "created_s": round(created - start, 2)}
+
+
+def parse_ts(value: str) -> float:
+    base, _, frac = value.rstrip("Z").partition(".")
+    dt = datetime.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
+    return dt.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+# ---- results ---------------------------------------------------------------------------
+
+def summarize(args: argparse.Namespace, join: dict[str, Any], run: dict[str, Any],
+              facts: dict[str, Any], times: dict[str, dict[str, float]],
+              passes: list[tuple[float, int]], sampler: Sampler,
+              idle: tuple[float, float]) -> dict[str, Any]:
+    start = run["start"]
+    prepared, started = times["prepared"].values(), times["started"].values()
+    assigned_s = max(prepared) - start if prepared else 0.0
+    run_passes = [(t, n) for t, n in passes if t >= start]
+    scheduled_s = run_passes[-1][0] - start if run_passes else 0.0
+    end = start + run["running_s"]
+    assigned_per_s = args.tasks / assigned_s if assigned_s else 0.0
+    result = {
+        "config": {"nodes": args.nodes, "tasks": args.tasks, "services": args.services,
+                   "procs": args.procs, "poll_s": args.poll, "quick": args.quick,
+                   "cpus": os.cpu_count(), "python": platform.python_version()},
+        "join": {k: v for k, v in join.items() if k != "start"},
+        "run": {"created_s": facts["created_s"], "scheduled_s": round(scheduled_s, 2),
+                "assigned_s": round(assigned_s, 2), "running_s": run["running_s"],
+                "last_container_started_s": round(max(started) - start, 2) if started else 0,
+                "tasks_seen_by_nodes": len(times["prepared"]),
+                "assigned_per_s": round(assigned_per_s, 1),
+                "running_per_s": round(args.tasks / run["running_s"], 1),
+                "scheduler_passes": len(run_passes),
+                "largest_pass": max((n for _, n in run_passes), default=0),
+                "create_calls_s": run["create_calls_s"], "status_polls": run["polls"]},
+        "placement": {k: v for k, v in facts.items() if k != "created_s"},
+        "manager": {"join": sampler.window(join["start"], start, "manager"),
+                    "idle": sampler.window(idle[0], idle[1], "manager"),
+                    "run": sampler.window(start, end, "manager")},
+        "fake_nodes": {"join": sampler.window(join["start"], start, "agents"),
+                       "run": sampler.window(start, end, "agents")},
+        "baselines": {"swarmkit_scheduler_in_memory_tasks_per_s": SWARMKIT_TASKS_PER_S,
+                      "nomad_containers_per_s": list(NOMAD_TASKS_PER_S)},
+        "ratios": {"assigned_vs_swarmkit": round(assigned_per_s / SWARMKIT_TASKS_PER_S, 3),
+                   "assigned_vs_nomad_low": round(assigned_per_s / NOMAD_TASKS_PER_S[0], 3),
+                   "assigned_vs_nomad_high": round(assigned_per_s / NOMAD_TASKS_PER_S[1], 3)},
+    }
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    c, j, run, ratio = r["config"], r["join"], r["run"], r["ratios"]
+    m = r["manager"]
+    lo, hi = NOMAD_TASKS_PER_S
+    rows = [
+        ("figure", "Shoal", "swarmkit sched. (mem)", "Nomad"),
+        ("tasks assigned/s", f"{run['assigned_per_s']:,.0f}",
+         f"{SWARMKIT_TASKS_PER_S:,.0f} (x{ratio['assigned_vs_swarmkit']:.2f})",
+         f"{lo:,.0f}-{hi:,.0f} (x{ratio['assigned_vs_nomad_high']:.2f}-"
+         f"x{ratio['assigned_vs_nomad_low']:.2f})"),
+        ("tasks running/s", f"{run['running_per_s']:,.0f}", "", ""),
+        ("all assigned (s)", f"{run['assigned_s']:.1f}", "", ""),
+        ("all running (s)", f"{run['running_s']:.1f}", "", ""),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [f"{c['nodes']:,} nodes, {c['tasks']:,} tasks in {c['services']} services "
+             f"({c['procs']} fake-node processes, {c['cpus']} CPUs)"]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines += [
+        f"tasks created by {run['created_s']:.1f} s, last scheduler pass done at "
+        f"{run['scheduled_s']:.1f} s ({run['scheduler_passes']} passes), last task at its "
+        f"node at {run['assigned_s']:.1f} s, all running at {run['running_s']:.1f} s",
+        f"join: {c['nodes']:,} nodes ready in {j['ready_s']:.1f} s ({j['nodes_per_s']:.0f}/s; "
+        f"certificates by {j['certificates_s']:.1f} s, {j['failed_joins']} failed joins)",
+        f"manager CPU (% of one core): join {m['join']['cpu_pct']:.0f}, idle with "
+        f"{c['nodes']:,} sessions {m['idle']['cpu_pct']:.0f}, run {m['run']['cpu_pct']:.0f}; "
+        f"peak RSS {max(w['rss_peak_mib'] for w in m.values()):.0f} MiB",
+        f"fake nodes CPU (% of one core): join {r['fake_nodes']['join']['cpu_pct']:.0f}, "
+        f"run {r['fake_nodes']['run']['cpu_pct']:.0f}",
+    ]
+    return "\n".join(lines)
+
+
+# ---- main ------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--tasks", type=int, default=10000)
+    p.add_argument("--services", type=int, default=10, help="tasks are split over them")
+    p.add_argument("--procs", type=int, default=4, help="fake-node processes")
+    p.add_argument("--join-concurrency", type=int, default=16, help="joins in flight per proc")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
+    p.add_argument("--idle", type=float, default=5.0,
+                   help="seconds to measure the manager idle with all sessions open")
+    p.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
+    p.add_argument("--quick", action="store_true", help="50 nodes, 500 tasks, 2 processes")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.nodes, args.tasks, args.services, args.procs = 50, 500, 5, 2
+        args.idle = min(args.idle, 2.0)
+    args.procs = max(1, min(args.procs, args.nodes))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-scale-"))
+    mgr = ManagerProc(tmp)
+    agents = AgentProcs(tmp, args.nodes, args.procs, args.join_concurrency)
+    sampler: Sampler | None = None
+    try:
+        log(f"manager: shoald on {LOOPBACK}, state in {tmp}")
+        mgr.start()
+        assert mgr.proc is not None
+        sampler = Sampler({"manager": [mgr.proc.pid], "agents": []})
+        sampler.start()
+        log(f"joining {args.nodes} fake nodes in {args.procs} processes")
+        join = join_phase(mgr, agents, sampler, args.timeout, log)
+        log(f"idle {args.idle:.0f} s with {args.nodes} sessions open")
+        idle = (time.time(), time.time() + args.idle)
+        time.sleep(args.idle + sampler.interval)
+        log(f"creating {args.services} services, {args.tasks} tasks")
+        run = run_phase(mgr, agents, args.tasks, args.services, args.poll, args.timeout, log)
+        time.sleep(2 * sampler.interval)
+        facts = task_facts(mgr.client, mgr.node_id, run["start"])
+        times = agents.stop()
+        result = summarize(args, join, run, facts, times, mgr.scheduler_passes(), sampler,
+                           idle)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        try:
+            agents.stop()
+        finally:
+            mgr.stop()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""One process of fake nodes for bench/scale_sim.py (not meant to be run by hand).
+
+Each fake node is a real `shoal.node.Node` over a fake executor: it joins (root CA fetched and
+checked against the worker token, a CSR traded for its own certificate on the bootstrap
+port) and then holds the agent's Session/Heartbeat/Assignments/UpdateTaskStatus streams to
+the leader over gRPC with mTLS, like a real worker's shoald. All the nodes of this process
+share one asyncio loop.
+
+    python bench/scale_sim_agents.py --remote IP:PORT --token SWMTKN-... --first 1 --count 250
+        --data-dir DIR --out FILE [--concurrency 16]
+
+Stdout: one JSON object per line (`{"joined": n, "failed": k, "t": wall}` as joins finish,
+then `{"joined_all": ...}`). On SIGTERM (or stdin closing) it writes FILE: for every task
+its nodes saw, the wall-clock time its first `prepare` was called (the task reached its node
+in an assignment set) and the time its fake container started, then stops its nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proto import objects_pb2 as pb  # noqa: E402
+from shoal.errors import JoinFailed  # noqa: E402
+from shoal.joining import JoinRequest  # noqa: E402
+from shoal.node import Node  # noqa: E402
+from worker.executor.fake import FakeExecutor  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+JOIN_ATTEMPTS = 5
+STOP_TIMEOUT = 10.0
+
+
+class Recorder:
+    """When each task reached its node and when its container started (wall clock)."""
+
+    def __init__(self) -> None:
+        self.prepared: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+
+
+class RecordingExecutor(FakeExecutor):
+    """The fake executor (tasks start at once and run until stopped), noting the times."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    async def prepare(self, task: pb.Task):  # type: ignore[no-untyped-def]
+        self.recorder.prepared.setdefault(task.id, time.time())
+        return await super().prepare(task)
+
+    async def start(self, task_id: str) -> None:
+        await super().start(task_id)
+        self.recorder.started.setdefault(task_id, time.time())
+
+
+def hostname(index: int) -> str:
+    return f"fake-{index:04d}"
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def join_one(node: Node, req: JoinRequest, limit: asyncio.Semaphore) -> bool:
+    async with limit:
+        for attempt in range(JOIN_ATTEMPTS):
+            try:
+                await node.join(req)
+                return True
+            except JoinFailed as err:
+                logging.warning("%s: join attempt %d failed: %s", node.hostname, attempt + 1,
+                                err)
+                await asyncio.sleep(0.5 * (attempt + 1))
+    return False
+
+
+async def join_all(nodes: list[Node], req: JoinRequest, concurrency: int) -> int:
+    limit = asyncio.Semaphore(concurrency)
+    joined = failed = 0
+    step = max(1, len(nodes) // 10)
+
+    async def one(node: Node) -> None:
+        nonlocal joined, failed
+        if await join_one(node, req, limit):
+            joined += 1
+        else:
+            failed += 1
+        if (joined + failed) % step == 0:
+            emit(joined=joined, failed=failed, t=time.time())
+
+    await asyncio.gather(*(one(n) for n in nodes))
+    return failed
+
+
+async def wait_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # stdin closing (the driver died) stops us too
+    loop.add_reader(sys.stdin.fileno(), lambda: os.read(sys.stdin.fileno(), 4096) or stop.set())
+    await stop.wait()
+
+
+async def run(args: argparse.Namespace) -> None:
+    recorder = Recorder()
+    nodes = [Node(os.path.join(args.data_dir, hostname(i)), hostname(i),
+                  executor=RecordingExecutor(recorder))
+             for i in range(args.first, args.first + args.count)]
+    req = JoinRequest(args.remote, args.token, LOOPBACK, LOOPBACK, 2377)
+    started = time.time()
+    failed = await join_all(nodes, req, args.concurrency)
+    emit(joined_all=len(nodes) - failed, failed=failed, t=time.time(),
+         join_s=round(time.time() - started, 3))
+    await wait_stop()
+    Path(args.out).write_text(json.dumps({"prepared": recorder.prepared,
+                                          "started": recorder.started}))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(n.stop() for n in nodes),
+                                              return_exceptions=True), STOP_TIMEOUT)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--remote", required=True, help="the manager's cluster address IP:PORT")
+    p.add_argument("--token", required=True, help="the worker join token")
+    p.add_argument("--first", type=int, required=True, help="index of the first node")
+    p.add_argument("--count", type=int, required=True, help="nodes in this process")
+    p.add_argument("--data-dir", required=True, help="the nodes' data roots go under it")
+    p.add_argument("--out", required=True, help="where to write the task times on SIGTERM")
+    p.add_argument("--concurrency", type=int, default=16, help="joins in flight")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
