@@ -1,8 +1,9 @@
 """`make demo`: a lab swarm of 3 managers and 2 workers, shown working.
 
-It brings the lab up, lists the nodes, promotes and demotes a worker, kills the leader and
-shows a new one taking over with writes still accepted. The lab stays up afterwards so you
-can try the CLI on it; `shoal lab down --name demo` removes it.
+It brings the lab up (one private dockerd for its hosts), deploys a service of 5 replicas,
+shows its tasks and their logs, scales it, rolls it to a new image, then kills the leader
+and shows a new one taking over with the service still running. The lab stays up afterwards
+so you can try the CLI on it; `shoal lab down --name demo` removes it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,30 @@ def failover(state: labmod.LabState) -> None:
     run(survivor, "node", "ls")
 
 
+HELLO = "echo hello from task $(hostname) on image ${SHOAL_IMAGE:-v1}; exec sleep 3600"
+
+
+def services(m1: labmod.HostState) -> None:
+    print("\n--- a service of 5 replicas, spread over the nodes ---")
+    run(m1, "service", "create", "--name", "hello", "--replicas", "5", "--update-parallelism",
+        "2", "shoal/busybox:v1", "sh", "-c", HELLO)
+    run(m1, "service", "ls")
+    run(m1, "service", "ps", "hello")
+    run(m1, "service", "logs", "hello")
+    run(m1, "service", "scale", "hello=7")
+    print("\n--- a rolling update to another image, two tasks at a time ---")
+    run(m1, "service", "update", "--image", "shoal/busybox:v2", "hello")
+    run(m1, "service", "logs", "--tail", "1", "hello")
+    print("\n--- a task that can't be placed says why ---")
+    run(m1, "service", "create", "--detach", "--name", "picky", "--constraint",
+        "node.labels.zone==b", "shoal/busybox:latest", "sleep", "3600")
+    time.sleep(2)
+    run(m1, "service", "ps", "--no-trunc", "picky")
+    run(m1, "node", "update", "--label-add", "zone=b", "w2")
+    time.sleep(3)
+    run(m1, "service", "ps", "picky")
+
+
 def main() -> None:
     if labmod._try_load(NAME) is not None or labmod._lab_namespaces(NAME):
         print(f"removing the previous '{NAME}' lab")
@@ -74,12 +99,9 @@ def main() -> None:
     state = labmod.up(NAME, 3, 2)
     m1 = state.host("m1")
     run(m1, "node", "ls")
-    run(m1, "node", "promote", "w1")
-    time.sleep(3)
-    run(m1, "node", "ls")
-    run(m1, "node", "demote", "w1")
-    run(m1, "node", "update", "--label-add", "zone=a", "w2")
+    services(m1)
     failover(state)
+    run(leader(state), "service", "ps", "hello")
     print(f"\nThe lab is still up. Try: shoal -H {m1.api} node ls\n"
           f"Remove it with: .venv/bin/shoal lab down --name {NAME}")
 
