@@ -21,7 +21,12 @@ A fresh service per run keeps the placement the same (2 tasks per worker) in eve
 Docker's defaults give about 20 s (a node is marked down after 3 missed heartbeats of 5 s,
 then its tasks are rescheduled); the table gives our time over that.
 
-    sudo .venv/bin/python bench/recovery.py [--quick] [--runs 5]
+    sudo .venv/bin/python bench/recovery.py [--quick] [--runs 5] [--hang]
+
+`--hang` sends SIGSTOP instead of SIGKILL: the daemon stops answering but its TCP
+connections stay open, as when a machine loses power or its network (no FIN or RST reaches
+the manager), so the node is found down by missed heartbeats rather than by its session
+ending.
 
 Needs root (the lab's namespaces). Results: a table on stdout and
 bench/results/recovery.json (or --json PATH).
@@ -34,6 +39,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import sys
 import time
@@ -151,7 +157,7 @@ def watch(client: Client, service_id: str, node_id: str, t0: float) -> dict[str,
 
 
 def one_run(state: lab.LabState, client: Client, eng: docker.APIClient, run: int,
-            log: Callable[[str], None]) -> dict[str, Any]:
+            hang: bool, log: Callable[[str], None]) -> dict[str, Any]:
     name = f"rec{run}{secrets.token_hex(2)}"
     service_id = create_service(client, name)
     before = running(client, service_id)
@@ -160,7 +166,7 @@ def one_run(state: lab.LabState, client: Client, eng: docker.APIClient, run: int
     lost = {t["ID"] for t in before if t["NodeID"] == node_id}
 
     t0_wall, t0 = time.time(), time.perf_counter()
-    lab.kill_host(state.name, victim.name)
+    lab.kill_host(state.name, victim.name, signal.SIGSTOP if hang else signal.SIGKILL)
     killed_s = time.perf_counter() - t0
     removed = remove_node_containers(eng, node_id)
     removed_s = time.perf_counter() - t0
@@ -172,11 +178,13 @@ def one_run(state: lab.LabState, client: Client, eng: docker.APIClient, run: int
               "kill_s": killed_s, "containers_removed_s": removed_s, **seen,
               "replacements": len(new),
               "replacements_created_s": [min(created, default=0.0), max(created, default=0.0)]}
-    log(f"run {run + 1}: killed {victim.name} ({len(lost)} tasks): down after "
-        f"{seen['down_s']:.2f} s ({seen['down_message']}), {REPLICAS} running after "
+    log(f"run {run + 1}: {'stopped' if hang else 'killed'} {victim.name} ({len(lost)} tasks): "
+        f"down after {seen['down_s']:.2f} s ({seen['down_message']}), {REPLICAS} running after "
         f"{seen['recovered_s']:.2f} s")
 
     t1 = time.perf_counter()
+    if hang:
+        lab.kill_host(state.name, victim.name)  # SIGKILL works on a stopped process
     lab.start_host(state.name, victim.name)
     wait_for(lambda: node_state(client, node_id)[0] == "ready", SETTLE_TIMEOUT,
              f"{victim.name} ready again")
@@ -192,12 +200,13 @@ def one_run(state: lab.LabState, client: Client, eng: docker.APIClient, run: int
 
 # ---- the runs and the figures ------------------------------------------------------------
 
-def measure(state: lab.LabState, runs: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def measure(state: lab.LabState, runs: int, hang: bool,
+            log: Callable[[str], None]) -> list[dict[str, Any]]:
     client = state.host("m1").client(timeout=30.0)
     drain(client, state.host("m1").node_id or "")
     eng = docker.APIClient(base_url=state.engine, version="1.41", timeout=60)
     try:
-        return [one_run(state, client, eng, run, log) for run in range(runs)]
+        return [one_run(state, client, eng, run, hang, log) for run in range(runs)]
     finally:
         eng.close()
 
@@ -213,21 +222,24 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def table(rows: list[dict[str, Any]], n: int) -> str:
+def table(rows: list[dict[str, Any]], n: int, sig: str) -> str:
     head = (f"{'from the kill to':22} {'median s':>9} {'min s':>7} {'max s':>7} "
             f"{'Docker s':>9} {'ours/Docker':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['label']:22} {r['median_s']:9.2f} {r['min_s']:7.2f} "
                      f"{r['max_s']:7.2f} {r['docker_s']:9.0f} {r['ratio']:11.2f}")
-    lines.append(f"{n} run(s); Docker's defaults: down after 3 x 5 s heartbeats (15 s), "
-                 "tasks running again after about 20 s")
+    lines.append(f"{n} run(s), {sig} of the worker's shoald; Docker's defaults: down after "
+                 "3 x 5 s heartbeats (15 s), tasks running again after about 20 s")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="kills to time (default 5)")
+    parser.add_argument("--hang", action="store_true",
+                        help="SIGSTOP instead of SIGKILL: the daemon hangs with its "
+                        "connections open, as a machine that loses power or its network")
     parser.add_argument("--quick", action="store_true", help="smoke run: one kill")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
     args = parser.parse_args(argv)
@@ -249,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"lab {name}: 1 manager (drained) + 3 workers coming up")
     try:
         state = lab.up(name, 1, len(WORKERS))
-        results = measure(state, args.runs, log)
+        results = measure(state, args.runs, args.hang, log)
     finally:
         try:
             lab.down(name)
@@ -259,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"lab {name}: {exc}")
     rows = summary(results)
     log("done")
-    print(table(rows, len(results)))
+    print(table(rows, len(results), "SIGSTOP" if args.hang else "SIGKILL"))
     result = {
         "benchmark": "recovery", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "lab": {"managers": 1, "workers": len(WORKERS), "replicas": REPLICAS, "poll_s": POLL},
+        "signal": "SIGSTOP" if args.hang else "SIGKILL",
         "duration_s": time.monotonic() - started, "rows": rows, "runs": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
