@@ -64,6 +64,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._leader_since = time.monotonic()
         self.assignments = AssignmentIndex(manager.store)
         self.statuses = StatusWriter(manager)
+        self._managers_cache: tuple[int, list[cluster_pb2.WeightedPeer]] = (-1, [])
         manager.on_leader_tick(self.tick)
 
     def _period(self) -> float:
@@ -82,12 +83,16 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self.sessions[node.id] = session
         await self._mark_ready(node, request)
         last: cluster_pb2.SessionMessage | None = None
+        seen = -1  # the store version the last message was built from
         try:
             while self.mgr.is_leader():
-                msg = self._message(session)
-                if msg != last:
-                    yield msg
-                    last = msg
+                version = self.mgr.store.version
+                if version != seen:  # the message is made from the store only
+                    seen = version
+                    msg = self._message(session)
+                    if msg != last:
+                        yield msg
+                        last = msg
                 await asyncio.sleep(POLL)
         finally:
             if self.sessions.get(node.id) is session:
@@ -142,13 +147,21 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
 
     def _message(self, session: NodeSession) -> cluster_pb2.SessionMessage:
         node = self.mgr.store.get(pb.Node, session.node_id)
-        managers = [cluster_pb2.WeightedPeer(node_id=n.id, addr=n.manager_status.addr)
-                    for n in self.mgr.store.list(pb.Node) if n.manager_status.addr]
         return cluster_pb2.SessionMessage(
             session_id=session.session_id, node_id=session.node_id,
-            managers=sorted(managers, key=lambda p: p.addr),
+            managers=self._managers(),
             heartbeat_period_ns=int(session.period * 1e9),
             desired_role=node.role if node is not None else pb.WORKER)
+
+    def _managers(self) -> list[cluster_pb2.WeightedPeer]:
+        """The managers' addresses, computed once per store version for all sessions (each
+        session rebuilding it from every node was O(nodes²) per poll)."""
+        version = self.mgr.store.version  # read first: a later write only makes it recompute
+        if self._managers_cache[0] != version:
+            managers = [cluster_pb2.WeightedPeer(node_id=n.id, addr=n.manager_status.addr)
+                        for n in self.mgr.store.list_view(pb.Node) if n.manager_status.addr]
+            self._managers_cache = (version, sorted(managers, key=lambda p: p.addr))
+        return self._managers_cache[1]
 
     async def _mark_ready(self, node: pb.Node, request: cluster_pb2.SessionRequest) -> None:
         def ready(n: pb.Node) -> bool:
