@@ -84,6 +84,25 @@ def proc_rss(pid: int) -> int:
         return 0
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all processes of the machine have used (every core), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def loadavg() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError):
+        return 0.0
+
+
 def stop_pid(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -113,6 +132,27 @@ def free_port_block(size: int = 3) -> int:
     raise RuntimeError("no free block of loopback ports")
 
 
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).parent / "py-spy"
+    argv = [str(exe if exe.exists() else "py-spy"), "record", "-p", str(pid), "-f", "raw",
+            "-o", str(out), "-r", "100", "--nonblocking"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    time.sleep(1.0)  # let it attach
+    return proc
+
+
+def stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
+    """py-spy writes its file on SIGINT."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+
+
 class Sampler(threading.Thread):
     """Samples a set of PIDs' CPU seconds and RSS every `interval` (daemon thread)."""
 
@@ -124,6 +164,7 @@ class Sampler(threading.Thread):
 
     def sample(self) -> tuple[float, dict[str, float], dict[str, int]]:
         cpu = {k: sum(proc_cpu_s(p) for p in ps) for k, ps in self.pids.items()}
+        cpu["machine"] = machine_busy_s()
         rss = {k: sum(proc_rss(p) for p in ps) for k, ps in self.pids.items()}
         return time.time(), cpu, rss
 
@@ -133,6 +174,13 @@ class Sampler(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+
+    def others(self, start: float, end: float) -> float:
+        """CPU of the rest of the machine between two times (percent of one core): what other
+        work took from the 2 cores while we measured."""
+        total = self.window(start, end, "machine")["cpu_pct"]
+        ours = sum(self.window(start, end, k)["cpu_pct"] for k in self.pids)
+        return round(max(0.0, total - ours), 1)
 
     def window(self, start: float, end: float, key: str) -> dict[str, float]:
         """CPU (percent of one core, and seconds) and peak RSS of `key` between two times."""
@@ -145,7 +193,7 @@ class Sampler(threading.Thread):
         cpu_s = last[1][key] - first[1][key]
         return {"cpu_pct": round(100 * cpu_s / max(last[0] - first[0], 1e-9), 1),
                 "cpu_s": round(cpu_s, 2),
-                "rss_peak_mib": round(max(s[2][key] for s in inside) / MIB, 1)}
+                "rss_peak_mib": round(max(s[2].get(key, 0) for s in inside) / MIB, 1)}
 
 
 # ---- the manager -----------------------------------------------------------------------
@@ -262,20 +310,21 @@ class AgentProcs:
         done = [next((x for x in lines if "joined_all" in x), None) for lines in self.lines]
         return [d for d in done if d is not None] if all(done) else []
 
-    def stop(self) -> dict[str, dict[str, float]]:
+    def stop(self) -> dict[str, Any]:
         """Stop the processes; the merged task times they wrote."""
         procs, self.procs = self.procs, []
         outs, self.outs = self.outs, []
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        merged: dict[str, dict[str, float]] = {"prepared": {}, "started": {}}
+        merged: dict[str, Any] = {"prepared": {}, "started": {}, "agent_restarts": 0}
         for proc, out in zip(procs, outs, strict=True):
             stop_pid(proc, 30.0)
             if out.exists():
                 data = json.loads(out.read_text())
-                for key in merged:
-                    merged[key].update(data[key])
+                merged["prepared"].update(data["prepared"])
+                merged["started"].update(data["started"])
+                merged["agent_restarts"] += data["agent_restarts"]
         return merged
 
 
@@ -367,12 +416,28 @@ def task_facts(client: Client, manager_id: str, start: float) -> dict[str, Any]:
     for t in tasks:
         per_node[t.get("NodeID", "")] = per_node.get(t.get("NodeID", ""), 0) + 1
     created = max(parse_ts(t["CreatedAt"]) for t in tasks) if tasks else start
+    # UpdatedAt: when the last write of the task (its RUNNING status) was committed;
+    # Status.Timestamp: when its node saw it running.
+    committed = sorted(parse_ts(t["UpdatedAt"]) - start for t in tasks)
+    lag = sorted(parse_ts(t["UpdatedAt"]) - parse_ts(t["Status"]["Timestamp"]) for t in tasks)
     return {"tasks_listed": len(tasks),
+            "running_committed_p50_s": round(percentile(committed, 0.5), 2),
+            "running_committed_s": round(committed[-1], 2) if committed else 0.0,
+            "report_lag_p50_s": round(percentile(lag, 0.5), 3),
+            "report_lag_p99_s": round(percentile(lag, 0.99), 3),
+            "report_lag_max_s": round(lag[-1], 3) if lag else 0.0,
             "running": sum(1 for t in tasks if t["Status"]["State"] == "running"),
             "on_manager": per_node.get(manager_id, 0), "nodes_used": len(per_node),
             "per_node_min": min(per_node.values(), default=0),
             "per_node_max": max(per_node.values(), default=0),
             "created_s": round(created - start, 2)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Of sorted values (nearest rank)."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def parse_ts(value: str) -> float:
@@ -384,7 +449,7 @@ def parse_ts(value: str) -> float:
 # ---- results ---------------------------------------------------------------------------
 
 def summarize(args: argparse.Namespace, join: dict[str, Any], run: dict[str, Any],
-              facts: dict[str, Any], times: dict[str, dict[str, float]],
+              facts: dict[str, Any], times: dict[str, Any],
               passes: list[tuple[float, int]], sampler: Sampler,
               idle: tuple[float, float]) -> dict[str, Any]:
     start = run["start"]
@@ -392,6 +457,7 @@ def summarize(args: argparse.Namespace, join: dict[str, Any], run: dict[str, Any
     assigned_s = max(prepared) - start if prepared else 0.0
     run_passes = [(t, n) for t, n in passes if t >= start]
     scheduled_s = run_passes[-1][0] - start if run_passes else 0.0
+    running_s = facts["running_committed_s"]  # the last RUNNING commit (the poll: coarser)
     end = start + run["running_s"]
     assigned_per_s = args.tasks / assigned_s if assigned_s else 0.0
     result = {
@@ -400,20 +466,30 @@ def summarize(args: argparse.Namespace, join: dict[str, Any], run: dict[str, Any
                    "cpus": os.cpu_count(), "python": platform.python_version()},
         "join": {k: v for k, v in join.items() if k != "start"},
         "run": {"created_s": facts["created_s"], "scheduled_s": round(scheduled_s, 2),
-                "assigned_s": round(assigned_s, 2), "running_s": run["running_s"],
+                "assigned_s": round(assigned_s, 2), "running_s": running_s,
+                "running_p50_s": facts["running_committed_p50_s"],
+                "running_seen_by_poll_s": run["running_s"],
                 "last_container_started_s": round(max(started) - start, 2) if started else 0,
                 "tasks_seen_by_nodes": len(times["prepared"]),
                 "assigned_per_s": round(assigned_per_s, 1),
-                "running_per_s": round(args.tasks / run["running_s"], 1),
+                "running_per_s": round(args.tasks / running_s, 1) if running_s else 0.0,
+                "status_report_lag_p50_s": facts["report_lag_p50_s"],
+                "status_report_lag_p99_s": facts["report_lag_p99_s"],
+                "status_report_lag_max_s": facts["report_lag_max_s"],
                 "scheduler_passes": len(run_passes),
                 "largest_pass": max((n for _, n in run_passes), default=0),
                 "create_calls_s": run["create_calls_s"], "status_polls": run["polls"]},
-        "placement": {k: v for k, v in facts.items() if k != "created_s"},
+        "placement": {k: v for k, v in facts.items()
+                      if not k.startswith(("created", "running_", "report_"))},
         "manager": {"join": sampler.window(join["start"], start, "manager"),
                     "idle": sampler.window(idle[0], idle[1], "manager"),
                     "run": sampler.window(start, end, "manager")},
+        "machine": {"loadavg_1m_at_start": args.loadavg_at_start,
+                    "other_cpu_pct_join": sampler.others(join["start"], start),
+                    "other_cpu_pct_run": sampler.others(start, end)},
         "fake_nodes": {"join": sampler.window(join["start"], start, "agents"),
-                       "run": sampler.window(start, end, "agents")},
+                       "run": sampler.window(start, end, "agents"),
+                       "agent_restarts": times["agent_restarts"]},
         "baselines": {"swarmkit_scheduler_in_memory_tasks_per_s": SWARMKIT_TASKS_PER_S,
                       "nomad_containers_per_s": list(NOMAD_TASKS_PER_S)},
         "ratios": {"assigned_vs_swarmkit": round(assigned_per_s / SWARMKIT_TASKS_PER_S, 3),
@@ -447,7 +523,9 @@ def table(r: dict[str, Any]) -> str:
     lines += [
         f"tasks created by {run['created_s']:.1f} s, last scheduler pass done at "
         f"{run['scheduled_s']:.1f} s ({run['scheduler_passes']} passes), last task at its "
-        f"node at {run['assigned_s']:.1f} s, all running at {run['running_s']:.1f} s",
+        f"node at {run['assigned_s']:.1f} s, half running at {run['running_p50_s']:.1f} s, all "
+        f"at {run['running_s']:.1f} s (status report lag p50 "
+        f"{run['status_report_lag_p50_s']:.2f} s, p99 {run['status_report_lag_p99_s']:.2f} s)",
         f"join: {c['nodes']:,} nodes ready in {j['ready_s']:.1f} s ({j['nodes_per_s']:.0f}/s; "
         f"certificates by {j['certificates_s']:.1f} s, {j['failed_joins']} failed joins)",
         f"manager CPU (% of one core): join {m['join']['cpu_pct']:.0f}, idle with "
@@ -455,7 +533,14 @@ def table(r: dict[str, Any]) -> str:
         f"peak RSS {max(w['rss_peak_mib'] for w in m.values()):.0f} MiB",
         f"fake nodes CPU (% of one core): join {r['fake_nodes']['join']['cpu_pct']:.0f}, "
         f"run {r['fake_nodes']['run']['cpu_pct']:.0f}",
+        f"other load on the machine (% of one core): join "
+        f"{r['machine']['other_cpu_pct_join']:.0f}, run {r['machine']['other_cpu_pct_run']:.0f}"
+        f" (1-min load average {r['machine']['loadavg_1m_at_start']:.1f} at the start)",
     ]
+    if r["fake_nodes"]["agent_restarts"]:
+        lines.append(f"WARNING: {r['fake_nodes']['agent_restarts']} fake nodes were restarted "
+                     "because their agent ended after losing its session (see "
+                     "bench/scale_sim_agents.py)")
     return "\n".join(lines)
 
 
@@ -473,8 +558,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds to measure the manager idle with all sessions open")
     p.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
     p.add_argument("--quick", action="store_true", help="50 nodes, 500 tasks, 2 processes")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to SECONDS for the 1-min load average to fall below 1")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    p.add_argument("--py-spy", type=Path, default=None, metavar="PATH",
+                   help="record the manager with py-spy (raw format) during the run phase")
     args = p.parse_args(argv)
     if args.quick:
         args.nodes, args.tasks, args.services, args.procs = 50, 500, 5, 2
@@ -489,6 +578,14 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.wait_quiet:
+        deadline = time.monotonic() + args.wait_quiet
+        while loadavg() >= 1.0 and time.monotonic() < deadline:
+            time.sleep(5.0)
+    args.loadavg_at_start = loadavg()
+    if args.loadavg_at_start >= 2.0:
+        log(f"warning: the machine is busy (load average {args.loadavg_at_start:.1f}); "
+            "the figures will be lower than on a quiet machine")
     tmp = Path(tempfile.mkdtemp(prefix="shoal-scale-"))
     mgr = ManagerProc(tmp)
     agents = AgentProcs(tmp, args.nodes, args.procs, args.join_concurrency)
@@ -505,7 +602,13 @@ def main(argv: list[str] | None = None) -> int:
         idle = (time.time(), time.time() + args.idle)
         time.sleep(args.idle + sampler.interval)
         log(f"creating {args.services} services, {args.tasks} tasks")
-        run = run_phase(mgr, agents, args.tasks, args.services, args.poll, args.timeout, log)
+        spy = start_py_spy(mgr.proc.pid, args.py_spy) if args.py_spy else None
+        try:
+            run = run_phase(mgr, agents, args.tasks, args.services, args.poll, args.timeout,
+                            log)
+        finally:
+            if spy is not None:
+                stop_py_spy(spy)
         time.sleep(2 * sampler.interval)
         facts = task_facts(mgr.client, mgr.node_id, run["start"])
         times = agents.stop()

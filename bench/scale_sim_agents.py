@@ -13,6 +13,13 @@ Stdout: one JSON object per line (`{"joined": n, "failed": k, "t": wall}` as joi
 then `{"joined_all": ...}`). On SIGTERM (or stdin closing) it writes FILE: for every task
 its nodes saw, the wall-clock time its first `prepare` was called (the task reached its node
 in an assignment set) and the time its fake container started, then stops its nodes.
+
+A node whose agent task has ended for good is restarted as a restarted shoald would be
+(`Node.stop()` then `Node.start()`, which adopts its containers), and counted
+(`{"agent_restarts": n}` lines, and in FILE): the agent ends when a session of its own is
+dropped (a heartbeat or the Assignments stream fails, the agent cancels the Session call,
+and grpc.aio raises CancelledError out of `Agent.run`), so without this a node that lost its
+session once would stay down.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from worker.executor.fake import FakeExecutor  # noqa: E402
 LOOPBACK = "127.0.0.1"
 JOIN_ATTEMPTS = 5
 STOP_TIMEOUT = 10.0
+SUPERVISE_EVERY = 1.0
 
 
 class Recorder:
@@ -104,6 +112,27 @@ async def join_all(nodes: list[Node], req: JoinRequest, concurrency: int) -> int
     return failed
 
 
+class Supervisor:
+    """Restarts the nodes whose agent task ended (see the module docstring)."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self.restarts = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_EVERY)
+            dead = [n for n in self.nodes if n.state is not None and n._agent_task is not None
+                    and n._agent_task.done()]
+            for node in dead:
+                logging.warning("%s: its agent ended; restarting the node", node.hostname)
+                await node.stop()
+                await node.start()
+            if dead:
+                self.restarts += len(dead)
+                emit(agent_restarts=self.restarts, t=time.time())
+
+
 async def wait_stop() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,13 +149,17 @@ async def run(args: argparse.Namespace) -> None:
                   executor=RecordingExecutor(recorder))
              for i in range(args.first, args.first + args.count)]
     req = JoinRequest(args.remote, args.token, LOOPBACK, LOOPBACK, 2377)
+    supervisor = Supervisor(nodes)
+    supervising = asyncio.create_task(supervisor.run())
     started = time.time()
     failed = await join_all(nodes, req, args.concurrency)
     emit(joined_all=len(nodes) - failed, failed=failed, t=time.time(),
          join_s=round(time.time() - started, 3))
     await wait_stop()
+    supervising.cancel()
     Path(args.out).write_text(json.dumps({"prepared": recorder.prepared,
-                                          "started": recorder.started}))
+                                          "started": recorder.started,
+                                          "agent_restarts": supervisor.restarts}))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(n.stop() for n in nodes),
                                               return_exceptions=True), STOP_TIMEOUT)
@@ -148,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("worker.agent").setLevel(logging.INFO)  # sessions that end, and why
     asyncio.run(run(args))
 
 
