@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import random
 import time
@@ -22,6 +23,7 @@ from manager.dispatcher.assignments import AssignmentIndex, StatusWriter
 from manager.errors import FailedPrecondition, NotFound
 from manager.identity import new_id
 from manager.manager import Manager
+from manager.store.memory import Event
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
 
@@ -65,7 +67,16 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self.assignments = AssignmentIndex(manager.store)
         self.statuses = StatusWriter(manager)
         self._managers_cache: tuple[int, list[cluster_pb2.WeightedPeer]] = (-1, [])
+        # Bumped (on the Raft thread) whenever a node changes: session messages are made
+        # from the node table only, so they are rebuilt only then.
+        self._bumps = itertools.count(1)  # next() is atomic: two threads bump
+        self._node_changes = 0
+        manager.store.watch(self._on_events)
         manager.on_leader_tick(self.tick)
+
+    def _on_events(self, events: list[Event]) -> None:
+        if any(e.table == "node" for e in events):
+            self._node_changes = next(self._bumps)
 
     def _period(self) -> float:
         ns = self.mgr.cluster().spec.dispatcher.heartbeat_period_ns or DEFAULT_HEARTBEAT_NS
@@ -83,11 +94,11 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self.sessions[node.id] = session
         await self._mark_ready(node, request)
         last: cluster_pb2.SessionMessage | None = None
-        seen = -1  # the store version the last message was built from
+        seen = -1  # the node table the last message was built from
         try:
             while self.mgr.is_leader():
-                version = self.mgr.store.version
-                if version != seen:  # the message is made from the store only
+                version = self._node_changes
+                if version != seen:  # the message is made from the node table only
                     seen = version
                     msg = self._message(session)
                     if msg != last:
@@ -154,9 +165,9 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             desired_role=node.role if node is not None else pb.WORKER)
 
     def _managers(self) -> list[cluster_pb2.WeightedPeer]:
-        """The managers' addresses, computed once per store version for all sessions (each
-        session rebuilding it from every node was O(nodes²) per poll)."""
-        version = self.mgr.store.version  # read first: a later write only makes it recompute
+        """The managers' addresses, computed once per node-table change for all sessions
+        (each session rebuilding it from every node was O(nodes²) per poll)."""
+        version = self._node_changes  # read first: a later change only makes it recompute
         if self._managers_cache[0] != version:
             managers = [cluster_pb2.WeightedPeer(node_id=n.id, addr=n.manager_status.addr)
                         for n in self.mgr.store.list_view(pb.Node) if n.manager_status.addr]
@@ -179,6 +190,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         if became_leader:
             # Sessions may already be open (agents race the first tick); keep them.
             self._leader_since = now
+            self._node_changes = next(self._bumps)  # a restored snapshot brings no events
             self.assignments.start()
         period = self._period()
         for node in self.mgr.store.list(pb.Node):
