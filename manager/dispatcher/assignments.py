@@ -158,8 +158,9 @@ class AssignmentIndex:
         self._listeners.setdefault(node_id, set()).add(changed)
         try:
             while alive():
-                try:
-                    await asyncio.wait_for(changed.wait(), RECHECK)
+                try:  # asyncio.timeout, not wait_for: no task per wait (1,000s of streams)
+                    async with asyncio.timeout(RECHECK):
+                        await changed.wait()
                 except TimeoutError:
                     continue
                 await asyncio.sleep(COALESCE)
