@@ -37,6 +37,7 @@ def test_scale_sim_quick(tmp_path: Path) -> None:
     assert placement["on_manager"] == 0  # the manager is drained
     assert placement["nodes_used"] == config["nodes"]
     assert result["manager"]["run"]["rss_peak_mib"] > 0
-    for key in ("assigned_vs_swarmkit", "assigned_vs_nomad_low", "assigned_vs_nomad_high"):
+    for key in ("assigned_vs_swarmkit", "assigned_vs_nomad_low", "assigned_vs_nomad_high",
+                "running_vs_swarmkit", "running_vs_nomad_low", "running_vs_nomad_high"):
         assert result["ratios"][key] > 0
     assert "tasks assigned/s" in proc.stdout
