@@ -253,6 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    load_before = os.getloadavg()
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "recovery", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "kernel": platform.release()},
+                    "kernel": platform.release(),
+                    "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]}},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "lab": {"managers": 1, "workers": len(WORKERS), "replicas": REPLICAS, "poll_s": POLL},
         "signal": "SIGSTOP" if args.hang else "SIGKILL",

@@ -2,7 +2,8 @@
 containers directly with docker-py on the same engine.
 
 One lab (`shoal.lab.up(NAME, 1, 2)`: 1 manager, 2 workers, all active) and its private
-dockerd. For each N (default 1, 10, 50), each repetition measures three things in turn:
+dockerd. For each N (default 1, 10, 50), each repetition measures three things in turn (the
+order rotates from one repetition to the next):
 
   ours             POST /services/create of N replicas of `shoal/busybox:latest sleep 3600`
                    on the manager's socket, then GET /services?status=true every POLL s
@@ -53,6 +54,7 @@ IMAGE = "shoal/busybox:latest"
 COMMAND = ["sleep", "3600"]
 POLL = 0.05
 THREADS = 8
+SETTLE = 1.0  # seconds of rest after each cleanup
 BENCH_LABEL = "shoal.bench"  # on the docker-py containers, to find and remove them
 RUN_TIMEOUT = 300.0
 VARIANTS = (("ours", "shoal service"), ("seq", "docker-py seq"),
@@ -164,13 +166,15 @@ def measure(state: lab.LabState, sizes: list[int], repeat: int,
         for n in sizes:
             runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in VARIANTS}
             for rep in range(repeat):
-                for key, label in VARIANTS:
+                # rotate the order, so no variant always runs first or after the same one
+                for key, label in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:
                     tag = f"{key}{n}r{rep}{secrets.token_hex(2)}"
                     if key == "ours":
                         result = run_ours(client, eng, n, tag)
                     else:
                         result = run_direct(eng, n, tag, 1 if key == "seq" else THREADS)
                     runs[key].append(result)
+                    time.sleep(SETTLE)
                     log(f"N={n} run {rep + 1}/{repeat} {label}: {result['s']:.2f} s "
                         f"(cleanup {result['cleanup_s']:.2f} s)")
             rows.append(make_row(n, runs))
@@ -233,6 +237,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    load_before = os.getloadavg()
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
@@ -255,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "start_latency", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "kernel": platform.release()},
+                    "kernel": platform.release(),
+                    "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]}},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "lab": {"managers": 1, "workers": 2, "image": IMAGE, "command": COMMAND,
                 "poll_s": POLL, "threads": THREADS},
