@@ -59,8 +59,12 @@ test: deps lint images
 demo: deps images
 	$(PY) -m shoal.demo
 
-bench: deps
+bench: deps images
 	$(PY) bench/store_bench.py
+	$(PY) bench/scheduler_bench.py --all
+	$(PY) bench/start_latency.py
+	$(PY) bench/recovery.py
+	$(PY) bench/scale_sim.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info images/out
