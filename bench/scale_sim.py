@@ -564,7 +564,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--services", type=int, default=10, help="tasks are split over them")
     p.add_argument("--procs", type=int, default=4, help="fake-node processes")
     p.add_argument("--join-concurrency", type=int, default=16, help="joins in flight per proc")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between status polls")
     p.add_argument("--idle", type=float, default=5.0,
                    help="seconds to measure the manager idle with all sessions open")
     p.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
