@@ -12,10 +12,14 @@ the HTTP API, and the benchmark measures, from the first create:
             `prepare` was called; this includes the dispatcher's delivery), so tasks
             assigned per second = T / assigned; `scheduled` is the end of the scheduler's
             last pass (its log), `created` the orchestrator's last task (CreatedAt);
-- running   `GET /services?status=true` counts T running tasks (polled every --poll s).
+- running   the last task's RUNNING status was committed (its UpdatedAt, read once at the
+            end); `GET /services?status=true`, polled every --poll s, only tells when all
+            are running. The status report lag is UpdatedAt minus the node's own
+            Status.Timestamp.
 
 Also: the time for the N nodes to join and be Ready, the manager's CPU and RSS (from
-/proc/<pid>) while joining, idle with N sessions, and during the run; the fake nodes' CPU.
+/proc/<pid>) while joining, idle with N sessions, and during the run; the fake nodes' CPU;
+the CPU the rest of the machine used meanwhile (other work skews the figures).
 Baselines (issue 3): Docker's scheduler alone, in memory, about 4,400 tasks/s (swarmkit,
 100k tasks on 1k nodes); Nomad placed 1,500-3,750 containers/s.
 
