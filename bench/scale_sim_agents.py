@@ -138,8 +138,11 @@ async def wait_stop() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # stdin closing (the driver died) stops us too
-    loop.add_reader(sys.stdin.fileno(), lambda: os.read(sys.stdin.fileno(), 4096) or stop.set())
+    def on_stdin() -> None:  # stdin closing (the driver died) stops us too
+        if not os.read(sys.stdin.fileno(), 4096):
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
     await stop.wait()
 
 
