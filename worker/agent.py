@@ -57,7 +57,12 @@ class Agent:
             except grpc.aio.AioRpcError as err:
                 self._note_failure(addr, err)
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the agent itself is stopping
+                # Our own helpers cancelled the session call (a failed heartbeat or
+                # assignments stream): that ends this session, not the agent.
+                log.info("session with %s ended; reconnecting", addr)
             except Exception:
                 log.exception("session with %s failed", addr)
             self.connected_to = None

@@ -79,6 +79,9 @@ class RaftReplica:
             raftMaxTimeout=t.election_max,
             connectionRetryTime=t.connection_retry,
             connectionTimeout=t.connection_timeout,
+            # Log compaction in a forked child froze the gRPC process for up to a minute and
+            # sometimes aborted the child (gRPC is not fork-safe); dump in-thread instead.
+            useFork=False,
             onStateChanged=(lambda _old, _new: on_leader_change()) if on_leader_change else None,
         )
         self._consumer = _StoreConsumer(store)

@@ -199,3 +199,14 @@ async def test_leaving_the_swarm_removes_the_nodes_task_containers(cluster: Clus
     await cluster.wait_state(task_id, pb.RUNNING)
     await cluster.w.leave(force=False)
     assert cluster.worker_fake.containers == {}
+
+
+async def test_an_agent_whose_session_the_leader_dropped_reconnects(cluster: Cluster) -> None:
+    """The leader forgets a session (as when it marks a node down): the agent's heartbeat is
+    refused, it cancels its own session call, and must open a new one, not stop."""
+    dispatcher = cluster.m.manager_role.dispatcher  # type: ignore[union-attr]
+    worker_id = cluster.worker_id
+    old = dispatcher.sessions.pop(worker_id)
+    await until(lambda: (s := dispatcher.sessions.get(worker_id)) is not None and
+                s.session_id != old.session_id, 20, "a new session")
+    assert not cluster.w._agent_task.done()  # type: ignore[union-attr]
