@@ -99,7 +99,8 @@ def test_rolling_update_batches_delay_and_start_first(lab: LabState) -> None:
     out = shoal(m1, "service", "rollback", "web")
     assert out.returncode == 0, out.stdout + out.stderr
     wait_until(lambda: {image_of(t) for t in running(client, "web")} == {V2}, 60, "back on v2")
-    assert update_state(client, "web")["State"] == "rollback_completed"
+    wait_until(lambda: update_state(client, "web").get("State") == "rollback_completed", 30,
+               "the rollback marked completed (after its monitor period)")
 
 
 @pytest.mark.lab(managers=1, workers=1)
