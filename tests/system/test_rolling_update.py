@@ -81,7 +81,8 @@ def test_rolling_update_batches_delay_and_start_first(lab: LabState) -> None:
     first_of_2 = min(seen[t["ID"]] for t in batch2)
     gap = (first_of_2 - last_of_1) * 0.1
     assert gap >= 3.5, f"second batch started {gap:.1f} s after the first ran; delay is 4 s"
-    assert update_state(client, "web")["State"] == "completed"
+    wait_until(lambda: update_state(client, "web").get("State") == "completed", 30,
+               "the update marked completed")
 
     # start-first: never fewer running than replicas
     assert shoal(m1, "service", "update", "-d", "--update-order", "start-first",
