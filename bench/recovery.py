@@ -44,7 +44,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker  # noqa: E402
 
+from bench.waiting import (  # noqa: E402
+    BenchError,
+    wait_for,  # noqa: E402
+    wall,
+)
 from shoal import lab  # noqa: E402
 from shoal.client import Client  # noqa: E402
 
@@ -66,27 +70,6 @@ SETTLE_TIMEOUT = 120.0
 DOCKER_S = {"down_s": 15.0, "recovered_s": 20.0}
 NODE_LABEL = "com.docker.swarm.node.id"
 SERVICE_LABEL = "com.docker.swarm.service.id"
-
-
-class BenchError(Exception):
-    pass
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str,
-             interval: float = POLL) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def wall(text: str) -> float:
-    """An RFC 3339 timestamp (nanoseconds allowed) as seconds since the epoch."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 # ---- the cluster as the API shows it -----------------------------------------------------

@@ -38,7 +38,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker  # noqa: E402
 
+from bench.waiting import (  # noqa: E402
+    BenchError,
+    wait_for,  # noqa: E402
+    wall,
+)
 from shoal import lab  # noqa: E402
 from shoal.client import Client  # noqa: E402
 
@@ -59,27 +63,6 @@ BENCH_LABEL = "shoal.bench"  # on the docker-py containers, to find and remove t
 RUN_TIMEOUT = 300.0
 VARIANTS = (("ours", "shoal service"), ("seq", "docker-py seq"),
             ("conc", f"docker-py {THREADS} threads"))
-
-
-class BenchError(Exception):
-    pass
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str,
-             interval: float = POLL) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def wall(text: str) -> float:
-    """An engine timestamp (RFC 3339, nanoseconds) as seconds since the epoch."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 # ---- ours: a service through the API ----------------------------------------------------
@@ -112,14 +95,14 @@ def run_ours(client: Client, eng: docker.APIClient, n: int, tag: str) -> dict[st
     service_id = client.post("/services/create", body)["ID"]
     t_api = time.perf_counter() - t0
     wait_for(lambda: running_tasks(client, service_id) >= n, RUN_TIMEOUT,
-             f"{n} running tasks of service bench-{tag}")
+             f"{n} running tasks of service bench-{tag}", interval=POLL)
     elapsed = time.perf_counter() - t0
     label = f"com.docker.swarm.service.id={service_id}"
     result = {"s": elapsed, "create_call_s": t_api, **phases(eng, label, t0_wall)}
     t1 = time.perf_counter()
     client.delete(f"/services/{service_id}")
     wait_for(lambda: not engine_ids(eng, label), RUN_TIMEOUT,
-             f"the containers of service bench-{tag} to be removed")
+             f"the containers of service bench-{tag} to be removed", interval=POLL)
     result["cleanup_s"] = time.perf_counter() - t1
     return result
 
@@ -151,7 +134,8 @@ def run_direct(eng: docker.APIClient, n: int, tag: str, threads: int) -> dict[st
     ids = engine_ids(eng, label)
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda cid: eng.remove_container(cid, force=True), ids))
-    wait_for(lambda: not engine_ids(eng, label), RUN_TIMEOUT, f"containers {label} removed")
+    wait_for(lambda: not engine_ids(eng, label), RUN_TIMEOUT, f"containers {label} removed",
+             interval=POLL)
     return {"s": elapsed, "cleanup_s": time.perf_counter() - t1}
 
 

@@ -1,0 +1,29 @@
+"""Polling and timestamps shared by the lab benchmarks (start_latency, recovery)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+
+class BenchError(Exception):
+    pass
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wall(text: str) -> float:
+    """An RFC 3339 timestamp (nanoseconds allowed) as seconds since the epoch."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
