@@ -4,6 +4,7 @@ change, or every `rescan` seconds regardless."""
 
 from __future__ import annotations
 
+import abc
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ from manager.manager import Manager
 from manager.store.memory import Event
 
 
-class PassController:
+class PassController(abc.ABC):
     rescan = 10.0
 
     def __init__(self, manager: Manager) -> None:
@@ -36,5 +37,6 @@ class PassController:
         self._last_pass = now
         await self.run_once()
 
+    @abc.abstractmethod
     async def run_once(self) -> Any:
-        raise NotImplementedError
+        """One pass over the store."""

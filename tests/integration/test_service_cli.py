@@ -84,8 +84,9 @@ async def test_service_lifecycle_through_the_cli(served: Served) -> None:
                 15, "the reaper to remove the service and its tasks")
 
 
-@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI")
 async def test_the_docker_cli_creates_and_updates(served: Served) -> None:
+    # `make test` installs docker.io, which brings the docker CLI.
+    assert shutil.which("docker"), "the docker CLI is missing: run `make deps`"
     out = await served.run("service", "create", "--name", "dk", "--replicas", "2",
                            "--update-monitor", "300ms", "shoal/busybox:latest", docker=True)
     assert out.returncode == 0, out.stderr
