@@ -53,7 +53,7 @@ import docker  # noqa: E402
 
 from bench.waiting import (  # noqa: E402
     BenchError,
-    wait_for,  # noqa: E402
+    wait_for,
     wall,
 )
 from shoal import lab  # noqa: E402

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -74,9 +74,6 @@ def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
             await context.abort(status_code(err), str(err))
 
     return wrapper
-
-
-Handler = Callable[..., Awaitable[Any]]
 
 
 def role_name(role: int) -> str:

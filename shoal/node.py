@@ -56,6 +56,7 @@ class Node:
         self._agent_task: asyncio.Task[None] | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
+        self._role_change: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one membership change at a time
 
     # -- what the API asks --
@@ -255,8 +256,11 @@ class Node:
         if managers and managers != state.managers:
             state.managers = managers
             self.data.save_state(state)
-        if msg.desired_role != self.identity().role:
-            asyncio.create_task(self._change_role(msg.desired_role), name="role-change")
+        changing = self._role_change is not None and not self._role_change.done()
+        if msg.desired_role != self.identity().role and not changing:
+            # Kept in an attribute: the loop holds tasks only weakly.
+            self._role_change = asyncio.create_task(self._change_role(msg.desired_role),
+                                                    name="role-change")
 
     async def _change_role(self, role: int) -> None:
         async with self._lock:

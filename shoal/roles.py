@@ -104,20 +104,11 @@ class ManagerRole:
         self._task = asyncio.create_task(self.manager.run(), name="manager")
 
     async def wait_leader(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.replica.leader_addr() is None:
-            if loop.time() > deadline:
-                raise TimeoutError("no Raft leader was elected")
-            await asyncio.sleep(0.05)
+        await _until(lambda: self.replica.leader_addr() is not None, timeout,
+                     "no Raft leader was elected")
 
     async def wait_store(self, ready: Callable[[], bool], timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not ready():
-            if loop.time() > deadline:
-                raise TimeoutError("the store did not catch up with the leader")
-            await asyncio.sleep(0.05)
+        await _until(ready, timeout, "the store did not catch up with the leader")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -128,3 +119,13 @@ class ManagerRole:
             await server.stop(grace=0.5)
         self._servers.clear()
         await asyncio.to_thread(self.replica.close)
+
+
+async def _until(check: Callable[[], bool], timeout: float, failure: str) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise TimeoutError(failure) from None
+

@@ -33,7 +33,6 @@ class Reporter:
         self._pending: dict[str, pb.TaskStatus] = {}
         self._sender: Sender | None = None
         self._wake = asyncio.Event()
-        self.sent = 0  # statuses delivered, for tests and metrics
 
     def report(self, task_id: str, status: pb.TaskStatus) -> None:
         current = self._pending.get(task_id)
@@ -78,7 +77,6 @@ class Reporter:
                          len(items) - start, _describe(err))
                 self._restore(items[start:])
                 return False
-            self.sent += len(chunk)
         return True
 
     def _restore(self, items: list[tuple[str, pb.TaskStatus]]) -> None:

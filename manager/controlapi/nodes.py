@@ -3,26 +3,16 @@
 
 from __future__ import annotations
 
-from manager.errors import FailedPrecondition, InvalidArgument, NotFound
+from manager.controlapi.lookup import resolve
+from manager.errors import FailedPrecondition
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
 
 
 def find_node(nodes: list[pb.Node], ref: str) -> pb.Node:
     """Resolve a node by full ID, hostname (or name), or unique ID prefix, like Docker."""
-    for node in nodes:
-        if node.id == ref:
-            return node
-    named = [n for n in nodes if ref in (n.spec.annotations.name, n.description.hostname)]
-    if len(named) == 1:
-        return named[0]
-    prefixed = [n for n in nodes if ref and n.id.startswith(ref)]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if len(named) > 1 or len(prefixed) > 1:
-        raise InvalidArgument(f"node {ref} is ambiguous ({len(named) or len(prefixed)} matches); "
-                              "use the full node ID")
-    raise NotFound(f"node {ref} not found")
+    return resolve(nodes, ref, "node",
+                   lambda n: (n.spec.annotations.name, n.description.hostname))
 
 
 def raft_members(nodes: list[pb.Node]) -> list[pb.Node]:

@@ -23,11 +23,11 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
+from manager.controlapi.lookup import resolve
 from manager.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     OutOfSequence,
 )
 from manager.identity import new_id
@@ -217,20 +217,7 @@ def visible(services: Iterable[pb.Service]) -> list[pb.Service]:
 
 def find_service(services: list[pb.Service], ref: str) -> pb.Service:
     """By full ID, then name, then unique ID prefix (as Docker resolves services)."""
-    live = visible(services)
-    for svc in live:
-        if svc.id == ref:
-            return svc
-    for svc in live:
-        if svc.spec.annotations.name == ref:
-            return svc
-    prefixed = [s for s in live if ref and s.id.startswith(ref)]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if len(prefixed) > 1:
-        raise InvalidArgument(f"service {ref} is ambiguous ({len(prefixed)} services have IDs "
-                              "starting with it); use the full ID or the name")
-    raise NotFound(f"service {ref} not found")
+    return resolve(visible(services), ref, "service", lambda s: (s.spec.annotations.name,))
 
 
 def random_name(taken: set[str]) -> str:

@@ -109,9 +109,6 @@ class RaftReplica:
                 return bool(self._sync.isNodeConnected(node))
         return False
 
-    def has_quorum(self) -> bool:
-        return bool(self._sync.hasQuorum)
-
     def status(self) -> dict[str, Any]:
         return dict(self._sync.getStatus())
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 from collections.abc import Mapping
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from proto import objects_pb2 as pb
 from shoal.api.request import fields
@@ -144,25 +148,18 @@ def _set_nonneg(msg: Any, attr: str, value: int | None, name: str) -> None:
 
 
 def tls_info(cluster: pb.Cluster) -> dict[str, Any]:
-    from cryptography import x509
+    return dict(_tls_info(cluster.root_ca.ca_cert_pem))
 
-    cert = x509.load_pem_x509_certificate(cluster.root_ca.ca_cert_pem)
-    return {"TrustRoot": cluster.root_ca.ca_cert_pem.decode(),
+
+@functools.lru_cache(maxsize=4)
+def _tls_info(ca_pem: bytes) -> dict[str, Any]:
+    """Parsed once per root CA, not on every GET /swarm or /info."""
+    cert = x509.load_pem_x509_certificate(ca_pem)
+    key = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return {"TrustRoot": ca_pem.decode(),
             "CertIssuerSubject": base64.b64encode(cert.subject.public_bytes()).decode(),
-            "CertIssuerPublicKey": base64.b64encode(cert.public_key().public_bytes(
-                _der(), _spki())).decode()}
-
-
-def _der() -> Any:
-    from cryptography.hazmat.primitives import serialization
-
-    return serialization.Encoding.DER
-
-
-def _spki() -> Any:
-    from cryptography.hazmat.primitives import serialization
-
-    return serialization.PublicFormat.SubjectPublicKeyInfo
+            "CertIssuerPublicKey": base64.b64encode(key).decode()}
 
 
 def cluster_json(cluster: pb.Cluster, with_tokens: bool) -> dict[str, Any]:

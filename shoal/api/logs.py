@@ -7,8 +7,9 @@ import urllib.parse
 
 from aiohttp import web
 
+from manager.controlapi.lookup import resolve
 from manager.controlapi.services import ServiceControl
-from manager.errors import InvalidArgument, NotFound
+from manager.errors import InvalidArgument
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from shoal import logs
@@ -86,10 +87,7 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
     mgr = manager_of(request)
-    task_id = request.match_info["task_id"]
-    task = mgr.store.get(pb.Task, task_id)
-    if task is None:
-        raise NotFound(f"task {task_id} not found")
+    task = resolve(mgr.store.list_view(pb.Task), request.match_info["task_id"], "task")
     return await _stream(request, cluster_pb2.LogSelector(task_ids=[task.id]),
                          task.spec.container.tty)
 

@@ -118,7 +118,3 @@ def make_app(node: Node) -> web.Application:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9]+\.[0-9]+}" + path, handler)
     return app
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value)

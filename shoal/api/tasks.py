@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from manager.controlapi.lookup import resolve
 from manager.controlapi.nodes import find_node
 from manager.controlapi.services import find_service, task_up_to_date
-from manager.errors import InvalidArgument, NotFound
+from manager.errors import InvalidArgument
 from proto import objects_pb2 as pb
 from shoal.api import convert_service as conv
 from shoal.api.request import bool_param, filters_param
@@ -84,22 +85,9 @@ async def list_tasks(request: web.Request) -> web.Response:
     return web.json_response([conv.task_json(t, job=t.service_id in jobs) for t in tasks])
 
 
-def find_task(tasks: list[pb.Task], ref: str) -> pb.Task:
-    for task in tasks:
-        if task.id == ref:
-            return task
-    prefixed = [t for t in tasks if ref and t.id.startswith(ref)]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if prefixed:
-        raise InvalidArgument(f"task {ref} is ambiguous ({len(prefixed)} matches); use the "
-                              "full task ID")
-    raise NotFound(f"task {ref} not found")
-
-
 async def inspect_task(request: web.Request) -> web.Response:
     mgr = manager_of(request)
-    task = find_task(mgr.store.list_view(pb.Task), request.match_info["task_id"])
+    task = resolve(mgr.store.list_view(pb.Task), request.match_info["task_id"], "task")
     jobs = _jobs(mgr.store.list(pb.Service))
     return web.json_response(conv.task_json(task, job=task.service_id in jobs))
 

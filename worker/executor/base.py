@@ -87,11 +87,6 @@ def stop_grace(task: pb.Task, default: float = 10.0) -> float:
     return default
 
 
-def has_healthcheck(task: pb.Task) -> bool:
-    test = list(task.spec.container.healthcheck.test)
-    return bool(test) and test[0] != "NONE"
-
-
 class Executor(abc.ABC):
     """A container engine as the worker sees it. All methods are coroutines that never block
     the event loop."""
