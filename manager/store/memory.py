@@ -20,7 +20,9 @@ Obj = Any  # a generated message that has `id` and `meta` (Node, Cluster, ...)
 
 @dataclass(frozen=True)
 class Event:
-    action: int  # store_pb2.ActionKind: CREATE, UPDATE (also for PUT) or REMOVE
+    """One change, as applied. `old` and `new` are the stored objects: read-only."""
+
+    action: int  # store_pb2.ActionKind: CREATE, UPDATE (also for PUT) or DELETE
     table: str
     old: Obj | None
     new: Obj | None
@@ -139,7 +141,9 @@ class MemoryStore:
             return Event(store_pb2.DELETE, table, old, None)
         self._tables[table][obj.id] = obj
         event_kind = store_pb2.CREATE if old is None else store_pb2.UPDATE
-        return Event(event_kind, table, old, _copy(obj))
+        # Stored objects are replaced, never changed in place, so events can share them
+        # (read-only, like list_view) instead of copying every write a second time.
+        return Event(event_kind, table, old, obj)
 
     # -- snapshots (pysyncobj's full dump, in protobuf) --
 
