@@ -31,3 +31,7 @@ class Unavailable(ManagerError):
 
 class PermissionDenied(ManagerError):
     pass
+
+
+class Fenced(Unavailable):
+    """A decision of a former leader, refused by the store: a newer leader took over."""

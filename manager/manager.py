@@ -3,21 +3,20 @@ run only on the Raft leader."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from manager.errors import NotFound, OutOfSequence, Unavailable
+from manager.errors import Fenced, NotFound, OutOfSequence, Unavailable
 from manager.raft.replica import RaftReplica
-from manager.store.memory import MemoryStore, wrap
+from manager.store.memory import MemoryStore, StoreView, wrap
 from proto import objects_pb2 as pb
 from proto import store_pb2
 
 log = logging.getLogger(__name__)
 
-LEADER_TICK = 0.25
+MODIFY_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,9 @@ class Manager:
         self.addrs = addrs
         self.store = store
         self.replica = replica
-        self._leader_ticks: list[Callable[[bool], object]] = []
+        # The leadership epoch this manager decides in while it leads (0: not leading);
+        # set by the leader runtime once the epoch is committed.
+        self.epoch = 0
 
     # -- reads --
 
@@ -60,10 +61,30 @@ class Manager:
                 return str(node.manager_status.addr)
         return None
 
-    # -- writes --
+    def view(self) -> StoreView:
+        return self.store.view()
 
-    async def write(self, *actions: tuple[int, object]) -> int:
+    def require_quorum(self) -> None:
+        """Refuse at once on a manager cut off from the majority: its state may be stale
+        and nothing it proposes can commit."""
+        if not self.replica.has_quorum():
+            leader = self.leader_addr()
+            where = f"the last known leader is {leader}" if leader else "no leader is known"
+            raise Unavailable(f"manager {self.node_id} is not connected to a majority of the "
+                              f"managers ({where}); retry, or use another manager. If most "
+                              "managers are lost for good, recover with `swarm init "
+                              "--force-new-cluster` on a surviving one")
+
+    # -- writes: the one helper, and one retry rule (version races, in `modify`) --
+
+    async def write(self, *actions: tuple[int, object], fenced: bool = False) -> int:
+        """Commit the actions in one batch. `fenced`: a decision of this leadership term,
+        which the store refuses once another leader took over."""
         batch = store_pb2.StoreBatch()
+        if fenced:
+            if not self.epoch:
+                raise Fenced(f"manager {self.node_id} is not leading: its decision is dropped")
+            batch.epoch = self.epoch
         for kind, obj in actions:
             batch.actions.append(store_pb2.StoreAction(kind=kind, object=wrap(obj)))  # type: ignore[arg-type]
         return await self.replica.propose(batch)
@@ -71,43 +92,29 @@ class Manager:
     async def put(self, *objs: object) -> int:
         return await self.write(*[(store_pb2.PUT, o) for o in objs])
 
-    async def update(self, obj: object) -> int:
-        return await self.write((store_pb2.UPDATE, obj))
+    async def update(self, obj: object, fenced: bool = False) -> int:
+        return await self.write((store_pb2.UPDATE, obj), fenced=fenced)
 
-    async def modify(self, cls: type, obj_id: str, change: Callable[[Any], bool]) -> bool:
+    async def modify(self, cls: type, obj_id: str, change: Callable[[Any], bool],
+                     fenced: bool = False) -> bool:
         """Read-modify-write one object with a version check, retrying when another writer
         got there first. `change` mutates the object and says whether there is anything to
         write. Returns False if the object is gone or unchanged."""
-        for _ in range(20):
+        for _ in range(MODIFY_ATTEMPTS):
             obj = self.store.get(cls, obj_id)
             if obj is None or not change(obj):
                 return False
             try:
-                await self.update(obj)
+                await self.update(obj, fenced=fenced)
                 return True
             except OutOfSequence:
                 continue
         raise Unavailable(f"{cls.__name__} {obj_id} keeps changing; the write gave up")
 
-    # -- leader-only controllers --
-
-    def on_leader_tick(self, tick: Callable[[bool], object]) -> None:
-        """Register `tick(became_leader)`; called every LEADER_TICK seconds on the leader."""
-        self._leader_ticks.append(tick)
-
-    async def run(self) -> None:
-        was_leader = False
-        while True:
-            # Controllers start once the cluster object exists (swarm init writes it just
-            # after this node became the leader).
-            leader = self.replica.is_leader() and bool(self.store.list_view(pb.Cluster))
-            if leader:
-                for tick in self._leader_ticks:
-                    try:
-                        result = tick(not was_leader)
-                        if asyncio.iscoroutine(result):
-                            await result
-                    except Exception:  # a failing controller must not stop the others
-                        log.exception("leader controller failed")
-            was_leader = leader
-            await asyncio.sleep(LEADER_TICK)
+    async def open_term(self) -> int:
+        """As the new leader, commit a new leadership epoch (the Raft term): decisions of
+        any earlier leader are refused from then on. Returns the epoch."""
+        term = self.replica.term()
+        await self.replica.propose(store_pb2.StoreBatch(new_epoch=term))
+        self.epoch = term
+        return term

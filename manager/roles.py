@@ -7,9 +7,13 @@ import logging
 from collections.abc import Callable
 
 from manager.manager import Manager
+from manager.runtime import Controller
+from manager.store.memory import Event, StoreView
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+RAFT_RECHECK = 1.0  # seconds between looks at the managers' Raft connectivity
 
 
 def sync_manager_status(node: pb.Node, leader_raft: str | None,
@@ -27,9 +31,13 @@ def sync_manager_status(node: pb.Node, leader_raft: str | None,
     return True
 
 
+def wants_promotion(node: pb.Node) -> bool:
+    return node.spec.desired_role == pb.MANAGER and node.role == pb.WORKER
+
+
 def promote(node: pb.Node) -> bool:
     """A promoted node gets the manager role; it then renews its certificate and joins Raft."""
-    if node.spec.desired_role == pb.MANAGER and node.role == pb.WORKER:
+    if wants_promotion(node):
         node.role = pb.MANAGER
         return True
     return False
@@ -39,20 +47,28 @@ def demotions(nodes: list[pb.Node]) -> list[pb.Node]:
     return [n for n in nodes if n.spec.desired_role == pb.WORKER and n.role == pb.MANAGER]
 
 
-class RoleController:
+class RoleController(Controller):
+    name = "role manager"
+
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
-        manager.on_leader_tick(self.tick)
 
-    async def tick(self, _became_leader: bool) -> None:
+    def relevant(self, event: Event) -> bool:
+        return event.table == "node"
+
+    async def run(self, view: StoreView) -> float | None:
         replica = self.mgr.replica
         leader = replica.leader_addr()
-        for node in self.mgr.store.list(pb.Node):
+        for node in view.list(pb.Node):
+            if not node.manager_status.raft_addr and not wants_promotion(node):
+                continue
             await self.mgr.modify(
                 pb.Node, node.id,
-                lambda n: sync_manager_status(n, leader, replica.is_connected) | promote(n))
-        for node in demotions(self.mgr.store.list(pb.Node)):
+                lambda n: sync_manager_status(n, leader, replica.is_connected) | promote(n),
+                fenced=True)
+        for node in demotions(self.mgr.view().list(pb.Node)):
             await self._demote(node)
+        return RAFT_RECHECK  # Raft connectivity changes without a store event
 
     async def _demote(self, node: pb.Node) -> None:
         raft_addr = node.manager_status.raft_addr
@@ -63,7 +79,7 @@ class RoleController:
             return
         if raft_addr and raft_addr in self.mgr.replica.members():
             await self.mgr.replica.remove_member(raft_addr)
-        await self.mgr.modify(pb.Node, node.id, _drop_manager)
+        await self.mgr.modify(pb.Node, node.id, _drop_manager, fenced=True)
 
 
 def _drop_manager(node: pb.Node) -> bool:

@@ -107,9 +107,20 @@ class StoreBatch(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TIMESTAMP_NS_FIELD_NUMBER: _builtins.int
     ACTIONS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    NEW_EPOCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Unique per proposal: a batch proposed again after an unclear outcome (leader change)
+    is applied once; the retry gets the first apply's result.
+    """
     timestamp_ns: _builtins.int
     """proposer's clock, so every replica stamps the same times"""
+    epoch: _builtins.int
+    """A leader's decision carries the leadership epoch it was made in; apply refuses it
+    unless that is still the store's epoch (0: not a leader decision, e.g. a user write).
+    """
+    new_epoch: _builtins.int
+    """A new leader's first batch: raises the store's epoch to its Raft term."""
     @_builtins.property
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreAction]: ...
     def __init__(
@@ -118,14 +129,38 @@ class StoreBatch(_message.Message):
         request_id: _builtins.str = ...,
         timestamp_ns: _builtins.int = ...,
         actions: _abc.Iterable[Global___StoreAction] | None = ...,
+        epoch: _builtins.int = ...,
+        new_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "request_id", b"request_id", "timestamp_ns", b"timestamp_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "epoch", b"epoch", "new_epoch", b"new_epoch", "request_id", b"request_id", "timestamp_ns", b"timestamp_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StoreBatch: _TypeAlias = StoreBatch  # noqa: Y015
+
+@_typing.final
+class AppliedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppliedRequest: _TypeAlias = AppliedRequest  # noqa: Y015
 
 @_typing.final
 class StoreSnapshot(_message.Message):
@@ -133,18 +168,27 @@ class StoreSnapshot(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     OBJECTS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    epoch: _builtins.int
     @_builtins.property
     def objects(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreObject]: ...
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppliedRequest]:
+        """oldest first"""
+
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         objects: _abc.Iterable[Global___StoreObject] | None = ...,
+        epoch: _builtins.int = ...,
+        applied: _abc.Iterable[Global___AppliedRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["objects", b"objects", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "epoch", b"epoch", "objects", b"objects", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

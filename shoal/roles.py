@@ -17,10 +17,11 @@ from manager.dispatcher.dispatcher import Dispatcher
 from manager.logbroker.broker import LogBroker
 from manager.logbroker.server import LogBrokerServicer, LogsServicer
 from manager.manager import Manager, ManagerAddrs
-from manager.orchestrator.orchestrators import Orchestrators
+from manager.orchestrator.orchestrators import orchestrators
 from manager.raft.replica import RaftReplica
 from manager.raftapi import RaftMembershipServicer
 from manager.roles import RoleController
+from manager.runtime import LeaderRuntime
 from manager.scheduler.scheduler import Scheduler
 from manager.store.memory import MemoryStore
 from proto import cluster_pb2_grpc
@@ -73,11 +74,13 @@ class ManagerRole:
         self.manager = Manager(state.node_id, ManagerAddrs(state.addr, state.raft_addr),
                                self.store, self.replica)
         self.dispatcher = Dispatcher(self.manager)
-        RoleController(self.manager)
-        Orchestrators(self.manager)
-        Allocator(self.manager)
-        Scheduler(self.manager)
         self.logbroker = LogBroker(self.manager)
+        # Every leader-only controller, in one list: the runtime runs them while this
+        # manager leads (manager/runtime.py).
+        self.runtime = LeaderRuntime(self.manager, [
+            self.dispatcher.liveness, RoleController(self.manager),
+            *orchestrators(self.manager), Allocator(self.manager), Scheduler(self.manager),
+        ])
         self._certs = certs
         self._state = state
         self._servers: list[grpc.aio.Server] = []
@@ -101,7 +104,7 @@ class ManagerRole:
         for server in (cluster, bootstrap):
             await server.start()
             self._servers.append(server)
-        self._task = asyncio.create_task(self.manager.run(), name="manager")
+        self._task = asyncio.create_task(self.runtime.run(), name="leader-runtime")
 
     async def wait_leader(self, timeout: float) -> None:
         await _until(lambda: self.replica.leader_addr() is not None, timeout,

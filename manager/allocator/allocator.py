@@ -1,12 +1,11 @@
 """The allocator controller (leader only): gives services their published ports and moves
 new tasks to PENDING with a copy of their service's endpoint.
 
-Each leader tick, if a service or a NEW task changed since the last pass (or every
-RESCAN_PERIOD anyway), it brings every service's `endpoint` up to date with its spec
+On every relevant store change (a service whose endpoint is not current, a NEW task) it
+brings every service's `endpoint` up to date with its spec
 (`ports.resolve_endpoint`), then moves the NEW tasks of services whose endpoint is current
-to PENDING ("pending task scheduling"). Writes go through `manager.batching.write_updates`
-(version-checked Raft batches of ≤200 actions); a lost race leaves the object for the next
-pass.
+to PENDING ("pending task scheduling"). Writes are version-checked Raft batches of ≤200
+actions, fenced by the leadership epoch; a lost race leaves the object for the next pass.
 """
 
 from __future__ import annotations
@@ -16,23 +15,23 @@ import time
 from collections.abc import Sequence
 
 from manager.allocator.ports import PortKey, in_use_by_others, resolve_endpoint
-from manager.batching import write_updates
 from manager.errors import ManagerError
+from manager.manager import Manager
+from manager.orchestrator.controller import write_each
+from manager.runtime import Controller
 from manager.scheduler.filters import wants_to_run
-from manager.store.memory import Event
-from manager.watched import PassController
+from manager.store.memory import Event, StoreView
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-RESCAN_PERIOD = 10.0
+RETRY = 0.5  # seconds before a pass after a write that lost a race
 PENDING_MESSAGE = "pending task scheduling"
 
 
 def needs_endpoint(service: pb.Service) -> bool:
     return bool(service.endpoint.spec != service.spec.endpoint
                 or len(service.endpoint.ports) != len(service.spec.endpoint.ports))
-
 
 
 def is_new(task: pb.Task) -> bool:
@@ -90,23 +89,23 @@ def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
     return out
 
 
-class Allocator(PassController):
-    rescan = RESCAN_PERIOD
+class Allocator(Controller):
+    name = "allocator"
+
+    def __init__(self, manager: Manager) -> None:
+        self.mgr = manager
 
     def relevant(self, event: Event) -> bool:
         return relevant(event)
 
-    async def run_once(self) -> None:
-        store = self.mgr.store
-        services = store.list_view(pb.Service)
-        changed = allocate_services(services)
+    async def run(self, view: StoreView) -> float | None:
+        changed = allocate_services(view.list(pb.Service))
         if changed:
-            await self._write(list(changed.values()))
-        current = {s.id: s for s in store.list_view(pb.Service)}
-        tasks = pending_tasks(store.list_view(pb.Task), current, time.time_ns())
-        if tasks:
-            await self._write(tasks)
-
-    async def _write(self, objs: Sequence[object]) -> None:
-        if not await write_updates(self.mgr, objs):
-            self._dirty = True  # what lost a race or found no quorum: next pass
+            if not await write_each(self.mgr, list(changed.values())):
+                return RETRY
+            view = self.mgr.view()  # the tasks' decision reads the endpoints just written
+        current = dict(view.table(pb.Service))
+        tasks = pending_tasks(view.list(pb.Task), current, time.time_ns())
+        if tasks and not await write_each(self.mgr, tasks):
+            return RETRY
+        return None

@@ -8,6 +8,7 @@ the node down after a short reconnect grace, instead of waiting for 3 missed hea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -23,7 +24,8 @@ from manager.dispatcher.assignments import AssignmentIndex, StatusWriter
 from manager.errors import FailedPrecondition, NotFound
 from manager.identity import new_id
 from manager.manager import Manager
-from manager.store.memory import Event
+from manager.runtime import Controller
+from manager.store.memory import Event, StoreView
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
 
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_NS = 5_000_000_000
 GRACE_MULTIPLIER = 3
 RECONNECT_GRACE = 5.0  # seconds a node may take to reopen a dropped session (a restart)
-POLL = 0.3
+RECHECK = 2.0  # seconds between a session's checks that this manager still leads
+LIVENESS_PASS = 1.0  # seconds between checks for nodes gone silent
 
 
 @dataclass
@@ -47,11 +50,12 @@ class NodeSession:
 def down_reason(session: NodeSession | None, now: float, since_leader: float,
                 period: float) -> str | None:
     """Why a READY node should now be DOWN, or None. Pure, for the tests."""
-    if session is None:
-        # After a leader change, give every node time to find the new leader.
-        if now - since_leader > period * GRACE_MULTIPLIER:
-            return "no session with the leader since it was elected"
+    if now - since_leader <= period * GRACE_MULTIPLIER:
+        # A new leader gives every node time to find it (and sessions it held in an earlier
+        # term, or that raced its election, their next heartbeat) before judging any.
         return None
+    if session is None:
+        return "no session with the leader since it was elected"
     if session.ended_at is not None and now - session.ended_at > RECONNECT_GRACE:
         return "the node's session ended and it did not reconnect"
     if now - session.last_seen > session.period * GRACE_MULTIPLIER:
@@ -68,15 +72,24 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self.statuses = StatusWriter(manager)
         self._managers_cache: tuple[int, list[cluster_pb2.WeightedPeer]] = (-1, [])
         # Bumped (on the Raft thread) whenever a node changes: session messages are made
-        # from the node table only, so they are rebuilt only then.
+        # from the node table only, so they are rebuilt, and sessions woken, only then.
         self._bumps = itertools.count(1)  # next() is atomic: two threads bump
         self._node_changes = 0
+        self._nodes_changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.liveness = NodeLiveness(self)
         manager.store.watch(self._on_events)
-        manager.on_leader_tick(self.tick)
 
     def _on_events(self, events: list[Event]) -> None:
         if any(e.table == "node" for e in events):
             self._node_changes = next(self._bumps)
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake_sessions)
+
+    def _wake_sessions(self) -> None:
+        changed, self._nodes_changed = self._nodes_changed, asyncio.Event()
+        changed.set()
 
     def _period(self) -> float:
         ns = self.mgr.cluster().spec.dispatcher.heartbeat_period_ns or DEFAULT_HEARTBEAT_NS
@@ -97,6 +110,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         seen = -1  # the node table the last message was built from
         try:
             while self.mgr.is_leader():
+                changed = self._nodes_changed
                 version = self._node_changes
                 if version != seen:  # the message is made from the node table only
                     seen = version
@@ -104,7 +118,9 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
                     if msg != last:
                         yield msg
                         last = msg
-                await asyncio.sleep(POLL)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECHECK):
+                        await changed.wait()
         finally:
             if self.sessions.get(node.id) is session:
                 session.ended_at = time.monotonic()
@@ -118,6 +134,10 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             raise NotFound(f"session {request.session_id} of node {ident.node_id} is not "
                            "known to this leader; open a new session")
         session.last_seen = time.monotonic()
+        node = self.mgr.view().get(pb.Node, ident.node_id)
+        if node is not None and node.status.state != pb.NODE_READY and self.mgr.epoch:
+            # A node marked down that still heartbeats is alive: bring it back.
+            await self.mgr.modify(pb.Node, node.id, _mark_ready_again, fenced=True)
         return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
 
     @grpcapi.streaming
@@ -183,17 +203,20 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             n.status.message = ""
             return True
 
-        await self.mgr.modify(pb.Node, node.id, ready)
+        await self.mgr.modify(pb.Node, node.id, ready, fenced=True)
 
-    async def tick(self, became_leader: bool) -> None:
+    def begin_term(self) -> None:
+        """A leadership term starts: sessions may already be open (agents race it); keep
+        them, and give every node the grace period before judging it."""
+        self._loop = asyncio.get_running_loop()
+        self._leader_since = time.monotonic()
+        self._node_changes = next(self._bumps)  # a restored snapshot brings no events
+        self.assignments.start()
+
+    async def check_liveness(self, view: StoreView) -> None:
         now = time.monotonic()
-        if became_leader:
-            # Sessions may already be open (agents race the first tick); keep them.
-            self._leader_since = now
-            self._node_changes = next(self._bumps)  # a restored snapshot brings no events
-            self.assignments.start()
         period = self._period()
-        for node in self.mgr.store.list(pb.Node):
+        for node in view.list(pb.Node):
             if node.status.state != pb.NODE_READY:
                 continue
             reason = down_reason(self.sessions.get(node.id), now, self._leader_since, period)
@@ -201,7 +224,34 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
                 log.info("node %s down: %s", node.id, reason)
                 self.sessions.pop(node.id, None)
                 mark = functools.partial(_mark_down, reason=reason)
-                await self.mgr.modify(pb.Node, node.id, mark)
+                await self.mgr.modify(pb.Node, node.id, mark, fenced=True)
+
+
+class NodeLiveness(Controller):
+    """The dispatcher's leader half: marks nodes down whose sessions went silent."""
+
+    name = "node liveness"
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def relevant(self, event: Event) -> bool:
+        return False  # it judges by time, not by store changes
+
+    def begin(self) -> None:
+        self.dispatcher.begin_term()
+
+    async def run(self, view: StoreView) -> float | None:
+        await self.dispatcher.check_liveness(view)
+        return LIVENESS_PASS
+
+
+def _mark_ready_again(node: pb.Node) -> bool:
+    if node.status.state == pb.NODE_READY:
+        return False
+    node.status.state = pb.NODE_READY
+    node.status.message = ""
+    return True
 
 
 def _mark_down(node: pb.Node, *, reason: str) -> bool:

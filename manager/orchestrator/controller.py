@@ -1,32 +1,35 @@
-"""The thin part of every orchestrator: on each leader tick, if the store changed or a wake-up
-time passed, run the decision core over a snapshot and write its groups through Raft.
+"""The thin part of every orchestrator: on a relevant store change or when a wake-up time
+passed, run the decision core over one consistent view and write its groups through Raft,
+fenced by the leadership epoch (manager/runtime.py runs it).
 
 Groups are packed into batches of at most MAX_ACTIONS actions, never split. A batch that
 fails (an object changed since it was read: version race, already gone) is retried group by
 group, so one stale task does not hold back the others; groups that still fail are decided
-again from a fresh snapshot on the next tick.
+again from a fresh view on the next pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from manager.errors import ManagerError, Unavailable
 from manager.manager import Manager
-from manager.orchestrator.snapshot import (
-    Decision,
-    Group,
-    Snapshot,
-    SnapshotCache,
-)
+from manager.orchestrator.snapshot import Decision, Group, Snapshot
+from manager.runtime import Controller
+from manager.store.memory import StoreView
 from proto import objects_pb2 as pb
+from proto import store_pb2
 
 log = logging.getLogger(__name__)
 
+RETRY_FAILED = 0.5  # seconds before deciding again after some groups could not be written
+
 MAX_ACTIONS = 200
+IN_FLIGHT = 8
 
 
 def batches(groups: list[Group], limit: int = MAX_ACTIONS) -> Iterator[list[Group]]:
@@ -44,56 +47,67 @@ def batches(groups: list[Group], limit: int = MAX_ACTIONS) -> Iterator[list[Grou
 
 
 async def write_groups(mgr: Manager, groups: list[Group]) -> int:
-    """Write the groups; returns how many could not be written."""
+    """Write the groups, fenced by the leadership epoch, IN_FLIGHT batches at a time (each
+    commit waits for Raft's append timer, so batches in flight share it); returns how many
+    groups could not be written."""
+    limit = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(chunk: list[Group]) -> int:
+        async with limit:
+            return await _write_chunk(mgr, chunk)
+
+    return sum(await asyncio.gather(*(one(chunk) for chunk in batches(groups))))
+
+
+async def _write_chunk(mgr: Manager, chunk: list[Group]) -> int:
+    try:
+        await mgr.write(*[a for g in chunk for a in g], fenced=True)
+        return 0
+    except Unavailable:
+        raise
+    except ManagerError as err:
+        if len(chunk) == 1:
+            log.debug("write skipped: %s", err)
+            return 1
     failed = 0
-    for chunk in batches(groups):
+    for group in chunk:  # find the groups that went stale; write the others
         try:
-            await mgr.write(*[a for g in chunk for a in g])
-            continue
+            await mgr.write(*group, fenced=True)
         except Unavailable:
             raise
         except ManagerError as err:
-            if len(chunk) == 1:
-                log.debug("orchestrator write skipped: %s", err)
-                failed += 1
-                continue
-        for group in chunk:
-            try:
-                await mgr.write(*group)
-            except Unavailable:
-                raise
-            except ManagerError as err:
-                log.debug("orchestrator write skipped: %s", err)
-                failed += 1
+            log.debug("write skipped: %s", err)
+            failed += 1
     return failed
 
 
-class Controller:
-    """Subclasses set `name` and implement `decide_service(service, tasks, snapshot)`.
+async def write_each(mgr: Manager, objs: Sequence[Any]) -> bool:
+    """UPDATE each object (at the version it was read), many to a batch; True if all were
+    written (a lost race leaves an object for the next pass)."""
+    return not await write_groups(mgr, [[(store_pb2.UPDATE, o)] for o in objs])
+
+
+class Orchestrator(Controller):
+    """Subclasses set `name` and `core`, the module's pure `decide_service(service, tasks,
+    snapshot)`.
 
     A service whose fingerprint (its version, its tasks' versions, the nodes', the
     cluster's) did not change since a pass that decided nothing for it is skipped, until
     the wake-up time that pass asked for."""
 
     name = "orchestrator"
-    # The module's pure decide_service (a staticmethod: typed loosely, as mypy would bind it).
     core: ClassVar[Any] = None
 
-    def __init__(self, manager: Manager, snapshots: SnapshotCache | None = None) -> None:
+    def __init__(self, manager: Manager) -> None:
         self.mgr = manager
-        self.snapshots = snapshots or SnapshotCache(manager.store)
-        self._seen_version = -1
-        self._wake_at: int | None = None
         self._quiet: dict[str, tuple[tuple[int, ...], int | None]] = {}
-        self._running = True
-        manager.on_leader_tick(self.tick)
 
     def decide_service(self, service: pb.Service, tasks: list[pb.Task],
                        snap: Snapshot) -> Decision:
         core = type(self).core
         if core is None:
             raise TypeError(f"{type(self).__name__} sets no decision core")
-        return core(service, tasks, snap)
+        return core(service, tasks, snap)  # type: ignore[no-any-return]
 
     def decide(self, snap: Snapshot) -> Decision:
         decision = Decision()
@@ -113,32 +127,20 @@ class Controller:
         self._quiet = quiet
         return decision
 
-    def stop(self) -> None:
-        self._running = False
+    def begin(self) -> None:
+        self._quiet.clear()  # a new term decides everything afresh
 
-    async def tick(self, became_leader: bool) -> None:
-        if not self._running:
-            return
+    async def run(self, view: StoreView) -> float | None:
         now = time.time_ns()
-        version = self.mgr.store.version
-        due = self._wake_at is not None and now >= self._wake_at
-        if not became_leader and version == self._seen_version and not due:
-            return
-        if became_leader:
-            self._quiet.clear()
-        snap = self.snapshots.get(now)
-        decision = self.decide(snap)
-        self._seen_version = snap.version
-        self._wake_at = decision.wake_at_ns
-        if not decision.groups:
-            return
-        actions = sum(len(g) for g in decision.groups)
-        log.debug("%s: writing %d actions in %d groups", self.name, actions,
-                  len(decision.groups))
-        try:
+        decision = self.decide(Snapshot(now, view))
+        failed = 0
+        if decision.groups:
+            log.debug("%s: writing %d actions in %d groups", self.name,
+                      sum(len(g) for g in decision.groups), len(decision.groups))
             failed = await write_groups(self.mgr, decision.groups)
-        except Unavailable as err:
-            log.info("%s: no quorum to write (%s); trying again next tick", self.name, err)
-            failed = 1
         if failed:
-            self._seen_version = -1  # decide again on the next tick
+            self._quiet.clear()
+            return RETRY_FAILED
+        if decision.wake_at_ns is None:
+            return None
+        return max(0.0, (decision.wake_at_ns - now) / 1e9)

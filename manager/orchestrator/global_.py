@@ -13,7 +13,7 @@ The global-job orchestrator (jobs.py) shares `eligible`.
 
 from __future__ import annotations
 
-from manager.orchestrator.controller import Controller
+from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import (
     Decision,
     Snapshot,
@@ -23,7 +23,14 @@ from manager.orchestrator.snapshot import (
     stop_deadline,
     update,
 )
-from manager.orchestrator.tasks import by_slot, holds_slot, mode, new_task, with_desired
+from manager.orchestrator.tasks import (
+    by_slot,
+    duplicates,
+    holds_slot,
+    mode,
+    new_task,
+    with_desired,
+)
 from proto import objects_pb2 as pb
 
 
@@ -54,6 +61,9 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
         if not keeps(service, node_id, snap):
             decision.add(*[update(with_desired(t, pb.SHUTDOWN))
                            for t in node_tasks if holds_slot(t)])
+        else:
+            decision.add(*[update(with_desired(t, pb.SHUTDOWN))
+                           for t in duplicates(node_tasks)])
     for node_id in eligible(service, snap):
         node_tasks = slots.get(node_id, [])
         if any(holds_slot(t) for t in node_tasks):
@@ -70,6 +80,6 @@ def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
 
-class GlobalOrchestrator(Controller):
+class GlobalOrchestrator(Orchestrator):
     name = "global orchestrator"
     core = staticmethod(decide_service)

@@ -18,7 +18,7 @@ then run again elsewhere.
 from __future__ import annotations
 
 from manager.orchestrator import global_, restart
-from manager.orchestrator.controller import Controller
+from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import (
     Action,
     Decision,
@@ -130,6 +130,6 @@ def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
 
-class JobsOrchestrator(Controller):
+class JobsOrchestrator(Orchestrator):
     name = "jobs orchestrator"
     core = staticmethod(decide_service)

@@ -15,7 +15,7 @@ its node is down or removed (the agent stops and removes a task that left its as
 
 from __future__ import annotations
 
-from manager.orchestrator.controller import Controller
+from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, delete, for_each_service, update
 from manager.orchestrator.tasks import (
     SlotKey,
@@ -111,6 +111,6 @@ def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
 
-class TaskReaper(Controller):
+class TaskReaper(Orchestrator):
     name = "task reaper"
     core = staticmethod(decide_service)

@@ -5,6 +5,8 @@ Each pass, per service:
 - a live task on a node that is down, drained or removed, or that no longer meets the task's
   placement constraints, is taken out of its slot (desired SHUTDOWN) and replaced in the same
   batch (no restart delay: the task did nothing wrong);
+- live tasks of the same spec beyond the first in one slot (a former leader's stale
+  decision) are taken out of it, keeping the most advanced;
 - a slot in 1..N held by no task gets a new task — unless its previous task is still
   stopping on a working node (a stop-first update), in which case the slot waits for it;
 - slots above N (scale-down) have their tasks marked REMOVE, the highest slots first by
@@ -15,7 +17,7 @@ than the service's are the updater's.
 
 from __future__ import annotations
 
-from manager.orchestrator.controller import Controller
+from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import (
     Action,
     Decision,
@@ -28,6 +30,7 @@ from manager.orchestrator.snapshot import (
 )
 from manager.orchestrator.tasks import (
     by_slot,
+    duplicates,
     holds_slot,
     live,
     mode,
@@ -53,6 +56,8 @@ def decide_slot(service: pb.Service, slot: int, tasks: list[pb.Task], snap: Snap
     if wanted and len(tasks) == 1 and holds_slot(tasks[0]) and not misplaced(tasks[0], snap):
         return  # the common case: one task, holding its slot where it should
     moved = {t.id for t in tasks if wanted and misplaced(t, snap)}
+    if wanted:
+        moved |= {t.id for t in duplicates(t for t in tasks if t.id not in moved)}
     actions: list[Action] = [update(with_desired(t, pb.SHUTDOWN)) for t in tasks
                              if t.id in moved]
     holders = [t for t in tasks if holds_slot(t) and t.id not in moved]
@@ -81,6 +86,6 @@ def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
 
-class ReplicatedOrchestrator(Controller):
+class ReplicatedOrchestrator(Orchestrator):
     name = "replicated orchestrator"
     core = staticmethod(decide_service)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from manager.orchestrator.controller import Controller
+from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, create, for_each_service, update
 from manager.orchestrator.tasks import (
     ENDED_BY_ITSELF,
@@ -139,6 +139,6 @@ def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
 
-class RestartSupervisor(Controller):
+class RestartSupervisor(Orchestrator):
     name = "restart supervisor"
     core = staticmethod(decide_service)

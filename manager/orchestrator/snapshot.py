@@ -2,14 +2,13 @@
 it returns (a Decision: groups of store actions, each group applied atomically, and when to
 look again if nothing changes in the store meanwhile).
 
-Snapshot objects are shared by every controller of one leader tick: cores copy an object
-before changing it (`tasks.clone`)."""
+Snapshot objects are the store's own, shared and read-only: cores copy an object before
+changing it (`tasks.clone`)."""
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from manager.errors import InvalidArgument
 from manager.orchestrator.tasks import ended, stop_wait_ns
 from manager.scheduler.constraint import Constraint, parse_constraints
-from manager.store.memory import MemoryStore
+from manager.store.view import StoreView
 from proto import objects_pb2 as pb
 from proto import store_pb2
 
@@ -31,29 +30,40 @@ Group = list[Action]  # written in one batch: all or nothing
 
 @dataclass(frozen=True)
 class Snapshot:
+    """The store at one version (a read-only view, shared, never copied) and the time."""
+
     now_ns: int
-    services: dict[str, pb.Service]
-    tasks: dict[str, list[pb.Task]]  # by service ID (tasks of deleted services included)
-    nodes: dict[str, pb.Node]
-    cluster: pb.Cluster | None = None
-    version: int = 0
+    view: StoreView
     _fingerprints: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, now_ns: int, services: Iterable[pb.Service] = (),
            tasks: Iterable[pb.Task] = (), nodes: Iterable[pb.Node] = (),
            cluster: pb.Cluster | None = None, version: int = 0) -> Snapshot:
-        by_service: dict[str, list[pb.Task]] = defaultdict(list)
-        for task in tasks:
-            by_service[task.service_id].append(task)
-        return cls(now_ns, {s.id: s for s in services}, dict(by_service),
-                   {n.id: n for n in nodes}, cluster, version)
+        objs: list[Any] = [*services, *tasks, *nodes, *([cluster] if cluster else [])]
+        return cls(now_ns, StoreView.of(objs, version))
 
     def at(self, now_ns: int) -> Snapshot:
-        return replace(self, now_ns=now_ns)
+        return replace(self, now_ns=now_ns, _fingerprints={})
+
+    @property
+    def version(self) -> int:
+        return self.view.version
+
+    @property
+    def services(self) -> Mapping[str, pb.Service]:
+        return self.view.table(pb.Service)
+
+    @property
+    def nodes(self) -> Mapping[str, pb.Node]:
+        return self.view.table(pb.Node)
+
+    @property
+    def cluster(self) -> pb.Cluster | None:
+        return self.view.cluster()
 
     def tasks_of(self, service_id: str) -> list[pb.Task]:
-        return self.tasks.get(service_id, [])
+        return self.view.tasks_of_service(service_id)
 
     def fingerprint(self, service: pb.Service) -> tuple[int, ...]:
         """Changes whenever anything a decision about the service reads changes: the
@@ -63,9 +73,10 @@ class Snapshot:
             tasks = self.tasks_of(service.id)
             nodes = self._fingerprints.get("")
             if nodes is None:
+                cluster = self.cluster
                 nodes = (len(self.nodes), max((n.meta.version.index for n in
                                                self.nodes.values()), default=0),
-                         self.cluster.meta.version.index if self.cluster is not None else 0)
+                         cluster.meta.version.index if cluster is not None else 0)
                 self._fingerprints[""] = nodes
             found = (service.meta.version.index, len(tasks),
                      max((t.meta.version.index for t in tasks), default=0), *nodes)
@@ -149,23 +160,6 @@ def update(obj: Any) -> Action:
 
 def delete(obj: Any) -> Action:
     return (store_pb2.DELETE, obj)
-
-
-class SnapshotCache:
-    """One copy of the store per version, shared by the controllers of a leader tick."""
-
-    def __init__(self, store: MemoryStore) -> None:
-        self.store = store
-        self._snap: Snapshot | None = None
-
-    def get(self, now_ns: int) -> Snapshot:
-        version = self.store.version
-        if self._snap is None or self._snap.version != version:
-            clusters = self.store.list(pb.Cluster)
-            self._snap = Snapshot.of(now_ns, self.store.list(pb.Service),
-                                     self.store.list(pb.Task), self.store.list(pb.Node),
-                                     clusters[0] if clusters else None, version)
-        return self._snap.at(now_ns)
 
 
 ServiceCore = Callable[[pb.Service, list[pb.Task], "Snapshot"], Decision]

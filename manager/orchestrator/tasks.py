@@ -54,6 +54,21 @@ def live(task: pb.Task) -> bool:
     return holds_slot(task) and not ended(task)
 
 
+def duplicates(tasks: Iterable[pb.Task]) -> list[pb.Task]:
+    """Live tasks of one slot made from the same spec, beyond the one to keep (a former
+    leader's stale decision can leave two): the most advanced, then the oldest, stays. Two
+    tasks of different specs in a slot are a start-first update, not duplicates."""
+    by_spec: dict[int, list[pb.Task]] = defaultdict(list)
+    for task in tasks:
+        if live(task):
+            by_spec[int(task.spec_version)].append(task)
+    surplus: list[pb.Task] = []
+    for group in by_spec.values():
+        group.sort(key=lambda t: (-t.status.state, t.meta.created_at_ns, t.id))
+        surplus += group[1:]
+    return surplus
+
+
 def ended_at(task: pb.Task) -> int:
     """When the task was last written (for an ended task, about when it ended), on the
     managers' clock."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from manager.orchestrator import global_
-from manager.orchestrator.controller import Controller
+from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, create, for_each_service, update
 from manager.orchestrator.tasks import (
     ENDED_BY_ITSELF,
@@ -230,6 +230,6 @@ def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
 
-class Updater(Controller):
+class Updater(Orchestrator):
     name = "updater"
     core = staticmethod(decide_service)

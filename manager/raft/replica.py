@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +23,14 @@ from proto import store_pb2
 
 log = logging.getLogger(__name__)
 
-# Failures after which the same batch may be proposed again: nothing was applied.
+# Failures after which the same batch is proposed again. After LEADER_CHANGED it may have
+# been committed all the same: its request ID makes the store apply it once and hand the
+# retry the first result; a leader's decision carries its epoch, which the store refuses
+# once another leader took over.
 _RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER,
               FAIL_REASON.LEADER_CHANGED, FAIL_REASON.DISCARDED}
+PROPOSE_TIMEOUT = 10.0
+QUORUM_CHECK = 0.2  # seconds between quorum checks while a proposal is in flight
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,15 @@ class RaftTiming:
     election_max: float = 1.6
     connection_retry: float = 0.5
     connection_timeout: float = 2.0
+    # A leader that heard from no majority for this long steps down (pysyncobj's default,
+    # 30 s, let a cut-off leader go on calling itself leader): a few election timeouts.
+    leader_fallback: float = 3.0
+
+    @property
+    def quorum_silence(self) -> float:
+        """A leader that heard from no majority for this long answers as having no quorum:
+        by then the others may have elected a new leader."""
+        return self.election_min
 
 
 class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
@@ -79,11 +94,13 @@ class RaftReplica:
             raftMaxTimeout=t.election_max,
             connectionRetryTime=t.connection_retry,
             connectionTimeout=t.connection_timeout,
+            leaderFallbackTimeout=t.leader_fallback,
             # Log compaction in a forked child froze the gRPC process for up to a minute and
             # sometimes aborted the child (gRPC is not fork-safe); dump in-thread instead.
             useFork=False,
             onStateChanged=(lambda _old, _new: on_leader_change()) if on_leader_change else None,
         )
+        self.timing = t
         self._consumer = _StoreConsumer(store)
         others = [p for p in peers if p != self_addr]
         self._sync = SyncObj(self_addr, others, conf, consumers=[self._consumer])
@@ -96,6 +113,23 @@ class RaftReplica:
     def leader_addr(self) -> str | None:
         leader = self._sync._getLeader()
         return None if leader is None else str(leader.address)
+
+    def term(self) -> int:
+        return int(self._sync._getTerm())
+
+    def has_quorum(self) -> bool:
+        """This manager is in touch with a majority through a leader: it is the leader and
+        a majority answered recently, or it follows a leader it is connected to."""
+        leader = self._sync._getLeader()
+        if leader is None:
+            return False
+        if not self._sync._isLeader():
+            return bool(self._sync.isNodeConnected(leader))
+        others = list(self._sync.otherNodes)
+        heard = getattr(self._sync, "_SyncObj__lastResponseTime", {})
+        recent = time.monotonic() - self.timing.quorum_silence
+        answered = sum(1 for n in others if heard.get(n, 0.0) > recent)
+        return answered + 1 > (len(others) + 1) / 2
 
     def members(self) -> list[str]:
         others = [str(n.address) for n in self._sync.otherNodes]
@@ -117,16 +151,29 @@ class RaftReplica:
 
     # -- writes --
 
-    async def propose(self, batch: store_pb2.StoreBatch, timeout: float = 10.0) -> int:
-        """Commit `batch` through Raft (forwarded to the leader from a follower).
+    async def propose(self, batch: store_pb2.StoreBatch,
+                      timeout: float = PROPOSE_TIMEOUT) -> int:
+        """Commit `batch` through Raft (forwarded to the leader from a follower) within
+        `timeout` seconds, failing at once while this manager has no quorum.
 
         Returns the store version it produced; raises the store's error when a check failed.
         """
         if not batch.timestamp_ns:
             batch.timestamp_ns = time.time_ns()
+        if not batch.request_id:
+            batch.request_id = uuid.uuid4().hex
         data = batch.SerializeToString()
-        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._propose(data)
+        except TimeoutError:
+            raise Unavailable(f"the change was not committed within {timeout:g} s: the "
+                              "managers have no leader or no quorum; check `shoal node ls` "
+                              "on a manager") from None
+
+    async def _propose(self, data: bytes) -> int:
         while True:
+            self._require_quorum()
             result, reason = await self._submit(
                 lambda cb: self._consumer.apply_batch(data, callback=cb))
             if reason == FAIL_REASON.SUCCESS:
@@ -134,9 +181,13 @@ class RaftReplica:
                 if result.error is not None:
                     raise result.error
                 return result.version
-            if reason not in _RETRYABLE or time.monotonic() > deadline:
+            if reason not in _RETRYABLE:
                 raise Unavailable(_no_commit_message(reason))
             await asyncio.sleep(0.05)
+
+    def _require_quorum(self) -> None:
+        if not self.has_quorum():
+            raise Unavailable(_no_commit_message(FAIL_REASON.MISSING_LEADER))
 
     async def add_member(self, addr: str, timeout: float = 10.0) -> None:
         await self._membership(self._sync.addNodeToCluster, addr, timeout)
@@ -157,6 +208,8 @@ class RaftReplica:
             await asyncio.sleep(0.1)
 
     async def _submit(self, start: Callable[[Callable[[Any, int], None]], None]) -> tuple[Any, int]:
+        """Start a Raft command and wait for its outcome; while waiting, give up as soon as
+        this manager loses its quorum (a cut-off leader must not leave callers hanging)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
@@ -164,7 +217,16 @@ class RaftReplica:
             loop.call_soon_threadsafe(_settle, future, (result, reason))
 
         start(done)
-        return await future
+        while True:
+            try:
+                async with asyncio.timeout(QUORUM_CHECK):
+                    return await asyncio.shield(future)
+            except TimeoutError:
+                if not self.has_quorum():
+                    raise Unavailable(
+                        "this manager lost contact with the majority of managers while the "
+                        "change was in flight: it may or may not have been committed; read "
+                        "it back from another manager") from None
 
     def transfer_leadership(self) -> None:
         self._sync.transferLeadership()

@@ -1,10 +1,9 @@
 """The scheduler controller (leader only): places PENDING tasks on nodes.
 
-Each leader tick, if anything that could change a decision happened since the last pass (a
-node changed, a task became pending, a task stopped or left its node) — or every
-RESCAN_PERIOD anyway — it reads the store without copying, runs the pure decision core
-(`decide.schedule`) over all pending tasks at once, and writes the results through
-`manager.batching.write_updates` (Raft batches of ≤200 actions, several in flight). A task
+Whenever something that could change a decision happens (a node changed, a task became
+pending, a task stopped or left its node) it takes one view of the store, runs the pure
+decision core (`decide.schedule`) over all pending tasks at once, and writes the results
+(Raft batches of ≤200 actions, several in flight, fenced by the leadership epoch). A task
 that fits nowhere stays PENDING with `status.err` saying why per reason with node counts;
 the err is written only when it changes. Tasks that changed while being decided (a lost
 version race) get a fresh decision in the next pass.
@@ -16,17 +15,17 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 
-from manager.batching import write_updates
 from manager.manager import Manager
+from manager.orchestrator.controller import write_each
+from manager.runtime import Controller
 from manager.scheduler.decide import Decisions, schedule
 from manager.scheduler.filters import holds_node, is_active, wants_to_run
-from manager.store.memory import Event
-from manager.watched import PassController
+from manager.store.memory import Event, StoreView
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-RESCAN_PERIOD = 10.0
+RETRY = 0.5  # seconds before a pass after a write that lost a race
 ASSIGNED_MESSAGE = "scheduler assigned task to node"
 
 
@@ -87,30 +86,25 @@ def updates(decisions: Decisions, pending: Sequence[pb.Task], now_ns: int) -> li
     return out
 
 
-class Scheduler(PassController):
-    rescan = RESCAN_PERIOD
+class Scheduler(Controller):
+    name = "scheduler"
 
     def __init__(self, manager: Manager) -> None:
+        self.mgr = manager
         self.last: Decisions | None = None  # the latest pass's decisions (tests, metrics)
-        super().__init__(manager)
 
     def relevant(self, event: Event) -> bool:
         return relevant(event)
 
-    async def run_once(self) -> Decisions:
-        store = self.mgr.store
-        nodes = store.list_view(pb.Node)
-        pending, by_node = split_tasks(store.list_view(pb.Task))
-        decisions = schedule(nodes, by_node, pending) if pending else Decisions({}, {})
+    async def run(self, view: StoreView) -> float | None:
+        pending, by_node = split_tasks(view.table(pb.Task).values())
+        decisions = schedule(view.list(pb.Node), by_node, pending) if pending \
+            else Decisions({}, {})
         self.last = decisions
         changed = updates(decisions, pending, time.time_ns())
-        if changed:
-            await self._write(changed)
         if decisions.assignments:
-            log.info("scheduler: assigned %d tasks, %d unplaceable",
+            log.info("scheduler: assigning %d tasks, %d unplaceable",
                      len(decisions.assignments), len(decisions.unplaceable))
-        return decisions
-
-    async def _write(self, tasks: list[pb.Task]) -> None:
-        if not await write_updates(self.mgr, tasks):
-            self._dirty = True  # the tasks that changed get a fresh decision next pass
+        if changed and not await write_each(self.mgr, changed):
+            return RETRY  # the tasks that changed meanwhile get a fresh decision
+        return None

@@ -2,20 +2,39 @@
 
 `apply` is deterministic: every replica applies the same batches in the same order and ends
 in the same state, so versions are a store-wide counter and timestamps come from the batch.
+Rules the store enforces itself, so no two writers can race past them: version checks,
+unique names (store/view.py), the leadership epoch fence, and applying a retried proposal
+(same request ID) only once.
+
+Reads take the current `StoreView` (store/view.py): one version, indexed, never copied.
 """
 
 from __future__ import annotations
 
 import builtins
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from manager.errors import AlreadyExists, ManagerError, NotFound, OutOfSequence
-from proto import objects_pb2, store_pb2
+from manager.errors import AlreadyExists, Fenced, ManagerError, NotFound, OutOfSequence
+from manager.store.view import (
+    TABLES,
+    Draft,
+    Obj,
+    StoreView,
+    table_of,
+    unwrap,
+    wrap,
+)
+from proto import store_pb2
 
-Obj = Any  # a generated message that has `id` and `meta` (Node, Cluster, ...)
+# Request IDs remembered to apply a retried proposal once: far more than can be in flight.
+APPLIED_MEMORY = 4096
+
+__all__ = ["MemoryStore", "Event", "ApplyResult", "StoreView", "wrap", "unwrap", "table_of",
+           "TABLES"]
 
 
 @dataclass(frozen=True)
@@ -34,57 +53,37 @@ class ApplyResult:
     version: int
 
 
-def unwrap(wrapped: store_pb2.StoreObject) -> tuple[str, Obj]:
-    table = wrapped.WhichOneof("kind")
-    if table is None:
-        raise ValueError("empty StoreObject")
-    return table, getattr(wrapped, table)
-
-
-def wrap(obj: Obj) -> store_pb2.StoreObject:
-    wrapped = store_pb2.StoreObject()
-    table = _TABLE_OF[type(obj)]
-    getattr(wrapped, table).CopyFrom(obj)
-    return wrapped
-
-
-_TABLE_OF: dict[type, str] = {objects_pb2.Node: "node", objects_pb2.Cluster: "cluster",
-                               objects_pb2.Service: "service", objects_pb2.Task: "task"}
-TABLES = tuple(_TABLE_OF.values())
-
-
-def table_of(cls: type) -> str:
-    return _TABLE_OF[cls]
-
-
 class MemoryStore:
     def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._tables: dict[str, dict[str, Obj]] = {t: {} for t in TABLES}
-        self._version = 0
+        self._lock = threading.Lock()  # serialises writers only; readers take the view
+        self._view = StoreView()
+        self._applied: OrderedDict[str, int] = OrderedDict()
         self._watchers: builtins.list[Callable[[builtins.list[Event]], None]] = []
 
     @property
     def version(self) -> int:
-        return self._version
+        return self._view.version
 
-    # -- reads (copies, so callers never see a later mutation) --
+    @property
+    def epoch(self) -> int:
+        return self._view.epoch
+
+    def view(self) -> StoreView:
+        """The current state: consistent, read-only, free to keep."""
+        return self._view
+
+    # -- reads of single objects to change (copies) --
 
     def get(self, cls: type, obj_id: str) -> Obj | None:
-        with self._lock:
-            obj = self._tables[table_of(cls)].get(obj_id)
-            return _copy(obj) if obj is not None else None
+        obj = self._view.get(cls, obj_id)
+        return _copy(obj) if obj is not None else None
 
     def list(self, cls: type) -> builtins.list[Obj]:
-        with self._lock:
-            return [_copy(o) for o in self._tables[table_of(cls)].values()]
+        return [_copy(o) for o in self._view.table(cls).values()]
 
     def list_view(self, cls: type) -> builtins.list[Obj]:
-        """The stored objects themselves, not copies: cheap for big scans, but read-only —
-        never mutate one (copy it first to write it back). Safe to keep: a commit replaces
-        an object, it never changes a stored one in place."""
-        with self._lock:
-            return builtins.list(self._tables[table_of(cls)].values())
+        """The stored objects themselves: read-only (copy one before changing it)."""
+        return self._view.list(cls)
 
     # -- watch --
 
@@ -104,65 +103,86 @@ class MemoryStore:
 
     def apply(self, batch: store_pb2.StoreBatch) -> ApplyResult:
         with self._lock:
+            base = self._view
+            done = self._applied.get(batch.request_id) if batch.request_id else None
+            if done is not None:
+                return ApplyResult(None, done)  # a retry of a proposal already applied
             try:
-                staged = self._stage(batch)
+                draft, events = _stage(base, batch)
             except ManagerError as err:
-                return ApplyResult(err, self._version)
-            self._version += 1
-            events = [self._commit(action, table, obj) for action, table, obj in staged]
-            watchers = list(self._watchers)
+                return ApplyResult(err, base.version)
+            self._view = draft.view(base.version + 1)
+            self._remember(batch.request_id, self._view.version)
+            watchers = builtins.list(self._watchers)
         for watcher in watchers:
             watcher(events)
-        return ApplyResult(None, self._version)
+        return ApplyResult(None, self._view.version)
 
-    def _stage(self, batch: store_pb2.StoreBatch) -> builtins.list[tuple[int, str, Obj]]:
-        """Check every action against the current state; raise before anything changes."""
-        staged: builtins.list[tuple[int, str, Obj]] = []
-        new_version = self._version + 1
-        for action in batch.actions:
-            table, obj = unwrap(action.object)
-            current = self._tables[table].get(obj.id)
-            _check(action.kind, table, obj, current)
-            obj = _copy(obj)
-            if action.kind != store_pb2.DELETE:
-                obj.meta.version.index = new_version
-                obj.meta.updated_at_ns = batch.timestamp_ns
-                if current is None:
-                    obj.meta.created_at_ns = batch.timestamp_ns
-                else:
-                    obj.meta.created_at_ns = current.meta.created_at_ns
-            staged.append((action.kind, table, obj))
-        return staged
-
-    def _commit(self, kind: int, table: str, obj: Obj) -> Event:
-        old = self._tables[table].get(obj.id)
-        if kind == store_pb2.DELETE:
-            del self._tables[table][obj.id]
-            return Event(store_pb2.DELETE, table, old, None)
-        self._tables[table][obj.id] = obj
-        event_kind = store_pb2.CREATE if old is None else store_pb2.UPDATE
-        # Stored objects are replaced, never changed in place, so events can share them
-        # (read-only, like list_view) instead of copying every write a second time.
-        return Event(event_kind, table, old, obj)
+    def _remember(self, request_id: str, version: int) -> None:
+        if request_id:
+            self._applied[request_id] = version
+            while len(self._applied) > APPLIED_MEMORY:
+                self._applied.popitem(last=False)
 
     # -- snapshots (pysyncobj's full dump, in protobuf) --
 
     def snapshot(self) -> bytes:
         with self._lock:
-            snap = store_pb2.StoreSnapshot(version=self._version)
-            for table in TABLES:
-                for obj in self._tables[table].values():
-                    snap.objects.append(wrap(obj))
-            return snap.SerializeToString()
+            view, applied = self._view, builtins.list(self._applied.items())
+        snap = store_pb2.StoreSnapshot(version=view.version, epoch=view.epoch)
+        for table in TABLES:
+            snap.objects.extend(wrap(o) for o in view.tables[table].values())
+        snap.applied.extend(store_pb2.AppliedRequest(request_id=r, version=v)
+                            for r, v in applied)
+        return snap.SerializeToString()
 
     def restore(self, data: bytes) -> None:
         snap = store_pb2.StoreSnapshot.FromString(data)
+        view = StoreView.of((_copy(unwrap(w)[1]) for w in snap.objects), snap.version,
+                            snap.epoch)
         with self._lock:
-            self._tables = {t: {} for t in TABLES}
-            for wrapped in snap.objects:
-                table, obj = unwrap(wrapped)
-                self._tables[table][obj.id] = _copy(obj)
-            self._version = snap.version
+            self._view = view
+            self._applied = OrderedDict((a.request_id, a.version) for a in snap.applied)
+
+
+def _stage(base: StoreView, batch: store_pb2.StoreBatch) -> tuple[Draft, builtins.list[Event]]:
+    """The next state and its events; raises before anything is visible."""
+    draft = Draft(base)
+    _fence(draft, batch)
+    version = base.version + 1
+    events = []
+    for action in batch.actions:
+        table, obj = unwrap(action.object)
+        current = draft.get(table, obj.id)
+        _check(action.kind, table, obj, current)
+        if action.kind == store_pb2.DELETE:
+            draft.delete(table, obj.id)
+            events.append(Event(store_pb2.DELETE, table, current, None))
+            continue
+        obj = _stamped(obj, current, version, batch.timestamp_ns)
+        draft.put(table, obj)
+        kind = store_pb2.CREATE if current is None else store_pb2.UPDATE
+        events.append(Event(kind, table, current, obj))
+    return draft, events
+
+
+def _fence(draft: Draft, batch: store_pb2.StoreBatch) -> None:
+    if batch.new_epoch:
+        if batch.new_epoch <= draft.epoch:
+            raise Fenced(f"leadership epoch {batch.new_epoch} is not newer than the store's "
+                         f"epoch {draft.epoch}: another leader took over")
+        draft.epoch = batch.new_epoch
+    elif batch.epoch and batch.epoch != draft.epoch:
+        raise Fenced(f"a decision made by the leader of epoch {batch.epoch} was refused: the "
+                     f"store is at epoch {draft.epoch} (a newer leader took over)")
+
+
+def _stamped(obj: Obj, current: Obj | None, version: int, now_ns: int) -> Obj:
+    obj = _copy(obj)
+    obj.meta.version.index = version
+    obj.meta.updated_at_ns = now_ns
+    obj.meta.created_at_ns = now_ns if current is None else current.meta.created_at_ns
+    return obj
 
 
 def _check(kind: int, table: str, obj: Obj, current: Obj | None) -> None:
@@ -178,7 +198,7 @@ def _check(kind: int, table: str, obj: Obj, current: Obj | None) -> None:
             f"{obj.meta.version.index}; read it again and retry")
 
 
-def _copy(obj: Obj) -> Obj:
+def _copy(obj: Any) -> Any:
     clone = type(obj)()
     clone.CopyFrom(obj)
     return clone

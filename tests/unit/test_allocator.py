@@ -10,6 +10,7 @@ from manager.errors import FailedPrecondition
 from manager.manager import Manager, ManagerAddrs
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
+from tests.unit.passes import Passes
 from tests.unit.test_scheduler import FakeReplica, put
 
 INGRESS, HOST = pb.PortConfig.INGRESS, pb.PortConfig.HOST
@@ -92,15 +93,16 @@ def test_pending_tasks_copy_the_endpoint() -> None:
 async def test_controller_allocates_then_moves_tasks_to_pending() -> None:
     store = MemoryStore()
     replica = FakeReplica(store)
-    alloc = Allocator(Manager("m", ManagerAddrs("a:1", "a:2"), store, replica))  # type: ignore[arg-type]
+    mgr = Manager("m", ManagerAddrs("a:1", "a:2"), store, replica)  # type: ignore[arg-type]
+    alloc = Passes(mgr, Allocator(mgr))
     put(store, service("a", (80, 0, INGRESS, TCP)), *(new_task(f"t{i}", "a") for i in range(250)))
-    await alloc.tick(True)
+    await alloc.step(True)
     assert published(store.get(pb.Service, "a")) == [(80, 30000, TCP)]
     assert replica.batch_sizes == [1, 200, 50]
     t = store.get(pb.Task, "t0")
     assert t.status.state == pb.PENDING and t.endpoint.ports[0].published_port == 30000
-    await alloc.tick(False)
+    await alloc.step()
     assert len(replica.batch_sizes) == 3  # nothing new: no pass
     put(store, new_task("late", "a"))
-    await alloc.tick(False)
+    await alloc.step()
     assert store.get(pb.Task, "late").status.state == pb.PENDING

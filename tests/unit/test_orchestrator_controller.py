@@ -6,13 +6,14 @@ import time
 
 from manager.manager import Manager, ManagerAddrs
 from manager.orchestrator.controller import batches, write_groups
-from manager.orchestrator.orchestrators import Orchestrators
+from manager.orchestrator.orchestrators import orchestrators
 from manager.orchestrator.replicated import ReplicatedOrchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, create, update
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from tests.unit.orchestration_world import node, service
+from tests.unit.passes import Passes, lead
 
 
 class FakeReplica:
@@ -59,14 +60,14 @@ def test_batches_never_split_a_group() -> None:
 
 async def test_scale_to_500_writes_batches_of_at_most_200() -> None:
     mgr, replica = make_manager(node("n1"), service(replicas=500))
-    ReplicatedOrchestrator(mgr)
-    await mgr._leader_ticks[0](True)
+    await Passes(mgr, ReplicatedOrchestrator(mgr)).step(True)
     assert replica.sizes == [200, 200, 100]
     assert len(mgr.store.list(pb.Task)) == 500
 
 
 async def test_a_stale_group_is_skipped_and_the_others_written() -> None:
     mgr, replica = make_manager(pb.Task(id="a"), pb.Task(id="b"))
+    lead(mgr)
     a, b = mgr.store.get(pb.Task, "a"), mgr.store.get(pb.Task, "b")
     stale = pb.Task()
     stale.CopyFrom(b)
@@ -94,17 +95,15 @@ class Counting(ReplicatedOrchestrator):
 async def test_ticks_are_skipped_until_the_store_changes_or_a_wake_up_is_due() -> None:
     mgr, _ = make_manager(node("n1"), service(replicas=1))
     ctl = Counting(mgr)
-    await ctl.tick(True)
-    await ctl.tick(False)  # its own write changed the store: decides again (nothing to do)
-    await ctl.tick(False)
-    await ctl.tick(False)
+    passes = Passes(mgr, ctl)
+    await passes.step(True)
+    await passes.step()  # its own write changed the store: decides again (nothing to do)
+    await passes.step()
+    await passes.step()
     assert ctl.calls == 2
     ctl.wake_at = time.time_ns() - 1
-    await ctl.tick(True)
-    await ctl.tick(False)  # wake-up due
-    assert ctl.calls == 4
-    ctl.stop()
-    await ctl.tick(True)
+    await passes.step(True)
+    await passes.step()  # wake-up due
     assert ctl.calls == 4
 
 
@@ -125,11 +124,11 @@ async def test_a_new_leader_finishes_a_start_first_update() -> None:
     svc = service(replicas=3, update={"order": pb.UpdateConfig.START_FIRST, "monitor": 0})
     mgr, _ = make_manager(node("n1"), svc)
 
-    async def tick_all(orch: Orchestrators, became_leader: bool) -> None:
-        for ctl in orch.controllers:
-            await ctl.tick(became_leader)
+    async def tick_all(orch: list[Passes], became_leader: bool) -> None:
+        for passes in orch:
+            await passes.step(became_leader)
 
-    first = Orchestrators(mgr)
+    first = [Passes(mgr, ctl) for ctl in orchestrators(mgr)]
     await tick_all(first, True)
     await run_agents(mgr)
     await tick_all(first, False)
@@ -144,10 +143,11 @@ async def test_a_new_leader_finishes_a_start_first_update() -> None:
     await mgr.modify(pb.Service, svc.id, new_image)
     await tick_all(first, False)  # UPDATING
     await tick_all(first, False)  # first batch: a new task next to an old one
-    first.stop()
+    del first  # leadership lost: the runtime cancels its controllers
     assert len([t for t in mgr.store.list(pb.Task) if t.desired_state == pb.RUNNING]) == 4
 
-    second = Orchestrators(mgr)  # the new leader: nothing but the store
+    lead(mgr)
+    second = [Passes(mgr, ctl) for ctl in orchestrators(mgr)]  # nothing but the store
     for i in range(30):
         await run_agents(mgr)
         await tick_all(second, i == 0)
@@ -172,14 +172,15 @@ class Recording(ReplicatedOrchestrator):
 async def test_only_services_whose_inputs_changed_are_decided_again() -> None:
     mgr, _ = make_manager(node("n1"), service("a", replicas=1), service("b", replicas=1))
     ctl = Recording(mgr)
-    await ctl.tick(True)  # creates a task for each
-    await ctl.tick(False)  # both changed (their new tasks): decided, nothing to do
+    passes = Passes(mgr, ctl)
+    await passes.step(True)  # creates a task for each
+    await passes.step()  # both changed (their new tasks): decided, nothing to do
     ctl.decided.clear()
     (task_a,) = [t for t in mgr.store.list(pb.Task) if t.service_id == "svc-a"]
     task_a.status.state = pb.RUNNING
     await mgr.update(task_a)
-    await ctl.tick(False)
+    await passes.step()
     assert ctl.decided == ["a"]
     await mgr.write((store_pb2.CREATE, node("n2")))  # a node change concerns every service
-    await ctl.tick(False)
+    await passes.step()
     assert sorted(ctl.decided) == ["a", "a", "b"]

@@ -14,6 +14,7 @@ from manager.scheduler.scheduler import Scheduler
 from manager.store.memory import MemoryStore, wrap
 from proto import objects_pb2 as pb
 from proto import store_pb2
+from tests.unit.passes import Passes
 
 GIB = 1 << 30
 
@@ -290,11 +291,11 @@ def put(store: MemoryStore, *objs: object) -> None:
 
 
 @pytest.fixture
-def cluster() -> tuple[MemoryStore, FakeReplica, Scheduler]:
+def cluster() -> tuple[MemoryStore, FakeReplica, Passes]:
     store = MemoryStore()
     replica = FakeReplica(store)
     mgr = Manager("m", ManagerAddrs("a:1", "a:2"), store, replica)  # type: ignore[arg-type]
-    return store, replica, Scheduler(mgr)
+    return store, replica, Passes(mgr, Scheduler(mgr))
 
 
 def state(store: MemoryStore, tid: str) -> tuple[int, str, str]:
@@ -305,59 +306,59 @@ def state(store: MemoryStore, tid: str) -> tuple[int, str, str]:
 async def test_controller_assigns_in_batches(cluster) -> None:  # type: ignore[no-untyped-def]
     store, replica, sched = cluster
     put(store, *(node(f"n{i}") for i in range(10)), *tasks(450))
-    await sched.tick(True)
+    await sched.step(True)
     assert replica.batch_sizes == [200, 200, 50]
     assigned = [store.get(pb.Task, f"web-{i:04d}") for i in range(450)]
     assert all(t.status.state == pb.ASSIGNED and t.node_id for t in assigned)
     assert assigned[0].status.message == "scheduler assigned task to node"
-    await sched.tick(False)  # nothing changed: no pass, no writes
+    await sched.step(False)  # nothing changed: no pass, no writes
     assert len(replica.batch_sizes) == 3
 
 
 async def test_unplaceable_err_is_written_once_then_retried_on_label(cluster) -> None:  # type: ignore[no-untyped-def]
     store, replica, sched = cluster
     put(store, node("a", labels={"zone": "a"}), task("t1", constraints=("node.labels.zone==b",)))
-    await sched.tick(True)
+    await sched.step(True)
     assert state(store, "t1") == (pb.PENDING, "",
                                   "no suitable node (constraint node.labels.zone==b not met "
                                   "on 1 node)")
     writes = len(replica.batch_sizes)
     put(store, store.get(pb.Node, "a"))  # a change: a new pass, same err: no write
-    await sched.tick(False)
-    assert sched.last is not None and sched.last.unplaceable
+    await sched.step(False)
+    assert sched.controller.last is not None and sched.controller.last.unplaceable
     assert len(replica.batch_sizes) == writes
     labelled = store.get(pb.Node, "a")
     labelled.spec.annotations.labels["zone"] = "b"
     put(store, labelled)
-    await sched.tick(False)
+    await sched.step(False)
     assert state(store, "t1") == (pb.ASSIGNED, "a", "")
 
 
 async def test_placed_when_a_node_joins_or_becomes_ready(cluster) -> None:  # type: ignore[no-untyped-def]
     store, _, sched = cluster
     put(store, node("a", state=pb.NODE_DOWN), task("t1"))
-    await sched.tick(True)
+    await sched.step(True)
     assert state(store, "t1")[0] == pb.PENDING
     put(store, node("a"))
-    await sched.tick(False)
+    await sched.step(False)
     assert state(store, "t1")[:2] == (pb.ASSIGNED, "a")
     put(store, task("t2", constraints=("node.hostname==host-b",)))
-    await sched.tick(False)
+    await sched.step(False)
     assert state(store, "t2")[0] == pb.PENDING
     put(store, node("b"))
-    await sched.tick(False)
+    await sched.step(False)
     assert state(store, "t2")[:2] == (pb.ASSIGNED, "b")
 
 
 async def test_placed_when_memory_is_freed(cluster) -> None:  # type: ignore[no-untyped-def]
     store, _, sched = cluster
     put(store, node("a", mem=GIB), running("big", "a", svc="db", mem=GIB), task("t1", mem=GIB))
-    await sched.tick(True)
+    await sched.step(True)
     assert state(store, "t1")[2] == "no suitable node (insufficient memory on 1 node)"
     big = store.get(pb.Task, "big")
     big.status.state = pb.COMPLETE
     put(store, big)
-    await sched.tick(False)
+    await sched.step(False)
     assert state(store, "t1") == (pb.ASSIGNED, "a", "")
 
 
@@ -371,11 +372,11 @@ async def test_lost_race_keeps_the_rest_and_retries_next_pass(cluster) -> None: 
         put(store, t)
 
     replica.before_apply.append(orchestrator_shuts_one_down)
-    await sched.tick(True)
+    await sched.step(True)
     assert state(store, "web-0000")[0] == state(store, "web-0002")[0] == pb.ASSIGNED
     t1 = store.get(pb.Task, "web-0001")
     assert t1.status.state == pb.PENDING and t1.desired_state == pb.SHUTDOWN
-    await sched.tick(False)  # the next pass leaves it alone: it is no longer wanted
+    await sched.step(False)  # the next pass leaves it alone: it is no longer wanted
     assert store.get(pb.Task, "web-0001").status.state == pb.PENDING
 
 

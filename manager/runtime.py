@@ -1,0 +1,176 @@
+"""The leader's runtime: the one place that runs the leader-only controllers.
+
+While this manager is the Raft leader it runs one leadership term: it commits a new epoch
+(manager.open_term), then runs every controller under one TaskGroup until leadership is
+lost, when the group is cancelled as a whole. Each controller has one shape (`Controller`):
+store events it finds relevant wake it, it decides over one consistent view of the store and
+writes fenced by the term's epoch. A controller that crashes is logged with its traceback
+and restarted with backoff; one that keeps crashing makes this manager step down, so a
+healthy manager can lead instead.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from manager.errors import Fenced, Unavailable
+from manager.manager import Manager
+from manager.store.memory import Event, StoreView
+
+log = logging.getLogger(__name__)
+
+COALESCE = 0.05  # seconds to gather store events before a pass
+LEADERSHIP_CHECK = 0.1  # seconds between checks that this manager still leads
+NO_QUORUM_RETRY = 0.5  # seconds before a pass that found no quorum runs again
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
+CRASH_WINDOW, CRASHES_TO_STEP_DOWN = 60.0, 5
+
+
+class Controller(abc.ABC):
+    """One shape for every leader controller. `run(view)` makes one pass over a consistent
+    view and returns how many seconds may pass, at most, before the next pass even without
+    a relevant store event (None: only on an event)."""
+
+    name = "controller"
+
+    def relevant(self, event: Event) -> bool:
+        """Whether a store change may change this controller's decisions. Called on the
+        Raft thread: read the event only."""
+        return True
+
+    def begin(self) -> None:
+        """Called when a leadership term starts, before the first pass."""
+        return None
+
+    @abc.abstractmethod
+    async def run(self, view: StoreView) -> float | None:
+        """One pass."""
+
+
+class LeadershipLost(Exception):
+    pass
+
+
+class LeaderRuntime:
+    def __init__(self, mgr: Manager, controllers: Sequence[Controller]) -> None:
+        self.mgr = mgr
+        self.controllers = list(controllers)
+        self.terms = 0  # terms this manager has led (tests, metrics)
+
+    async def run(self) -> None:
+        """For the manager's whole life: lead whenever this manager is the leader."""
+        while True:
+            await self._until(self._leads)
+            try:
+                epoch = await self.mgr.open_term()
+            except Unavailable as err:
+                log.info("could not open a leadership term: %s", err)
+                await asyncio.sleep(NO_QUORUM_RETRY)
+                continue
+            await self._lead(epoch)
+
+    async def _lead(self, epoch: int) -> None:
+        # Controllers start once the cluster object exists (`swarm init` writes it just
+        # after this node became the leader).
+        await self._until(lambda: self.mgr.view().cluster() is not None
+                          or not self._still_leads(epoch))
+        if self._still_leads(epoch):
+            await self._term(epoch)
+
+    def _leads(self) -> bool:
+        return self.mgr.replica.is_leader()
+
+    def _still_leads(self, epoch: int) -> bool:
+        return self._leads() and self.mgr.replica.term() == epoch
+
+    async def _until(self, check: Callable[[], bool]) -> None:
+        while not check():
+            await asyncio.sleep(LEADERSHIP_CHECK)
+
+    async def _term(self, epoch: int) -> None:
+        self.terms += 1
+        log.info("leading the swarm in epoch %d with %d controllers", epoch,
+                 len(self.controllers))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch(epoch), name="leadership")
+                for controller in self.controllers:
+                    group.create_task(self._supervise(controller), name=controller.name)
+        except* LeadershipLost:
+            log.info("leadership of epoch %d ended; controllers stopped", epoch)
+        finally:
+            self.mgr.epoch = 0
+
+    async def _watch(self, epoch: int) -> None:
+        await self._until(lambda: not self._still_leads(epoch))
+        raise LeadershipLost()
+
+    async def _supervise(self, controller: Controller) -> None:
+        crashes: deque[float] = deque()
+        while True:
+            try:
+                await self._drive(controller)
+            except Fenced as err:
+                log.info("%s: %s", controller.name, err)
+                raise LeadershipLost() from err
+            except Exception:
+                log.exception("%s crashed; restarting it", controller.name)
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and crashes[0] < now - CRASH_WINDOW:
+                    crashes.popleft()
+                if len(crashes) >= CRASHES_TO_STEP_DOWN:
+                    self._step_down(controller)
+                await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (len(crashes) - 1)))
+
+    def _step_down(self, controller: Controller) -> None:
+        log.error("%s crashed %d times in %g s: stepping down so another manager leads",
+                  controller.name, CRASHES_TO_STEP_DOWN, CRASH_WINDOW)
+        self.mgr.replica.transfer_leadership()
+        raise LeadershipLost()
+
+    async def _drive(self, controller: Controller) -> None:
+        """Pass after pass: at the start, on relevant events, and when a pass asked."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def on_events(events: list[Event]) -> None:  # on the Raft thread
+            if any(controller.relevant(e) for e in events):
+                loop.call_soon_threadsafe(changed.set)
+
+        cancel = self.mgr.store.watch(on_events)
+        try:
+            controller.begin()
+            wait: float | None = 0.0
+            while True:
+                await _wait(changed, wait)
+                changed.clear()
+                await asyncio.sleep(COALESCE)
+                wait = await self._pass(controller)
+        finally:
+            cancel()
+
+    async def _pass(self, controller: Controller) -> float | None:
+        try:
+            return await controller.run(self.mgr.view())
+        except Fenced:
+            raise
+        except Unavailable as err:
+            log.info("%s: no quorum (%s); trying again", controller.name, err)
+            return NO_QUORUM_RETRY
+
+
+async def _wait(event: asyncio.Event, timeout: float | None) -> None:
+    if timeout is None:
+        await event.wait()
+        return
+    try:
+        async with asyncio.timeout(max(timeout, 0.0)):
+            await event.wait()
+    except TimeoutError:
+        pass

@@ -1,0 +1,179 @@
+"""One consistent, indexed, read-only view of the store at one version.
+
+The store's state is a `StoreView` made of persistent maps (pyrsistent): applying a batch
+builds the next view from the last one, sharing everything it did not change, and swaps one
+reference. A reader takes the current view without a lock and keeps it as long as it likes;
+nothing is copied to read, and no later write can change what it sees. Objects in a view are
+shared and read-only: copy one before changing it.
+
+Indexes: tasks by service, by node and by slot (the slot number, or the node for global
+services' tasks, which have slot 0), and objects by name for the tables whose names are
+unique (services, while not being removed).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyrsistent import PMap, pmap
+
+from manager.errors import AlreadyExists
+from proto import objects_pb2, store_pb2
+
+Obj = Any  # a generated message with `id` and `meta` (Node, Cluster, Service, Task)
+SlotKey = int | str  # the slot number, or the node ID for global services' tasks
+
+_TABLE_OF: dict[type, str] = {objects_pb2.Node: "node", objects_pb2.Cluster: "cluster",
+                               objects_pb2.Service: "service", objects_pb2.Task: "task"}
+TABLES = tuple(_TABLE_OF.values())
+_EMPTY: PMap[Any, Any] = pmap()
+
+
+def table_of(cls: type) -> str:
+    return _TABLE_OF[cls]
+
+
+def unwrap(wrapped: store_pb2.StoreObject) -> tuple[str, Obj]:
+    table = wrapped.WhichOneof("kind")
+    if table is None:
+        raise ValueError("empty StoreObject")
+    return table, getattr(wrapped, table)
+
+
+def wrap(obj: Obj) -> store_pb2.StoreObject:
+    wrapped = store_pb2.StoreObject()
+    getattr(wrapped, _TABLE_OF[type(obj)]).CopyFrom(obj)
+    return wrapped
+
+
+def slot_key(task: objects_pb2.Task) -> SlotKey:
+    return int(task.slot) if task.slot else str(task.node_id)
+
+
+def unique_name(table: str, obj: Obj) -> str | None:
+    """The name that must be unique in its table, if the object has one."""
+    if table == "service" and not obj.pending_delete:
+        return str(obj.spec.annotations.name) or None
+    return None
+
+
+@dataclass(frozen=True)
+class StoreView:
+    version: int = 0
+    epoch: int = 0  # the leadership epoch: Raft term of the leader that last took over
+    tables: PMap[str, PMap[str, Obj]] = field(
+        default_factory=lambda: pmap({t: _EMPTY for t in TABLES}))
+    by_service: PMap[str, PMap[str, Obj]] = _EMPTY
+    by_node: PMap[str, PMap[str, Obj]] = _EMPTY
+    by_slot: PMap[tuple[str, SlotKey], PMap[str, Obj]] = _EMPTY
+    names: PMap[tuple[str, str], str] = _EMPTY  # (table, name) → id
+
+    # -- reads (shared, read-only objects) --
+
+    def table(self, cls: type) -> Mapping[str, Obj]:
+        return self.tables[table_of(cls)]  # type: ignore[no-any-return]
+
+    def get(self, cls: type, obj_id: str) -> Obj | None:
+        return self.tables[table_of(cls)].get(obj_id)
+
+    def list(self, cls: type) -> builtins.list[Obj]:
+        return builtins.list(self.tables[table_of(cls)].values())
+
+    def cluster(self) -> objects_pb2.Cluster | None:
+        return next(iter(self.tables["cluster"].values()), None)
+
+    def by_name(self, cls: type, name: str) -> Obj | None:
+        obj_id = self.names.get((table_of(cls), name))
+        return None if obj_id is None else self.get(cls, obj_id)
+
+    def tasks_of_service(self, service_id: str) -> builtins.list[objects_pb2.Task]:
+        return builtins.list(self.by_service.get(service_id, _EMPTY).values())
+
+    def tasks_on_node(self, node_id: str) -> builtins.list[objects_pb2.Task]:
+        return builtins.list(self.by_node.get(node_id, _EMPTY).values())
+
+    def tasks_in_slot(self, service_id: str, key: SlotKey) -> builtins.list[objects_pb2.Task]:
+        return builtins.list(self.by_slot.get((service_id, key), _EMPTY).values())
+
+    @classmethod
+    def of(cls, objs: Iterable[Obj], version: int = 0, epoch: int = 0) -> StoreView:
+        """A view holding these objects as they are (tests, restoring a snapshot)."""
+        draft = Draft(cls(version=version, epoch=epoch))
+        for obj in objs:
+            draft.put(table_of(type(obj)), obj)
+        return draft.view(version)
+
+
+class Draft:
+    """The next view being built by one batch; the view it started from is untouched."""
+
+    def __init__(self, base: StoreView) -> None:
+        self.epoch = base.epoch
+        self.tables = base.tables
+        self.by_service = base.by_service
+        self.by_node = base.by_node
+        self.by_slot = base.by_slot
+        self.names = base.names
+
+    def get(self, table: str, obj_id: str) -> Obj | None:
+        return self.tables[table].get(obj_id)
+
+    def put(self, table: str, obj: Obj) -> Obj | None:
+        old = self.get(table, obj.id)
+        name = unique_name(table, obj)
+        if name is not None:
+            holder = self.names.get((table, name))
+            if holder is not None and holder != obj.id:
+                raise AlreadyExists(f"name conflicts with an existing object: {table} {name} "
+                                    f"already exists ({holder}); choose another name")
+        if old is not None:
+            self._unindex(table, old)
+        self.tables = self.tables.set(table, self.tables[table].set(obj.id, obj))
+        self._index(table, obj)
+        return old
+
+    def delete(self, table: str, obj_id: str) -> Obj | None:
+        old = self.get(table, obj_id)
+        if old is not None:
+            self._unindex(table, old)
+            self.tables = self.tables.set(table, self.tables[table].remove(obj_id))
+        return old
+
+    def view(self, version: int) -> StoreView:
+        return StoreView(version, self.epoch, self.tables, self.by_service, self.by_node,
+                         self.by_slot, self.names)
+
+    # -- indexes --
+
+    def _index(self, table: str, obj: Obj) -> None:
+        name = unique_name(table, obj)
+        if name is not None:
+            self.names = self.names.set((table, name), obj.id)
+        if table == "task":
+            self.by_service = _add(self.by_service, obj.service_id, obj)
+            self.by_node = _add(self.by_node, obj.node_id, obj)
+            self.by_slot = _add(self.by_slot, (obj.service_id, slot_key(obj)), obj)
+
+    def _unindex(self, table: str, obj: Obj) -> None:
+        name = unique_name(table, obj)
+        if name is not None and self.names.get((table, name)) == obj.id:
+            self.names = self.names.remove((table, name))
+        if table == "task":
+            self.by_service = _drop(self.by_service, obj.service_id, obj.id)
+            self.by_node = _drop(self.by_node, obj.node_id, obj.id)
+            self.by_slot = _drop(self.by_slot, (obj.service_id, slot_key(obj)), obj.id)
+
+
+def _add(index: PMap[Any, PMap[str, Obj]], key: Any, obj: Obj) -> PMap[Any, PMap[str, Obj]]:
+    return index.set(key, index.get(key, _EMPTY).set(obj.id, obj))
+
+
+def _drop(index: PMap[Any, PMap[str, Obj]], key: Any, obj_id: str) -> PMap[Any, PMap[str, Obj]]:
+    inner = index.get(key)
+    if inner is None or obj_id not in inner:
+        return index
+    inner = inner.remove(obj_id)
+    return index.set(key, inner) if inner else index.remove(key)
