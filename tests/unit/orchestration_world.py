@@ -105,9 +105,7 @@ class World:
             raise result.error
 
     def snap(self) -> Snapshot:
-        return Snapshot.of(self.now, self.store.list(pb.Service), self.store.list(pb.Task),
-                           self.store.list(pb.Node), self.store.list(pb.Cluster)[0],
-                           self.store.version)
+        return Snapshot(self.now, self.store.view())
 
     def service(self, name: str = "web") -> pb.Service:
         found = self.store.get(pb.Service, f"svc-{name}")

@@ -82,6 +82,9 @@ def test_down_reason() -> None:
     # no session: grace after a leader change, then down
     assert down_reason(None, 10.0, 0.0, 5.0) is None
     assert down_reason(None, 16.0, 0.0, 5.0) is not None
+    # A new leader judges no node before its grace, however stale a session it kept.
+    assert down_reason(s, 200.0, 190.0, 5.0) is None
+    assert down_reason(s, 206.0, 190.0, 5.0) is not None
 
 
 def test_role_reconciliation() -> None:

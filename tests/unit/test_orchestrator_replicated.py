@@ -2,6 +2,7 @@
 
 from manager.orchestrator import replicated
 from proto import objects_pb2 as pb
+from proto import store_pb2
 from tests.unit.orchestration_world import World, node, service
 
 
@@ -121,3 +122,21 @@ def test_pending_delete_and_other_modes_are_ignored() -> None:
     gone.pending_delete = True
     world = World([node("n1")], [gone, service("g", mode="global")])
     assert not world.step(replicated.decide).groups
+
+
+def test_a_slot_holding_two_live_tasks_of_one_spec_keeps_the_most_advanced() -> None:
+    """A former leader's stale decision can refill a slot that was refilled already."""
+    world = World([node("n1"), node("n2")], [service(replicas=2)])
+    world.step(replicated.decide)
+    first = world.tasks()[0]
+    world.change(pb.Task, first.id, lambda t: (setattr(t, "node_id", "n1"),
+                                               setattr(t.status, "state", pb.RUNNING)))
+    extra = pb.Task()
+    extra.CopyFrom(world.store.get(pb.Task, first.id))
+    extra.id, extra.node_id = "stale-duplicate", "n2"
+    extra.status.state = pb.ASSIGNED
+    world.write((store_pb2.CREATE, extra))
+    world.step(replicated.decide)
+    slot1 = {t.id: t.desired_state for t in world.tasks() if t.slot == 1}
+    assert slot1 == {first.id: pb.RUNNING, "stale-duplicate": pb.SHUTDOWN}
+    assert not world.step(replicated.decide).groups  # repaired: nothing more to do
