@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from manager.errors import Fenced, Unavailable
 from manager.manager import Manager
@@ -111,22 +111,12 @@ class LeaderRuntime:
         raise LeadershipLost()
 
     async def _supervise(self, controller: Controller) -> None:
-        crashes: deque[float] = deque()
-        while True:
-            try:
-                await self._drive(controller)
-            except Fenced as err:
-                log.info("%s: %s", controller.name, err)
-                raise LeadershipLost() from err
-            except Exception:
-                log.exception("%s crashed; restarting it", controller.name)
-                now = time.monotonic()
-                crashes.append(now)
-                while crashes and crashes[0] < now - CRASH_WINDOW:
-                    crashes.popleft()
-                if len(crashes) >= CRASHES_TO_STEP_DOWN:
-                    self._step_down(controller)
-                await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (len(crashes) - 1)))
+        try:
+            await supervise(controller.name, lambda: self._drive(controller),
+                            on_crashing=lambda: self._step_down(controller))
+        except Fenced as err:
+            log.info("%s: %s", controller.name, err)
+            raise LeadershipLost() from err
 
     def _step_down(self, controller: Controller) -> None:
         log.error("%s crashed %d times in %g s: stepping down so another manager leads",
@@ -163,6 +153,31 @@ class LeaderRuntime:
         except Unavailable as err:
             log.info("%s: no quorum (%s); trying again", controller.name, err)
             return NO_QUORUM_RETRY
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]],
+                    on_crashing: Callable[[], None] | None = None,
+                    passthrough: tuple[type[Exception], ...] = (Fenced,)) -> None:
+    """Run `run()` until it returns; when it crashes, log the traceback and run it again
+    after a backoff that grows with the crashes of the last CRASH_WINDOW seconds. After
+    CRASHES_TO_STEP_DOWN of them `on_crashing()` is called (it may raise to give up).
+    Exceptions in `passthrough` are not crashes: they end the supervision."""
+    crashes: deque[float] = deque()
+    while True:
+        try:
+            await run()
+            return
+        except passthrough:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting it", name)
+        now = time.monotonic()
+        crashes.append(now)
+        while crashes[0] < now - CRASH_WINDOW:
+            crashes.popleft()
+        if len(crashes) >= CRASHES_TO_STEP_DOWN and on_crashing is not None:
+            on_crashing()
+        await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (len(crashes) - 1)))
 
 
 async def _wait(event: asyncio.Event, timeout: float | None) -> None:

@@ -4,7 +4,6 @@ the worker role (agent) always and the manager role when its certificate says so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import random
@@ -15,7 +14,7 @@ import grpc
 
 from manager.ca.authority import BACKDATE, RootCA
 from manager.ca.server import cert_expiry
-from manager.errors import Unavailable
+from manager.errors import ManagerError, Unavailable
 from manager.grpcapi import role_name
 from manager.identity import new_id
 from manager.manager import Manager
@@ -26,12 +25,15 @@ from shoal.description import describe
 from shoal.errors import AlreadyInSwarm, JoinFailed, LeaveRefused, NotAManager, NotInSwarm
 from shoal.nodestate import Certificates, DataRoot, SwarmState
 from shoal.roles import ManagerRole, read_secret
+from shoal.services import ServiceGroup
 from worker.agent import Agent, AgentConfig
 from worker.executor import make_executor
 from worker.executor.base import Executor
 from worker.worker import Worker, remove_node_containers
 
 log = logging.getLogger(__name__)
+
+RENEW_RETRY = 5.0  # seconds between attempts to renew the certificate after a failure
 
 
 @dataclass
@@ -53,10 +55,10 @@ class Node:
         self.certs: Certificates | None = None
         self.manager_role: ManagerRole | None = None
         self.agent: Agent | None = None
-        self._agent_task: asyncio.Task[None] | None = None
-        self._worker_task: asyncio.Task[None] | None = None
-        self._renew_task: asyncio.Task[None] | None = None
+        self.services: ServiceGroup | None = None  # agent, worker, certificate renewal
         self._role_change: asyncio.Task[None] | None = None
+        # Why renewing the certificate fails (reported in heartbeats: `node inspect`).
+        self.renewal_problem = ""
         self._lock = asyncio.Lock()  # one membership change at a time
 
     # -- what the API asks --
@@ -70,12 +72,15 @@ class Node:
         return pki.identity_of(self.certs.cert_pem)
 
     def manager(self) -> Manager:
-        """The manager, or the error a user sees on a node that isn't one."""
+        """The manager, or the error a user sees on a node that isn't one, or on a manager
+        that is not in touch with a majority."""
         if self.state is None:
             raise NotInSwarm()
         if self.manager_role is None:
             raise NotAManager(self.state.managers)
-        return self.manager_role.manager
+        manager = self.manager_role.manager
+        manager.require_quorum()  # a cut-off manager answers 503 at once, never stale data
+        return manager
 
     # -- lifecycle --
 
@@ -87,7 +92,7 @@ class Node:
         if self.identity().role == pb.MANAGER:
             peers = self.state.raft_peers or [self.state.raft_addr]
             await self._start_manager(peers, read_secret(self.data))
-        self._start_worker()
+        await self._start_worker()
 
     async def stop(self) -> None:
         await self._stop_worker()
@@ -114,7 +119,7 @@ class Node:
             role = await self._start_manager([state.raft_addr], cluster.raft_secret)
             await role.wait_leader(15.0)
             await role.manager.put(cluster, self._first_node(state, req.availability))
-            self._start_worker()
+            await self._start_worker()
             return node_id
 
     def _first_node(self, state: SwarmState, availability: int) -> pb.Node:
@@ -146,7 +151,7 @@ class Node:
                     self.state = self.certs = None
                     raise JoinFailed(f"could not join the managers' Raft group via "
                                      f"{req.remote}: {_rpc_message(err)}") from err
-            self._start_worker()
+            await self._start_worker()
 
     async def leave(self, force: bool) -> None:
         async with self._lock:
@@ -159,8 +164,11 @@ class Node:
                         "as a manager. Removing this node leaves the remaining managers with "
                         "one fewer member; demote it first (`shoal node demote`), or use "
                         "`--force` to ignore this message.")
-                with contextlib.suppress(Exception):
+                try:
                     await self.manager_role.replica.remove_member(self.state.raft_addr, 3.0)
+                except ManagerError as err:
+                    log.warning("leaving: this manager could not take itself out of Raft "
+                                "(%s); remove it from the others with `shoal node rm`", err)
             await self.stop()
             await remove_node_containers(self.executor, self.state.node_id)
             self.data.wipe()
@@ -207,7 +215,7 @@ class Node:
         creds = pki.channel_credentials(certs.ca_pem, certs.key_pem, certs.cert_pem)
         return grpc.aio.secure_channel(addr, creds, options=pki.channel_options())
 
-    def _start_worker(self) -> None:
+    async def _start_worker(self) -> None:
         assert self.state is not None
         certs = self._current_certs
         worker = self.worker = Worker(self.state.node_id, self.executor)
@@ -219,6 +227,7 @@ class Node:
             description=self._describe,
             on_message=self._on_session_message,
             worker=worker,
+            problems=lambda: self.renewal_problem,
         )
         self.agent = agent = Agent(config, self.state.managers)
 
@@ -226,9 +235,9 @@ class Node:
             await worker.wait_engine(3.0)  # so the first session reports the engine version
             await agent.run()
 
-        self._worker_task = asyncio.create_task(worker.run(), name="worker")
-        self._agent_task = asyncio.create_task(run(), name="agent")
-        self._renew_task = asyncio.create_task(self._renew_loop(), name="cert-renewal")
+        self.services = ServiceGroup("node services")
+        await self.services.start({"worker": worker.run, "agent": run,
+                                   "certificate renewal": self._renew_loop})
 
     def _describe(self) -> pb.NodeDescription:
         engine = self.worker.engine if self.worker else None
@@ -237,12 +246,9 @@ class Node:
         return describe(self.hostname, engine.version, engine.labels)
 
     async def _stop_worker(self) -> None:
-        for task in (self._agent_task, self._renew_task, self._worker_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._agent_task = self._renew_task = self._worker_task = None
+        services, self.services = self.services, None
+        if services is not None:
+            await services.stop()
         self.agent = None
         if self.worker is not None:
             await self.worker.stop()  # containers keep running: a restart adopts them
@@ -257,10 +263,9 @@ class Node:
             state.managers = managers
             self.data.save_state(state)
         changing = self._role_change is not None and not self._role_change.done()
-        if msg.desired_role != self.identity().role and not changing:
-            # Kept in an attribute: the loop holds tasks only weakly.
-            self._role_change = asyncio.create_task(self._change_role(msg.desired_role),
-                                                    name="role-change")
+        if msg.desired_role != self.identity().role and not changing and self.services:
+            self._role_change = self.services.spawn("role change",
+                                                    self._change_role(msg.desired_role))
 
     async def _change_role(self, role: int) -> None:
         async with self._lock:
@@ -280,6 +285,7 @@ class Node:
     # -- certificate renewal --
 
     async def _renew_loop(self) -> None:
+        failing_since: datetime.datetime | None = None
         while True:
             ident = self.identity()
             # Certificates are back-dated against clock skew; count from when it was issued.
@@ -291,9 +297,13 @@ class Node:
             try:
                 async with self._lock:
                     await self._renew()
+                self.renewal_problem, failing_since = "", None
             except (grpc.aio.AioRpcError, Unavailable) as err:
-                log.warning("certificate renewal failed, retrying in 5 s: %s", err)
-                await asyncio.sleep(5.0)
+                failing_since = failing_since or datetime.datetime.now(datetime.UTC)
+                self.renewal_problem = renewal_problem(failing_since, ident.not_after,
+                                                       _rpc_message(err))
+                log.warning("%s; retrying in %g s", self.renewal_problem, RENEW_RETRY)
+                await asyncio.sleep(RENEW_RETRY)
 
     async def _renew(self) -> None:
         assert self.state is not None and self.certs is not None
@@ -305,6 +315,12 @@ class Node:
         self._adopt(self.state, Certificates(pki.key_pem(key), resp.cert_pem, self.certs.ca_pem))
         log.info("renewed the node certificate (role %s, valid until %s)",
                  role_name(resp.role), self.identity().not_after)
+
+
+def renewal_problem(since: datetime.datetime, not_after: datetime.datetime, error: str) -> str:
+    """What `node inspect` shows while renewal fails: since when, why, and the deadline."""
+    return (f"certificate renewal failing since {since:%Y-%m-%dT%H:%M:%SZ} ({error}); the "
+            f"node certificate expires at {not_after:%Y-%m-%dT%H:%M:%SZ}")
 
 
 def _rpc_message(err: Exception) -> str:

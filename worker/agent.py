@@ -38,6 +38,8 @@ class AgentConfig:
     description: Callable[[], pb.NodeDescription]
     on_message: Callable[[cluster_pb2.SessionMessage], Awaitable[None]]
     worker: Worker | None = None
+    # Problems of this node to report in heartbeats (shown by `node inspect`).
+    problems: Callable[[], str] = lambda: ""
 
 
 class Agent:
@@ -153,7 +155,9 @@ class Agent:
         while True:
             try:
                 resp = await stub.Heartbeat(  # type: ignore[misc]
-                    cluster_pb2.HeartbeatRequest(session_id=first.session_id), timeout=5.0)
+                    cluster_pb2.HeartbeatRequest(session_id=first.session_id,
+                                                 status_message=self.config.problems()),
+                    timeout=5.0)
                 period = resp.period_ns / 1e9 or period
             except grpc.aio.AioRpcError as err:
                 log.info("heartbeat failed: %s %s; reopening the session",

@@ -135,9 +135,13 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
                            "known to this leader; open a new session")
         session.last_seen = time.monotonic()
         node = self.mgr.view().get(pb.Node, ident.node_id)
-        if node is not None and node.status.state != pb.NODE_READY and self.mgr.epoch:
-            # A node marked down that still heartbeats is alive: bring it back.
-            await self.mgr.modify(pb.Node, node.id, _mark_ready_again, fenced=True)
+        if node is not None and self.mgr.epoch and (
+                node.status.state != pb.NODE_READY or
+                node.status.message != request.status_message):
+            # A node marked down that still heartbeats is alive: bring it back; and show
+            # what it reports about itself.
+            ready = functools.partial(_mark_ready_again, message=request.status_message)
+            await self.mgr.modify(pb.Node, node.id, ready, fenced=True)
         return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
 
     @grpcapi.streaming
@@ -246,11 +250,11 @@ class NodeLiveness(Controller):
         return LIVENESS_PASS
 
 
-def _mark_ready_again(node: pb.Node) -> bool:
-    if node.status.state == pb.NODE_READY:
+def _mark_ready_again(node: pb.Node, *, message: str) -> bool:
+    if node.status.state == pb.NODE_READY and node.status.message == message:
         return False
     node.status.state = pb.NODE_READY
-    node.status.message = ""
+    node.status.message = message
     return True
 
 

@@ -209,4 +209,4 @@ async def test_an_agent_whose_session_the_leader_dropped_reconnects(cluster: Clu
     old = dispatcher.sessions.pop(worker_id)
     await until(lambda: (s := dispatcher.sessions.get(worker_id)) is not None and
                 s.session_id != old.session_id, 20, "a new session")
-    assert not cluster.w._agent_task.done()  # type: ignore[union-attr]
+    assert cluster.w.services is not None and cluster.w.services.alive("agent")
