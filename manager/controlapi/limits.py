@@ -92,7 +92,8 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
         _duration(f"{what}.Delay", u.delay_ns)
         _duration(f"{what}.Monitor", u.monitor.ns)
     for p in spec.endpoint.ports:
-        _in_range("EndpointSpec target port", p.target_port, 1, MAX_PORT)
+        # 0 (missing) has its own message in validate_spec
+        _in_range("EndpointSpec target port", p.target_port, 0, MAX_PORT)
         _in_range("EndpointSpec published port", p.published_port, 0, MAX_PORT)
 
 
