@@ -14,9 +14,10 @@ The size arithmetic, with MAX_SPEC_BYTES = 128 KiB:
 - The orchestrators write tasks in Raft batches of manager.batching.BATCH_SIZE (200): at most
   ~26 MiB per Raft entry, which pysyncobj and the journal carry (it sends entries whole).
 - A node's assignment message carries every task of the node (running ones and the retained
-  history, task_history_retention_limit per slot). shoal.pki.MAX_MESSAGE_BYTES (256 MiB)
-  carries ~1,900 max-size tasks per node, beyond what a node runs: with ordinary specs
-  (a few KiB) it is hundreds of thousands.
+  history, task_history_retention_limit per slot). The nodes' gRPC receive limit (256 MiB,
+  shoal/pki.py channel_options; gRPC's default of 4 MiB broke sessions) carries ~1,900
+  max-size tasks per node, beyond what a node runs; with ordinary specs (a few KiB),
+  hundreds of thousands.
 - The HTTP body limit (MAX_REQUEST_BYTES) is far above a valid spec's JSON, so a refused
   spec gets this module's message (the limit and what to do), not a transport error.
 """

@@ -67,7 +67,7 @@ def int_param(value: str | None, name: str) -> int | None:
         number = int(value)
     except ValueError as err:
         raise InvalidRequest(f"invalid {name} {value!r}: expected an integer") from err
-    if not 0 <= number < 2**63:  # versions and counts: a uint64 field must hold it
+    if not 0 <= number < 2**63:  # a version index (uint64 in the store); never beyond int64
         raise InvalidRequest(f"invalid {name} {value!r}: must be between 0 and {2**63 - 1}")
     return number
 
