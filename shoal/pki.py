@@ -214,8 +214,16 @@ def channel_credentials(
 
 
 def channel_options() -> list[tuple[str, Any]]:
-    """Channel options to use with ``channel_credentials`` (dial by IP, verify the name)."""
-    return [("grpc.ssl_target_name_override", TLS_SERVER_NAME)]
+    """Channel options to use with ``channel_credentials`` (dial by IP, verify the name).
+
+    Message size: a node's assignment message carries all its tasks, each up to the
+    control API's spec limit (128 KiB, manager/controlapi/limits.py) plus ~1 KiB. gRPC's
+    default 4 MiB receive limit ended a session at ~30 max-size tasks (the node was then
+    marked Down); 256 MiB carries ~1,900 such tasks per node, and hundreds of thousands of
+    ordinary (few KiB) ones. The managers' servers send without a limit (gRPC's default)."""
+    return [("grpc.ssl_target_name_override", TLS_SERVER_NAME),
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024)]
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:

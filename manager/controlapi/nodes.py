@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from manager.controlapi.limits import check_node_spec
 from manager.controlapi.lookup import resolve
 from manager.errors import FailedPrecondition
 from manager.store.memory import MemoryStore
@@ -72,6 +73,7 @@ class NodeControl:
 
     def updated(self, ref: str, version: int, spec: pb.NodeSpec) -> pb.Node:
         """The node object to write for an update of its spec (checks only; no write)."""
+        check_node_spec(spec)
         nodes = self.nodes()
         node = find_node(nodes, ref)
         check_spec_change(nodes, node, spec)

@@ -23,6 +23,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
+from manager.controlapi.limits import check_service_spec
 from manager.controlapi.lookup import resolve
 from manager.errors import (
     AlreadyExists,
@@ -35,7 +36,10 @@ from manager.scheduler.constraint import parse_constraints, parse_spread
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+# Each repetition ends in exactly one letter or digit, so a long name that fails to match
+# fails in linear time (`(?:[-_]*[A-Za-z0-9]+)*` backtracked exponentially: 63 characters
+# and a "!" held the manager's event loop for ever).
+NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9])*$")
 MAX_NAME = 63
 MIN_NANO_CPUS = 1_000_000
 MIN_MEMORY = 4 * 1024 * 1024
@@ -282,6 +286,7 @@ def task_up_to_date(svc: pb.Service, task: pb.Task) -> bool:
 
 def new_service(services: list[pb.Service], spec: pb.ServiceSpec) -> pb.Service:
     live = visible(services)
+    check_service_spec(spec)
     spec = canonical(spec)
     if not spec.annotations.name:
         spec.annotations.name = random_name({s.spec.annotations.name for s in live})
@@ -312,6 +317,7 @@ def updated_service(services: list[pb.Service], ref: str, version: int,
             state=pb.UpdateStatus.ROLLBACK_STARTED, started_at_ns=now_ns,
             message="manually requested rollback"))
     else:
+        check_service_spec(spec)
         new = canonical(spec)
         if not new.annotations.name:
             new.annotations.name = name

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from proto import objects_pb2 as pb
-from shoal.api.request import fields
+from shoal.api.request import check_int, fields
 from shoal.errors import InvalidRequest
 
 ROLE = {pb.WORKER: "worker", pb.MANAGER: "manager"}
@@ -143,6 +143,7 @@ def _set_nonneg(msg: Any, attr: str, value: int | None, name: str) -> None:
         return
     if value < 0:
         raise InvalidRequest(f"invalid {name} {value}: must not be negative")
+    check_int(value, "int64", name)
     if value:
         setattr(msg, attr, value)
 

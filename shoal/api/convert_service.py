@@ -15,7 +15,7 @@ from typing import Any
 
 from proto import objects_pb2 as pb
 from shoal.api.convert import _meta, timestamp
-from shoal.api.request import fields
+from shoal.api.request import check_int, fields
 from shoal.errors import InvalidRequest
 
 TASK_STATES = {v: k.lower() for k, v in pb.TaskState.items()}
@@ -67,10 +67,14 @@ def _enum(value: str, names: Mapping[Any, str], what: str) -> Any:
     raise InvalidRequest(f"invalid {what} {value!r}: expected one of {', '.join(names.values())}")
 
 
-def _nonneg(f: dict[str, Any], name: str, where: str) -> int:
+def _nonneg(f: dict[str, Any], name: str, where: str, kind: str = "int64") -> int:
+    """The field as an int the proto field (`kind`) can hold: JSON numbers have no bound, and
+    one out of range would fail in protobuf (a 500) instead of here (a 400). The limits that
+    keep the cluster safe are the manager's (manager/controlapi/limits.py)."""
     value = f.get(name, 0)
     if value < 0:
         raise InvalidRequest(f"invalid {where}.{name} {value}: must not be negative")
+    check_int(value, kind, f"{where}.{name}")
     return int(value)
 
 
@@ -124,14 +128,15 @@ def _mode(spec: pb.ServiceSpec, body: Any, w: str) -> None:
     elif "ReplicatedJob" in f:
         jw = f"{w}.ReplicatedJob"
         job = fields(f["ReplicatedJob"], {"MaxConcurrent": int, "TotalCompletions": int}, jw)
-        spec.replicated_job.max_concurrent = _nonneg(job, "MaxConcurrent", jw) \
+        spec.replicated_job.max_concurrent = _nonneg(job, "MaxConcurrent", jw, "uint64") \
             if "MaxConcurrent" in job else 1
-        spec.replicated_job.total_completions = _nonneg(job, "TotalCompletions", jw) \
+        spec.replicated_job.total_completions = _nonneg(job, "TotalCompletions", jw, "uint64") \
             if "TotalCompletions" in job else spec.replicated_job.max_concurrent
     else:  # no mode, or Replicated without Replicas: one replica (as moby)
         rw = f"{w}.Replicated"
         rep = fields(f.get("Replicated"), {"Replicas": int}, rw)
-        spec.replicated.replicas = _nonneg(rep, "Replicas", rw) if "Replicas" in rep else 1
+        spec.replicated.replicas = _nonneg(rep, "Replicas", rw, "uint64") \
+            if "Replicas" in rep else 1
 
 
 def task_spec(body: Any, w: str = "TaskTemplate") -> pb.TaskSpec:
@@ -151,7 +156,7 @@ def task_spec(body: Any, w: str = "TaskTemplate") -> pb.TaskSpec:
         spec.restart.CopyFrom(_restart(f["RestartPolicy"], f"{w}.RestartPolicy"))
     if "Placement" in f:
         spec.placement.CopyFrom(_placement(f["Placement"], f"{w}.Placement"))
-    spec.force_update = _nonneg(f, "ForceUpdate", w)
+    spec.force_update = _nonneg(f, "ForceUpdate", w, "uint64")
     return spec
 
 
@@ -204,7 +209,7 @@ def _mount(body: Any, w: str) -> pb.Mount:
                    f"{w}.TmpfsOptions")
     _unsupported(tmpfs, ("Options",), f"{w}.TmpfsOptions")
     m.tmpfs_size_bytes = _nonneg(tmpfs, "SizeBytes", f"{w}.TmpfsOptions")
-    m.tmpfs_mode = _nonneg(tmpfs, "Mode", f"{w}.TmpfsOptions")
+    m.tmpfs_mode = _nonneg(tmpfs, "Mode", f"{w}.TmpfsOptions", "int32")
     return m
 
 
@@ -213,7 +218,8 @@ def _healthcheck(body: Any, w: str) -> pb.HealthConfig:
                       "StartPeriod": int, "StartInterval": int}, w)
     _unsupported(f, ("StartInterval",), w)
     return pb.HealthConfig(test=_strings(f, "Test", w), interval_ns=_nonneg(f, "Interval", w),
-                           timeout_ns=_nonneg(f, "Timeout", w), retries=_nonneg(f, "Retries", w),
+                           timeout_ns=_nonneg(f, "Timeout", w),
+                           retries=_nonneg(f, "Retries", w, "int32"),
                            start_period_ns=_nonneg(f, "StartPeriod", w))
 
 
@@ -236,7 +242,7 @@ def _resources(body: Any, w: str) -> pb.ResourceRequirements:
 def _restart(body: Any, w: str) -> pb.RestartPolicy:
     f = fields(body, {"Condition": str, "Delay": int, "MaxAttempts": int, "Window": int}, w)
     r = pb.RestartPolicy(condition=_enum(f.get("Condition", ""), RESTART, "restart condition"),
-                         max_attempts=_nonneg(f, "MaxAttempts", w))
+                         max_attempts=_nonneg(f, "MaxAttempts", w, "uint64"))
     if "Delay" in f:
         r.delay.ns = _nonneg(f, "Delay", w)
     if "Window" in f:
@@ -248,7 +254,7 @@ def _placement(body: Any, w: str) -> pb.Placement:
     f = fields(body, {"Constraints": list, "Preferences": list, "MaxReplicas": int,
                       "Platforms": list}, w)
     p = pb.Placement(constraints=_strings(f, "Constraints", w),
-                     max_replicas=_nonneg(f, "MaxReplicas", w))
+                     max_replicas=_nonneg(f, "MaxReplicas", w, "uint64"))
     for i, pref in enumerate(f.get("Preferences", [])):
         pw = f"{w}.Preferences[{i}]"
         spread = fields(fields(pref, {"Spread": dict}, pw).get("Spread"),
@@ -263,7 +269,8 @@ def _placement(body: Any, w: str) -> pb.Placement:
 def _update_config(body: Any, w: str) -> pb.UpdateConfig:
     f = fields(body, {"Parallelism": int, "Delay": int, "FailureAction": str, "Monitor": int,
                       "MaxFailureRatio": NUM, "Order": str}, w)
-    u = pb.UpdateConfig(parallelism=_nonneg(f, "Parallelism", w), delay_ns=_nonneg(f, "Delay", w),
+    u = pb.UpdateConfig(parallelism=_nonneg(f, "Parallelism", w, "uint64"),
+                        delay_ns=_nonneg(f, "Delay", w),
                         failure_action=_enum(f.get("FailureAction", ""), FAILURE_ACTION,
                                              f"{w}.FailureAction"),
                         order=_enum(f.get("Order", ""), ORDER, f"{w}.Order"))

@@ -42,6 +42,19 @@ def fields(body: Any, allowed: dict[str, type | tuple[type, ...]], where: str) -
     return out
 
 
+# What each protobuf integer type holds, for JSON numbers (unbounded in Python).
+INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1),
+              "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1)}
+
+
+def check_int(value: int, kind: str, where: str) -> None:
+    """Refuse a number the field can't hold, in the words dockerd (Go's JSON decoder) uses."""
+    low, high = INT_RANGES[kind]
+    if not low <= value <= high:
+        raise InvalidRequest(f"json: cannot unmarshal number {value} into {where} of type "
+                             f"{kind} (out of range {low} to {high})")
+
+
 def bool_param(value: str | None) -> bool:
     """moby's httputils.BoolValue: '', 0, no, false, none (any case) are false."""
     return value is not None and value.strip().lower() not in _TRUE_FALSE
@@ -51,9 +64,12 @@ def int_param(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError as err:
         raise InvalidRequest(f"invalid {name} {value!r}: expected an integer") from err
+    if not 0 <= number < 2**63:  # a version index (uint64 in the store); never beyond int64
+        raise InvalidRequest(f"invalid {name} {value!r}: must be between 0 and {2**63 - 1}")
+    return number
 
 
 def filters_param(value: str | None) -> dict[str, list[str]]:

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from manager import errors as merr
+from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
 from shoal.api import logs, nodes, services, swarm, tasks
 from shoal.api.context import NODE
 from shoal.description import VERSION
@@ -28,6 +29,13 @@ _STATUS: list[tuple[type[merr.ManagerError], int]] = [
     (merr.OutOfSequence, 409), (merr.FailedPrecondition, 400), (merr.PermissionDenied, 403),
     (merr.Unavailable, 503),
 ]
+
+# aiohttp refuses a body over client_max_size while reading it (then drains the rest, so the
+# client still reads this answer). A valid spec is far smaller (manager/controlapi/limits.py).
+_TOO_LARGE = (f"the request body is larger than the API's limit of "
+              f"{MAX_REQUEST_BYTES // (1024 * 1024)} MiB: a service spec may be at most "
+              f"{MAX_SPEC_BYTES // 1024} KiB serialized; keep large data (environment, "
+              "configuration files) out of the spec")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,6 +59,8 @@ def _error(status: int, message: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, _TOO_LARGE)
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _error(exc.status, exc.reason if exc.status != 404 else
@@ -108,7 +118,7 @@ def _arch() -> str:
 
 def make_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[headers_middleware(node), errors_middleware],
-                          client_max_size=16 * 1024 * 1024)
+                          client_max_size=MAX_REQUEST_BYTES)
     app[NODE] = node
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from manager.controlapi.cluster import update_cluster
+from manager.controlapi.limits import check_cluster_spec
 from proto import objects_pb2 as pb
 from shoal import joining
 from shoal.api import convert
@@ -74,6 +75,7 @@ async def swarm_init(request: web.Request) -> web.Response:
     f = fields(await _body(request), _INIT_FIELDS, "SwarmInitRequest")
     adv_ip, listen_ip, port = _addresses(f)
     spec = convert.cluster_spec(f.get("Spec") or {})
+    check_cluster_spec(spec)
     req = InitRequest(adv_ip, listen_ip, port, spec, _availability(f.get("Availability")))
     node_id = await node_of(request).init(req)
     return web.json_response(node_id)
