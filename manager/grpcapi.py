@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import grpc
 
 from manager import errors
+from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
 from shoal import pki
 
@@ -32,21 +33,47 @@ def status_code(err: errors.ManagerError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def caller(context: grpc.aio.ServicerContext, cluster_id: str,
-           roles: tuple[int, ...]) -> pki.Identity:
-    """The authenticated peer; refuses callers of another cluster or the wrong role."""
+def caller(context: grpc.aio.ServicerContext, cluster_id: str, roles: tuple[int, ...],
+           store: MemoryStore) -> pki.Identity:
+    """The authenticated peer; refuses callers of another cluster, callers whose node is gone
+    from the store, and callers whose certificate or current role (the store's, which a
+    demotion changes before the old certificate expires) is not among `roles`."""
     ident = pki.peer_identity(context)
     if ident is None:
         raise errors.PermissionDenied("a client certificate of this swarm is required")
-    if ident.cluster_id != cluster_id:
-        raise errors.PermissionDenied(
-            f"certificate of cluster {ident.cluster_id} is not valid in cluster {cluster_id}")
-    if ident.role not in roles:
-        wanted = " or ".join(role_name(r) for r in roles)
-        raise errors.PermissionDenied(
-            f"node {ident.node_id} is a {role_name(ident.role)}; "
-            f"this call is for {wanted} nodes only")
+    refused = refusal(ident, cluster_id, roles, store.get(pb.Node, ident.node_id))
+    if refused is not None:
+        raise errors.PermissionDenied(refused)
     return ident
+
+
+def refusal(ident: pki.Identity, cluster_id: str, roles: tuple[int, ...],
+            node: pb.Node | None) -> str | None:
+    """Why `ident` may not make a call open to `roles` (None: it may); pure."""
+    if ident.cluster_id != cluster_id:
+        return f"certificate of cluster {ident.cluster_id} is not valid in cluster {cluster_id}"
+    wanted = " or ".join(role_name(r) for r in roles)
+    if ident.role not in roles:
+        return (f"node {ident.node_id} is a {role_name(ident.role)}; "
+                f"this call is for {wanted} nodes only")
+    if node is None:
+        return (f"node {ident.node_id} is not a member of this swarm (it was removed); run "
+                "`shoal swarm leave --force` on it, then join again with a join token")
+    current = current_role(node)
+    if current not in roles:
+        return (f"node {ident.node_id} is a {role_name(current)} now (demoted); its "
+                f"{role_name(ident.role)} certificate is no longer valid for this call, "
+                f"which is for {wanted} nodes only. The node renews its certificate by "
+                "itself; `shoal node promote` makes it a manager again")
+    return None
+
+
+def current_role(node: pb.Node) -> int:
+    """The role the swarm gives the node now: a manager only while it both is one and is
+    meant to stay one, so a demotion counts from the moment it is asked for."""
+    if node.role == pb.MANAGER and node.spec.desired_role == pb.MANAGER:
+        return pb.MANAGER
+    return pb.WORKER
 
 
 def unary(fn: F) -> F:

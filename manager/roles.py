@@ -19,6 +19,13 @@ RAFT_RECHECK = 1.0  # seconds between looks at the managers' Raft connectivity
 def sync_manager_status(node: pb.Node, leader_raft: str | None,
                         connected: Callable[[str], bool]) -> bool:
     """Set a member's leader flag and reachability from what Raft says now; True if changed."""
+    if node.role != pb.MANAGER:
+        # A worker has no manager status; one left by a stale write (a former manager's
+        # late join) would show it as a manager, even as a second leader, in `node ls`.
+        if node.HasField("manager_status"):
+            node.ClearField("manager_status")
+            return True
+        return False
     status = node.manager_status
     if not status.raft_addr:
         return False

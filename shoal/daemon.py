@@ -9,12 +9,16 @@ import logging
 import os
 import signal
 import socket
+import sys
 import urllib.parse
 
 from aiohttp import web
 
+from manager.raft.guarded import RaftFailed
+from manager.raft.journal import RaftStateDamaged, set_aside
 from shoal.api.server import make_app
 from shoal.node import Node
+from shoal.nodestate import DataRoot
 from worker.executor import DEFAULT_ENGINE, KINDS, make_executor
 
 log = logging.getLogger("shoald")
@@ -32,7 +36,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run tasks on the engine (docker) or pretend to (fake: tests)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--reset-raft-state", action="store_true",
+                   help="move this manager's damaged Raft files aside (the secret stays) and "
+                        "exit; started again, it catches up from the other managers")
     return p.parse_args(argv)
+
+
+def raft_recovery(data_root: str) -> str:
+    return (f"To recover, run `shoald --data-root {data_root} --reset-raft-state` (it moves the "
+            "Raft files aside and keeps the Raft secret), then start shoald again: as a member "
+            "of the Raft group it catches up from the other managers. If it is the only "
+            f"manager, restore {data_root} from a backup instead.")
+
+
+def damaged_message(err: RaftStateDamaged, data_root: str) -> str:
+    return (f"shoald: this manager's Raft state is damaged; it will not start.\n"
+            f"  file:    {err.path}\n  problem: {err.problem}\n{raft_recovery(data_root)}")
+
+
+def reset_raft_state(data_root: str) -> str:
+    raft_dir = DataRoot(data_root).raft_dir
+    if not os.path.isdir(raft_dir):
+        return f"shoald: no Raft state in {raft_dir}; nothing to reset"
+    aside, moved = set_aside(raft_dir)
+    if not moved:
+        return f"shoald: no Raft files in {raft_dir}; nothing to reset"
+    return (f"shoald: moved {', '.join(moved)} from {raft_dir} to {aside}; start shoald again "
+            "and it catches up from the other managers")
 
 
 async def _sites(runner: web.AppRunner, hosts: list[str]) -> list[web.BaseSite]:
@@ -55,22 +85,39 @@ async def _sites(runner: web.AppRunner, hosts: list[str]) -> list[web.BaseSite]:
     return sites
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace) -> str | None:
+    """Run until SIGTERM/SIGINT; returns why the node failed, if it did."""
     node = Node(args.data_root, args.hostname or socket.gethostname(),
                 executor=make_executor(args.executor, args.engine))
-    await node.start()
+    stop = asyncio.Event()
+    failed: list[RaftFailed] = []
+    loop = asyncio.get_running_loop()
+
+    def fail(err: RaftFailed) -> None:
+        failed.append(err)
+        stop.set()
+
+    def raft_failed(err: RaftFailed) -> None:  # on Raft's thread
+        loop.call_soon_threadsafe(fail, err)
+
+    node.on_fatal = raft_failed
+    try:
+        await node.start()
+    except RaftStateDamaged as err:
+        return damaged_message(err, args.data_root)
     runner = web.AppRunner(make_app(node), access_log=None)
     await runner.setup()
     await _sites(runner, args.host or ["unix:///run/shoal/shoal.sock"])
     log.info("shoald ready (node state %s)", node.local_state)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shoald stopping")
     await runner.cleanup()
     await node.stop()
+    if failed:
+        return f"shoald: {failed[0]}\n{raft_recovery(args.data_root)}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    asyncio.run(serve(args))
+    if args.reset_raft_state:
+        print(reset_raft_state(args.data_root))
+        return
+    failure = asyncio.run(serve(args))
+    if failure is not None:
+        print(failure, file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

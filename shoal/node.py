@@ -8,6 +8,7 @@ import datetime
 import logging
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -18,6 +19,7 @@ from manager.errors import ManagerError, Unavailable
 from manager.grpcapi import role_name
 from manager.identity import new_id
 from manager.manager import Manager
+from manager.raft.guarded import RaftFailed
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
 from shoal import joining, pki
@@ -60,6 +62,8 @@ class Node:
         # Why renewing the certificate fails (reported in heartbeats: `node inspect`).
         self.renewal_problem = ""
         self._lock = asyncio.Lock()  # one membership change at a time
+        # Told (from Raft's thread) when this node's Raft stops; the daemon then exits.
+        self.on_fatal: Callable[[RaftFailed], None] | None = None
 
     # -- what the API asks --
 
@@ -188,7 +192,8 @@ class Node:
 
     async def _start_manager(self, peers: list[str], secret: str) -> ManagerRole:
         assert self.state is not None
-        role = ManagerRole(self.data, self.state, self._current_certs, peers, secret)
+        role = ManagerRole(self.data, self.state, self._current_certs, peers, secret,
+                           on_fatal=self.on_fatal)
         await role.start()
         self.manager_role = role
         return role

@@ -18,6 +18,7 @@ from manager.logbroker.broker import LogBroker
 from manager.logbroker.server import LogBrokerServicer, LogsServicer
 from manager.manager import Manager, ManagerAddrs
 from manager.orchestrator.orchestrators import orchestrators
+from manager.raft.guarded import RaftFailed
 from manager.raft.replica import RaftReplica
 from manager.raftapi import RaftMembershipServicer
 from manager.roles import RoleController
@@ -67,10 +68,12 @@ def write_secret(data: DataRoot, secret: str) -> None:
 
 class ManagerRole:
     def __init__(self, data: DataRoot, state: SwarmState, certs: Callable[[], Certificates],
-                 peers: list[str], secret: str) -> None:
+                 peers: list[str], secret: str,
+                 on_fatal: Callable[[RaftFailed], None] | None = None) -> None:
         write_secret(data, secret)
         self.store = MemoryStore()
-        self.replica = RaftReplica(self.store, state.raft_addr, peers, secret, data.raft_dir)
+        self.replica = RaftReplica(self.store, state.raft_addr, peers, secret, data.raft_dir,
+                                   on_fatal=on_fatal)
         self.manager = Manager(state.node_id, ManagerAddrs(state.addr, state.raft_addr),
                                self.store, self.replica)
         self.dispatcher = Dispatcher(self.manager)

@@ -86,7 +86,7 @@ class NodeCAServicer(cluster_pb2_grpc.NodeCAServicer):
                                context: grpc.aio.ServicerContext
                                ) -> cluster_pb2.RenewCertificateResponse:
         cluster = self.mgr.cluster()
-        ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER))
+        ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER), self.mgr.store)
         node = self.mgr.store.get(pb.Node, ident.node_id)
         if node is None:
             raise NotFound(f"node {ident.node_id} was removed from the swarm; it can't renew "

@@ -100,7 +100,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
                       context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[cluster_pb2.SessionMessage]:
         cluster = self.mgr.cluster()
-        ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER))
+        ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER), self.mgr.store)
         self._require_leader()
         node = self.mgr.node(ident.node_id)
         session = NodeSession(new_id(), node.id, self._period() * (1 + random.uniform(-0.1, 0.1)))
@@ -128,7 +128,8 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     @grpcapi.unary
     async def Heartbeat(self, request: cluster_pb2.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> cluster_pb2.HeartbeatResponse:
-        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER))
+        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER),
+                               self.mgr.store)
         session = self.sessions.get(ident.node_id)
         if session is None or session.session_id != request.session_id:
             raise NotFound(f"session {request.session_id} of node {ident.node_id} is not "
@@ -148,7 +149,8 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     async def Assignments(self, request: cluster_pb2.AssignmentsRequest,
                           context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[cluster_pb2.AssignmentsMessage]:
-        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER))
+        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER),
+                               self.mgr.store)
         self._require_leader()
         session = self._session(ident.node_id, request.session_id)
 
@@ -162,7 +164,8 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     @grpcapi.unary
     async def UpdateTaskStatus(self, request: cluster_pb2.UpdateTaskStatusRequest,
                                context: grpc.aio.ServicerContext) -> cluster_pb2.Empty:
-        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER))
+        ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER),
+                               self.mgr.store)
         self._require_leader()
         session = self._session(ident.node_id, request.session_id)
         await self.statuses.submit(session.node_id, list(request.updates))

@@ -20,7 +20,7 @@ class LogBrokerServicer(cluster_pb2_grpc.LogBrokerServicer):
 
     def _caller(self, context: grpc.aio.ServicerContext) -> str:
         cluster = self.broker.mgr.cluster()
-        ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER))
+        ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER), self.broker.mgr.store)
         if not self.broker.mgr.is_leader():
             raise FailedPrecondition(f"not the leader; leader={self.broker.mgr.leader_addr()}")
         return ident.node_id
@@ -54,7 +54,7 @@ class LogsServicer(cluster_pb2_grpc.LogsServicer):
     async def SubscribeLogs(self, request: cluster_pb2.SubscribeLogsRequest,
                             context: grpc.aio.ServicerContext
                             ) -> AsyncIterator[cluster_pb2.SubscribeLogsMessage]:
-        grpcapi.caller(context, self.broker.mgr.cluster().id, (pb.MANAGER,))
+        grpcapi.caller(context, self.broker.mgr.cluster().id, (pb.MANAGER,), self.broker.mgr.store)
         if not self.broker.mgr.is_leader():
             raise FailedPrecondition(f"not the leader; leader={self.broker.mgr.leader_addr()}")
         async for batch in self.broker.subscribe(request.selector, request.options):

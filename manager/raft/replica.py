@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
 from manager.errors import ManagerError, Unavailable
+from manager.raft.guarded import GuardedSyncObj, RaftFailed
+from manager.raft.journal import check_raft_state
 from manager.store.memory import ApplyResult, MemoryStore
 from proto import store_pb2
 
@@ -78,10 +80,12 @@ class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
 class RaftReplica:
     def __init__(self, store: MemoryStore, self_addr: str, peers: list[str], secret: str,
                  state_dir: str, timing: RaftTiming | None = None,
-                 on_leader_change: Callable[[], None] | None = None) -> None:
+                 on_leader_change: Callable[[], None] | None = None,
+                 on_fatal: Callable[[RaftFailed], None] | None = None) -> None:
         self.store = store
         self.self_addr = self_addr
         os.makedirs(state_dir, exist_ok=True)
+        check_raft_state(state_dir)  # raises RaftStateDamaged: never start on damaged files
         t = timing or RaftTiming()
         conf = SyncObjConf(
             password=secret,
@@ -103,7 +107,8 @@ class RaftReplica:
         self.timing = t
         self._consumer = _StoreConsumer(store)
         others = [p for p in peers if p != self_addr]
-        self._sync = SyncObj(self_addr, others, conf, consumers=[self._consumer])
+        self._sync = GuardedSyncObj(self_addr, others, conf, consumers=[self._consumer],
+                                    on_fatal=on_fatal)
 
     # -- state --
 

@@ -4,8 +4,8 @@ identity and print the status code name (OK on success).
 usage: grpc_probe.py ADDR IDENTITY METHOD CERTDIR
   IDENTITY: none (no client certificate), node (CERTDIR's node.key/node.crt),
             foreign (a certificate from a freshly made CA of another cluster)
-  METHOD:   renew (NodeCA.RenewCertificate, any node) or raftjoin (RaftMembership.Join,
-            managers only)
+  METHOD:   renew (NodeCA.RenewCertificate, any node), raftjoin (RaftMembership.Join,
+            managers only) or logs (Logs.SubscribeLogs, managers only)
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def main() -> None:
         if method == "renew":
             request = cluster_pb2.RenewCertificateRequest(csr_pem=pki.make_csr(pki.new_key()))
             cluster_pb2_grpc.NodeCAStub(channel).RenewCertificate(request, timeout=5)
+        elif method == "logs":
+            stream = cluster_pb2_grpc.LogsStub(channel).SubscribeLogs(
+                cluster_pb2.SubscribeLogsRequest(), timeout=5)
+            next(iter(stream), None)
         else:
             request2 = cluster_pb2.JoinRaftRequest(raft_addr="198.18.255.1:2379")
             cluster_pb2_grpc.RaftMembershipStub(channel).Join(request2, timeout=5)
