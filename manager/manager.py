@@ -56,7 +56,7 @@ class Manager:
     def leader_addr(self) -> str | None:
         """Cluster (gRPC) address of the leader, from its Raft address."""
         raft = self.replica.leader_addr()
-        for node in self.store.list(pb.Node):
+        for node in self.view().list(pb.Node):
             if node.manager_status.raft_addr == raft and raft:
                 return str(node.manager_status.addr)
         return None
@@ -67,6 +67,9 @@ class Manager:
     def require_quorum(self) -> None:
         """Refuse at once on a manager cut off from the majority: its state may be stale
         and nothing it proposes can commit."""
+        if not self.replica.ready():
+            raise Unavailable(f"manager {self.node_id} is still catching up with the "
+                              "managers' log; retry in a moment")
         if not self.replica.has_quorum():
             leader = self.leader_addr()
             where = f"the last known leader is {leader}" if leader else "no leader is known"

@@ -94,7 +94,7 @@ class AssignmentIndex:
     def resync(self) -> None:
         self._tasks.clear()
         self._node_of.clear()
-        for task in self.store.list(pb.Task):
+        for task in self.store.list_view(pb.Task):
             self._put(task)
         for node_id in self._listeners:
             self._wake(node_id)
