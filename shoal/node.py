@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+import pki
 from manager.ca.authority import BACKDATE, RootCA
 from manager.ca.server import cert_expiry
 from manager.errors import Unavailable
@@ -21,7 +22,7 @@ from manager.identity import new_id
 from manager.manager import Manager
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
-from shoal import joining, pki
+from shoal import joining
 from shoal.description import describe
 from shoal.errors import AlreadyInSwarm, JoinFailed, LeaveRefused, NotAManager, NotInSwarm
 from shoal.nodestate import Certificates, DataRoot, SwarmState
