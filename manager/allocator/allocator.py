@@ -15,9 +15,10 @@ import logging
 import time
 from collections.abc import Sequence
 
-from manager.allocator.ports import PortKey, in_use_by_others, resolve_endpoint
+from manager.allocator.ports import resolve_endpoint
 from manager.batching import write_updates
 from manager.errors import ManagerError
+from manager.rules.ports import PortKey, in_use_by_others
 from manager.scheduler.filters import wants_to_run
 from manager.store.memory import Event
 from manager.watched import PassController
