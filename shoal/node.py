@@ -160,8 +160,11 @@ class Node:
                         "as a manager. Removing this node leaves the remaining managers with "
                         "one fewer member; demote it first (`shoal node demote`), or use "
                         "`--force` to ignore this message.")
-                with contextlib.suppress(Exception):
+                try:
                     await self.manager_role.replica.remove_member(self.state.raft_addr, 3.0)
+                except Unavailable as err:  # --force: leave anyway, as Docker does
+                    log.warning("leaving with --force: this manager is still a Raft member "
+                                "the others count (remove it with `shoal node rm`): %s", err)
             await self.stop()
             await remove_node_containers(self.executor, self.state.node_id)
             self.data.wipe()

@@ -243,8 +243,11 @@ class TaskManager:
                         self.task_id, err)
             await self._pause(RETRY)
             return AGAIN
-        with contextlib.suppress(ExecutorError):
+        try:  # only to report the exit code; the task is shut down either way
             self._container = await self._executor.inspect(self.task_id)
+        except ExecutorError as err:
+            log.info("task %s: stopped, but inspecting its container failed: %s",
+                     self.task_id, err)
         return self._status(pb.SHUTDOWN, "shutdown")
 
     async def _remove(self) -> Step:

@@ -85,8 +85,10 @@ class DockerExecutor(Executor):
     async def close(self) -> None:
         stream, self._event_stream = self._event_stream, None
         if stream is not None:
-            with contextlib.suppress(Exception):
+            try:  # unblocks the pool thread reading it; its connection may be gone already
                 stream.close()
+            except (OSError, requests.RequestException) as err:
+                log.debug("closing the engine event stream: %s", err)
         if self._events is not None:
             self._events.cancel()
             self._events = None
