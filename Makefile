@@ -43,7 +43,8 @@ proto: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy proto manager worker netdriver shoal
+	$(VENV)/bin/mypy proto pki manager worker netdriver shoal
+	$(VENV)/bin/lint-imports
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit tests/integration

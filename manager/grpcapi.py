@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+import pki
 from manager import errors
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
-from shoal import pki
 
 _CODES: list[tuple[type[errors.ManagerError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 
 from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 
@@ -16,8 +19,8 @@ def _memory_bytes() -> int:
             for line in f:
                 if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    except OSError as err:  # the node still works; the scheduler then sees no memory here
+        log.warning("cannot read the node's memory from /proc/meminfo, reporting 0: %s", err)
     return 0
 
 

@@ -200,7 +200,7 @@ def _kill(pids: list[int], sig: int) -> None:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
-            pass
+            pass  # already gone: that is what killing it was for
 
 
 def _shim_task(argv: list[str]) -> tuple[str, str, str] | None:
@@ -219,7 +219,7 @@ def _descendants(roots: list[int]) -> list[int]:
             try:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
-                continue
+                continue  # the process exited while we read /proc
             parents.setdefault(ppid, []).append(int(entry.name))
     found, queue = [], list(roots)
     while queue:
@@ -300,7 +300,7 @@ class Engine:
             digest = hashlib.sha256(f"{address}/{namespace}/{cid}".encode()).hexdigest()
             Path(SHIM_SOCKETS, digest).unlink(missing_ok=True)
             for cgroup in Path("/sys/fs/cgroup").glob(f"*/docker/{cid}"):
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # best effort: busy or gone already
                     cgroup.rmdir()
 
     def purge(self) -> None:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import grpc
 
+import pki
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
-from shoal import pki
 from shoal.errors import JoinFailed
 from shoal.nodestate import Certificates
 

@@ -351,7 +351,7 @@ def _wait_ping(hosts: Sequence[HostState], timeout: float = PING_TIMEOUT) -> Non
                 host.client(timeout=2.0).get("/_ping")
                 pending.remove(host)
             except APIError:
-                pass
+                pass  # not answering yet: the caller polls again until its deadline
         return not pending
 
     if not procs.wait_for(check, timeout, interval=0.1):

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+import pki
 from manager.errors import Unavailable
 from proto import cluster_pb2, cluster_pb2_grpc
-from shoal import pki
 from shoal.node import Node
 
 

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 
 import grpc
 
+import pki
 from manager.ca.authority import BACKDATE, RootCA
 from manager.ca.server import cert_expiry
-from manager.errors import ManagerError, Unavailable
+from manager.errors import Unavailable
 from manager.grpcapi import role_name
 from manager.identity import new_id
 from manager.manager import Manager
 from manager.raft.guarded import RaftFailed
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
-from shoal import joining, pki
+from shoal import joining
 from shoal.description import describe
 from shoal.errors import AlreadyInSwarm, JoinFailed, LeaveRefused, NotAManager, NotInSwarm
 from shoal.nodestate import Certificates, DataRoot, SwarmState
@@ -170,9 +171,9 @@ class Node:
                         "`--force` to ignore this message.")
                 try:
                     await self.manager_role.replica.remove_member(self.state.raft_addr, 3.0)
-                except ManagerError as err:
-                    log.warning("leaving: this manager could not take itself out of Raft "
-                                "(%s); remove it from the others with `shoal node rm`", err)
+                except Unavailable as err:  # --force: leave anyway, as Docker does
+                    log.warning("leaving with --force: this manager is still a Raft member "
+                                "the others count (remove it with `shoal node rm`): %s", err)
             await self.stop()
             await remove_node_containers(self.executor, self.state.node_id)
             self.data.wipe()

@@ -4,7 +4,6 @@ node reads the matching tasks' container output and streams it back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -113,5 +112,6 @@ async def publish_logs(channel: grpc.aio.Channel, worker: Worker, node_id: str) 
     finally:
         for task in running.values():
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*running.values(), return_exceptions=True)
+        for result in await asyncio.gather(*running.values(), return_exceptions=True):
+            if isinstance(result, Exception):  # cancellations are expected, failures not
+                log.warning("publishing logs failed: %r", result)

@@ -10,6 +10,11 @@ the desired state. A task whose desired state is REMOVE, or that left the assign
 stopped and its container removed; a finished task's container is kept until then (its logs
 stay readable). Health checks: the task stays STARTING until the container is healthy; an
 unhealthy container is stopped and the task FAILED ("task: container unhealthy").
+
+Engine errors: a transient one (engine unreachable, timed out, a server error) while
+preparing or starting is retried with exponential backoff, up to `Backoff.attempts` tries,
+before the task is rejected or failed; a permanent one (no such image, invalid spec) rejects
+or fails it at once. Stopping and removing are retried until they succeed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from proto import objects_pb2 as pb
@@ -28,6 +34,24 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[str, pb.TaskStatus], None]
 RETRY = 1.0  # seconds before retrying an engine call that failed for a reason not the task's
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a transient engine error while preparing or starting is retried: `first` seconds
+    after the first failure, doubling up to `most`, `attempts` tries in all (about 15 s of
+    retrying by default: long enough for a dockerd restart, short enough that the
+    orchestrator soon places the task elsewhere)."""
+    first: float = 0.5
+    most: float = 8.0
+    attempts: int = 6
+
+
+def retry_delay(backoff: Backoff, failures: int) -> float | None:
+    """Seconds to wait after the `failures`-th failure in a row (1-based); None: give up."""
+    if failures >= backoff.attempts:
+        return None
+    return float(min(backoff.first * 2 ** (failures - 1), backoff.most))
 
 
 class _Signal:
@@ -61,7 +85,7 @@ def exit_status(state: ContainerState) -> tuple[int, str, str]:
 
 class TaskManager:
     def __init__(self, task: pb.Task, executor: Executor, report: Report,
-                 adopted: ContainerState | None = None) -> None:
+                 adopted: ContainerState | None = None, backoff: Backoff = Backoff()) -> None:
         self.task = pb.Task()
         self.task.CopyFrom(task)
         self.status = pb.TaskStatus()
@@ -72,6 +96,8 @@ class TaskManager:
         self._changed = asyncio.Event()
         self._closing = False  # left the assignment set: stop, remove, finish
         self._runner: asyncio.Task[None] | None = None
+        self._backoff = backoff
+        self._failures = 0  # transient engine errors in a row in the current state
 
     @property
     def task_id(self) -> str:
@@ -161,7 +187,8 @@ class TaskManager:
         try:
             self._container = await self._executor.prepare(self.task)
         except ExecutorError as err:
-            return self._status(pb.REJECTED, "preparing", err=str(err))
+            retry = await self._retry(err, "preparing")
+            return retry or self._status(pb.REJECTED, "preparing", err=str(err))
         return self._advance(pb.READY, "prepared")
 
     async def _start(self) -> Step:
@@ -172,7 +199,8 @@ class TaskManager:
                     await self._executor.prepare(self.task)
                 await self._executor.start(self.task_id)
             except ExecutorError as err:
-                return self._status(pb.FAILED, "starting", err=str(err))
+                retry = await self._retry(err, "starting")
+                return retry or self._status(pb.FAILED, "starting", err=str(err))
             state = await self._executor.inspect(self.task_id)
         return await self._follow(state, starting=True)
 
@@ -215,8 +243,11 @@ class TaskManager:
                         self.task_id, err)
             await self._pause(RETRY)
             return AGAIN
-        with contextlib.suppress(ExecutorError):
+        try:  # only to report the exit code; the task is shut down either way
             self._container = await self._executor.inspect(self.task_id)
+        except ExecutorError as err:
+            log.info("task %s: stopped, but inspecting its container failed: %s",
+                     self.task_id, err)
         return self._status(pb.SHUTDOWN, "shutdown")
 
     async def _remove(self) -> Step:
@@ -254,6 +285,22 @@ class TaskManager:
         await self._pause(RETRY)
         return None
 
+    async def _retry(self, err: ExecutorError, doing: str) -> _Signal | None:
+        """After a transient error, pause (a change to the task cuts it short) and return
+        AGAIN; None when the error is permanent or the retries are used up."""
+        if not err.transient:
+            return None
+        self._failures += 1
+        delay = retry_delay(self._backoff, self._failures)
+        if delay is None:
+            log.warning("task %s: %s failed %d times, giving up: %s", self.task_id, doing,
+                        self._failures, err)
+            return None
+        log.warning("task %s: %s failed (transient, try %d of %d), retrying in %.1f s: %s",
+                    self.task_id, doing, self._failures, self._backoff.attempts, delay, err)
+        await self._pause(delay)
+        return AGAIN
+
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), seconds)
@@ -281,6 +328,8 @@ class TaskManager:
             log.error("task %s: refusing to move back from %s to %s", self.task_id,
                       pb.TaskState.Name(self.status.state), pb.TaskState.Name(status.state))
             return False
+        if status.state != self.status.state:
+            self._failures = 0
         self.status.CopyFrom(status)
         self.task.status.CopyFrom(status)
         self._send()

@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import Sequence
 
-from manager.allocator.ports import PortKey, in_use_by_others, resolve_endpoint
+from manager.allocator.ports import resolve_endpoint
 from manager.errors import ManagerError
 from manager.manager import Manager
 from manager.orchestrator.controller import write_each
+from manager.rules.ports import PortKey, in_use_by_others
 from manager.runtime import Controller
 from manager.scheduler.filters import wants_to_run
 from manager.store.memory import Event, StoreView

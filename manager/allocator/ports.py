@@ -1,6 +1,7 @@
 """Published ports of services (pure): ingress ports without a number get one from the
 dynamic range, unique in the cluster per protocol; host-mode ports need nothing here (the
-scheduler keeps two tasks from taking one host port on the same node).
+scheduler keeps two tasks from taking one host port on the same node). Which ports are held
+and what conflicts is `manager.rules.ports`, shared with the API and the scheduler.
 
 Routing the ingress ports (the routing mesh) is the network work's; this only records the
 numbers in `Service.endpoint`, where it and the API read them.
@@ -8,44 +9,14 @@ numbers in `Service.endpoint`, where it and the API read them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from manager.errors import FailedPrecondition
+from manager.rules.ports import PortKey
 from proto import objects_pb2 as pb
 
 DYNAMIC_FIRST = 30000
 DYNAMIC_LAST = 32767
 
-PortKey = tuple[int, int]  # (protocol, published port)
-
 _INGRESS = pb.PortConfig.INGRESS
-
-
-def ingress_ports(service: pb.Service) -> set[PortKey]:
-    """Ingress ports a service holds: its allocated ones and the ones its spec names."""
-    held: set[PortKey] = {(p.protocol, p.published_port) for p in service.endpoint.ports
-            if p.publish_mode == _INGRESS and p.published_port}
-    held.update((p.protocol, p.published_port) for p in service.spec.endpoint.ports
-                if p.publish_mode == _INGRESS and p.published_port)
-    return held
-
-
-def in_use_by_others(services: Iterable[pb.Service], service_id: str) -> set[PortKey]:
-    used: set[PortKey] = set()
-    for other in services:
-        if other.id != service_id:
-            used |= ingress_ports(other)
-    return used
-
-
-def conflicts(spec: pb.EndpointSpec, services: Iterable[pb.Service],
-              service_id: str = "") -> list[str]:
-    """Published ingress ports of `spec` another service already has (for API checks)."""
-    used = in_use_by_others(services, service_id)
-    return [f"{p.published_port}/{pb.PortConfig.Protocol.Name(p.protocol).lower()}"
-            for p in spec.ports
-            if p.publish_mode == _INGRESS and p.published_port
-            and (p.protocol, p.published_port) in used]
 
 
 def resolve_endpoint(service: pb.Service, used: set[PortKey]) -> pb.Endpoint:

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import pki
 from manager.ca.errors import CAError, JoinRefused
 from proto import objects_pb2
-from shoal import pki
 
 CA_VALIDITY = timedelta(days=20 * 365)
 # Back-date certificates so a node whose clock is slightly behind accepts them at once.

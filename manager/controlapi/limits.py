@@ -11,11 +11,12 @@ of its nodes exceed gRPC's limit, which ended their sessions.
 The size arithmetic, with MAX_SPEC_BYTES = 128 KiB:
 - A task carries its service's task template and endpoint (less than the spec), so a task
   is at most about MAX_SPEC_BYTES + 1 KiB (ids, status, meta).
-- The orchestrators write tasks in Raft batches of manager.batching.BATCH_SIZE (200): at most
-  ~26 MiB per Raft entry, which pysyncobj and the journal carry (it sends entries whole).
+- The orchestrators write tasks in Raft batches of at most 200 actions
+  (manager.orchestrator.controller.MAX_ACTIONS): at most ~26 MiB per Raft entry,
+  which pysyncobj and the journal carry (it sends entries whole).
 - A node's assignment message carries every task of the node (running ones and the retained
   history, task_history_retention_limit per slot). The nodes' gRPC receive limit (256 MiB,
-  shoal/pki.py channel_options; gRPC's default of 4 MiB broke sessions) carries ~1,900
+  pki/grpc_tls.py channel_options; gRPC's default of 4 MiB broke sessions) carries ~1,900
   max-size tasks per node, beyond what a node runs; with ordinary specs (a few KiB),
   hundreds of thousands.
 - The HTTP body limit (MAX_REQUEST_BYTES) is far above a valid spec's JSON, so a refused

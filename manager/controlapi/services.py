@@ -10,8 +10,7 @@ What each decision writes (the orchestrator's contract):
   update — and on every update of a job (a new spec_version is a new run of the job).
 - rollback: `spec` and `previous_spec` swapped, `update_status` ROLLBACK_STARTED
   "manually requested rollback" (started_at now), `spec_version` bumped.
-A task is up to date (`task_up_to_date`) when it was made from the current task template and
-endpoint (jobs: from the current spec_version), as the orchestrator's `is_current` decides.
+Whether a task is up to date is `manager.rules.uptodate.is_current`, the orchestrators' rule.
 - remove: `pending_delete` set; the service disappears from the API at once and the
   orchestrator/reaper removes its tasks, then deletes the service.
 """
@@ -32,6 +31,8 @@ from manager.errors import (
     OutOfSequence,
 )
 from manager.identity import new_id
+from manager.rules.ports import conflicts
+from manager.rules.uptodate import is_job, needs_new_tasks
 from manager.scheduler.constraint import parse_constraints, parse_spread
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
@@ -198,17 +199,12 @@ def _validate_endpoint(e: pb.EndpointSpec) -> None:
 
 def check_port_conflicts(spec: pb.ServiceSpec, others: Iterable[pb.Service]) -> None:
     """Ingress published ports are cluster-wide: refuse one another service holds."""
-    wanted = {(p.published_port, p.protocol) for p in spec.endpoint.ports
-              if p.published_port and p.publish_mode == pb.PortConfig.INGRESS}
-    for svc in others:
-        held = list(svc.spec.endpoint.ports) + list(svc.endpoint.ports)
-        for p in held:
-            if p.publish_mode == pb.PortConfig.INGRESS and \
-                    (p.published_port, p.protocol) in wanted:
-                proto = pb.PortConfig.Protocol.Name(p.protocol).lower()
-                raise InvalidArgument(
-                    f"port {p.published_port}/{proto} is already published by service "
-                    f"{svc.spec.annotations.name} ({svc.id}); choose another published port")
+    found = conflicts(spec.endpoint, others)
+    if found:
+        port, holder = found[0]
+        raise InvalidArgument(
+            f"port {port} is already published by service {holder.spec.annotations.name} "
+            f"({holder.id}); choose another published port")
 
 
 # ---------------------------------------------------------------- decisions
@@ -263,25 +259,6 @@ def _prune(msg: Any) -> None:
         _prune(value)
         if value.ByteSize() == 0:
             msg.ClearField(fd.name)
-
-
-def needs_new_tasks(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
-    """Whether running tasks are out of date: the task template or the endpoint changed."""
-    return old.task != new.task or old.endpoint != new.endpoint
-
-
-def is_job(spec: pb.ServiceSpec) -> bool:
-    return spec.WhichOneof("mode") in ("replicated_job", "global_job")
-
-
-def task_up_to_date(svc: pb.Service, task: pb.Task) -> bool:
-    """A task runs the service's current spec (the `_up-to-date` filter): made from the
-    current task template; for jobs, from the current run (spec_version)."""
-    if is_job(svc.spec):
-        return task.spec_version == svc.spec_version
-    if task.spec != svc.spec.task:
-        return False
-    return not task.HasField("endpoint") or task.endpoint.spec == svc.spec.endpoint
 
 
 def new_service(services: list[pb.Service], spec: pb.ServiceSpec) -> pb.Service:

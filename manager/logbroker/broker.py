@@ -77,7 +77,7 @@ class LogBroker:
 
     async def subscribe(self, selector: cluster_pb2.LogSelector, options: cluster_pb2.LogOptions
                         ) -> AsyncIterator[list[cluster_pb2.LogMessage]]:
-        tasks = selected_tasks(self.mgr.view().list(pb.Task), selector)
+        tasks = selected_tasks(self.mgr.store.list_view(pb.Task), selector)
         if not tasks and not selector.service_ids:
             raise NotFound(f"no task {', '.join(selector.task_ids)} to read logs from")
         sub = Subscription(new_id(), cluster_pb2.SubscriptionMessage(
@@ -114,7 +114,7 @@ class LogBroker:
     async def _follow(self, sub: Subscription) -> None:
         while True:
             await asyncio.sleep(RESCAN)
-            tasks = selected_tasks(self.mgr.view().list(pb.Task), sub.message.selector)
+            tasks = selected_tasks(self.mgr.store.list_view(pb.Task), sub.message.selector)
             self._ask(sub, nodes_of(tasks))
 
     def _close(self, sub: Subscription) -> None:

@@ -33,7 +33,6 @@ from manager.orchestrator.tasks import (
     ended,
     ended_at,
     holds_slot,
-    is_current,
     is_global,
     is_job,
     live,
@@ -44,6 +43,7 @@ from manager.orchestrator.tasks import (
     restart_policy,
     with_desired,
 )
+from manager.rules.uptodate import is_current
 from proto import objects_pb2 as pb
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager.identity import new_id
+from manager.rules.uptodate import is_job as rules_is_job
 from proto import objects_pb2 as pb
 
 SECOND = 1_000_000_000
@@ -88,7 +89,7 @@ def orchestrated(service: pb.Service) -> bool:
 
 
 def is_job(service: pb.Service) -> bool:
-    return mode(service) in ("replicated_job", "global_job")
+    return rules_is_job(service.spec)
 
 
 def is_global(service: pb.Service) -> bool:
@@ -107,17 +108,6 @@ def by_slot(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[SlotKey, list
         if task.desired_state != pb.REMOVE:
             slots[task.node_id if per_node else int(task.slot)].append(task)
     return slots
-
-
-def is_current(service: pb.Service, task: pb.Task) -> bool:
-    """Made from the service's current task spec and, once the allocator gave it one, its
-    current endpoint spec (published ports), as swarmkit decides; for jobs: from the current
-    run (spec_version)."""
-    if task.spec_version == service.spec_version:
-        return True  # the API bumps spec_version whenever the task spec or endpoint changes
-    if is_job(service) or task.spec != service.spec.task:
-        return False
-    return not task.HasField("endpoint") or task.endpoint.spec == service.spec.endpoint
 
 
 def new_task(service: pb.Service, now_ns: int, slot: int = 0, node_id: str = "") -> pb.Task:

@@ -39,7 +39,6 @@ from manager.orchestrator.tasks import (
     clone,
     ended,
     holds_slot,
-    is_current,
     is_global,
     is_job,
     live,
@@ -49,6 +48,7 @@ from manager.orchestrator.tasks import (
     rollout,
     with_desired,
 )
+from manager.rules.uptodate import is_current
 from proto import objects_pb2 as pb
 
 US = pb.UpdateStatus

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from manager.errors import InvalidArgument
+from manager.rules.ports import host_ports
 from manager.scheduler.constraint import Constraint, node_value, parse_constraints, parse_spread
 from manager.scheduler.filters import (
     DYNAMIC,
@@ -31,7 +32,6 @@ from manager.scheduler.filters import (
     explain,
     first_failure,
     fits,
-    host_ports,
     normalize_arch,
 )
 from proto import objects_pb2 as pb

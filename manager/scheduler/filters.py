@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from manager.rules.ports import PortKey, host_ports
 from manager.scheduler.constraint import Constraint
 from proto import objects_pb2 as pb
 
@@ -30,16 +31,6 @@ R_READY, R_AVAILABILITY, R_RESOURCES, R_CONSTRAINT, R_PLATFORM, R_PORT, R_MAX = 
 class Reason:
     rank: tuple[int, int]  # (category, position within it): the listing order
     text: str              # "insufficient memory"; the count is appended: " on 2 nodes"
-
-
-def port_key(port: pb.PortConfig) -> tuple[int, int]:
-    return port.protocol, port.published_port
-
-
-def host_ports(task: pb.Task) -> tuple[tuple[int, int], ...]:
-    """(protocol, port) of the host-mode published ports a task takes on its node."""
-    return tuple(port_key(p) for p in task.endpoint.ports
-                 if p.publish_mode == pb.PortConfig.HOST and p.published_port)
 
 
 def normalize_arch(arch: str) -> str:
@@ -71,7 +62,7 @@ class NodeInfo:
     free_mem: int
     total: int = 0
     by_service: dict[str, int] = field(default_factory=dict)
-    ports: set[tuple[int, int]] = field(default_factory=set)
+    ports: set[PortKey] = field(default_factory=set)
 
     @classmethod
     def build(cls, node: pb.Node, tasks: Iterable[pb.Task]) -> NodeInfo:
@@ -105,7 +96,7 @@ class Requirements:
     mem: int
     constraints: tuple[Constraint, ...]
     platforms: tuple[tuple[str, str], ...]  # (os, normalized arch); "" matches anything
-    host_ports: tuple[tuple[int, int], ...]
+    host_ports: tuple[PortKey, ...]
     max_replicas: int
     spread: tuple[str, ...]  # normalized keys, outermost first
     node_id: str = ""        # preassigned (global services): only this node is considered
@@ -182,12 +173,9 @@ PIPELINE: tuple[Filter, ...] = STATIC + DYNAMIC
 
 
 def fits(req: Requirements, info: NodeInfo) -> bool:
-    """The dynamic filters, inlined: the hot path of placement."""
-    if req.cpu > info.free_cpu or req.mem > info.free_mem:
-        return False
-    if req.max_replicas and info.by_service.get(req.service_id, 0) >= req.max_replicas:
-        return False
-    return not (req.host_ports and any(k in info.ports for k in req.host_ports))
+    """The node passes the dynamic filters: the same rules that explain a failure, so what
+    places a task and what says why it can't never disagree."""
+    return all(f(req, info) is None for f in DYNAMIC)
 
 
 def first_failure(req: Requirements, info: NodeInfo,

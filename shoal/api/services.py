@@ -11,7 +11,8 @@ from collections import Counter
 
 from aiohttp import web
 
-from manager.controlapi.services import ServiceControl, task_up_to_date, visible
+from manager.controlapi.services import ServiceControl, visible
+from manager.rules.uptodate import is_current
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert_service as conv
@@ -53,7 +54,7 @@ def service_matches(svc: pb.Service, filters: dict[str, list[str]]) -> bool:
 def service_status(svc: pb.Service, tasks: list[pb.Task]) -> dict[str, int]:
     """ServiceStatus {RunningTasks, DesiredTasks, CompletedTasks} over the service's
     up-to-date tasks (what `service ls` shows as REPLICAS)."""
-    current = [t for t in tasks if task_up_to_date(svc, t)]
+    current = [t for t in tasks if is_current(svc, t)]
     states = Counter(t.status.state for t in current
                      if t.desired_state <= pb.COMPLETE)
     running, completed = states[pb.RUNNING], states[pb.COMPLETE]

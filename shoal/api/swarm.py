@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import platform
 from typing import Any
@@ -11,14 +12,17 @@ from aiohttp import web
 
 from manager.controlapi.cluster import update_cluster
 from manager.controlapi.limits import check_cluster_spec
+from manager.errors import Unavailable
 from proto import objects_pb2 as pb
 from shoal import joining
 from shoal.api import convert
 from shoal.api.context import node_of
 from shoal.api.request import bool_param, fields, int_param, parse_json
 from shoal.description import VERSION
-from shoal.errors import InvalidRequest
+from shoal.errors import InvalidRequest, NotAManager
 from shoal.node import InitRequest, Node
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2377
 
@@ -130,7 +134,7 @@ def _swarm_info(node: Node) -> dict[str, Any]:
                 RemoteManagers=[{"NodeID": "", "Addr": a} for a in node.state.managers])
     try:
         mgr = node.manager()
-    except Exception:
+    except NotAManager:  # a worker: no control, no cluster view, which is what info says
         return info
     all_nodes = mgr.store.list(pb.Node)
     managers = [n for n in all_nodes if n.manager_status.addr]
@@ -139,8 +143,9 @@ def _swarm_info(node: Node) -> dict[str, Any]:
                                 for n in managers])
     try:
         info["Cluster"] = convert.cluster_json(mgr.cluster(), with_tokens=False)
-    except Exception:
-        info["Cluster"] = None
+    except Unavailable as err:  # a new manager before the cluster object reached it
+        log.info("info: no cluster object to show yet: %s", err)
+        info["Error"] = str(err)
     return info
 
 

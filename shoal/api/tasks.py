@@ -9,8 +9,9 @@ from aiohttp import web
 
 from manager.controlapi.lookup import resolve
 from manager.controlapi.nodes import find_node
-from manager.controlapi.services import find_service, task_up_to_date
+from manager.controlapi.services import find_service
 from manager.errors import InvalidArgument
+from manager.rules.uptodate import is_current
 from proto import objects_pb2 as pb
 from shoal.api import convert_service as conv
 from shoal.api.request import bool_param, filters_param
@@ -54,7 +55,7 @@ def task_filter(filters: dict[str, list[str]], services: list[pb.Service],
         checks.append(_desired(filters["desired-state"]))
     if any(bool_param(v) for v in filters.get("_up-to-date", [])):
         by_id = {s.id: s for s in services}
-        checks.append(lambda t: t.service_id in by_id and task_up_to_date(by_id[t.service_id], t))
+        checks.append(lambda t: t.service_id in by_id and is_current(by_id[t.service_id], t))
     if any(v != "container" for v in filters.get("runtime", [])):
         checks.append(lambda t: False)
     return lambda t: all(check(t) for check in checks)

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from shoal.cli.lab_cmd import lab
 from shoal.cli.node import node
 from shoal.cli.output import CommandFailed, describe_api_error
 from shoal.cli.service import service
@@ -41,12 +42,7 @@ cli.add_command(node)
 service.add_command(service_logs)
 cli.add_command(service)
 
-try:
-    from shoal.cli.lab_cmd import lab
-except ImportError:  # lab_cmd.py is written separately; the CLI works without it
-    pass
-else:
-    cli.add_command(lab)
+cli.add_command(lab)
 
 
 def main() -> None:

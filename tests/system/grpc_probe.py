@@ -16,10 +16,10 @@ from pathlib import Path
 
 import grpc
 
+import pki
 from manager.ca.authority import RootCA
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
-from shoal import pki
 
 
 def credentials(identity: str, certdir: Path) -> grpc.ChannelCredentials:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import pki
 from shoal import lab as labmod
-from shoal import pki
 from shoal.lab import LabState
 from tests.system.conftest import LabFactory, wait_until
 from tests.system.helpers import by_hostname

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal import pki
+import pki
 from shoal.client import APIError
 from shoal.lab import LabState
 from tests.system.conftest import LabFactory, wait_until

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from manager.allocator.allocator import Allocator, allocate_services, pending_tasks
-from manager.allocator.ports import DYNAMIC_FIRST, DYNAMIC_LAST, conflicts, resolve_endpoint
+from manager.allocator.ports import DYNAMIC_FIRST, DYNAMIC_LAST, resolve_endpoint
 from manager.errors import FailedPrecondition
 from manager.manager import Manager, ManagerAddrs
+from manager.rules.ports import conflicts
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
 from tests.unit.passes import Passes
@@ -73,7 +74,7 @@ def test_range_exhausted_is_a_clear_error() -> None:
 def test_conflicts_for_the_api() -> None:
     a = allocate_services([service("a", (80, 8080, INGRESS, TCP))])["a"]
     spec = service("b", (80, 8080, INGRESS, TCP), (80, 8080, INGRESS, UDP)).spec.endpoint
-    assert conflicts(spec, [a]) == ["8080/tcp"]
+    assert [(c.port, c.holder.id) for c in conflicts(spec, [a])] == [("8080/tcp", "a")]
     assert conflicts(spec, [a], service_id="a") == []
 
 

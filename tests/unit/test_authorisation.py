@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from manager.grpcapi import current_role, refusal
 from manager.roles import sync_manager_status
+from pki import Identity
 from proto import objects_pb2 as pb
-from shoal.pki import Identity
 
 MANAGERS = (pb.MANAGER,)
 ANY = (pb.WORKER, pb.MANAGER)

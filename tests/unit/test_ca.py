@@ -8,6 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+import pki
 from manager.ca.authority import (
     MAX_RETIRED_SECRETS,
     RootCA,
@@ -17,7 +18,6 @@ from manager.ca.authority import (
 )
 from manager.ca.errors import CAError, JoinRefused
 from proto import objects_pb2
-from shoal import pki
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def test_node_and_cluster_specs() -> None:
     for change, message in [
             (lambda c: setattr(c.dispatcher, "heartbeat_period_ns", 1), "HeartbeatPeriod"),
             (lambda c: setattr(c.dispatcher, "heartbeat_period_ns", 2**62), "HeartbeatPeriod"),
-            (lambda c: setattr(c.ca_config, "node_cert_expiry_ns", 60 * 10**9),
+            (lambda c: setattr(c.ca_config, "node_cert_expiry_ns", 10 * 10**9),
              "NodeCertExpiry"),
             (lambda c: setattr(c.orchestration, "task_history_retention_limit", 2**62),
              "TaskHistoryRetentionLimit"),

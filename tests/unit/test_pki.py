@@ -1,4 +1,4 @@
-"""shoal.pki: tokens, identities, gRPC mutual TLS and the unverified root CA fetch."""
+"""pki: tokens, identities, gRPC mutual TLS and the unverified root CA fetch."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import grpc
 import grpc.aio
 import pytest
 
+import pki
 from manager.ca.authority import RootCA
 from proto import objects_pb2
-from shoal import pki
 
 CLUSTER = "clusterid0123"
 METHOD = "/shoal.test.Probe/Whoami"

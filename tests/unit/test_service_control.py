@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from manager.controlapi.services import NAME_RE, needs_new_tasks, random_name
+from manager.controlapi.services import NAME_RE, random_name
+from manager.rules.uptodate import needs_new_tasks
 from manager.store.memory import MemoryStore, wrap
 from proto import objects_pb2 as pb
 from proto import store_pb2

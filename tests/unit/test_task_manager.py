@@ -12,7 +12,7 @@ from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from worker.executor.fake import FakeExecutor
 from worker.reporter import Reporter
-from worker.task_manager import TaskManager
+from worker.task_manager import Backoff, TaskManager, retry_delay
 from worker.worker import Worker
 
 STARTED = [pb.ACCEPTED, pb.PREPARING, pb.READY, pb.STARTING, pb.RUNNING]
@@ -121,6 +121,49 @@ async def test_prepare_error_rejects_with_the_engine_message() -> None:
     await until(lambda: reports.states()[-1:] == [pb.REJECTED])
     assert reports.states() == [pb.ACCEPTED, pb.PREPARING, pb.REJECTED]
     assert reports.last().err == "No such image: nope:latest"
+    await tm.stop()
+
+
+FAST = Backoff(first=0.01, most=0.02, attempts=4)
+
+
+def test_retry_delays_double_up_to_the_most_then_give_up() -> None:
+    backoff = Backoff(first=0.5, most=2.0, attempts=5)
+    assert [retry_delay(backoff, n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 2.0, None]
+
+
+@pytest.mark.parametrize("step", ["prepare", "start"])
+async def test_a_transient_engine_error_is_retried_not_rejected(step: str) -> None:
+    fake, reports = FakeExecutor(), Reports()
+    task = make_task(fail=step, fail_kind="transient", fail_times="2", error="engine away")
+    tm = TaskManager(task, fake, reports, backoff=FAST)
+    tm.start()
+    await until(lambda: reports.states()[-1:] == [pb.RUNNING])
+    assert reports.states() == STARTED  # no REJECTED or FAILED on the way
+    assert fake.failed[(step, "t1")] == 2
+    assert [op for op, _ in fake.calls].count(step) == 3  # two failures, then it worked
+    await tm.stop()
+
+
+@pytest.mark.parametrize("step, final", [("prepare", pb.REJECTED), ("start", pb.FAILED)])
+async def test_transient_errors_give_up_after_the_last_attempt(step: str, final: int) -> None:
+    fake, reports = FakeExecutor(), Reports()
+    task = make_task(fail=step, fail_kind="transient", error="engine away")
+    tm = TaskManager(task, fake, reports, backoff=FAST)
+    tm.start()
+    await until(lambda: reports.states()[-1:] == [final])
+    assert reports.last().err == "engine away"
+    assert fake.failed[(step, "t1")] == FAST.attempts
+    await tm.stop()
+
+
+async def test_a_permanent_error_rejects_at_once_without_retrying() -> None:
+    fake, reports = FakeExecutor(), Reports()
+    task = make_task(fail="prepare", fail_kind="permanent", error="No such image: nope")
+    tm = TaskManager(task, fake, reports, backoff=FAST)
+    tm.start()
+    await until(lambda: reports.states()[-1:] == [pb.REJECTED])
+    assert fake.failed[("prepare", "t1")] == 1
     await tm.stop()
 
 

@@ -3,8 +3,11 @@
 An executor is keyed by task id: `prepare(task)` creates the task's container (pulling the
 image if it is missing), and every later call names the task. Executors never decide task
 states; they report the container's state (`ContainerState`) and raise `ExecutorError` with
-the engine's message when an operation fails. Unknown tasks are not an error for
-`shutdown`/`remove` (they are no-ops), so a task manager can always clean up.
+the engine's message when an operation fails: a `TransientError` when the same call may work
+later (engine unreachable, timed out, a server error), a `PermanentError` when it can't
+(no such image, an invalid spec), so the task manager knows whether to retry. Unknown
+tasks are not an error for `shutdown`/`remove` (they are no-ops), so a task manager can
+always clean up.
 """
 
 from __future__ import annotations
@@ -27,7 +30,20 @@ LogRecord = tuple[int, int, bytes]  # (timestamp_ns, STDOUT|STDERR, data)
 
 
 class ExecutorError(Exception):
-    """An engine operation failed; `str(err)` is the engine's message, for `status.err`."""
+    """An engine operation failed; `str(err)` is the engine's message, for `status.err`.
+    Raise one of the two subclasses: `transient` says whether retrying can help."""
+
+    transient = False
+
+
+class TransientError(ExecutorError):
+    """The engine could not do it now (unreachable, timed out, server error): retry."""
+
+    transient = True
+
+
+class PermanentError(ExecutorError):
+    """The task can't run as specified (no such image, invalid spec): retrying won't help."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,7 @@ class Executor(abc.ABC):
         while not (state.exited or state.missing):
             state = await self.observe(task_id, state)
         if state.missing:
-            raise ExecutorError(f"container of task {task_id} is gone")
+            raise PermanentError(f"container of task {task_id} is gone")
         return state.exit_code
 
     async def close(self) -> None:  # noqa: B027 - optional hook

@@ -4,7 +4,9 @@ threads, no processes).
 
 Labels (all optional; by default a container runs until it is stopped):
 - `shoal.fake.fail=prepare|start`: that step raises ExecutorError with
-  `shoal.fake.error` (default: "fake: <step> failed")
+  `shoal.fake.error` (default: "fake: <step> failed"): a PermanentError, or a TransientError
+  with `shoal.fake.fail_kind=transient`; `shoal.fake.fail_times=N` fails only the first N
+  calls of that step for the task (default: every call)
 - `shoal.fake.prepare_for=S`: preparing takes S seconds (a slow pull)
 - `shoal.fake.run_for=S` and `shoal.fake.exit=N`: exits with code N (default 0) S seconds
   after it started
@@ -31,8 +33,9 @@ from worker.executor.base import (
     ContainerState,
     EngineInfo,
     Executor,
-    ExecutorError,
     LogRecord,
+    PermanentError,
+    TransientError,
     swarm_labels,
     task_name,
 )
@@ -60,6 +63,7 @@ class FakeExecutor(Executor):
         self.version = version
         self.containers: dict[str, FakeContainer] = {}  # by task id
         self.calls: list[tuple[str, str]] = []  # (operation, task id), for tests
+        self.failed: dict[tuple[str, str], int] = {}  # (step, task id) -> scripted failures
 
     async def describe(self) -> EngineInfo:
         return EngineInfo(self.version, {"executor": "fake"})
@@ -73,8 +77,7 @@ class FakeExecutor(Executor):
         delay = float(labels.get(PREFIX + "prepare_for", "0"))
         if delay > 0:
             await asyncio.sleep(delay)
-        if labels.get(PREFIX + "fail") == "prepare":
-            raise ExecutorError(labels.get(PREFIX + "error", "fake: prepare failed"))
+        self._maybe_fail("prepare", task.id, labels)
         state = ContainerState(container_id=f"fake{next(_ids):08d}", status="created")
         self.containers[task.id] = FakeContainer(task.id, task_name(task), labels, state)
         return state
@@ -84,8 +87,7 @@ class FakeExecutor(Executor):
         c = self._get(task_id)
         if c.state.running:
             return
-        if c.script("fail") == "start":
-            raise ExecutorError(c.script("error", "fake: start failed"))
+        self._maybe_fail("start", task_id, c.labels)
         health = "starting" if c.script("health") else ""
         self._set(c, replace(c.state, status="running", pid=next(_ids), health=health))
         now = time.time_ns()
@@ -151,10 +153,22 @@ class FakeExecutor(Executor):
 
     # -- scripted behaviour --
 
+    def _maybe_fail(self, step: str, task_id: str, labels: dict[str, str]) -> None:
+        if labels.get(PREFIX + "fail") != step:
+            return
+        times = labels.get(PREFIX + "fail_times")
+        done = self.failed.get((step, task_id), 0)
+        if times is not None and done >= int(times):
+            return
+        self.failed[(step, task_id)] = done + 1
+        kind = TransientError if labels.get(PREFIX + "fail_kind") == "transient" \
+            else PermanentError
+        raise kind(labels.get(PREFIX + "error", f"fake: {step} failed"))
+
     def _get(self, task_id: str) -> FakeContainer:
         c = self.containers.get(task_id)
         if c is None:
-            raise ExecutorError(f"No such container: task {task_id}")
+            raise PermanentError(f"No such container: task {task_id}")
         return c
 
     def _exit(self, c: FakeContainer, code: int) -> None:

@@ -35,6 +35,8 @@ from worker.executor.base import (
     Executor,
     ExecutorError,
     LogRecord,
+    PermanentError,
+    TransientError,
 )
 from worker.executor.docker import container as ct
 
@@ -67,22 +69,26 @@ class DockerExecutor(Executor):
         return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking docker-py call on the pool; engine errors → ExecutorError."""
+        """Run a blocking docker-py call on the pool; engine errors → ExecutorError, transient
+        when the engine could not be reached or answered with a server error (5xx)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="docker")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except docker.errors.APIError as err:
-            raise ExecutorError(_message(err)) from err
+            kind = TransientError if err.is_server_error() else PermanentError
+            raise kind(_message(err)) from err
         except (docker.errors.DockerException, requests.RequestException, OSError) as err:
-            raise ExecutorError(f"container engine {self.engine} unreachable: {err}") from err
+            raise TransientError(f"container engine {self.engine} unreachable: {err}") from err
 
     async def close(self) -> None:
         stream, self._event_stream = self._event_stream, None
         if stream is not None:
-            with contextlib.suppress(Exception):
+            try:  # unblocks the pool thread reading it; its connection may be gone already
                 stream.close()
+            except (OSError, requests.RequestException) as err:
+                log.debug("closing the engine event stream: %s", err)
         if self._events is not None:
             self._events.cancel()
             self._events = None
@@ -134,7 +140,7 @@ class DockerExecutor(Executor):
 
     async def _ensure_image(self, ref: str) -> None:
         if not ref:
-            raise ExecutorError("the task's container spec names no image")
+            raise PermanentError("the task's container spec names no image")
         try:
             await self._call(lambda: self._api().inspect_image(ref))
             return
@@ -150,15 +156,21 @@ class DockerExecutor(Executor):
                 last_error = item.get("error") or last_error
             return last_error
 
+        # An image the engine can't get is the task's problem, as in swarmkit (rejected, and
+        # the orchestrator's restart policy tries again), unless the engine itself is away.
         failed = f"image {ref} is not on this node and pulling it failed"
         try:
             error = await self._call(pull)
         except ExecutorError as err:
-            raise ExecutorError(f"{failed}: {err}") from err
+            if _engine_unreachable(err):
+                raise
+            raise PermanentError(f"{failed}: {err}") from err
         try:
             await self._call(lambda: self._api().inspect_image(ref))
         except ExecutorError as err:
-            raise ExecutorError(f"{failed}: {error or err}") from err
+            if _engine_unreachable(err):
+                raise
+            raise PermanentError(f"{failed}: {error or err}") from err
 
     async def start(self, task_id: str) -> None:
         cid = await self._require(task_id)
@@ -268,7 +280,7 @@ class DockerExecutor(Executor):
     async def _require(self, task_id: str) -> str:
         cid = await self._find(task_id)
         if cid is None:
-            raise ExecutorError(f"no container for task {task_id}; prepare it first")
+            raise PermanentError(f"no container for task {task_id}; prepare it first")
         return cid
 
     # -- engine events --
@@ -321,6 +333,11 @@ def _frames(raw: Any, tty: bool) -> Iterator[Frame]:
         if len(data) < length:
             return
         yield (STDERR if header[0] == STDERR else STDOUT), data
+
+
+def _engine_unreachable(err: ExecutorError) -> bool:
+    """The call never got an answer from the engine (as opposed to an error it returned)."""
+    return err.transient and not isinstance(err.__cause__, docker.errors.APIError)
 
 
 def _message(err: docker.errors.APIError) -> str:
