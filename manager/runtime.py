@@ -47,6 +47,10 @@ class Controller(abc.ABC):
         """Called when a leadership term starts, before the first pass."""
         return None
 
+    def end(self) -> None:
+        """Called when the controller stops (the term ended, or it crashed)."""
+        return None
+
     @abc.abstractmethod
     async def run(self, view: StoreView) -> float | None:
         """One pass."""
@@ -144,6 +148,7 @@ class LeaderRuntime:
                 wait = await self._pass(controller)
         finally:
             cancel()
+            controller.end()
 
     async def _pass(self, controller: Controller) -> float | None:
         try:

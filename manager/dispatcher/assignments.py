@@ -28,7 +28,9 @@ from proto import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 COALESCE = 0.02  # seconds to gather changes before sending a set
-RECHECK = 1.0  # seconds between checks that the stream should still be open
+# Streams wake on their node's changes and when the leadership term ends (wake_all); this
+# is only a safety net, so idle streams cost nothing.
+RECHECK = 30.0
 BATCH_DELAY = 0.05
 MAX_BATCH = 200
 RETRIES = 10
@@ -138,6 +140,14 @@ class AssignmentIndex:
         if node is not None:
             self._tasks.get(node, {}).pop(task_id, None)
             self._wake(node)
+
+    def wake_all(self) -> None:
+        for node_id in list(self._listeners):
+            self._wake(node_id)
+
+    def wake(self, node_id: str) -> None:
+        """Make the node's streams look again (its session changed)."""
+        self._wake(node_id)
 
     def _wake(self, node_id: str) -> None:
         for event in self._listeners.get(node_id, ()):

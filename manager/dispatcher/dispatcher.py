@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_NS = 5_000_000_000
 GRACE_MULTIPLIER = 3
 RECONNECT_GRACE = 5.0  # seconds a node may take to reopen a dropped session (a restart)
-RECHECK = 2.0  # seconds between a session's checks that this manager still leads
+# Sessions wake on node changes and when the term ends; this is only a safety net.
+RECHECK = 30.0
 LIVENESS_PASS = 1.0  # seconds between checks for nodes gone silent
 
 
@@ -105,6 +106,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         node = self.mgr.node(ident.node_id)
         session = NodeSession(new_id(), node.id, self._period() * (1 + random.uniform(-0.1, 0.1)))
         self.sessions[node.id] = session
+        self.assignments.wake(node.id)  # a stream of the session it replaces ends
         await self._mark_ready(node, request)
         last: cluster_pb2.SessionMessage | None = None
         seen = -1  # the node table the last message was built from
@@ -124,6 +126,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         finally:
             if self.sessions.get(node.id) is session:
                 session.ended_at = time.monotonic()
+                self.assignments.wake(node.id)
 
     @grpcapi.unary
     async def Heartbeat(self, request: cluster_pb2.HeartbeatRequest,
@@ -220,6 +223,11 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._node_changes = next(self._bumps)  # a restored snapshot brings no events
         self.assignments.start()
 
+    def end_term(self) -> None:
+        """Leadership ended: wake the streams so they close and agents find the leader."""
+        self._wake_sessions()
+        self.assignments.wake_all()
+
     async def check_liveness(self, view: StoreView) -> None:
         now = time.monotonic()
         period = self._period()
@@ -247,6 +255,9 @@ class NodeLiveness(Controller):
 
     def begin(self) -> None:
         self.dispatcher.begin_term()
+
+    def end(self) -> None:
+        self.dispatcher.end_term()
 
     async def run(self, view: StoreView) -> float | None:
         await self.dispatcher.check_liveness(view)
