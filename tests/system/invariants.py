@@ -31,6 +31,7 @@ from tests.system.history import COUNTER_PREFIX, CREATE, FAIL, LABEL, OK, Histor
 
 LABEL_TASK_ID = "com.docker.swarm.task.id"
 FAULT_DEADLINE = 60.0
+QUIET = 5.0  # seconds the rules must keep holding
 
 
 @dataclass(frozen=True)
@@ -213,19 +214,29 @@ def violations(lab_name: str, history: History, counter_id: str,
 
 
 def check_after_fault(lab_name: str, history: History, counter_id: str,
-                      extra: Extra | None = None, timeout: float = FAULT_DEADLINE) -> float:
-    """Wait (up to `timeout`) for every rule to hold; fail with the last violations.
-    Returns the seconds it took."""
+                      extra: Extra | None = None, timeout: float = FAULT_DEADLINE,
+                      quiet: float = QUIET) -> float:
+    """Wait (up to `timeout`) until every rule holds, and keeps holding for `quiet` seconds
+    (a rule checked at once could pass before the cluster reacted to the fault); fail with
+    the last violations. Returns the seconds until the rules first held for good."""
     start = time.monotonic()
+    held_since: float | None = None
     while True:
         found = violations(lab_name, history, counter_id, extra)
-        took = time.monotonic() - start
-        if not found:
-            print(f"history checked: all rules hold after {took:.1f} s\n{history.summary()}")
+        now = time.monotonic()
+        if found:
+            held_since = None
+        elif held_since is None:
+            held_since = now
+        elif now - held_since >= quiet:
+            took = held_since - start
+            print(f"history checked: all rules hold from {took:.1f} s on, for {quiet:.0f} s"
+                  f"\n{history.summary()}")
             return took
-        if took >= timeout:
+        if found and now - start >= timeout:
             break
         time.sleep(0.5)
     report = "\n".join(f"[{rule}] {len(items)}: " + "\n    ".join(items[:8])
                        for rule, items in found.items())
-    raise AssertionError(f"after {took:.0f} s, rules broken:\n{report}\n{history.summary()}")
+    raise AssertionError(f"after {now - start:.0f} s, rules broken:\n{report}\n"
+                         f"{history.summary()}")
