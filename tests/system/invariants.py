@@ -221,9 +221,15 @@ def check_after_fault(lab_name: str, history: History, counter_id: str,
     the last violations. Returns the seconds until the rules first held for good."""
     start = time.monotonic()
     held_since: float | None = None
+    shown: dict[str, int] = {}
     while True:
         found = violations(lab_name, history, counter_id, extra)
         now = time.monotonic()
+        if (counts := {rule: len(items) for rule, items in found.items()}) != shown:
+            shown = counts  # a timeline of what is broken, for the test's output
+            print(f"+{now - start:.1f} s: " + ("; ".join(
+                f"{rule} x{len(items)}: {items[0]}" for rule, items in found.items())
+                or "all rules hold"))
         if found:
             held_since = None
         elif held_since is None:
