@@ -62,15 +62,29 @@ class Read:
     labels: dict[str, str]
 
 
+@dataclass(frozen=True)
+class ReadError:
+    manager: str
+    start: float
+    end: float
+    detail: str
+
+
 @dataclass
 class History:
     ops: list[Op] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
+    read_errors: list[ReadError] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, item: Op | Read) -> None:
+    def record(self, item: Op | Read | ReadError) -> None:
         with self._lock:
-            (self.ops if isinstance(item, Op) else self.reads).append(item)  # type: ignore[arg-type]
+            if isinstance(item, Op):
+                self.ops.append(item)
+            elif isinstance(item, Read):
+                self.reads.append(item)
+            else:
+                self.read_errors.append(item)
 
     def select(self, kind: str | None = None, outcome: str | None = None,
                manager: str | None = None) -> list[Op]:
@@ -85,6 +99,8 @@ class History:
         ops = self.select()
         counts = Counter((op.manager, op.kind, op.outcome) for op in ops)
         lines = [f"{len(ops)} ops, {len(self.reads)} reads"]
+        lines += [f"  read failed on {e.manager} after {e.end - e.start:.2f} s: {e.detail[:100]}"
+                  for e in self.read_errors]
         lines += [f"  {m} {k} {o}: {n}" for (m, k, o), n in sorted(counts.items())]
         for outcome in (OK, FAIL, UNKNOWN):
             durations = [op.duration for op in ops if op.outcome == outcome]
@@ -179,10 +195,12 @@ class Writers:
 
     def _bump(self, client: Client, manager: str, n: int) -> None:
         """Compare-and-set `ctr.<manager>` = n on the counter service, as read just before."""
+        start = time.monotonic()
         try:
             svc = client.get(f"/services/{self.config.counter_id}")
-        except APIError:
-            return  # no read, no write: nothing to record
+        except APIError as exc:  # no read, no write; kept to show in the summary
+            self.history.record(ReadError(manager, start, time.monotonic(), exc.message))
+            return
         version, spec = svc["Version"]["Index"], svc["Spec"]
         labels = dict(spec.get("Labels") or {})
         self.history.record(Read(manager, time.monotonic(), version, labels))
