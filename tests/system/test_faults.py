@@ -135,7 +135,7 @@ def test_leader_cut_off_20s(lab: LabState) -> None:
           + "\n  ".join(f"+{op.start - cut_at:.2f} s {op.duration:.2f} s {op.outcome} "
                         f"{op.status}" for op in cut_ops))
     problems = cut_side_problems(cut_ops, cut_at, healed_at)
-    check_after_fault(lab.name, history, counter, extra={"cut-side": lambda: problems})
+    check_after_fault(lab.name, history, counter, known={"cut-side": problems})
 
 
 # ---- c. all managers SIGKILLed and restarted ---------------------------------------------
@@ -238,5 +238,4 @@ def test_same_name_created_through_two_managers_at_once(lab: LabState) -> None:
                 bad.append(f"same-{i} via {ops[0].manager}+{ops[1].manager}: {outcomes}")
     print(f"{ROUNDS - len(bad)} of {ROUNDS} rounds: one 201 and one 409")
     summary = [f"{len(bad)} of {ROUNDS} rounds without exactly one 201 and one 409"] + bad
-    check_after_fault(lab.name, history, counter, extra={
-        "one-winner": lambda: summary if bad else []})
+    check_after_fault(lab.name, history, counter, known={"one-winner": summary if bad else []})
