@@ -25,6 +25,7 @@ from tests.system.helpers import leader_host
 from tests.system.history import (
     CREATE,
     FAIL,
+    LABEL,
     OK,
     History,
     Op,
@@ -62,18 +63,19 @@ def writers(lab: LabState, history: History, counter: str) -> Writers:
 
 
 def acked_everywhere(lab: LabState, history: History, since: float, what: str) -> float:
-    """Wait until every manager has acknowledged a write started after `since`; returns how
-    long after `since` the last of them did."""
-    def firsts() -> dict[str, float]:
-        ends = {m.name: [op.end for op in history.select(outcome=OK, manager=m.name)
-                         if op.start >= since] for m in managers(lab)}
+    """Wait until every manager has acknowledged a create and a label write started after
+    `since`; returns how long after `since` the last of them was."""
+    def firsts() -> dict[tuple[str, str], float]:
+        ends = {(m.name, kind): [op.end for op in history.select(kind, OK, m.name)
+                                 if op.start >= since]
+                for m in managers(lab) for kind in (CREATE, LABEL)}
         return {m: min(e) for m, e in ends.items()} if all(ends.values()) else {}
 
-    ends = wait_until(firsts, WRITABLE_TIMEOUT, f"an acked write on every manager {what}")
+    ends = wait_until(firsts, WRITABLE_TIMEOUT, f"acked writes on every manager {what}")
     took = max(ends.values()) - since
     if since:
-        print(f"writable on every manager {took:.2f} s {what}: "
-              + ", ".join(f"{m} +{t - since:.2f}" for m, t in sorted(ends.items())))
+        print(f"writable on every manager {took:.2f} s {what}: " + ", ".join(
+            f"{m} {k} +{t - since:.2f}" for (m, k), t in sorted(ends.items())))
     return took
 
 
