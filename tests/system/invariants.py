@@ -27,10 +27,12 @@ from proto import objects_pb2 as pb
 from shoal import lab as labmod
 from shoal.client import APIError
 from shoal.lab import LabState
-from tests.system.history import COUNTER_PREFIX, CREATE, FAIL, LABEL, OK, History
+from tests.system.history import COUNTER_PREFIX, CREATE, FAIL, LABEL, OK, History, Op
 
 LABEL_TASK_ID = "com.docker.swarm.task.id"
 FAULT_DEADLINE = 60.0
+DETECT = 5.0  # a cut-off manager knows it has no majority within this (a few election timeouts)
+ANSWER = 1.0  # ... and from then on answers a write with 503 within this
 QUIET = 5.0  # seconds the rules must keep holding
 
 
@@ -171,6 +173,24 @@ def engine_duplicates(containers: list[dict[str, Any]], view: View) -> list[str]
             for t, n in per_task.items() if n > 1]
     out += [f"engine: service {svc[:10]} {slot} runs containers of tasks {sorted(ids)}"
             for (svc, slot), ids in sorted(by_slot.items()) if len(ids) > 1]
+    return out
+
+
+def cut_side_problems(ops: list[Op], cut_at: float, healed_at: float) -> list[str]:
+    """Writes sent to the cut-off leader while it was cut off: none acknowledged, and once it
+    had time to notice (DETECT), each refused with 503 within ANSWER."""
+    out = []
+    for op in ops:
+        if op.end <= cut_at or op.start >= healed_at:
+            continue
+        if op.outcome == OK and op.start >= cut_at and op.end < healed_at:
+            out.append(f"acknowledged while cut off: {op.describe()}")
+        answer_by = max(op.start, cut_at + DETECT) + ANSWER
+        if answer_by < healed_at and op.end > answer_by:
+            out.append(f"no answer {ANSWER} s after detection (took {op.duration:.2f} s): "
+                       f"{op.describe()}")
+        elif op.start >= cut_at + DETECT and op.status != 503:
+            out.append(f"answered {op.status}, not 503: {op.describe()}")
     return out
 
 

@@ -34,15 +34,18 @@ from tests.system.history import (
     service_body,
     timed,
 )
-from tests.system.invariants import LABEL_TASK_ID, check_after_fault, running_containers
+from tests.system.invariants import (
+    LABEL_TASK_ID,
+    check_after_fault,
+    cut_side_problems,
+    running_containers,
+)
 from tests.system.svc import create, running, spec
 
 pytestmark = [pytest.mark.system, pytest.mark.lab(managers=3, workers=1)]
 
 REPLICAS = 4
 WRITABLE_TIMEOUT = 30.0  # every manager acknowledges a write again within this, after a fault
-DETECT = 5.0  # a cut-off manager knows it has no majority within this (a few election timeouts)
-ANSWER = 1.0  # ... and from then on answers a write with 503 within this
 
 
 def managers(lab: LabState) -> list[HostState]:
@@ -101,24 +104,6 @@ def test_leader_sigstop_15s_under_writes(lab: LabState) -> None:
 
 
 # ---- b. leader cut off by nftables 20 s --------------------------------------------------
-
-def cut_side_problems(ops: list[Op], cut_at: float, healed_at: float) -> list[str]:
-    """Writes sent to the cut-off leader while it was cut off: none acknowledged, and once it
-    had time to notice (DETECT), each refused with 503 within ANSWER."""
-    out = []
-    for op in ops:
-        if op.end <= cut_at or op.start >= healed_at:
-            continue
-        if op.outcome == OK and op.start >= cut_at and op.end < healed_at:
-            out.append(f"acknowledged while cut off: {op.describe()}")
-        answer_by = max(op.start, cut_at + DETECT) + ANSWER
-        if answer_by < healed_at and op.end > answer_by:
-            out.append(f"no answer {ANSWER} s after detection (took {op.duration:.2f} s): "
-                       f"{op.describe()}")
-        elif op.start >= cut_at + DETECT and op.status != 503:
-            out.append(f"answered {op.status}, not 503: {op.describe()}")
-    return out
-
 
 def test_leader_cut_off_20s(lab: LabState) -> None:
     counter, history = prepare(lab), History()
