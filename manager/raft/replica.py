@@ -172,9 +172,10 @@ class RaftReplica:
             async with asyncio.timeout(timeout):
                 return await self._propose(data)
         except TimeoutError:
-            raise Unavailable(f"the change was not committed within {timeout:g} s: the "
-                              "managers have no leader or no quorum; check `shoal node ls` "
-                              "on a manager") from None
+            raise Unavailable(f"the change was not confirmed within {timeout:g} s (its "
+                              "outcome is unknown: read it back): the managers have no "
+                              "leader or no quorum; check `shoal node ls` on a manager"
+                              ) from None
 
     async def _propose(self, data: bytes) -> int:
         while True:
@@ -230,8 +231,8 @@ class RaftReplica:
                 if not self.has_quorum():
                     raise Unavailable(
                         "this manager lost contact with the majority of managers while the "
-                        "change was in flight: it may or may not have been committed; read "
-                        "it back from another manager") from None
+                        "change was in flight (its outcome is unknown: read it back from "
+                        "another manager)") from None
 
     def transfer_leadership(self) -> None:
         self._sync.transferLeadership()

@@ -9,7 +9,9 @@ Each operation is recorded with its manager, start and end (time.monotonic()) an
 - ok: acknowledged (2xx): it must never be lost;
 - fail: a clear error (an HTTP error status, or the socket refused the connection, so the
   request was never delivered): it must never take effect;
-- unknown: a timeout or a dropped connection: it may or may not have taken effect.
+- unknown: a timeout or a dropped connection, or a 503 saying the outcome is unknown (the
+  manager lost its majority with the proposal in flight): it may or may not have taken
+  effect.
 The reads done before each compare-and-set are recorded as well (a failed write must never
 be visible to any read). `tests/system/invariants.py` checks a history against the lab.
 """
@@ -125,7 +127,9 @@ def timed(history: History, kind: str, manager: str, target: str, value: int,
 
 def classify(exc: APIError) -> tuple[str, int, str]:
     if not isinstance(exc, ConnectionFailed):
-        return FAIL, exc.status, exc.message
+        # A manager that lost its majority with the proposal in flight says it can't know.
+        uncertain = exc.status == 503 and "outcome is unknown" in exc.message
+        return (UNKNOWN if uncertain else FAIL), exc.status, exc.message
     # Refused or no socket: the request never reached the daemon. Anything else (a timeout,
     # a reset, a closed connection) may have come after the daemon acted on it.
     never_sent = isinstance(exc.__cause__, (ConnectionRefusedError, FileNotFoundError))
