@@ -5,6 +5,7 @@ The setup is bench/scale_sim.py's: one real `shoald` (fake executor, drained) on
 and fake nodes (real `shoal.node.Node`s over gRPC+mTLS, bench/scale_sim_agents.py) that
 join with the worker token and hold their sessions and heartbeats. Then:
 
+  0. the manager alone (no node): --settle s of rest, then --idle s measured: its floor;
   1. all nodes ready, --settle s of rest, then --idle s measured: the baseline (0 tasks);
   2. --tasks replicas in --services services created through the HTTP API, all running,
      --settle s of rest, then --idle s measured again.
@@ -68,6 +69,9 @@ def idle_window(sampler: Sampler, keys: list[str], seconds: float) -> dict[str, 
 def measure(mgr: ManagerProc, agents: AgentProcs, sampler: Sampler, args: argparse.Namespace,
             log: Callable[[str], None]) -> dict[str, Any]:
     keys = ["manager", "agents"]
+    log(f"manager alone: resting {args.settle:.0f} s, then {args.idle:.0f} s idle")
+    time.sleep(args.settle)
+    alone = idle_window(sampler, keys, args.idle)
     join = join_phase(mgr, agents, sampler, args.timeout, log)
     log(f"{args.nodes} nodes ready in {join['ready_s']:.1f} s; resting {args.settle:.0f} s, "
         f"then {args.idle:.0f} s idle with no task")
@@ -89,12 +93,13 @@ def measure(mgr: ManagerProc, agents: AgentProcs, sampler: Sampler, args: argpar
     agents.check()
     return {"join": {k: v for k, v in join.items() if k != "start"},
             "run": {k: v for k, v in run.items() if k != "start"},
-            "no_tasks": empty, "tasks": loaded}
+            "no_nodes": alone, "no_tasks": empty, "tasks": loaded}
 
 
 def figures(m: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     base, loaded = m["no_tasks"]["manager"]["cpu_pct"], m["tasks"]["manager"]["cpu_pct"]
     return {"nodes": args.nodes, "tasks": args.tasks, "idle_s": args.idle,
+            "manager_cpu_pct_no_nodes": m["no_nodes"]["manager"]["cpu_pct"],
             "manager_cpu_pct_no_tasks": base, "manager_cpu_pct_tasks": loaded,
             # a 0 % baseline (below the 10 ms clock tick) would divide by zero
             "ratio": round(loaded / base, 2) if base else None,
@@ -107,12 +112,14 @@ def figures(m: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 def table(f: dict[str, Any]) -> str:
     ratio = "n/a (0 % baseline)" if f["ratio"] is None else f"{f['ratio']:.2f}"
     rows = [("manager idle", "CPU % of one core", "CPU s"),
+            ("alone (no node)", f"{f['manager_cpu_pct_no_nodes']:.2f}",
+             f"{f['manager_cpu_pct_no_nodes'] * f['idle_s'] / 100:.2f}"),
             ("0 tasks", f"{f['manager_cpu_pct_no_tasks']:.2f}",
              f"{f['manager_cpu_pct_no_tasks'] * f['idle_s'] / 100:.2f}"),
             (f"{f['tasks']:,} tasks", f"{f['manager_cpu_pct_tasks']:.2f}",
              f"{f['manager_cpu_pct_tasks'] * f['idle_s'] / 100:.2f}")]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"{f['nodes']} fake nodes, {f['idle_s']:.0f} s idle per row"]
+    lines = [f"{f['nodes']} fake nodes (except the first row), {f['idle_s']:.0f} s idle per row"]
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         if i == 0:
