@@ -65,7 +65,9 @@ bench: deps images
 	$(PY) bench/scheduler_bench.py --all
 	$(PY) bench/start_latency.py
 	$(PY) bench/recovery.py
+	$(PY) bench/failover.py
 	$(PY) bench/scale_sim.py
+	$(PY) bench/idle_cpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info images/out

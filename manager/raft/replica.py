@@ -38,14 +38,19 @@ QUORUM_CHECK = 0.2  # seconds between quorum checks while a proposal is in fligh
 @dataclass(frozen=True)
 class RaftTiming:
     """pysyncobj sends entries on its append-entries timer (batching on), so a lone commit
-    waits ~one period (22 ms p50 measured, bench/store_bench.py); a dead leader is replaced
-    in ~1-3 s. Batching off gives 0.6 ms but pysyncobj 0.3.17 then logs log-divergence
-    warnings under concurrent writes, so it stays on."""
+    waits ~one period (22 ms p50 measured, bench/store_bench.py). Batching off gives 0.6 ms
+    but pysyncobj 0.3.17 then logs log-divergence warnings under concurrent writes, so it
+    stays on.
+
+    A follower stands for election 0.5-1.0 s after the leader's last append-entries (25-50
+    periods, so a busy leader is not deposed by a late tick): a SIGKILLed leader's
+    successor acknowledges a write 0.6-0.9 s after the kill (bench/failover.py; 0.8-1.6 s
+    gave p50 1.1-1.4 s, and 2.8 s when the two followers split the vote)."""
 
     append_entries_period: float = 0.02
     auto_tick_period: float = 0.005
-    election_min: float = 0.8
-    election_max: float = 1.6
+    election_min: float = 0.5
+    election_max: float = 1.0
     connection_retry: float = 0.5
     connection_timeout: float = 2.0
     # A leader that heard from no majority for this long steps down (pysyncobj's default,

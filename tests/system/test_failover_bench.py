@@ -1,0 +1,38 @@
+"""Keeps bench/failover.py from rotting: a --quick run (2 leader kills on a lab of 3
+managers) must finish and report, for each kill, the time until a write through each
+survivor was acknowledged, and the killed manager back in Raft.
+
+No timing assertions: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "failover.py"
+
+
+def test_failover_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    result = json.loads(out.read_text())
+    figures = result["summary"]
+    assert figures["runs"] == 2 and len(figures["all_s"]) == 2
+    for field in ("p50_s", "max_s", "min_s"):
+        assert figures[field] > 0, (field, figures)
+    assert all(r > 0 for r in figures["p50_over_before"] + figures["p50_over_docker"])
+    assert len(figures["per_survivor"]["all_s"]) == 4  # 2 survivors per kill
+    for run in result["runs"]:
+        assert run["killed"] not in run["survivor_ack_s"], run
+        assert len(run["survivor_ack_s"]) == 2 and run["rejoined_s"] > 0, run
+    assert "first ack on either survivor" in proc.stdout

@@ -1,0 +1,36 @@
+"""Keeps bench/idle_cpu.py from rotting: a --quick run (a real shoald manager on loopback,
+20 fake nodes over gRPC+mTLS, 100 tasks) must finish and report the manager's idle CPU
+alone, with the nodes and no task, and with the tasks running.
+
+No timing assertions: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "idle_cpu.py"
+
+
+def test_idle_cpu_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "idle_cpu.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    result = json.loads(out.read_text())
+    figures = result["figures"]
+    assert figures["nodes"] == 20 and figures["tasks"] == 100
+    for row in ("no_nodes", "no_tasks", "tasks"):
+        manager = result[row]["manager"]
+        assert manager["cpu_pct"] >= 0 and manager["rss_peak_mib"] > 0, (row, manager)
+    assert result["tasks"]["manager"]["cpu_s"] >= 0
+    assert result["run"]["running_s"] > 0
+    assert "manager idle" in proc.stdout
