@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import grpc
@@ -57,4 +58,10 @@ def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity | Non
     certs = list(context.auth_context().get(_PEER_CERT_KEY, ()))
     if not certs:
         return None
-    return identity_of(certs[0])
+    return _identity(certs[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(cert_pem: bytes) -> Identity:
+    # Every heartbeat and status report presents the same certificate: parse it once.
+    return identity_of(cert_pem)

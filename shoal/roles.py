@@ -4,7 +4,6 @@ gRPC listeners (cluster port with mTLS; bootstrap port, server TLS only, for joi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -27,8 +26,11 @@ from manager.scheduler.scheduler import Scheduler
 from manager.store.memory import MemoryStore
 from proto import cluster_pb2_grpc
 from shoal.nodestate import Certificates, DataRoot, SwarmState
+from shoal.services import ServiceGroup
 
 log = logging.getLogger(__name__)
+
+PEERS_CHECK = 0.5  # seconds between looks at the Raft membership, to keep it on disk
 
 
 def _cert_config(certs: Certificates) -> grpc.ServerCertificateConfiguration:
@@ -85,9 +87,10 @@ class ManagerRole:
             *orchestrators(self.manager), Allocator(self.manager), Scheduler(self.manager),
         ])
         self._certs = certs
+        self._data = data
         self._state = state
         self._servers: list[grpc.aio.Server] = []
-        self._task: asyncio.Task[None] | None = None
+        self.services = ServiceGroup("manager services")
 
     async def start(self) -> None:
         cluster = grpc.aio.server()
@@ -107,7 +110,20 @@ class ManagerRole:
         for server in (cluster, bootstrap):
             await server.start()
             self._servers.append(server)
-        self._task = asyncio.create_task(self.runtime.run(), name="leader-runtime")
+        await self.services.start({"leader runtime": self.runtime.run,
+                                   "raft peers": self._keep_peers})
+
+    async def _keep_peers(self) -> None:
+        """Keep the Raft members on disk as Raft changes them: a manager restarts with the
+        members it last knew, never as a cluster of one that could elect itself and
+        overwrite entries the others committed."""
+        while True:
+            members = self.replica.members()
+            if self.replica.ready() and members != self._state.raft_peers:
+                self._state.raft_peers = members
+                self._data.save_state(self._state)
+                log.info("Raft members are now %s", ", ".join(members))
+            await asyncio.sleep(PEERS_CHECK)
 
     async def wait_leader(self, timeout: float) -> None:
         await _until(lambda: self.replica.leader_addr() is not None, timeout,
@@ -117,10 +133,7 @@ class ManagerRole:
         await _until(ready, timeout, "the store did not catch up with the leader")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.services.stop()
         for server in self._servers:
             await server.stop(grace=0.5)
         self._servers.clear()
