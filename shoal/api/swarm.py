@@ -136,6 +136,9 @@ def _swarm_info(node: Node) -> dict[str, Any]:
         mgr = node.manager()
     except NotAManager:  # a worker: no control, no cluster view, which is what info says
         return info
+    except Unavailable as err:  # a manager without quorum (or catching up): say so, as Docker
+        info.update(ControlAvailable=True, Error=str(err))
+        return info
     all_nodes = mgr.store.list(pb.Node)
     managers = [n for n in all_nodes if n.manager_status.addr]
     info.update(ControlAvailable=True, Nodes=len(all_nodes), Managers=len(managers),
