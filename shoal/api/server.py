@@ -31,7 +31,8 @@ _STATUS: list[tuple[type[merr.ManagerError], int]] = [
 ]
 
 # aiohttp refuses a body over client_max_size while reading it (then drains the rest, so the
-# client still reads this answer). A valid spec is far smaller (manager/controlapi/limits.py).
+# client still reads this answer). A valid spec is far smaller (manager/controlapi/limits.py),
+# so this is a bad spec like any other: 400, as every invalid spec gets.
 _TOO_LARGE = (f"the request body is larger than the API's limit of "
               f"{MAX_REQUEST_BYTES // (1024 * 1024)} MiB: a service spec may be at most "
               f"{MAX_SPEC_BYTES // 1024} KiB serialized; keep large data (environment, "
@@ -60,7 +61,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, _TOO_LARGE)
+        return _error(400, _TOO_LARGE)
     except web.HTTPException as exc:
         if exc.status >= 400:
             return _error(exc.status, exc.reason if exc.status != 404 else

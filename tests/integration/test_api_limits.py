@@ -65,7 +65,7 @@ async def test_oversized_specs_are_refused_and_not_stored(served: Served) -> Non
     before = stored(served)
     code, out = await post(served, "/services/create",
                            json.dumps(spec_with_env("big", 16_000_000)).encode())
-    assert code == 413 and "larger than the API's limit of 4 MiB" in out["message"]
+    assert code == 400 and "larger than the API's limit of 4 MiB" in out["message"]
     code, out = await post(served, "/services/create",
                            json.dumps(spec_with_env("big", 1_000_000)).encode())
     assert code == 400 and "the spec of service big is too large" in out["message"]

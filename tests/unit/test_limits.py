@@ -1,5 +1,5 @@
 """Limits at the control API: the pure checks (manager/controlapi/limits.py), and through the
-HTTP API on a store we own that absurd numbers and oversized specs get a 400 (or a 413 for a
+HTTP API on a store we own that absurd numbers and oversized specs get a 400 (also for a
 body over the HTTP limit) with a message naming the limit, and that nothing is written."""
 
 from __future__ import annotations
@@ -190,12 +190,12 @@ async def test_absurd_creates_are_a_400_and_write_nothing(api: Api, bad: dict[st
     assert api.mgr.store.version == before and not api.mgr.store.list(pb.Service)
 
 
-async def test_a_16_mb_spec_is_a_clear_413(api: Api) -> None:
+async def test_a_16_mb_spec_is_a_clear_400(api: Api) -> None:
     raw = json.dumps(with_task(body(), Env=_big_env(16 * 1000 * 1000))).encode()
     resp = await api.client.post("/v1.44/services/create", data=raw,
                                  headers={"Content-Type": "application/json"})
     out = await resp.json()
-    assert resp.status == 413, out
+    assert resp.status == 400, out
     assert "larger than the API's limit of 4 MiB" in out["message"]
     assert "at most 128 KiB" in out["message"]
     assert not api.mgr.store.list(pb.Service)
