@@ -144,7 +144,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
                 node.status.message != request.status_message):
             # A node marked down that still heartbeats is alive: bring it back; and show
             # what it reports about itself.
-            ready = functools.partial(_mark_ready_again, message=request.status_message)
+            ready = functools.partial(mark_ready_again, message=request.status_message)
             await self.mgr.modify(pb.Node, node.id, ready, fenced=True)
         return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
 
@@ -264,7 +264,7 @@ class NodeLiveness(Controller):
         return LIVENESS_PASS
 
 
-def _mark_ready_again(node: pb.Node, *, message: str) -> bool:
+def mark_ready_again(node: pb.Node, *, message: str) -> bool:
     if node.status.state == pb.NODE_READY and node.status.message == message:
         return False
     node.status.state = pb.NODE_READY

@@ -1,0 +1,28 @@
+"""What a node reports about itself: a failing certificate renewal says since when, why and
+when the certificate expires; the leader shows it as the node's status message and clears it
+when the node stops reporting it (a heartbeat of a node marked down brings it back)."""
+
+import datetime
+
+from manager.dispatcher.dispatcher import mark_ready_again
+from proto import objects_pb2 as pb
+from shoal.node import renewal_problem
+
+
+def test_renewal_problem_names_the_error_and_the_deadline() -> None:
+    since = datetime.datetime(2026, 12, 4, 10, 0, 0, tzinfo=datetime.UTC)
+    expires = datetime.datetime(2026, 12, 5, 9, 30, 0, tzinfo=datetime.UTC)
+    text = renewal_problem(since, expires, "unavailable: no leader")
+    assert text == ("certificate renewal failing since 2026-12-04T10:00:00Z (unavailable: no "
+                    "leader); the node certificate expires at 2026-12-05T09:30:00Z")
+
+
+def test_a_heartbeat_sets_the_message_and_brings_a_down_node_back() -> None:
+    node = pb.Node(id="n1")
+    node.status.state = pb.NODE_DOWN
+    node.status.message = "heartbeat failure"
+    assert mark_ready_again(node, message="certificate renewal failing since …")
+    assert node.status.state == pb.NODE_READY
+    assert node.status.message.startswith("certificate renewal failing")
+    assert not mark_ready_again(node, message=node.status.message)  # nothing to write
+    assert mark_ready_again(node, message="") and node.status.message == ""
