@@ -24,7 +24,7 @@ from manager.store.memory import Event, StoreView
 
 log = logging.getLogger(__name__)
 
-COALESCE = 0.05  # seconds to gather store events before a pass
+COALESCE = 0.05  # seconds between a controller's passes, at least (see Controller)
 LEADERSHIP_CHECK = 0.1  # seconds between checks that this manager still leads
 NO_QUORUM_RETRY = 0.5  # seconds before a pass that found no quorum runs again
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
@@ -37,6 +37,9 @@ class Controller(abc.ABC):
     a relevant store event (None: only on an event)."""
 
     name = "controller"
+    # At most one pass per this many seconds: a pass over the whole store costs more than
+    # one over a few changes, so a controller that reads everything runs less often.
+    coalesce = COALESCE
 
     def relevant(self, event: Event) -> bool:
         """Whether a store change may change this controller's decisions. Called on the
@@ -141,10 +144,14 @@ class LeaderRuntime:
         try:
             controller.begin()
             wait: float | None = 0.0
+            last = -controller.coalesce
             while True:
                 await _wait(changed, wait)
+                # At most one pass per `coalesce` seconds: the first change after a quiet
+                # spell is handled at once, a stream of changes in batches.
+                await asyncio.sleep(max(0.0, last + controller.coalesce - loop.time()))
                 changed.clear()
-                await asyncio.sleep(COALESCE)
+                last = loop.time()
                 wait = await self._pass(controller)
         finally:
             cancel()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from manager.errors import ManagerError, Unavailable
 from manager.manager import Manager
-from manager.orchestrator.snapshot import Decision, Group, Snapshot
+from manager.orchestrator.snapshot import Decision, Group, Snapshot, SnapshotCache
 from manager.runtime import Controller
 from manager.store.memory import StoreView
 from proto import objects_pb2 as pb
@@ -30,6 +30,9 @@ RETRY_FAILED = 0.5  # seconds before deciding again after some groups could not 
 
 MAX_ACTIONS = 200
 IN_FLIGHT = 8
+# An orchestrator's pass reads every service (those whose inputs did not change are skipped
+# by fingerprint): under a stream of changes it runs at most about this often.
+PASS_INTERVAL = 0.2
 
 
 def batches(groups: list[Group], limit: int = MAX_ACTIONS) -> Iterator[list[Group]]:
@@ -98,8 +101,11 @@ class Orchestrator(Controller):
     name = "orchestrator"
     core: ClassVar[Any] = None
 
-    def __init__(self, manager: Manager) -> None:
+    coalesce = PASS_INTERVAL
+
+    def __init__(self, manager: Manager, snapshots: SnapshotCache | None = None) -> None:
         self.mgr = manager
+        self.snapshots = snapshots or SnapshotCache()
         self._quiet: dict[str, tuple[tuple[int, ...], int | None]] = {}
 
     def decide_service(self, service: pb.Service, tasks: list[pb.Task],
@@ -132,7 +138,7 @@ class Orchestrator(Controller):
 
     async def run(self, view: StoreView) -> float | None:
         now = time.time_ns()
-        decision = self.decide(Snapshot(now, view))
+        decision = self.decide(self.snapshots.get(view, now))
         failed = 0
         if decision.groups:
             log.debug("%s: writing %d actions in %d groups", self.name,

@@ -11,6 +11,7 @@ from manager.orchestrator.jobs import JobsOrchestrator
 from manager.orchestrator.reaper import TaskReaper
 from manager.orchestrator.replicated import ReplicatedOrchestrator
 from manager.orchestrator.restart import RestartSupervisor
+from manager.orchestrator.snapshot import SnapshotCache
 from manager.orchestrator.update import Updater
 
 ORCHESTRATORS: tuple[type[Orchestrator], ...] = (
@@ -19,4 +20,5 @@ ORCHESTRATORS: tuple[type[Orchestrator], ...] = (
 
 
 def orchestrators(manager: Manager) -> list[Orchestrator]:
-    return [cls(manager) for cls in ORCHESTRATORS]
+    snapshots = SnapshotCache()  # one per view for all of them
+    return [cls(manager, snapshots) for cls in ORCHESTRATORS]

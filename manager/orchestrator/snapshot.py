@@ -44,7 +44,8 @@ class Snapshot:
         return cls(now_ns, StoreView.of(objs, version))
 
     def at(self, now_ns: int) -> Snapshot:
-        return replace(self, now_ns=now_ns, _fingerprints={})
+        """The same view at another time (fingerprints depend on the view alone)."""
+        return replace(self, now_ns=now_ns)
 
     @property
     def version(self) -> int:
@@ -160,6 +161,20 @@ def update(obj: Any) -> Action:
 
 def delete(obj: Any) -> Action:
     return (store_pb2.DELETE, obj)
+
+
+class SnapshotCache:
+    """One Snapshot per store view, shared by the orchestrators: each pass of each reads the
+    same view (when nothing changed between them), so fingerprints are computed once."""
+
+    def __init__(self) -> None:
+        self._snap: Snapshot | None = None
+
+    def get(self, view: StoreView, now_ns: int) -> Snapshot:
+        snap = self._snap
+        if snap is None or snap.view is not view:
+            snap = self._snap = Snapshot(now_ns, view)
+        return snap.at(now_ns)
 
 
 ServiceCore = Callable[[pb.Service, list[pb.Task], "Snapshot"], Decision]

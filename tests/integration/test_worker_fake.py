@@ -210,3 +210,30 @@ async def test_an_agent_whose_session_the_leader_dropped_reconnects(cluster: Clu
     await until(lambda: (s := dispatcher.sessions.get(worker_id)) is not None and
                 s.session_id != old.session_id, 20, "a new session")
     assert cluster.w.services is not None and cluster.w.services.alive("agent")
+
+
+async def test_what_a_node_reports_shows_in_its_status_and_a_live_node_comes_back(
+        cluster: Cluster) -> None:
+    """A failing certificate renewal travels in heartbeats to the node's Status.Message
+    (`node inspect`) and is cleared the same way; a node marked Down (as a stale leader
+    would) that still heartbeats is brought back to Ready."""
+    worker_id = cluster.worker_id
+
+    def status() -> tuple[int, str]:
+        node = cluster.mgr.store.get(pb.Node, worker_id)
+        return node.status.state, node.status.message
+
+    problem = ("certificate renewal failing since 2026-12-04T10:00:00Z (unavailable: no "
+               "leader); the node certificate expires at 2026-12-05T10:00:00Z")
+    cluster.w.renewal_problem = problem
+    await until(lambda: status() == (pb.NODE_READY, problem), 15, "the problem shown")
+    cluster.w.renewal_problem = ""
+    await until(lambda: status() == (pb.NODE_READY, ""), 15, "the problem cleared")
+
+    def down(node: pb.Node) -> bool:
+        node.status.state = pb.NODE_DOWN
+        node.status.message = "heartbeat failure"
+        return True
+
+    await cluster.mgr.modify(pb.Node, worker_id, down)
+    await until(lambda: status() == (pb.NODE_READY, ""), 15, "the live node Ready again")
