@@ -122,8 +122,8 @@ class Supervisor:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_EVERY)
-            dead = [n for n in self.nodes if n.state is not None and n._agent_task is not None
-                    and n._agent_task.done()]
+            dead = [n for n in self.nodes if n.state is not None and n.services is not None
+                    and not n.services.alive("agent")]
             for node in dead:
                 logging.warning("%s: its agent ended; restarting the node", node.hostname)
                 await node.stop()

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 COALESCE = 0.05  # seconds between a controller's passes, at least (see Controller)
 LEADERSHIP_CHECK = 0.1  # seconds between checks that this manager still leads
+PASS_SHARE = 3.0  # a controller rests this many times as long as its last pass took
 NO_QUORUM_RETRY = 0.5  # seconds before a pass that found no quorum runs again
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
 CRASH_WINDOW, CRASHES_TO_STEP_DOWN = 60.0, 5
@@ -144,18 +145,28 @@ class LeaderRuntime:
         try:
             controller.begin()
             wait: float | None = 0.0
-            last = -controller.coalesce
+            next_at = 0.0
             while True:
                 await _wait(changed, wait)
-                # At most one pass per `coalesce` seconds: the first change after a quiet
-                # spell is handled at once, a stream of changes in batches.
-                await asyncio.sleep(max(0.0, last + controller.coalesce - loop.time()))
+                # The first change after a quiet spell is handled at once, a stream of
+                # changes in batches (see `pause`).
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
                 changed.clear()
-                last = loop.time()
+                started = loop.time()
                 wait = await self._pass(controller)
+                ended = loop.time()
+                next_at = ended + self.pause(controller, ended - started)
         finally:
             cancel()
             controller.end()
+
+    def pause(self, controller: Controller, spent: float) -> float:
+        """Seconds between the end of a controller's pass and the start of its next: its
+        `coalesce` at least, and PASS_SHARE times its own pass, so a controller whose passes
+        grow long (a big cluster in churn) takes at most a quarter of the event loop and
+        heartbeats, status reports and the API keep their turn (without it, heartbeats
+        timed out and nodes were marked down while 10,000 tasks started)."""
+        return max(controller.coalesce, spent * PASS_SHARE)
 
     async def _pass(self, controller: Controller) -> float | None:
         try:

@@ -92,7 +92,7 @@ def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
 
 class Allocator(Controller):
     name = "allocator"
-    coalesce = 0.1  # a pass reads every task
+    coalesce = 0.2  # a pass reads every task
 
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager

@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_NS = 5_000_000_000
 GRACE_MULTIPLIER = 3
 RECONNECT_GRACE = 5.0  # seconds a node may take to reopen a dropped session (a restart)
-# Sessions wake on node changes and when the term ends; this is only a safety net.
+# Sessions wake on node changes (gathered over SESSION_COALESCE) and when the term ends;
+# RECHECK is only a safety net.
 RECHECK = 30.0
+SESSION_COALESCE = 0.3
 LIVENESS_PASS = 1.0  # seconds between checks for nodes gone silent
 
 
@@ -78,6 +80,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._node_changes = 0
         self._nodes_changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_pending: asyncio.TimerHandle | None = None
         self.liveness = NodeLiveness(self)
         manager.store.watch(self._on_events)
 
@@ -86,9 +89,17 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             self._node_changes = next(self._bumps)
             loop = self._loop
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._wake_sessions)
+                loop.call_soon_threadsafe(self._wake_sessions_soon)
+
+    def _wake_sessions_soon(self) -> None:
+        """Wake every session once per SESSION_COALESCE at most: each rebuilds its message,
+        so waking them all on every node change was quadratic while 1,000 nodes joined."""
+        if self._wake_pending is None:
+            loop = asyncio.get_running_loop()
+            self._wake_pending = loop.call_later(SESSION_COALESCE, self._wake_sessions)
 
     def _wake_sessions(self) -> None:
+        self._wake_pending = None
         changed, self._nodes_changed = self._nodes_changed, asyncio.Event()
         changed.set()
 

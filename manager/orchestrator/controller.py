@@ -32,7 +32,7 @@ MAX_ACTIONS = 200
 IN_FLIGHT = 8
 # An orchestrator's pass reads every service (those whose inputs did not change are skipped
 # by fingerprint): under a stream of changes it runs at most about this often.
-PASS_INTERVAL = 0.2
+PASS_INTERVAL = 0.25
 
 
 def batches(groups: list[Group], limit: int = MAX_ACTIONS) -> Iterator[list[Group]]:

@@ -88,7 +88,7 @@ def updates(decisions: Decisions, pending: Sequence[pb.Task], now_ns: int) -> li
 
 class Scheduler(Controller):
     name = "scheduler"
-    coalesce = 0.1  # a pass reads every task
+    coalesce = 0.2  # a pass reads every task
 
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager

@@ -66,10 +66,14 @@ class StoreView:
     epoch: int = 0  # the leadership epoch: Raft term of the leader that last took over
     tables: PMap[str, PMap[str, Obj]] = field(
         default_factory=lambda: pmap({t: _EMPTY for t in TABLES}))
-    by_service: PMap[str, PMap[str, Obj]] = _EMPTY
-    by_node: PMap[str, PMap[str, Obj]] = _EMPTY
-    by_slot: PMap[tuple[str, SlotKey], PMap[str, Obj]] = _EMPTY
+    # index key → the IDs of its objects (a map used as a set)
+    by_service: PMap[str, PMap[str, bool]] = _EMPTY
+    by_node: PMap[str, PMap[str, bool]] = _EMPTY
+    by_slot: PMap[tuple[str, SlotKey], PMap[str, bool]] = _EMPTY
     names: PMap[tuple[str, str], str] = _EMPTY  # (table, name) → id
+    # Lists already made from this view (it never changes): passes of several controllers
+    # over one view iterate each index once.
+    _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # -- reads (shared, read-only objects) --
 
@@ -80,7 +84,18 @@ class StoreView:
         return self.tables[table_of(cls)].get(obj_id)
 
     def list(self, cls: type) -> builtins.list[Obj]:
-        return builtins.list(self.tables[table_of(cls)].values())
+        """Every object of the table (a shared list: don't change it)."""
+        return self._listed(cls, None, lambda: self.tables[table_of(cls)].values())
+
+    def _listed(self, kind: Any, key: Any, source: Any) -> builtins.list[Obj]:
+        found = self._memo.get((kind, key))
+        if found is None:
+            found = self._memo[(kind, key)] = builtins.list(source())
+        return found  # type: ignore[no-any-return]
+
+    def _tasks(self, ids: Iterable[str]) -> builtins.list[objects_pb2.Task]:
+        tasks = self.tables["task"]
+        return [tasks[i] for i in ids]
 
     def cluster(self) -> objects_pb2.Cluster | None:
         return next(iter(self.tables["cluster"].values()), None)
@@ -90,13 +105,14 @@ class StoreView:
         return None if obj_id is None else self.get(cls, obj_id)
 
     def tasks_of_service(self, service_id: str) -> builtins.list[objects_pb2.Task]:
-        return builtins.list(self.by_service.get(service_id, _EMPTY).values())
+        return self._listed("service", service_id,
+                            lambda: self._tasks(self.by_service.get(service_id, _EMPTY)))
 
     def tasks_on_node(self, node_id: str) -> builtins.list[objects_pb2.Task]:
-        return builtins.list(self.by_node.get(node_id, _EMPTY).values())
+        return self._tasks(self.by_node.get(node_id, _EMPTY))
 
     def tasks_in_slot(self, service_id: str, key: SlotKey) -> builtins.list[objects_pb2.Task]:
-        return builtins.list(self.by_slot.get((service_id, key), _EMPTY).values())
+        return self._tasks(self.by_slot.get((service_id, key), _EMPTY))
 
     @classmethod
     def of(cls, objs: Iterable[Obj], version: int = 0, epoch: int = 0) -> StoreView:
@@ -108,7 +124,10 @@ class StoreView:
 
 
 class Draft:
-    """The next view being built by one batch; the view it started from is untouched."""
+    """The next view being built by one batch; the view it started from is untouched.
+
+    Indexes hold IDs, not objects, so the common write (a task's status) changes one table
+    entry and no index: only a change of the indexed fields moves an ID."""
 
     def __init__(self, base: StoreView) -> None:
         self.epoch = base.epoch
@@ -129,10 +148,11 @@ class Draft:
             if holder is not None and holder != obj.id:
                 raise AlreadyExists(f"name conflicts with an existing object: {table} {name} "
                                     f"already exists ({holder}); choose another name")
-        if old is not None:
-            self._unindex(table, old)
         self.tables = self.tables.set(table, self.tables[table].set(obj.id, obj))
-        self._index(table, obj)
+        if old is None or _keys(table, old) != _keys(table, obj):
+            if old is not None:
+                self._unindex(table, old)
+            self._index(table, obj)
         return old
 
     def delete(self, table: str, obj_id: str) -> Obj | None:
@@ -153,9 +173,9 @@ class Draft:
         if name is not None:
             self.names = self.names.set((table, name), obj.id)
         if table == "task":
-            self.by_service = _add(self.by_service, obj.service_id, obj)
-            self.by_node = _add(self.by_node, obj.node_id, obj)
-            self.by_slot = _add(self.by_slot, (obj.service_id, slot_key(obj)), obj)
+            self.by_service = _add(self.by_service, obj.service_id, obj.id)
+            self.by_node = _add(self.by_node, obj.node_id, obj.id)
+            self.by_slot = _add(self.by_slot, (obj.service_id, slot_key(obj)), obj.id)
 
     def _unindex(self, table: str, obj: Obj) -> None:
         name = unique_name(table, obj)
@@ -167,11 +187,18 @@ class Draft:
             self.by_slot = _drop(self.by_slot, (obj.service_id, slot_key(obj)), obj.id)
 
 
-def _add(index: PMap[Any, PMap[str, Obj]], key: Any, obj: Obj) -> PMap[Any, PMap[str, Obj]]:
-    return index.set(key, index.get(key, _EMPTY).set(obj.id, obj))
+def _keys(table: str, obj: Obj) -> tuple[Any, ...]:
+    """What the indexes of a table read from an object."""
+    if table == "task":
+        return (obj.service_id, obj.node_id, obj.slot)
+    return (unique_name(table, obj),)
 
 
-def _drop(index: PMap[Any, PMap[str, Obj]], key: Any, obj_id: str) -> PMap[Any, PMap[str, Obj]]:
+def _add(index: PMap[Any, PMap[str, bool]], key: Any, obj_id: str) -> PMap[Any, PMap[str, bool]]:
+    return index.set(key, index.get(key, _EMPTY).set(obj_id, True))
+
+
+def _drop(index: PMap[Any, PMap[str, bool]], key: Any, obj_id: str) -> PMap[Any, PMap[str, bool]]:
     inner = index.get(key)
     if inner is None or obj_id not in inner:
         return index

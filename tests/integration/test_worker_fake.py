@@ -210,6 +210,9 @@ async def test_an_agent_whose_session_the_leader_dropped_reconnects(cluster: Clu
     await until(lambda: (s := dispatcher.sessions.get(worker_id)) is not None and
                 s.session_id != old.session_id, 20, "a new session")
     assert cluster.w.services is not None and cluster.w.services.alive("agent")
+    # The new session's assignment stream carries what was assigned meanwhile and after.
+    task_id = await cluster.add_task("after-reconnect")
+    await cluster.wait_state(task_id, pb.RUNNING)
 
 
 async def test_what_a_node_reports_shows_in_its_status_and_a_live_node_comes_back(
