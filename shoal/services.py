@@ -51,9 +51,12 @@ class ServiceGroup:
         return self._group.create_task(_logged(name, job), name=name)
 
     def alive(self, name: str) -> bool:
-        """Whether the service `name` is still being run (it has not ended for good)."""
+        """Whether the service `name` is still being run or about to be (it has not ended
+        for good)."""
         task = self._tasks.get(name)
-        return task is not None and not task.done()
+        if task is None:  # the group is still starting it
+            return self._task is not None and not self._task.done()
+        return not task.done()
 
     async def stop(self) -> None:
         task, self._task = self._task, None
