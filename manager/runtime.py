@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 COALESCE = 0.05  # seconds between a controller's passes, at least (see Controller)
 LEADERSHIP_CHECK = 0.1  # seconds between checks that this manager still leads
-PASS_SHARE = 3.0  # a controller rests this many times as long as its last pass took
+PASS_SHARE = 1.0  # a controller rests this many times as long as its last pass took
 NO_QUORUM_RETRY = 0.5  # seconds before a pass that found no quorum runs again
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
 CRASH_WINDOW, CRASHES_TO_STEP_DOWN = 60.0, 5
@@ -163,7 +163,7 @@ class LeaderRuntime:
     def pause(self, controller: Controller, spent: float) -> float:
         """Seconds between the end of a controller's pass and the start of its next: its
         `coalesce` at least, and PASS_SHARE times its own pass, so a controller whose passes
-        grow long (a big cluster in churn) takes at most a quarter of the event loop and
+        grow long (a big cluster in churn) takes at most half the event loop and
         heartbeats, status reports and the API keep their turn (without it, heartbeats
         timed out and nodes were marked down while 10,000 tasks started)."""
         return max(controller.coalesce, spent * PASS_SHARE)

@@ -157,7 +157,10 @@ class Agent:
                 resp = await stub.Heartbeat(  # type: ignore[misc]
                     cluster_pb2.HeartbeatRequest(session_id=first.session_id,
                                                  status_message=self.config.problems()),
-                    timeout=5.0)
+                    # A busy leader's slow answer is not a lost session (giving up after
+                    # 5 s churned sessions under load); a new leader gives nodes 3 periods
+                    # to find it, so 2 still leave a hung leader's nodes time to move.
+                    timeout=2 * period)
                 period = resp.period_ns / 1e9 or period
             except grpc.aio.AioRpcError as err:
                 log.info("heartbeat failed: %s %s; reopening the session",

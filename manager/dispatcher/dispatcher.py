@@ -81,6 +81,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._nodes_changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_pending: asyncio.TimerHandle | None = None
+        self._last_check = 0.0  # when the liveness check last ran (monotonic)
         self.liveness = NodeLiveness(self)
         manager.store.watch(self._on_events)
 
@@ -231,8 +232,22 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         them, and give every node the grace period before judging it."""
         self._loop = asyncio.get_running_loop()
         self._leader_since = time.monotonic()
+        self._last_check = 0.0
         self._node_changes = next(self._bumps)  # a restored snapshot brings no events
         self.assignments.start()
+
+    def _credit_stall(self, now: float) -> None:
+        """A leader too busy to run this check on time was too busy to read heartbeats as
+        well: the time it lost is not the nodes' silence, so every session gets it back."""
+        last, self._last_check = self._last_check, now
+        stalled = now - last - 2 * LIVENESS_PASS if last else 0.0
+        if stalled > 0:
+            log.warning("the leader was %.1f s late checking on nodes (busy); not counting "
+                        "that time against their heartbeats", stalled)
+            for session in self.sessions.values():
+                session.last_seen += stalled
+                if session.ended_at is not None:
+                    session.ended_at += stalled
 
     def end_term(self) -> None:
         """Leadership ended: wake the streams so they close and agents find the leader."""
@@ -241,6 +256,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
 
     async def check_liveness(self, view: StoreView) -> None:
         now = time.monotonic()
+        self._credit_stall(now)
         period = self._period()
         for node in view.list(pb.Node):
             if node.status.state != pb.NODE_READY:
