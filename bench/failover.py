@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.waiting import BenchError, wait_for  # noqa: E402
+from bench.waiting import BenchError, progress_log, wait_for  # noqa: E402
 from manager.raft.replica import RaftTiming  # noqa: E402
 from shoal import lab, procs  # noqa: E402
 from shoal.client import APIError, Client  # noqa: E402
@@ -261,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
 
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(started)
 
     name = "fo" + secrets.token_hex(3)
     log(f"lab {name}: 3 managers coming up")

@@ -51,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker  # noqa: E402
 
-from bench.waiting import (  # noqa: E402
+from bench.waiting import (
     BenchError,
+    progress_log,  # noqa: E402
     wait_for,
     wall,
 )
@@ -238,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
 
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(started)
 
     name = "rc" + secrets.token_hex(3)
     log(f"lab {name}: 1 manager (drained) + 3 workers coming up")

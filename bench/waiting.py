@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,3 +28,13 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str,
 def wall(text: str) -> float:
     """An RFC 3339 timestamp (nanoseconds allowed) as seconds since the epoch."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def progress_log(started: float) -> Callable[[str], None]:
+    """A logger to stderr that stamps each line with the seconds since `started`."""
+
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    return log
