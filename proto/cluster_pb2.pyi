@@ -259,20 +259,32 @@ class HeartbeatRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    TUNNEL_ERROR_FIELD_NUMBER: _builtins.int
+    KEY_CREATED_NS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     status_message: _builtins.str
     """What the node reports about itself, e.g. that renewing its certificate fails; the
     leader shows it as the node's Status.Message ("" clears it).
     """
+    public_key: _builtins.str
+    """The node's WireGuard public key and why its tunnel is down, if it is (written to
+    Node.tunnel when they change).
+    """
+    tunnel_error: _builtins.str
+    key_created_ns: _builtins.int
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         status_message: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+        tunnel_error: _builtins.str = ...,
+        key_created_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "status_message", b"status_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_created_ns", b"key_created_ns", "public_key", b"public_key", "session_id", b"session_id", "status_message", b"status_message", "tunnel_error", b"tunnel_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -319,20 +331,171 @@ class AssignmentsRequest(_message.Message):
 Global___AssignmentsRequest: _TypeAlias = AssignmentsRequest  # noqa: Y015
 
 @_typing.final
+class NetworkPeer(_message.Message):
+    """What a node needs of the other nodes to reach them over an overlay."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    TUNNEL_ADDR_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    addr: _builtins.str
+    """underlay IP (Node.status.addr)"""
+    tunnel_addr: _builtins.str
+    """WireGuard address (Node.tunnel.addr)"""
+    public_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        addr: _builtins.str = ...,
+        tunnel_addr: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "node_id", b"node_id", "public_key", b"public_key", "tunnel_addr", b"tunnel_addr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkPeer: _TypeAlias = NetworkPeer  # noqa: Y015
+
+@_typing.final
+class EndpointTask(_message.Message):
+    """One task of a service on a network: where its address lives."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    node_id: _builtins.str
+    addr: _builtins.str
+    """CIDR form"""
+    name: _builtins.str
+    """task name <service>.<slot>.<id>"""
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        addr: _builtins.str = ...,
+        name: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "aliases", b"aliases", "name", b"name", "node_id", b"node_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointTask: _TypeAlias = EndpointTask  # noqa: Y015
+
+@_typing.final
+class ServiceRecord(_message.Message):
+    """A service on one network, as resolvers and load balancers need it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    VIP_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    name: _builtins.str
+    mode: _objects_pb2.EndpointSpec.ResolutionMode.ValueType
+    vip: _builtins.str
+    """CIDR form; "" in dnsrr mode"""
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointTask]:
+        """running (or starting) tasks only"""
+
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.PortConfig]:
+        """allocated published ports"""
+
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        mode: _objects_pb2.EndpointSpec.ResolutionMode.ValueType = ...,
+        vip: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+        tasks: _abc.Iterable[Global___EndpointTask] | None = ...,
+        ports: _abc.Iterable[_objects_pb2.PortConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "mode", b"mode", "name", b"name", "ports", b"ports", "service_id", b"service_id", "tasks", b"tasks", "vip", b"vip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRecord: _TypeAlias = ServiceRecord  # noqa: Y015
+
+@_typing.final
+class NetworkState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def network(self) -> _objects_pb2.Network: ...
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRecord]: ...
+    def __init__(
+        self,
+        *,
+        network: _objects_pb2.Network | None = ...,
+        services: _abc.Iterable[Global___ServiceRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkState: _TypeAlias = NetworkState  # noqa: Y015
+
+@_typing.final
 class AssignmentsMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASKS_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkState]:
+        """every network the node's tasks use, plus ingress"""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkPeer]:
+        """the other nodes on those networks"""
+
     def __init__(
         self,
         *,
         tasks: _abc.Iterable[_objects_pb2.Task] | None = ...,
+        networks: _abc.Iterable[Global___NetworkState] | None = ...,
+        peers: _abc.Iterable[Global___NetworkPeer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "peers", b"peers", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -337,6 +337,7 @@ class NodeDescription(_message.Message):
     PLATFORM_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     @_builtins.property
     def platform(self) -> Global___Platform: ...
@@ -344,6 +345,10 @@ class NodeDescription(_message.Message):
     def resources(self) -> Global___Resources: ...
     @_builtins.property
     def engine(self) -> Global___EngineDescription: ...
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HostRoute]:
+        """The host's routes (CIDR, device), so a manager refuses an overlay subnet that overlaps one."""
+
     def __init__(
         self,
         *,
@@ -351,14 +356,69 @@ class NodeDescription(_message.Message):
         platform: Global___Platform | None = ...,
         resources: Global___Resources | None = ...,
         engine: Global___EngineDescription | None = ...,
+        routes: _abc.Iterable[Global___HostRoute] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "platform", b"platform", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "hostname", b"hostname", "platform", b"platform", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "hostname", b"hostname", "platform", b"platform", "resources", b"resources", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeDescription: _TypeAlias = NodeDescription  # noqa: Y015
+
+@_typing.final
+class HostRoute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DST_FIELD_NUMBER: _builtins.int
+    DEV_FIELD_NUMBER: _builtins.int
+    dst: _builtins.str
+    dev: _builtins.str
+    def __init__(
+        self,
+        *,
+        dst: _builtins.str = ...,
+        dev: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dev", b"dev", "dst", b"dst"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostRoute: _TypeAlias = HostRoute  # noqa: Y015
+
+@_typing.final
+class NodeTunnel(_message.Message):
+    """A node's WireGuard end: the node makes the key pair and reports the public key; the
+    leader gives it a tunnel address. `error` says why its tunnel is not up ("" when it is).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    KEY_CREATED_NS_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.str
+    addr: _builtins.str
+    error: _builtins.str
+    key_created_ns: _builtins.int
+    def __init__(
+        self,
+        *,
+        public_key: _builtins.str = ...,
+        addr: _builtins.str = ...,
+        error: _builtins.str = ...,
+        key_created_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "error", b"error", "key_created_ns", b"key_created_ns", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeTunnel: _TypeAlias = NodeTunnel  # noqa: Y015
 
 @_typing.final
 class NodeStatus(_message.Message):
@@ -428,6 +488,7 @@ class Node(_message.Message):
     MANAGER_STATUS_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     CERT_NOT_AFTER_NS_FIELD_NUMBER: _builtins.int
+    TUNNEL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     role: Global___NodeRole.ValueType
     """the role the node's certificate carries"""
@@ -444,6 +505,8 @@ class Node(_message.Message):
     def manager_status(self) -> Global___ManagerStatus:
         """set while the node is a Raft member"""
 
+    @_builtins.property
+    def tunnel(self) -> Global___NodeTunnel: ...
     def __init__(
         self,
         *,
@@ -455,10 +518,11 @@ class Node(_message.Message):
         manager_status: Global___ManagerStatus | None = ...,
         role: Global___NodeRole.ValueType = ...,
         cert_not_after_ns: _builtins.int = ...,
+        tunnel: Global___NodeTunnel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "manager_status", b"manager_status", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "manager_status", b"manager_status", "meta", b"meta", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after_ns", b"cert_not_after_ns", "description", b"description", "id", b"id", "manager_status", b"manager_status", "meta", b"meta", "role", b"role", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after_ns", b"cert_not_after_ns", "description", b"description", "id", b"id", "manager_status", b"manager_status", "meta", b"meta", "role", b"role", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1018,6 +1082,32 @@ class RestartPolicy(_message.Message):
 Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
 
 @_typing.final
+class NetworkAttachmentConfig(_message.Message):
+    """A service's wish to be on a network (Docker's TaskTemplate.Networks[])."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """network name or ID as the user gave it; the API stores the ID"""
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAttachmentConfig: _TypeAlias = NetworkAttachmentConfig  # noqa: Y015
+
+@_typing.final
 class TaskSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1026,6 +1116,7 @@ class TaskSpec(_message.Message):
     RESTART_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     FORCE_UPDATE_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     force_update: _builtins.int
     @_builtins.property
     def container(self) -> Global___ContainerSpec: ...
@@ -1035,6 +1126,8 @@ class TaskSpec(_message.Message):
     def restart(self) -> Global___RestartPolicy: ...
     @_builtins.property
     def placement(self) -> Global___Placement: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAttachmentConfig]: ...
     def __init__(
         self,
         *,
@@ -1043,10 +1136,11 @@ class TaskSpec(_message.Message):
         restart: Global___RestartPolicy | None = ...,
         placement: Global___Placement | None = ...,
         force_update: _builtins.int = ...,
+        networks: _abc.Iterable[Global___NetworkAttachmentConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1409,26 +1503,55 @@ class JobStatus(_message.Message):
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
 @_typing.final
+class VirtualIP(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    ADDR_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    addr: _builtins.str
+    """CIDR form, e.g. 10.0.1.2/24 (Docker's Endpoint.VirtualIPs[].Addr)"""
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        addr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "network_id", b"network_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VirtualIP: _TypeAlias = VirtualIP  # noqa: Y015
+
+@_typing.final
 class Endpoint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    VIRTUAL_IPS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> Global___EndpointSpec: ...
     @_builtins.property
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]:
         """with allocated published ports"""
 
+    @_builtins.property
+    def virtual_ips(self) -> _containers.RepeatedCompositeFieldContainer[Global___VirtualIP]:
+        """one per network (endpoint mode vip)"""
+
     def __init__(
         self,
         *,
         spec: Global___EndpointSpec | None = ...,
         ports: _abc.Iterable[Global___PortConfig] | None = ...,
+        virtual_ips: _abc.Iterable[Global___VirtualIP] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports", "spec", b"spec", "virtual_ips", b"virtual_ips"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1610,6 +1733,7 @@ class Task(_message.Message):
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     JOB_ITERATION_FIELD_NUMBER: _builtins.int
     SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     slot: _builtins.int
@@ -1633,6 +1757,10 @@ class Task(_message.Message):
     def status(self) -> Global___TaskStatus: ...
     @_builtins.property
     def endpoint(self) -> Global___Endpoint: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAttachment]:
+        """given by the allocator before PENDING"""
+
     def __init__(
         self,
         *,
@@ -1650,11 +1778,178 @@ class Task(_message.Message):
         spec_version: _builtins.int = ...,
         job_iteration: _builtins.int = ...,
         service_name: _builtins.str = ...,
+        networks: _abc.Iterable[Global___NetworkAttachment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "endpoint", b"endpoint", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "job_iteration", b"job_iteration", "meta", b"meta", "node_id", b"node_id", "service_id", b"service_id", "service_labels", b"service_labels", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "job_iteration", b"job_iteration", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "service_id", b"service_id", "service_labels", b"service_labels", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class IPAMConfig(_message.Message):
+    """---------------------------------------------------------------- networks"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBNET_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    IP_RANGE_FIELD_NUMBER: _builtins.int
+    subnet: _builtins.str
+    """CIDR"""
+    gateway: _builtins.str
+    """address"""
+    ip_range: _builtins.str
+    """CIDR within subnet that task addresses come from ("" = subnet)"""
+    def __init__(
+        self,
+        *,
+        subnet: _builtins.str = ...,
+        gateway: _builtins.str = ...,
+        ip_range: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "ip_range", b"ip_range", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IPAMConfig: _TypeAlias = IPAMConfig  # noqa: Y015
+
+@_typing.final
+class NetworkSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DriverOptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    DRIVER_FIELD_NUMBER: _builtins.int
+    DRIVER_OPTIONS_FIELD_NUMBER: _builtins.int
+    IPAM_FIELD_NUMBER: _builtins.int
+    INTERNAL_FIELD_NUMBER: _builtins.int
+    ATTACHABLE_FIELD_NUMBER: _builtins.int
+    INGRESS_FIELD_NUMBER: _builtins.int
+    driver: _builtins.str
+    """"overlay" """
+    internal: _builtins.bool
+    attachable: _builtins.bool
+    ingress: _builtins.bool
+    @_builtins.property
+    def annotations(self) -> Global___Annotations: ...
+    @_builtins.property
+    def driver_options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """"encrypted": "" turns on WireGuard"""
+
+    @_builtins.property
+    def ipam(self) -> _containers.RepeatedCompositeFieldContainer[Global___IPAMConfig]:
+        """what the user asked for (may be empty)"""
+
+    def __init__(
+        self,
+        *,
+        annotations: Global___Annotations | None = ...,
+        driver: _builtins.str = ...,
+        driver_options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ipam: _abc.Iterable[Global___IPAMConfig] | None = ...,
+        internal: _builtins.bool = ...,
+        attachable: _builtins.bool = ...,
+        ingress: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "attachable", b"attachable", "driver", b"driver", "driver_options", b"driver_options", "ingress", b"ingress", "internal", b"internal", "ipam", b"ipam"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkSpec: _TypeAlias = NetworkSpec  # noqa: Y015
+
+@_typing.final
+class Network(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    VNI_FIELD_NUMBER: _builtins.int
+    IPAM_FIELD_NUMBER: _builtins.int
+    PENDING_DELETE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    vni: _builtins.int
+    """0 until allocated"""
+    pending_delete: _builtins.bool
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___NetworkSpec: ...
+    @_builtins.property
+    def ipam(self) -> _containers.RepeatedCompositeFieldContainer[Global___IPAMConfig]:
+        """allocated subnet and gateway (empty until allocated)"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: Global___Meta | None = ...,
+        spec: Global___NetworkSpec | None = ...,
+        vni: _builtins.int = ...,
+        ipam: _abc.Iterable[Global___IPAMConfig] | None = ...,
+        pending_delete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ipam", b"ipam", "meta", b"meta", "pending_delete", b"pending_delete", "spec", b"spec", "vni", b"vni"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Network: _TypeAlias = Network  # noqa: Y015
+
+@_typing.final
+class NetworkAttachment(_message.Message):
+    """A task's place on one network (Docker's NetworksAttachments[])."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CIDR form, e.g. 10.0.1.5/24"""
+
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "aliases", b"aliases", "network_id", b"network_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAttachment: _TypeAlias = NetworkAttachment  # noqa: Y015

@@ -51,6 +51,7 @@ class StoreObject(_message.Message):
     CLUSTER_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node(self) -> _objects_pb2.Node: ...
     @_builtins.property
@@ -59,6 +60,8 @@ class StoreObject(_message.Message):
     def service(self) -> _objects_pb2.Service: ...
     @_builtins.property
     def task(self) -> _objects_pb2.Task: ...
+    @_builtins.property
+    def network(self) -> _objects_pb2.Network: ...
     def __init__(
         self,
         *,
@@ -66,12 +69,13 @@ class StoreObject(_message.Message):
         cluster: _objects_pb2.Cluster | None = ...,
         service: _objects_pb2.Service | None = ...,
         task: _objects_pb2.Task | None = ...,
+        network: _objects_pb2.Network | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "network", b"network", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "network", b"network", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "cluster", "service", "task"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "cluster", "service", "task", "network"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

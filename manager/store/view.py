@@ -27,7 +27,8 @@ Obj = Any  # a generated message with `id` and `meta` (Node, Cluster, Service, T
 SlotKey = int | str  # the slot number, or the node ID for global services' tasks
 
 _TABLE_OF: dict[type, str] = {objects_pb2.Node: "node", objects_pb2.Cluster: "cluster",
-                               objects_pb2.Service: "service", objects_pb2.Task: "task"}
+                               objects_pb2.Service: "service", objects_pb2.Task: "task",
+                               objects_pb2.Network: "network"}
 TABLES = tuple(_TABLE_OF.values())
 _EMPTY: PMap[Any, Any] = pmap()
 
@@ -55,7 +56,7 @@ def slot_key(task: objects_pb2.Task) -> SlotKey:
 
 def unique_name(table: str, obj: Obj) -> str | None:
     """The name that must be unique in its table, if the object has one."""
-    if table == "service" and not obj.pending_delete:
+    if table in ("service", "network") and not obj.pending_delete:
         return str(obj.spec.annotations.name) or None
     return None
 
