@@ -340,12 +340,15 @@ class NetworkPeer(_message.Message):
     ADDR_FIELD_NUMBER: _builtins.int
     TUNNEL_ADDR_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    INGRESS_ADDR_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     addr: _builtins.str
     """underlay IP (Node.status.addr)"""
     tunnel_addr: _builtins.str
     """WireGuard address (Node.tunnel.addr)"""
     public_key: _builtins.str
+    ingress_addr: _builtins.str
+    """the peer's routing-mesh address on the ingress network"""
     def __init__(
         self,
         *,
@@ -353,10 +356,11 @@ class NetworkPeer(_message.Message):
         addr: _builtins.str = ...,
         tunnel_addr: _builtins.str = ...,
         public_key: _builtins.str = ...,
+        ingress_addr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "node_id", b"node_id", "public_key", b"public_key", "tunnel_addr", b"tunnel_addr"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "ingress_addr", b"ingress_addr", "node_id", b"node_id", "public_key", b"public_key", "tunnel_addr", b"tunnel_addr"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

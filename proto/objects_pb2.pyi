@@ -489,10 +489,13 @@ class Node(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     CERT_NOT_AFTER_NS_FIELD_NUMBER: _builtins.int
     TUNNEL_FIELD_NUMBER: _builtins.int
+    INGRESS_ADDR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     role: Global___NodeRole.ValueType
     """the role the node's certificate carries"""
     cert_not_after_ns: _builtins.int
+    ingress_addr: _builtins.str
+    """The node's address on the ingress network (its routing-mesh namespace), CIDR form."""
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -519,10 +522,11 @@ class Node(_message.Message):
         role: Global___NodeRole.ValueType = ...,
         cert_not_after_ns: _builtins.int = ...,
         tunnel: Global___NodeTunnel | None = ...,
+        ingress_addr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "manager_status", b"manager_status", "meta", b"meta", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after_ns", b"cert_not_after_ns", "description", b"description", "id", b"id", "manager_status", b"manager_status", "meta", b"meta", "role", b"role", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after_ns", b"cert_not_after_ns", "description", b"description", "id", b"id", "ingress_addr", b"ingress_addr", "manager_status", b"manager_status", "meta", b"meta", "role", b"role", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
