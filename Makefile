@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 nftables docker.io containerd runc wireguard-go wireguard-tools busybox-static procps
+APT_PACKAGES := iproute2 nftables docker.io containerd runc wireguard-go wireguard-tools busybox-static procps iperf3 tcpdump
 STAMP := $(VENV)/.installed
 
 .PHONY: deps sysdeps venv images proto test lint unit system demo bench clean
