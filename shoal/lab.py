@@ -178,10 +178,11 @@ def _host_state(state: LabState, host: str, role: str, index: int,
     hdir = Path(state.state_dir) / host
     engine = state.engine or ""
     paths = {"data_root": str(hdir / "data"), "socket": str(hdir / "shoal.sock"),
-             "hostname": host, "engine": engine}
+             "hostname": host, "engine": engine,
+             "netns_prefix": f"{namespace(state.name, host)}-n"}
     template = daemon_argv or [_shoald(), "--data-root", "{data_root}",
                                "--host", "unix://{socket}", "--hostname", "{hostname}",
-                               "--engine", "{engine}"]
+                               "--engine", "{engine}", "--netns-prefix", "{netns_prefix}"]
     subnet = ipaddress.IPv4Network(state.subnet)
     return HostState(
         name=host, role=role, namespace=namespace(state.name, host),
@@ -209,8 +210,9 @@ def _ip(*args: str, check: bool = True) -> str:
 
 
 def _lab_namespaces(name: str) -> list[str]:
-    """The namespaces that exist now and are named like this lab's (`shl-NAME-sw|mN|wN`)."""
-    pattern = re.compile(rf"shl-{re.escape(name)}-(sw|[mw][0-9]+)")
+    """The namespaces that exist now and are named like this lab's (`shl-NAME-sw|mN|wN`, and
+    the hosts' overlay namespaces `shl-NAME-HOST-n...`)."""
+    pattern = re.compile(rf"shl-{re.escape(name)}-(sw|[mw][0-9]+(-n[0-9a-z]+)?)")
     found = [line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()]
     return [ns for ns in found if pattern.fullmatch(ns)]
 

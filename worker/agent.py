@@ -135,7 +135,7 @@ class Agent:
         try:
             async for msg in stub.Assignments(  # type: ignore[attr-defined]
                     cluster_pb2.AssignmentsRequest(session_id=session_id)):
-                await worker.assign(list(msg.tasks))
+                await worker.assign(list(msg.tasks), msg)
             log.info("the assignments stream ended; reopening the session")
         except grpc.aio.AioRpcError as err:
             log.info("assignments stream failed: %s %s; reopening the session",

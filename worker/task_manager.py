@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[str, pb.TaskStatus], None]
 RETRY = 1.0  # seconds before retrying an engine call that failed for a reason not the task's
+# A task on overlay networks that is told to stop keeps serving this long first: the leader
+# has already taken it out of every node's load-balancer backends and resolvers, and this
+# lets those nodes apply that before its connections are refused.
+BACKEND_DRAIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class TaskManager:
         self._runner: asyncio.Task[None] | None = None
         self._backoff = backoff
         self._failures = 0  # transient engine errors in a row in the current state
+        self._drained = False  # waited BACKEND_DRAIN before stopping
+        self._network_released = False
 
     @property
     def task_id(self) -> str:
@@ -161,7 +167,7 @@ class TaskManager:
         if state >= pb.COMPLETE:
             if self._closing or desired >= pb.REMOVE:
                 return await self._remove()
-            return WAIT
+            return await self._release_network()
         if self._closing or desired >= pb.SHUTDOWN:
             return await self._shutdown()
         if state < pb.ACCEPTED:
@@ -235,7 +241,22 @@ class TaskManager:
                 return AGAIN  # the task changed (or the engine hiccuped): step again
             state = observed
 
+    async def _release_network(self) -> Step:
+        if self._network_released or not self.task.networks:
+            return WAIT
+        try:
+            await self._executor.release_network(self.task_id)
+        except ExecutorError as err:
+            log.warning("task %s: releasing its network failed, retrying: %s", self.task_id, err)
+            await self._pause(RETRY)
+            return AGAIN
+        self._network_released = True
+        return WAIT
+
     async def _shutdown(self) -> Step:
+        if self.task.networks and self.status.state == pb.RUNNING and not self._drained:
+            self._drained = True
+            await asyncio.sleep(BACKEND_DRAIN)
         try:
             await self._executor.shutdown(self.task_id, stop_grace(self.task))
         except ExecutorError as err:

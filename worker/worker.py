@@ -15,8 +15,10 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from worker.executor.base import ContainerState, EngineInfo, Executor, ExecutorError
+from worker.network import NodeNetwork
 from worker.reporter import Reporter
 from worker.task_manager import TaskManager
 
@@ -41,10 +43,11 @@ async def remove_node_containers(executor: Executor, node_id: str) -> int:
 
 
 class Worker:
-    def __init__(self, node_id: str, executor: Executor, reporter: Reporter | None = None
-                 ) -> None:
+    def __init__(self, node_id: str, executor: Executor, reporter: Reporter | None = None,
+                 network: NodeNetwork | None = None) -> None:
         self.node_id = node_id
         self.executor = executor
+        self.network = network
         self.reporter = reporter or Reporter()
         self.engine: EngineInfo | None = None  # None until the engine answered
         self.managers: dict[str, TaskManager] = {}
@@ -85,8 +88,12 @@ class Worker:
 
     # -- assignments --
 
-    async def assign(self, tasks: list[pb.Task]) -> None:
-        """The full set of this node's tasks, from the dispatcher."""
+    async def assign(self, tasks: list[pb.Task],
+                     message: cluster_pb2.AssignmentsMessage | None = None) -> None:
+        """The full set of this node's tasks (and the state of their networks), from the
+        dispatcher."""
+        if self.network is not None and message is not None:
+            self.network.update(list(message.networks), list(message.peers))
         await self._listed.wait()
         wanted = {t.id: t for t in tasks}
         for task in tasks:
@@ -105,6 +112,8 @@ class Worker:
 
     def _start_manager(self, task: pb.Task) -> None:
         adopted = self._adoptable.pop(task.id, None) if self._adoptable else None
+        if adopted is not None and adopted.running and task.networks:
+            self._spawn(self._adopt_network(task))
         tm = TaskManager(task, self.executor, self.reporter.report, adopted)
         self.managers[task.id] = tm
         tm.start().add_done_callback(functools.partial(self._finished, task.id))
@@ -120,6 +129,12 @@ class Worker:
         for task_id in orphans:
             log.info("removing the container of task %s: no longer assigned here", task_id)
             self._spawn(self._remove(task_id))
+
+    async def _adopt_network(self, task: pb.Task) -> None:
+        try:
+            await self.executor.adopt_network(task)
+        except ExecutorError as err:
+            log.warning("task %s: plumbing its sandbox again failed: %s", task.id, err)
 
     async def _remove(self, task_id: str) -> None:
         try:

@@ -157,5 +157,13 @@ class Executor(abc.ABC):
             raise PermanentError(f"container of task {task_id} is gone")
         return state.exit_code
 
+    async def adopt_network(self, task: pb.Task) -> None:  # noqa: B027 - optional hook
+        """A restarted worker found the task's container running: plumb its sandbox again
+        (the data plane's attach is idempotent)."""
+
+    async def release_network(self, task_id: str) -> None:  # noqa: B027 - optional hook
+        """The task ended: give back its network attachments (idempotent). Executors
+        without networking have nothing to give back."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads (containers keep running)."""

@@ -33,11 +33,12 @@ def healthcheck(hc: pb.HealthConfig) -> Healthcheck | None:
                        start_period=hc.start_period_ns or None)
 
 
-def host_config_params(task: pb.Task) -> dict[str, Any]:
-    """Keyword arguments of APIClient.create_host_config."""
+def host_config_params(task: pb.Task, sandbox_id: str = "") -> dict[str, Any]:
+    """Keyword arguments of APIClient.create_host_config. A task on overlay networks joins
+    its sandbox's namespace; one on none has no network."""
     c, limits = task.spec.container, task.spec.resources.limits
     return {
-        "network_mode": "none",  # overlay attachments come later
+        "network_mode": f"container:{sandbox_id}" if sandbox_id else "none",
         "mounts": [mount(m) for m in c.mounts] or None,
         "init": True if c.init else None,
         "nano_cpus": limits.nano_cpus or None,
@@ -60,7 +61,7 @@ def create_params(task: pb.Task) -> dict[str, Any]:
         "environment": list(c.env) or None,
         "working_dir": c.dir or None,
         "user": c.user or None,
-        "hostname": c.hostname or None,
+        "hostname": None if task.networks else (c.hostname or None),  # the sandbox's
         "tty": c.tty,
         "stop_signal": c.stop_signal or None,
         "stop_timeout": math.ceil(stop_grace(task)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,8 @@ from worker.executor.base import (
     TransientError,
 )
 from worker.executor.docker import container as ct
+from worker.executor.docker import sandbox as sb
+from worker.network import NodeNetwork
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,10 @@ API_TIMEOUT = 60
 
 
 class DockerExecutor(Executor):
-    def __init__(self, engine: str, threads: int = 32) -> None:
+    def __init__(self, engine: str, threads: int = 32, network: NodeNetwork | None = None
+                 ) -> None:
         self.engine = engine
+        self.network = network
         self._threads = threads
         self._client: docker.APIClient | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -126,8 +131,9 @@ class DockerExecutor(Executor):
         if existing is not None:
             return await self.inspect(task.id)
         await self._ensure_image(task.spec.container.image)
+        sandbox = await self._sandbox(task) if task.networks else ""
         params = ct.create_params(task)
-        host = ct.host_config_params(task)
+        host = ct.host_config_params(task, sandbox)
 
         def create() -> dict[str, Any]:
             api = self._api()
@@ -137,6 +143,71 @@ class DockerExecutor(Executor):
         created = await self._call(create)
         self._ids[task.id] = created["Id"]
         return await self.inspect(task.id)
+
+    # -- sandboxes (tasks on overlay networks) --
+
+    async def _sandbox(self, task: pb.Task) -> str:
+        """Start the task's sandbox and have the data plane plumb it; its container id."""
+        if self.network is None:
+            raise PermanentError("this node has no network data plane; tasks on overlay "
+                                 "networks can't run here")
+        sid = await self._find_sandbox(task.id)
+        if sid is None:
+            await self._ensure_pause_image()
+            params = sb.sandbox_params(task)
+
+            def create() -> str:
+                api = self._api()
+                host = api.create_host_config(**sb.sandbox_host_config())
+                return str(api.create_container(host_config=host, **params)["Id"])
+
+            sid = await self._call(create)
+        info = await self._call(lambda: self._api().inspect_container(sid))
+        if not info["State"]["Running"]:
+            await self._call(lambda: self._api().start(sid))
+            info = await self._call(lambda: self._api().inspect_container(sid))
+        pid = int(info["State"]["Pid"])
+        try:
+            await self.network.attach(task.id, f"/proc/{pid}/ns/net", list(task.networks))
+        except Exception as err:  # the data plane's failure, said as the task's error
+            raise TransientError(f"plumbing the network of task {task.id} failed: {err}") \
+                from err
+        return sid
+
+    async def _find_sandbox(self, task_id: str) -> str | None:
+        found = await self._call(lambda: self._api().containers(
+            all=True, filters={"label": f"{sb.LABEL_SANDBOX}={task_id}"}))
+        return str(found[0]["Id"]) if found else None
+
+    async def _ensure_pause_image(self) -> None:
+        try:
+            await self._call(lambda: self._api().inspect_image(sb.PAUSE_IMAGE))
+            return
+        except ExecutorError as err:
+            if not isinstance(err.__cause__, docker.errors.NotFound):
+                raise
+        data = sb.pause_image_tar()
+        log.info("importing the sandbox image %s", sb.PAUSE_IMAGE)
+        await self._call(lambda: self._api().import_image_from_data(
+            data, repository=sb.PAUSE_REPO, tag=sb.PAUSE_TAG,
+            changes=[f'CMD {json.dumps(sb.PAUSE_CMD)}']))
+
+    async def adopt_network(self, task: pb.Task) -> None:
+        if task.networks and await self._find_sandbox(task.id) is not None:
+            await self._sandbox(task)
+
+    async def release_network(self, task_id: str) -> None:
+        """The task ended: unplumb and remove its sandbox (its address may go to another
+        task now)."""
+        sid = await self._find_sandbox(task_id)
+        if self.network is not None:
+            await self.network.detach(task_id)
+        if sid is not None:
+            try:
+                await self._call(lambda: self._api().remove_container(sid, force=True))
+            except ExecutorError as err:
+                if not isinstance(err.__cause__, docker.errors.NotFound):
+                    raise
 
     async def _ensure_image(self, ref: str) -> None:
         if not ref:
@@ -221,6 +292,7 @@ class DockerExecutor(Executor):
     async def remove(self, task_id: str) -> None:
         cid = await self._find(task_id)
         if cid is None:
+            await self.release_network(task_id)
             return
         try:
             await self._call(lambda: self._api().remove_container(cid, v=True, force=True))
@@ -229,6 +301,7 @@ class DockerExecutor(Executor):
             if not isinstance(cause, docker.errors.NotFound) and "in progress" not in str(err):
                 raise
         self._ids.pop(task_id, None)
+        await self.release_network(task_id)
 
     # -- logs --
 
