@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.parse
 from collections.abc import Sequence
 
 import pytest
@@ -95,7 +96,7 @@ def test_task_process_starts_with_its_address_resolver_and_hostname(
             tm.update(task)
             await until(lambda: tm.done, what="removed")
             assert task.id in net.detached
-            label = json.dumps({"label": [f"{sb.LABEL_SANDBOX}={task.id}"]})
+            label = urllib.parse.quote(json.dumps({"label": [f"{sb.LABEL_SANDBOX}={task.id}"]}))
             found = await asyncio.to_thread(
                 enginemod.api, engine.socket, "GET", f"/containers/json?all=1&filters={label}")
             assert found == [], "the sandbox must go with the task"
