@@ -262,6 +262,7 @@ class HeartbeatRequest(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     TUNNEL_ERROR_FIELD_NUMBER: _builtins.int
     KEY_CREATED_NS_FIELD_NUMBER: _builtins.int
+    NETWORK_REPORT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     status_message: _builtins.str
     """What the node reports about itself, e.g. that renewing its certificate fails; the
@@ -273,6 +274,10 @@ class HeartbeatRequest(_message.Message):
     """
     tunnel_error: _builtins.str
     key_created_ns: _builtins.int
+    @_builtins.property
+    def network_report(self) -> _objects_pb2.NetworkReport:
+        """Sent when it changed since the last heartbeat (unset otherwise)."""
+
     def __init__(
         self,
         *,
@@ -281,10 +286,11 @@ class HeartbeatRequest(_message.Message):
         public_key: _builtins.str = ...,
         tunnel_error: _builtins.str = ...,
         key_created_ns: _builtins.int = ...,
+        network_report: _objects_pb2.NetworkReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network_report", b"network_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_created_ns", b"key_created_ns", "public_key", b"public_key", "session_id", b"session_id", "status_message", b"status_message", "tunnel_error", b"tunnel_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_created_ns", b"key_created_ns", "network_report", b"network_report", "public_key", b"public_key", "session_id", b"session_id", "status_message", b"status_message", "tunnel_error", b"tunnel_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -480,6 +486,9 @@ class AssignmentsMessage(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    DATA_PATH_PORT_FIELD_NUMBER: _builtins.int
+    data_path_port: _builtins.int
+    """VXLAN UDP port of the cluster (0: 4789)"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]: ...
     @_builtins.property
@@ -496,10 +505,11 @@ class AssignmentsMessage(_message.Message):
         tasks: _abc.Iterable[_objects_pb2.Task] | None = ...,
         networks: _abc.Iterable[Global___NetworkState] | None = ...,
         peers: _abc.Iterable[Global___NetworkPeer] | None = ...,
+        data_path_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "peers", b"peers", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path_port", b"data_path_port", "networks", b"networks", "peers", b"peers", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -490,6 +490,7 @@ class Node(_message.Message):
     CERT_NOT_AFTER_NS_FIELD_NUMBER: _builtins.int
     TUNNEL_FIELD_NUMBER: _builtins.int
     INGRESS_ADDR_FIELD_NUMBER: _builtins.int
+    NETWORK_REPORT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     role: Global___NodeRole.ValueType
     """the role the node's certificate carries"""
@@ -510,6 +511,10 @@ class Node(_message.Message):
 
     @_builtins.property
     def tunnel(self) -> Global___NodeTunnel: ...
+    @_builtins.property
+    def network_report(self) -> Global___NetworkReport:
+        """What the node last reported of its data plane (`shoal network doctor` reads it)."""
+
     def __init__(
         self,
         *,
@@ -523,14 +528,151 @@ class Node(_message.Message):
         cert_not_after_ns: _builtins.int = ...,
         tunnel: Global___NodeTunnel | None = ...,
         ingress_addr: _builtins.str = ...,
+        network_report: Global___NetworkReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "manager_status", b"manager_status", "meta", b"meta", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "manager_status", b"manager_status", "meta", b"meta", "network_report", b"network_report", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after_ns", b"cert_not_after_ns", "description", b"description", "id", b"id", "ingress_addr", b"ingress_addr", "manager_status", b"manager_status", "meta", b"meta", "role", b"role", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after_ns", b"cert_not_after_ns", "description", b"description", "id", b"id", "ingress_addr", b"ingress_addr", "manager_status", b"manager_status", "meta", b"meta", "network_report", b"network_report", "role", b"role", "spec", b"spec", "status", b"status", "tunnel", b"tunnel"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class NetworkCheck(_message.Message):
+    """A node's data plane against what it should be, per network; written when it changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WantedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class FoundEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    WANTED_FIELD_NUMBER: _builtins.int
+    FOUND_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    @_builtins.property
+    def wanted(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """kind (interfaces, fdb, neighbours, routes, nftables, resolver) → entries wanted / found"""
+
+    @_builtins.property
+    def found(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. "fdb 02:42:0a:00:01:05 dst 198.18.0.12: missing" """
+
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        wanted: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        found: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        differences: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "found", b"found", "network_id", b"network_id", "wanted", b"wanted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkCheck: _TypeAlias = NetworkCheck  # noqa: Y015
+
+@_typing.final
+class PeerCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    LAST_HANDSHAKE_NS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    public_key: _builtins.str
+    endpoint: _builtins.str
+    last_handshake_ns: _builtins.int
+    """0: never"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        last_handshake_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "last_handshake_ns", b"last_handshake_ns", "node_id", b"node_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerCheck: _TypeAlias = PeerCheck  # noqa: Y015
+
+@_typing.final
+class NetworkReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKED_NS_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    TUNNEL_ERROR_FIELD_NUMBER: _builtins.int
+    checked_ns: _builtins.int
+    tunnel_error: _builtins.str
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkCheck]: ...
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerCheck]: ...
+    def __init__(
+        self,
+        *,
+        checked_ns: _builtins.int = ...,
+        networks: _abc.Iterable[Global___NetworkCheck] | None = ...,
+        peers: _abc.Iterable[Global___PeerCheck] | None = ...,
+        tunnel_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_ns", b"checked_ns", "networks", b"networks", "peers", b"peers", "tunnel_error", b"tunnel_error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkReport: _TypeAlias = NetworkReport  # noqa: Y015
 
 @_typing.final
 class JoinTokens(_message.Message):
