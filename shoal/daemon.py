@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="container engine API socket, unix:///PATH (default %(default)s)")
     p.add_argument("--executor", default="docker", choices=KINDS,
                    help="run tasks on the engine (docker) or pretend to (fake: tests)")
+    p.add_argument("--netns-prefix", default="shl-n",
+                   help="name prefix of the network namespaces this node's overlay networks "
+                        "use (labs give each host its own)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--reset-raft-state", action="store_true",
@@ -88,7 +91,8 @@ async def _sites(runner: web.AppRunner, hosts: list[str]) -> list[web.BaseSite]:
 async def serve(args: argparse.Namespace) -> str | None:
     """Run until SIGTERM/SIGINT; returns why the node failed, if it did."""
     node = Node(args.data_root, args.hostname or socket.gethostname(),
-                executor=make_executor(args.executor, args.engine))
+                executor=make_executor(args.executor, args.engine),
+                netns_prefix=args.netns_prefix)
     stop = asyncio.Event()
     failed: list[RaftFailed] = []
     loop = asyncio.get_running_loop()

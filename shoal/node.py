@@ -49,8 +49,10 @@ class InitRequest:
 
 
 class Node:
-    def __init__(self, data_root: str, hostname: str, executor: Executor | None = None) -> None:
+    def __init__(self, data_root: str, hostname: str, executor: Executor | None = None,
+                 netns_prefix: str = "shl-n") -> None:
         self.data = DataRoot(data_root)
+        self.netns_prefix = netns_prefix
         self.hostname = hostname
         self.executor = executor if executor is not None else make_executor()
         self.worker: Worker | None = None

@@ -16,9 +16,9 @@ from proto import objects_pb2 as pb
 
 
 class NodeNetwork(Protocol):
-    def update(self, networks: Sequence[cluster_pb2.NetworkState],
-               peers: Sequence[cluster_pb2.NetworkPeer]) -> None:
-        """The desired state of every network this node is on (replaces the previous one)."""
+    def update(self, message: cluster_pb2.AssignmentsMessage) -> None:
+        """The desired state of every network this node is on (`message.networks`, `.peers`,
+        `.data_path_port`; replaces the previous one)."""
 
     async def attach(self, key: str, netns_path: str,
                      attachments: Sequence[pb.NetworkAttachment]) -> None:

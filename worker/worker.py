@@ -93,7 +93,7 @@ class Worker:
         """The full set of this node's tasks (and the state of their networks), from the
         dispatcher."""
         if self.network is not None and message is not None:
-            self.network.update(list(message.networks), list(message.peers))
+            self.network.update(message)
         await self._listed.wait()
         wanted = {t.id: t for t in tasks}
         for task in tasks:

@@ -36,8 +36,7 @@ class DummyNetwork:
         self.attached: dict[str, str] = {}
         self.detached: list[str] = []
 
-    def update(self, networks: Sequence[cluster_pb2.NetworkState],
-               peers: Sequence[cluster_pb2.NetworkPeer]) -> None:
+    def update(self, message: cluster_pb2.AssignmentsMessage) -> None:
         pass
 
     async def attach(self, key: str, netns_path: str,
