@@ -9,7 +9,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -46,6 +46,9 @@ class InitRequest:
     port: int
     spec: pb.ClusterSpec
     availability: int = pb.ACTIVE
+    default_addr_pool: list[str] = field(default_factory=list)
+    subnet_size: int = 0
+    data_path_port: int = 0
 
 
 class Node:
@@ -113,7 +116,10 @@ class Node:
                 raise AlreadyInSwarm()
             root = RootCA.create()
             cluster = pb.Cluster(id=new_id(), spec=req.spec, root_ca=root.to_proto(),
-                                 raft_secret=secrets.token_urlsafe(32))
+                                 raft_secret=secrets.token_urlsafe(32),
+                                 default_addr_pool=req.default_addr_pool,
+                                 subnet_size=req.subnet_size,
+                                 data_path_port=req.data_path_port)
             cluster.spec.annotations.name = "default"
             node_id = new_id()
             key = pki.new_key()
@@ -125,7 +131,8 @@ class Node:
             self._adopt(state, Certificates(pki.key_pem(key), cert, root.cert_pem))
             role = await self._start_manager([state.raft_addr], cluster.raft_secret)
             await role.wait_leader(15.0)
-            await role.manager.put(cluster, self._first_node(state, req.availability))
+            await role.manager.put(cluster, self._first_node(state, req.availability),
+                                   ingress_network())
             await self._start_worker()
             return node_id
 
@@ -323,6 +330,14 @@ class Node:
         self._adopt(self.state, Certificates(pki.key_pem(key), resp.cert_pem, self.certs.ca_pem))
         log.info("renewed the node certificate (role %s, valid until %s)",
                  role_name(resp.role), self.identity().not_after)
+
+
+def ingress_network() -> pb.Network:
+    """The routing mesh's network, made with the swarm (as Docker's `ingress`); the
+    allocator gives it the first subnet of the pool."""
+    spec = pb.NetworkSpec(driver="overlay", ingress=True)
+    spec.annotations.name = "ingress"
+    return pb.Network(id=new_id(), spec=spec)
 
 
 def renewal_problem(since: datetime.datetime, not_after: datetime.datetime, error: str) -> str:

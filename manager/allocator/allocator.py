@@ -1,11 +1,14 @@
-"""The allocator controller (leader only): gives services their published ports and moves
-new tasks to PENDING with a copy of their service's endpoint.
+"""The allocator controller (leader only): gives networks their subnet and VNI, nodes their
+WireGuard tunnel address, services their published ports and VIPs, and moves new tasks to
+PENDING with a copy of their service's endpoint and their addresses on its networks.
 
-On every relevant store change (a service whose endpoint is not current, a NEW task) it
-brings every service's `endpoint` up to date with its spec
-(`ports.resolve_endpoint`), then moves the NEW tasks of services whose endpoint is current
-to PENDING ("pending task scheduling"). Writes are version-checked Raft batches of ≤200
-actions, fenced by the leadership epoch; a lost race leaves the object for the next pass.
+On every relevant store change (a network or node not allocated yet, a service whose
+endpoint is not current, a NEW task) it allocates networks and tunnel addresses
+(`networks.py`), brings every service's `endpoint` up to date with its spec
+(`ports.resolve_endpoint`, `networks.assign_vips`), then moves the NEW tasks of services
+whose endpoint is current to PENDING ("pending task scheduling") with their addresses.
+Writes are version-checked Raft batches of ≤200 actions, fenced by the leadership epoch;
+a lost race leaves the object for the next pass.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from manager.allocator import networks as nets
 from manager.allocator.ports import resolve_endpoint
 from manager.errors import ManagerError
 from manager.manager import Manager
@@ -22,6 +26,7 @@ from manager.rules.ports import PortKey, in_use_by_others
 from manager.runtime import Controller
 from manager.scheduler.filters import wants_to_run
 from manager.store.memory import Event, StoreView
+from netdriver.ipam import Addr, IPAMError
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -30,9 +35,10 @@ RETRY = 0.5  # seconds before a pass after a write that lost a race
 PENDING_MESSAGE = "pending task scheduling"
 
 
-def needs_endpoint(service: pb.Service) -> bool:
+def needs_endpoint(service: pb.Service, ingress: str | None = None) -> bool:
     return bool(service.endpoint.spec != service.spec.endpoint
-                or len(service.endpoint.ports) != len(service.spec.endpoint.ports))
+                or len(service.endpoint.ports) != len(service.spec.endpoint.ports)
+                or not nets.vips_current(service, ingress))
 
 
 def is_new(task: pb.Task) -> bool:
@@ -40,23 +46,36 @@ def is_new(task: pb.Task) -> bool:
 
 
 def relevant(event: Event) -> bool:
+    new = event.new
+    if new is None:
+        return False
     if event.table == "service":
-        return event.new is not None and needs_endpoint(event.new)
-    return event.table == "task" and event.new is not None and is_new(event.new)
+        return needs_endpoint(new)
+    if event.table == "network":
+        return not new.pending_delete and not (new.vni and new.ipam)
+    if event.table == "node":
+        return not new.tunnel.addr
+    return event.table == "task" and is_new(new)
 
 
-def allocate_services(services: Sequence[pb.Service]) -> dict[str, pb.Service]:
+def allocate_services(services: Sequence[pb.Service],
+                      networks: dict[str, pb.Network] | None = None,
+                      used: dict[str, set[Addr]] | None = None,
+                      ingress: str | None = None) -> dict[str, pb.Service]:
     """Copies of the services whose endpoint must change, with the new endpoint (pure).
-    A service that can't be given its ports is left out (and logged)."""
+    A service that can't be given its ports or VIPs is left out (and logged)."""
     changed: dict[str, pb.Service] = {}
     chosen: set[PortKey] = set()
+    used = {} if used is None else used
     for service in sorted(services, key=lambda s: (s.meta.created_at_ns, s.id)):
-        if service.pending_delete or not needs_endpoint(service):
+        if service.pending_delete or not needs_endpoint(service, ingress):
             continue
-        used = in_use_by_others(services, service.id) | chosen
+        taken = in_use_by_others(services, service.id) | chosen
         try:
-            endpoint = resolve_endpoint(service, used)
-        except ManagerError as err:
+            endpoint = resolve_endpoint(service, taken)
+            if not nets.assign_vips(service, endpoint, networks or {}, used, ingress):
+                continue  # a network of it is not allocated yet
+        except (ManagerError, IPAMError) as err:
             log.warning("allocator: %s", err)
             continue
         chosen |= {(p.protocol, p.published_port) for p in endpoint.ports
@@ -69,18 +88,28 @@ def allocate_services(services: Sequence[pb.Service]) -> dict[str, pb.Service]:
 
 
 def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
-                  now_ns: int) -> list[pb.Task]:
-    """Copies of the NEW tasks that can move to PENDING, with their service's endpoint.
-    Tasks of a missing service, or one whose endpoint is not allocated, stay NEW."""
+                  now_ns: int, networks: dict[str, pb.Network] | None = None,
+                  used: dict[str, set[Addr]] | None = None,
+                  ingress: str | None = None) -> list[pb.Task]:
+    """Copies of the NEW tasks that can move to PENDING, with their service's endpoint and
+    their addresses. Tasks of a missing service, or one whose endpoint or networks are not
+    allocated, stay NEW."""
     out: list[pb.Task] = []
+    used = {} if used is None else used
     for task in tasks:
         if not is_new(task):
             continue
         service = services.get(task.service_id) if task.service_id else None
-        if task.service_id and (service is None or needs_endpoint(service)):
+        if task.service_id and (service is None or needs_endpoint(service, ingress)):
             continue
         new = pb.Task()
         new.CopyFrom(task)
+        try:
+            if not nets.attach_task(new, service, networks or {}, used, ingress):
+                continue
+        except IPAMError as err:
+            log.warning("allocator: %s", err)
+            continue
         if service is not None:
             new.endpoint.CopyFrom(service.endpoint)
         new.status.state = pb.PENDING
@@ -101,13 +130,25 @@ class Allocator(Controller):
         return relevant(event)
 
     async def run(self, view: StoreView) -> float | None:
-        changed = allocate_services(view.list(pb.Service))
+        nodes = view.list(pb.Node)
+        cluster = next(iter(view.list(pb.Cluster)), None)
+        changes: list[object] = [*nets.allocate_networks(view.list(pb.Network), cluster, nodes),
+                                 *nets.tunnel_addresses(nodes)]
+        if changes:
+            if not await write_each(self.mgr, changes):
+                return RETRY
+            view = self.mgr.view()
+        networks = dict(view.table(pb.Network))
+        ingress = nets.ingress_id(networks.values())
+        used = nets.used_addresses(view.list(pb.Service), view.list(pb.Task))
+        changed = allocate_services(view.list(pb.Service), networks, used, ingress)
         if changed:
             if not await write_each(self.mgr, list(changed.values())):
                 return RETRY
             view = self.mgr.view()  # the tasks' decision reads the endpoints just written
         current = dict(view.table(pb.Service))
-        tasks = pending_tasks(view.list(pb.Task), current, time.time_ns())
+        tasks = pending_tasks(view.list(pb.Task), current, time.time_ns(), networks, used,
+                              ingress)
         if tasks and not await write_each(self.mgr, tasks):
             return RETRY
         return None

@@ -24,6 +24,7 @@ from typing import Any
 
 from manager.controlapi.limits import check_service_spec
 from manager.controlapi.lookup import resolve
+from manager.controlapi.networks import resolve_attachments
 from manager.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -351,10 +352,13 @@ class ServiceControl:
         return find_service(self.services(), ref)
 
     def create(self, spec: pb.ServiceSpec) -> pb.Service:
+        resolve_attachments(spec, self.store.list(pb.Network))
         return new_service(self.services(), spec)
 
     def update(self, ref: str, version: int, spec: pb.ServiceSpec | None,
                now_ns: int) -> pb.Service:
+        if spec is not None:
+            resolve_attachments(spec, self.store.list(pb.Network))
         return updated_service(self.services(), ref, version, spec, now_ns)
 
     def remove(self, ref: str) -> pb.Service:

@@ -100,11 +100,12 @@ def service_spec(body: Any) -> pb.ServiceSpec:
     f = fields(body, {"Name": str, "Labels": dict, "TaskTemplate": dict, "Mode": dict,
                       "UpdateConfig": dict, "RollbackConfig": dict, "Networks": list,
                       "EndpointSpec": dict}, w)
-    _unsupported(f, ("Networks",), w)
     spec = pb.ServiceSpec()
     spec.annotations.name = f.get("Name", "")
     spec.annotations.labels.update(_labels(f, "Labels", w))
     spec.task.CopyFrom(task_spec(f.get("TaskTemplate"), f"{w}.TaskTemplate"))
+    if f.get("Networks") and not spec.task.networks:  # the older place for them
+        spec.task.networks.extend(_networks(f["Networks"], f"{w}.Networks"))
     _mode(spec, f.get("Mode"), f"{w}.Mode")
     if "UpdateConfig" in f:
         spec.update.CopyFrom(_update_config(f["UpdateConfig"], f"{w}.UpdateConfig"))
@@ -144,7 +145,7 @@ def task_spec(body: Any, w: str = "TaskTemplate") -> pb.TaskSpec:
                       "Resources": dict, "RestartPolicy": dict, "Placement": dict,
                       "Networks": list, "LogDriver": ANY, "ForceUpdate": int,
                       "Runtime": str}, w)
-    _unsupported(f, ("PluginSpec", "NetworkAttachmentSpec", "Networks", "LogDriver"), w)
+    _unsupported(f, ("PluginSpec", "NetworkAttachmentSpec", "LogDriver"), w)
     if f.get("Runtime", "container") not in ("", "container"):
         raise InvalidRequest(f"invalid {w}.Runtime {f['Runtime']!r}: Shoal runs containers "
                              "only (Runtime \"container\")")
@@ -157,7 +158,20 @@ def task_spec(body: Any, w: str = "TaskTemplate") -> pb.TaskSpec:
     if "Placement" in f:
         spec.placement.CopyFrom(_placement(f["Placement"], f"{w}.Placement"))
     spec.force_update = _nonneg(f, "ForceUpdate", w, "uint64")
+    spec.networks.extend(_networks(f.get("Networks", []), f"{w}.Networks"))
     return spec
+
+
+def _networks(body: list[Any], w: str) -> list[pb.NetworkAttachmentConfig]:
+    out = []
+    for i, item in enumerate(body):
+        f = fields(item, {"Target": str, "Aliases": list, "DriverOpts": dict}, f"{w}[{i}]")
+        if not f.get("Target"):
+            raise InvalidRequest(f"{w}[{i}].Target is missing: name the network to attach to")
+        _unsupported(f, ("DriverOpts",), f"{w}[{i}]")
+        out.append(pb.NetworkAttachmentConfig(target=f["Target"],
+                                              aliases=_strings(f, "Aliases", f"{w}[{i}]")))
+    return out
 
 
 _CONTAINER_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -361,6 +375,9 @@ def task_spec_json(task: pb.TaskSpec, defaults: bool = False) -> dict[str, Any]:
     out["Placement"] = _placement_json(task.placement)
     out["ForceUpdate"] = task.force_update
     out["Runtime"] = "container"
+    if task.networks:
+        out["Networks"] = [{"Target": n.target} | ({"Aliases": list(n.aliases)} if n.aliases
+                                                    else {}) for n in task.networks]
     return out
 
 
@@ -453,7 +470,9 @@ def service_json(svc: pb.Service, defaults: bool = False,
         out["PreviousSpec"] = service_spec_json(svc.previous_spec, defaults)
     ports = svc.endpoint.ports if svc.HasField("endpoint") else svc.spec.endpoint.ports
     out["Endpoint"] = {"Spec": endpoint_spec_json(svc.spec.endpoint),
-                       "Ports": [port_json(p) for p in ports], "VirtualIPs": []}
+                       "Ports": [port_json(p) for p in ports],
+                       "VirtualIPs": [{"NetworkID": v.network_id, "Addr": v.addr}
+                                      for v in svc.endpoint.virtual_ips]}
     u = svc.update_status
     if u.state != pb.UpdateStatus.UNKNOWN:
         out["UpdateStatus"] = {"State": UPDATE_STATE[u.state],
@@ -485,4 +504,7 @@ def task_json(task: pb.Task, job: bool = False) -> dict[str, Any]:
     out |= {"Status": status, "DesiredState": TASK_STATES[task.desired_state]}
     if job:
         out["JobIteration"] = {"Index": task.job_iteration}
+    if task.networks:
+        out["NetworksAttachments"] = [{"Network": {"ID": a.network_id},
+                                       "Addresses": list(a.addresses)} for a in task.networks]
     return out

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from manager import errors as merr
 from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
-from shoal.api import logs, nodes, services, swarm, tasks
+from shoal.api import logs, networks, nodes, services, swarm, tasks
 from shoal.api.context import NODE
 from shoal.description import VERSION
 from shoal.errors import NodeError
@@ -123,7 +123,8 @@ def make_app(node: Node) -> web.Application:
     app[NODE] = node
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),
-        *swarm.ROUTES, *nodes.ROUTES, *logs.ROUTES, *services.ROUTES, *tasks.ROUTES,
+        *swarm.ROUTES, *nodes.ROUTES, *networks.ROUTES, *logs.ROUTES, *services.ROUTES,
+        *tasks.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

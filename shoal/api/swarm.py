@@ -13,12 +13,13 @@ from aiohttp import web
 from manager.controlapi.cluster import update_cluster
 from manager.controlapi.limits import check_cluster_spec
 from manager.errors import Unavailable
+from netdriver import ipam
 from proto import objects_pb2 as pb
 from shoal import joining
 from shoal.api import convert
 from shoal.api.context import node_of
 from shoal.api.request import bool_param, fields, int_param, parse_json
-from shoal.description import VERSION
+from shoal.description import VERSION, host_routes
 from shoal.errors import InvalidRequest, NotAManager
 from shoal.node import InitRequest, Node
 
@@ -80,9 +81,37 @@ async def swarm_init(request: web.Request) -> web.Response:
     adv_ip, listen_ip, port = _addresses(f)
     spec = convert.cluster_spec(f.get("Spec") or {})
     check_cluster_spec(spec)
-    req = InitRequest(adv_ip, listen_ip, port, spec, _availability(f.get("Availability")))
+    req = InitRequest(adv_ip, listen_ip, port, spec, _availability(f.get("Availability")),
+                      *_address_pools(f))
     node_id = await node_of(request).init(req)
     return web.json_response(node_id)
+
+
+def _address_pools(f: dict[str, Any]) -> tuple[list[str], int, int]:
+    """DefaultAddrPool, SubnetSize and DataPathPort, checked: the pools are CIDRs that no
+    route of this host overlaps, the size fits in each pool, the port is a user port."""
+    pools = []
+    for text in f.get("DefaultAddrPool") or []:
+        if not isinstance(text, str):
+            raise InvalidRequest("DefaultAddrPool must be a list of CIDR strings")
+        try:
+            pool = ipam.parse_net(text, "default address pool")
+        except ipam.IPAMError as err:
+            raise InvalidRequest(str(err)) from None
+        for route in host_routes():
+            if pool.overlaps(ipam.Net(route.dst)):
+                raise InvalidRequest(f"default address pool {pool} overlaps route {route.dst} "
+                                     f"dev {route.dev} of this host; choose another pool")
+        pools.append(str(pool))
+    size = f.get("SubnetSize") or 0
+    if size and not (max([ipam.Net(p).prefixlen for p in pools] or [8]) <= size <= 29):
+        raise InvalidRequest(f"invalid default address pool mask length {size}: it must be "
+                             "between the pool's prefix length and 29")
+    port = f.get("DataPathPort") or 0
+    if port and not 1024 <= port <= 49151:
+        raise InvalidRequest(f"invalid data path port {port}: use a port in 1024-49151 "
+                             "(default 4789)")
+    return pools, int(size), int(port)
 
 
 _JOIN_FIELDS: dict[str, type | tuple[type, ...]] = {

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from shoal.cli.lab_cmd import lab
+from shoal.cli.network import network
 from shoal.cli.node import node
 from shoal.cli.output import CommandFailed, describe_api_error
 from shoal.cli.service import service
@@ -39,6 +40,7 @@ def cli(ctx: click.Context, host: str) -> None:
 
 cli.add_command(swarm)
 cli.add_command(node)
+cli.add_command(network)
 service.add_command(service_logs)
 cli.add_command(service)
 

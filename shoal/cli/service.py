@@ -18,6 +18,7 @@ from shoal.cli.service_opts import (
     parse_env,
     parse_kv,
     parse_mount,
+    parse_network,
     parse_pref,
     parse_publish,
 )
@@ -83,6 +84,8 @@ service.add_command(inspect)
               help="Attach a filesystem mount to the service.")
 @click.option("-p", "--publish", multiple=True, metavar="[PUBLISHED:]TARGET[/PROTO]",
               help="Publish a port as a node port.")
+@click.option("--network", multiple=True, metavar="NAME|name=NAME,alias=A",
+              help="Attach the service to an overlay network.")
 @SPEC_OPTIONS
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND] [ARG...]")
@@ -151,6 +154,7 @@ def apply_update(spec: dict[str, Any], opts: dict[str, Any]) -> None:
         mounts = [m for m in mounts if m.get("Target") != mount["Target"]] + [mount]
     container["Mounts"] = mounts
     _update_ports(spec, opts)
+    _update_networks(spec, opts)
     if opts["force"]:
         task["ForceUpdate"] = int(task.get("ForceUpdate") or 0) + 1
     _update_mode(spec, opts)
@@ -172,6 +176,35 @@ def _update_ports(spec: dict[str, Any], opts: dict[str, Any]) -> None:
             p.get("TargetPort") == port["TargetPort"] and
             p.get("Protocol", "tcp") == port["Protocol"])] + [port]
     endpoint["Ports"] = ports
+
+
+def _update_networks(spec: dict[str, Any], opts: dict[str, Any]) -> None:
+    if not opts.get("network_add") and not opts.get("network_rm"):
+        return
+    task = spec.setdefault("TaskTemplate", {})
+    networks = list(task.get("Networks") or [])
+    client = opts.get("_client")
+    for ref in opts["network_rm"]:
+        ids = {ref, _network_id(client, ref)}
+        kept = [n for n in networks if n.get("Target") not in ids]
+        if len(kept) == len(networks):
+            raise CommandFailed(f"--network-rm {ref}: the service is not on network {ref}")
+        networks = kept
+    for value in opts["network_add"]:
+        new = parse_network(value, "--network-add")
+        ids = {new["Target"], _network_id(client, new["Target"])}
+        networks = [n for n in networks if n.get("Target") not in ids] + [new]
+    task["Networks"] = networks
+
+
+def _network_id(client: Client | None, ref: str) -> str:
+    """The network's ID (services store IDs); `ref` itself when it can't be looked up."""
+    if client is None:
+        return ref
+    try:
+        return str(client.get(f"/networks/{ref}")["Id"])
+    except APIError:
+        return ref
 
 
 def _update_mode(spec: dict[str, Any], opts: dict[str, Any]) -> None:
@@ -217,6 +250,9 @@ def _update_mode(spec: dict[str, Any], opts: dict[str, Any]) -> None:
               help="Add or update a published port.")
 @click.option("--publish-rm", multiple=True, metavar="PORT[/PROTO]",
               help="Remove a published port.")
+@click.option("--network-add", multiple=True, metavar="NAME|name=NAME,alias=A",
+              help="Add a network.")
+@click.option("--network-rm", multiple=True, metavar="NAME", help="Remove a network.")
 @click.option("--force", is_flag=True, help="Force update even if no changes require it.")
 @click.option("--rollback", is_flag=True, help="Rollback to the previous specification.")
 @SPEC_OPTIONS
@@ -227,7 +263,7 @@ def update(client: Client, ref: str, **opts: Any) -> None:
     svc = client.get(service_path(ref), insertDefaults=False)
     spec = svc["Spec"]
     if not opts["rollback"]:
-        apply_update(spec, opts)
+        apply_update(spec, dict(opts, _client=client))
     post_update(client, svc, spec, rollback=opts["rollback"])
     click.echo(ref)
     if not opts["detach"]:

@@ -111,24 +111,46 @@ def parse_mount(value: str, flag: str = "--mount") -> dict[str, Any]:
     return mount
 
 
+def parse_network(value: str, flag: str = "--network") -> dict[str, Any]:
+    """`NAME` or `name=NAME,alias=A[,alias=B]` (Docker's --network)."""
+    if "=" not in value:
+        return {"Target": value}
+    out: dict[str, Any] = {}
+    for key, val in _csv_fields(value, flag):
+        if key in ("name", "target"):
+            out["Target"] = val
+        elif key == "alias":
+            out.setdefault("Aliases", []).append(val)
+        else:
+            raise bad(flag, value, f"unknown option {key!r} (name, alias)")
+    if not out.get("Target"):
+        raise bad(flag, value, "name the network (name=NAME)")
+    return out
+
+
 def parse_publish(value: str, flag: str = "--publish") -> dict[str, Any]:
-    """`8080:80[/udp]`, `80` or `published=8080,target=80,protocol=udp,mode=host`."""
+    """`8080:80[/udp]`, `80`, `published=8080,target=80,protocol=udp,mode=host`, or the
+    short form after options (`mode=host,8080:80`)."""
     port: dict[str, Any] = {"Protocol": "tcp", "PublishMode": "ingress"}
-    if "=" in value:
+    short = [part for part in value.split(",") if "=" not in part]
+    if len(short) > 1:
+        raise bad(flag, value, "give one PUBLISHED:TARGET")
+    options = ",".join(part for part in value.split(",") if "=" in part)
+    if options:
         names = {"published": "PublishedPort", "target": "TargetPort", "protocol": "Protocol",
                  "mode": "PublishMode"}
-        for key, val in _csv_fields(value, flag):
+        for key, val in _csv_fields(options, flag):
             if key not in names:
                 raise bad(flag, value, f"unknown option {key!r} (published, target, protocol, "
                           "mode)")
             port[names[key]] = val.lower()
-    else:
-        ports, _, proto = value.partition("/")
+    if short:
+        ports, _, proto = short[0].partition("/")
         published, sep, target = ports.rpartition(":")
         if ":" in published:
             raise bad(flag, value, "a host IP can't be given for a swarm service")
         port.update(PublishedPort=published if sep else "0", TargetPort=target,
-                    Protocol=proto or "tcp")
+                    Protocol=proto or port["Protocol"])
     for key in ("PublishedPort", "TargetPort"):
         text = str(port.get(key, "0"))
         if not text.isdigit() or int(text) > 65535:
@@ -343,5 +365,7 @@ def create_spec(image: str, args: tuple[str, ...], opts: dict[str, Any]) -> dict
     }
     if opts["publish"]:
         spec["EndpointSpec"]["Ports"] = [parse_publish(p) for p in opts["publish"]]
+    if opts["network"]:
+        spec["TaskTemplate"]["Networks"] = [parse_network(n) for n in opts["network"]]
     apply_common(spec, opts)
     return spec

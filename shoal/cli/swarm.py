@@ -50,7 +50,9 @@ def swarm() -> None:
 
 def init_request(advertise_addr: str, listen_addr: str, availability: str | None,
                  cert_expiry: int | None, heartbeat: int | None,
-                 history_limit: int | None) -> dict[str, Any]:
+                 history_limit: int | None, pools: tuple[str, ...] = (),
+                 pool_mask: int | None = None, data_path_port: int | None = None
+                 ) -> dict[str, Any]:
     """The SwarmInitRequest body, shaped as the docker CLI sends it."""
     spec: dict[str, Any] = {
         "Labels": None, "Orchestration": {}, "Raft": {"ElectionTick": 0, "HeartbeatTick": 0},
@@ -65,8 +67,9 @@ def init_request(advertise_addr: str, listen_addr: str, availability: str | None
         spec["CAConfig"]["NodeCertExpiry"] = cert_expiry
     return {
         "ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr, "DataPathAddr": "",
-        "DataPathPort": 0, "ForceNewCluster": False, "Spec": spec, "AutoLockManagers": False,
-        "Availability": (availability or "").lower(), "DefaultAddrPool": [], "SubnetSize": 24,
+        "DataPathPort": data_path_port or 0, "ForceNewCluster": False, "Spec": spec,
+        "AutoLockManagers": False, "Availability": (availability or "").lower(),
+        "DefaultAddrPool": list(pools), "SubnetSize": pool_mask or 24,
     }
 
 
@@ -80,13 +83,21 @@ def init_request(advertise_addr: str, listen_addr: str, availability: str | None
 @click.option("--dispatcher-heartbeat", type=DURATION, help="Dispatcher heartbeat period "
               "(e.g. 5s).")
 @click.option("--task-history-limit", type=int, help="Task history retention limit.")
+@click.option("--default-addr-pool", multiple=True, metavar="CIDR",
+              help="Address pool(s) overlay networks' subnets come from (default 10.0.0.0/8).")
+@click.option("--default-addr-pool-mask-length", type=int, metavar="N",
+              help="Prefix length of the subnets cut from the pools (default 24).")
+@click.option("--data-path-port", type=int, metavar="PORT",
+              help="UDP port of the overlay (VXLAN) traffic (default 4789).")
 @pass_client
 def init(client: Client, advertise_addr: str, listen_addr: str, availability: str | None,
          cert_expiry: int | None, dispatcher_heartbeat: int | None,
-         task_history_limit: int | None) -> None:
+         task_history_limit: int | None, default_addr_pool: tuple[str, ...],
+         default_addr_pool_mask_length: int | None, data_path_port: int | None) -> None:
     """Initialize a swarm with this node as its first manager."""
     body = init_request(advertise_addr, listen_addr, availability, cert_expiry,
-                        dispatcher_heartbeat, task_history_limit)
+                        dispatcher_heartbeat, task_history_limit, default_addr_pool,
+                        default_addr_pool_mask_length, data_path_port)
     node_id = str(client.post("/swarm/init", body))
     click.echo(f"Swarm initialized: current node ({node_id}) is now a manager.\n")
     addr = manager_addr(client, node_id)

@@ -76,6 +76,13 @@ class Cluster:
         await self.w.join(JoinRequest(f"{LOOPBACK}:{port}", token, LOOPBACK, LOOPBACK,
                                       self.worker_port))
         await until(lambda: self.node_ready(self.worker_id), what="the worker to be ready")
+        await until(self.allocated, what="the ingress network and tunnel addresses")
+
+    def allocated(self) -> bool:
+        """The allocator's first work is done (tests that compare store versions need it)."""
+        store = self.mgr.store
+        return all(n.vni for n in store.list(pb.Network)) and \
+            all(n.tunnel.addr for n in store.list(pb.Node))
 
     def node_ready(self, node_id: str) -> bool:
         node = self.mgr.store.get(pb.Node, node_id)

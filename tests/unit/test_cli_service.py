@@ -121,6 +121,7 @@ BIG_FLAGS = [
     "pause", "--rollback-monitor", "5s", "--rollback-max-failure-ratio", "0",
     "--rollback-order", "stop-first", "--endpoint-mode", "dnsrr",
     "--publish", "mode=host,published=9090,target=90,protocol=udp",
+    "--network", "name=netid,alias=apix",
     "--mount", "type=volume,source=data,target=/data",
     "--mount", "type=bind,source=/srv,target=/host,readonly",
     "--mount", "type=tmpfs,target=/run/x,tmpfs-size=1000000",

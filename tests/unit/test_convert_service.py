@@ -68,7 +68,7 @@ CLI_BIG: dict[str, Any] = {
             "Ulimits": [{"Name": "nofile", "Hard": 2048, "Soft": 1024}]}}}
 
 # The parts of CLI_BIG Shoal does not implement yet, by where they sit.
-BIG_UNSUPPORTED = {"TaskTemplate": ("Networks", "LogDriver"),
+BIG_UNSUPPORTED = {"TaskTemplate": ("LogDriver",),
                    "ContainerSpec": ("DNSConfig", "Secrets", "Configs", "Sysctls",
                                      "CapabilityAdd", "Ulimits")}
 

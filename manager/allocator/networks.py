@@ -1,0 +1,173 @@
+"""Network allocation decisions (pure): subnets and VNIs of networks, VIPs of services, the
+addresses of tasks, and nodes' WireGuard tunnel addresses.
+
+What is taken is read from the objects every time (see netdriver/ipam.py): a network's
+gateway, its services' VIPs and the addresses of its tasks that have not ended. A task's
+address is released when its task reaches a final state; a VIP when its service is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from netdriver import ipam
+from netdriver.ipam import Addr, IPAMError, Net
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+INGRESS_NAME = "ingress"
+
+
+def holds_address(task: pb.Task) -> bool:
+    """A task keeps its addresses until it has ended (its sandbox is then removed)."""
+    return task.status.state < pb.COMPLETE
+
+
+def route_list(nodes: Iterable[pb.Node]) -> list[tuple[Net, str]]:
+    out = []
+    for node in nodes:
+        for route in node.description.routes:
+            try:
+                net = Net(route.dst)
+            except ValueError:
+                continue
+            out.append((net, f"route {route.dst} dev {route.dev} on node "
+                             f"{node.description.hostname or node.id}"))
+    return out
+
+
+def network_subnets(networks: Iterable[pb.Network], but: str = "") -> list[tuple[Net, str]]:
+    return [(Net(n.ipam[0].subnet), f"network {n.spec.annotations.name} ({n.ipam[0].subnet})")
+            for n in networks if n.ipam and n.id != but]
+
+
+def allocate_networks(networks: Sequence[pb.Network], cluster: pb.Cluster | None,
+                      nodes: Sequence[pb.Node]) -> list[pb.Network]:
+    """Copies of the networks that had no subnet or VNI yet, with them."""
+    taken = network_subnets(networks) + route_list(nodes)
+    vnis = {n.vni for n in networks if n.vni}
+    pools = list(cluster.default_addr_pool) if cluster else []
+    size = (cluster.subnet_size if cluster else 0) or ipam.DEFAULT_SUBNET_SIZE
+    out = []
+    for network in sorted(networks, key=lambda n: (n.meta.created_at_ns, n.id)):
+        if network.pending_delete or (network.vni and network.ipam):
+            continue
+        new = pb.Network()
+        new.CopyFrom(network)
+        try:
+            if not new.ipam:
+                if network.spec.ipam:
+                    config = ipam.check_ipam(network.spec.ipam[0])
+                else:
+                    subnet = ipam.next_subnet(pools, size, taken)
+                    config = ipam.check_ipam(pb.IPAMConfig(subnet=str(subnet)))
+                new.ipam.append(config)
+                taken.append((Net(config.subnet), f"network {network.spec.annotations.name}"))
+            if not new.vni:
+                new.vni = ipam.next_vni(vnis)
+                vnis.add(new.vni)
+        except IPAMError as err:
+            log.warning("allocator: network %s: %s", network.spec.annotations.name, err)
+            continue
+        out.append(new)
+    return out
+
+
+def used_addresses(services: Iterable[pb.Service], tasks: Iterable[pb.Task]
+                   ) -> dict[str, set[Addr]]:
+    """network ID → addresses held by VIPs and by tasks that have not ended."""
+    used: dict[str, set[Addr]] = {}
+    for service in services:
+        for vip in service.endpoint.virtual_ips:
+            used.setdefault(vip.network_id, set()).add(ipam.host_of(vip.addr))
+    for task in tasks:
+        if holds_address(task):
+            for att in task.networks:
+                for cidr in att.addresses:
+                    used.setdefault(att.network_id, set()).add(ipam.host_of(cidr))
+    return used
+
+
+def has_ingress_ports(spec: pb.ServiceSpec) -> bool:
+    return any(p.publish_mode == pb.PortConfig.INGRESS for p in spec.endpoint.ports)
+
+
+def service_networks(spec: pb.ServiceSpec, ingress_id: str | None) -> list[str]:
+    """The networks a service's tasks attach to: its own, and ingress when it publishes a
+    port through the routing mesh (as Docker does)."""
+    ids = [n.target for n in spec.task.networks]
+    if ingress_id and has_ingress_ports(spec) and ingress_id not in ids:
+        ids.append(ingress_id)
+    return ids
+
+
+def wanted_vips(service: pb.Service, ingress_id: str | None) -> list[str]:
+    if service.spec.endpoint.mode != pb.EndpointSpec.VIP:
+        return []
+    return service_networks(service.spec, ingress_id)
+
+
+def vips_current(service: pb.Service, ingress_id: str | None) -> bool:
+    have = [v.network_id for v in service.endpoint.virtual_ips]
+    return have == wanted_vips(service, ingress_id)
+
+
+def assign_vips(service: pb.Service, endpoint: pb.Endpoint, networks: dict[str, pb.Network],
+                used: dict[str, set[Addr]], ingress_id: str | None) -> bool:
+    """Give `endpoint` one VIP per network the service wants one on, keeping the ones it
+    had; False when a network is not allocated yet (or gone)."""
+    kept = {v.network_id: v.addr for v in service.endpoint.virtual_ips}
+    del endpoint.virtual_ips[:]
+    for net_id in wanted_vips(service, ingress_id):
+        network = networks.get(net_id)
+        if network is None or not network.ipam:
+            return False
+        addr = kept.get(net_id) or ipam.next_address(
+            network.ipam[0], used.setdefault(net_id, set()),
+            f"the VIP of service {service.spec.annotations.name}")
+        endpoint.virtual_ips.append(pb.VirtualIP(network_id=net_id, addr=addr))
+    return True
+
+
+def attach_task(task: pb.Task, service: pb.Service | None, networks: dict[str, pb.Network],
+                used: dict[str, set[Addr]], ingress_id: str | None) -> bool:
+    """Give a NEW task its addresses on its service's networks; False when one of them is
+    not allocated yet."""
+    spec = service.spec if service is not None else None
+    if spec is None or task.networks:
+        return True
+    aliases = {n.target: list(n.aliases) for n in spec.task.networks}
+    wanted = service_networks(spec, ingress_id)
+    if any(n not in networks or not networks[n].ipam for n in wanted):
+        return False
+    for net_id in wanted:
+        addr = ipam.next_address(networks[net_id].ipam[0], used.setdefault(net_id, set()),
+                                 f"task {task.id}")
+        task.networks.append(pb.NetworkAttachment(network_id=net_id, addresses=[addr],
+                                                  aliases=aliases.get(net_id, [])))
+    return True
+
+
+def tunnel_addresses(nodes: Sequence[pb.Node]) -> list[pb.Node]:
+    """Copies of the nodes without a WireGuard tunnel address, with one."""
+    used = {ipam.host_of(n.tunnel.addr) for n in nodes if n.tunnel.addr}
+    out = []
+    for node in sorted(nodes, key=lambda n: (n.meta.created_at_ns, n.id)):
+        if node.tunnel.addr:
+            continue
+        addr = ipam.first_free(ipam.TUNNEL_POOL, used)
+        if addr is None:
+            log.warning("allocator: no WireGuard tunnel address left for node %s", node.id)
+            break
+        used.add(addr)
+        new = pb.Node()
+        new.CopyFrom(node)
+        new.tunnel.addr = f"{addr}/{ipam.TUNNEL_POOL.prefixlen}"
+        out.append(new)
+    return out
+
+
+def ingress_id(networks: Iterable[pb.Network]) -> str | None:
+    return next((n.id for n in networks if n.spec.ingress and not n.pending_delete), None)

@@ -1,0 +1,137 @@
+"""`shoal network ...`: create, ls, inspect, rm (Docker's names, flags and output)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from shoal.cli.output import (
+    CommandFailed,
+    describe_api_error,
+    parse_filters,
+    pass_client,
+    print_json,
+    print_table,
+    truncate_id,
+)
+from shoal.client import APIError, Client
+
+HEADERS = ("NETWORK ID", "NAME", "DRIVER", "SCOPE")
+
+
+@click.group()
+def network() -> None:
+    """Manage overlay networks."""
+
+
+def network_path(ref: str) -> str:
+    return f"/networks/{quote(ref, safe='')}"
+
+
+def _kv(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, _, val = value.partition("=")
+        if not key:
+            raise click.BadParameter(f"invalid {value!r}: expected KEY[=VALUE]",
+                                     param_hint=f"'{flag}'")
+        out[key] = val
+    return out
+
+
+def create_body(name: str, driver: str, subnet: str | None, gateway: str | None,
+                ip_range: str | None, attachable: bool, internal: bool, ingress: bool,
+                opts: tuple[str, ...], labels: tuple[str, ...]) -> dict[str, Any]:
+    """The body `docker network create` sends."""
+    config: list[dict[str, str]] = []
+    if subnet or gateway or ip_range:
+        entry = {"Subnet": subnet or ""}
+        if gateway:
+            entry["Gateway"] = gateway
+        if ip_range:
+            entry["IPRange"] = ip_range
+        config.append(entry)
+    return {"Name": name, "CheckDuplicate": True, "Driver": driver, "Scope": "swarm",
+            "Internal": internal, "Attachable": attachable, "Ingress": ingress,
+            "IPAM": {"Driver": "default", "Config": config, "Options": {}},
+            "Options": _kv(opts, "--opt"), "Labels": _kv(labels, "--label")}
+
+
+@network.command()
+@click.option("-d", "--driver", default="overlay", show_default=True,
+              help="Driver to manage the network.")
+@click.option("--subnet", help="Subnet in CIDR format.")
+@click.option("--gateway", help="Gateway for the subnet.")
+@click.option("--ip-range", help="Allocate task addresses from a sub-range.")
+@click.option("--attachable", is_flag=True, help="Let standalone containers join.")
+@click.option("--internal", is_flag=True, help="Restrict external access to the network.")
+@click.option("--ingress", is_flag=True, help="Create the routing-mesh network.")
+@click.option("-o", "--opt", "opts", multiple=True, metavar="KEY[=VALUE]",
+              help="Driver options (encrypted).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Network labels.")
+@click.argument("name")
+@pass_client
+def create(client: Client, name: str, driver: str, subnet: str | None, gateway: str | None,
+           ip_range: str | None, attachable: bool, internal: bool, ingress: bool,
+           opts: tuple[str, ...], labels: tuple[str, ...]) -> None:
+    """Create a network."""
+    body = create_body(name, driver, subnet, gateway, ip_range, attachable, internal, ingress,
+                       opts, labels)
+    out = client.post("/networks/create", body) or {}
+    click.echo(out.get("Id", ""))
+
+
+@network.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Filter output (id, name, label, driver, scope).")
+@click.option("-q", "--quiet", is_flag=True, help="Only display IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate the output.")
+@pass_client
+def ls(client: Client, filters: tuple[str, ...], quiet: bool, no_trunc: bool) -> None:
+    """List networks."""
+    params = {"filters": parse_filters(filters)} if filters else {}
+    networks = client.get("/networks", **params) or []
+    ids = [n["Id"] if no_trunc else truncate_id(n["Id"]) for n in networks]
+    if quiet:
+        for i in ids:
+            click.echo(i)
+        return
+    print_table(HEADERS, [[i, n["Name"], n["Driver"], n["Scope"]]
+                          for i, n in zip(ids, networks, strict=True)])
+
+
+@network.command()
+@click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
+@pass_client
+def inspect(client: Client, refs: tuple[str, ...]) -> None:
+    """Display detailed information on one or more networks."""
+    found, missing = [], []
+    for ref in refs:
+        try:
+            found.append(client.get(network_path(ref)))
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            missing.append(describe_api_error(exc))
+    print_json(found)
+    if missing:
+        raise CommandFailed("\n".join(missing))
+
+
+@network.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
+@pass_client
+def rm(client: Client, refs: tuple[str, ...]) -> None:
+    """Remove one or more networks."""
+    errors = []
+    for ref in refs:
+        try:
+            client.delete(network_path(ref))
+            click.echo(ref)
+        except APIError as exc:
+            errors.append(describe_api_error(exc))
+    if errors:
+        raise CommandFailed("\n".join(errors))
