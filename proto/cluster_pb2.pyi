@@ -461,19 +461,27 @@ class NetworkState(_message.Message):
 
     NETWORK_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def network(self) -> _objects_pb2.Network: ...
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRecord]: ...
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointTask]:
+        """Every task address on the network that lives on a node (assigned until it ends),
+        running or not: the FDB and neighbour entries of the overlay.
+        """
+
     def __init__(
         self,
         *,
         network: _objects_pb2.Network | None = ...,
         services: _abc.Iterable[Global___ServiceRecord] | None = ...,
+        endpoints: _abc.Iterable[Global___EndpointTask] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "services", b"services"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "network", b"network", "services", b"services"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -40,6 +40,9 @@ class AgentConfig:
     worker: Worker | None = None
     # Problems of this node to report in heartbeats (shown by `node inspect`).
     problems: Callable[[], str] = lambda: ""
+    # What the node's data plane reports in each heartbeat: WireGuard public key, tunnel
+    # error, key age and, when it changed, the network report (fields of HeartbeatRequest).
+    network: Callable[[cluster_pb2.HeartbeatRequest], None] = lambda _: None
 
 
 class Agent:
@@ -72,6 +75,12 @@ class Agent:
                 continue  # go straight to the leader we were told about
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, 8.0)
+
+    def _heartbeat_request(self, session_id: str) -> cluster_pb2.HeartbeatRequest:
+        request = cluster_pb2.HeartbeatRequest(session_id=session_id,
+                                               status_message=self.config.problems())
+        self.config.network(request)
+        return request
 
     def _next_manager(self) -> str:
         if self._hint:
@@ -155,8 +164,7 @@ class Agent:
         while True:
             try:
                 resp = await stub.Heartbeat(  # type: ignore[misc]
-                    cluster_pb2.HeartbeatRequest(session_id=first.session_id,
-                                                 status_message=self.config.problems()),
+                    self._heartbeat_request(first.session_id),
                     # A busy leader's slow answer is not a lost session (giving up after
                     # 5 s churned sessions under load); a new leader gives nodes 3 periods
                     # to find it, so 2 still leave a hung leader's nodes time to move.

@@ -46,7 +46,10 @@ def network_subnets(networks: Iterable[pb.Network], but: str = "") -> list[tuple
 def allocate_networks(networks: Sequence[pb.Network], cluster: pb.Cluster | None,
                       nodes: Sequence[pb.Node]) -> list[pb.Network]:
     """Copies of the networks that had no subnet or VNI yet, with them."""
-    taken = network_subnets(networks) + route_list(nodes)
+    # Subnets users asked for are taken even before their network is allocated.
+    asked = [(Net(n.spec.ipam[0].subnet), f"network {n.spec.annotations.name}")
+             for n in networks if not n.ipam and n.spec.ipam and _is_cidr(n.spec.ipam[0].subnet)]
+    taken = network_subnets(networks) + asked + route_list(nodes)
     vnis = {n.vni for n in networks if n.vni}
     pools = list(cluster.default_addr_pool) if cluster else []
     size = (cluster.subnet_size if cluster else 0) or ipam.DEFAULT_SUBNET_SIZE
@@ -73,6 +76,14 @@ def allocate_networks(networks: Sequence[pb.Network], cluster: pb.Cluster | None
             continue
         out.append(new)
     return out
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        Net(text)
+    except ValueError:
+        return False
+    return True
 
 
 def used_addresses(services: Iterable[pb.Service], tasks: Iterable[pb.Task]

@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from manager.dispatcher.netstate import network_message
 from manager.errors import OutOfSequence, Unavailable
 from manager.manager import Manager
 from manager.store.memory import Event, MemoryStore
@@ -74,6 +75,10 @@ class AssignmentIndex:
         self.store = store
         self._tasks: dict[str, dict[str, pb.Task]] = {}  # node id → task id → task
         self._node_of: dict[str, str] = {}  # task id → node id
+        # Nodes that have had a task on an overlay network: their messages carry the
+        # networks' records, so a change to any networked task, service, node or network
+        # wakes them (a spare wake resends an equal set, which the node takes as a no-op).
+        self._networked: set[str] = set()
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancel_watch: Callable[[], None] | None = None
@@ -96,6 +101,7 @@ class AssignmentIndex:
     def resync(self) -> None:
         self._tasks.clear()
         self._node_of.clear()
+        self._networked.clear()
         for task in self.store.list_view(pb.Task):
             self._put(task)
         for node_id in self._listeners:
@@ -107,13 +113,17 @@ class AssignmentIndex:
         if loop is None:
             return
         tasks = [e for e in events if e.table == "task"]
-        if tasks:
+        networked = any(_touches_networks(e) for e in events)
+        if tasks or networked:
             try:
-                loop.call_soon_threadsafe(self._apply, tasks)
+                loop.call_soon_threadsafe(self._apply, tasks, networked)
             except RuntimeError:  # the loop is closed: the manager is gone
                 self.stop()
 
-    def _apply(self, events: list[Event]) -> None:
+    def _apply(self, events: list[Event], networked: bool = False) -> None:
+        if networked:
+            for node_id in self._networked:
+                self._wake(node_id)
         for event in events:
             if event.new is not None:
                 self._put(event.new)
@@ -132,6 +142,8 @@ class AssignmentIndex:
             return
         self._tasks.setdefault(node, {})[task.id] = task
         self._node_of[task.id] = node
+        if task.networks:
+            self._networked.add(node)
         if old is None or old_node != node or not same_assignment(old, task):
             self._wake(node)
 
@@ -176,12 +188,21 @@ class AssignmentIndex:
                 await asyncio.sleep(COALESCE)
                 changed.clear()
                 if alive():
-                    yield cluster_pb2.AssignmentsMessage(tasks=self.tasks_of(node_id))
+                    yield network_message(self.store.view(), node_id, self.tasks_of(node_id))
         finally:
             listeners = self._listeners.get(node_id, set())
             listeners.discard(changed)
             if not listeners:
                 self._listeners.pop(node_id, None)
+
+
+def _touches_networks(event: Event) -> bool:
+    if event.table in ("network", "service"):
+        return True
+    if event.table == "node":
+        return True
+    return event.table == "task" and any(
+        t is not None and len(t.networks) > 0 for t in (event.old, event.new))
 
 
 class StatusWriter:

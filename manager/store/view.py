@@ -88,6 +88,12 @@ class StoreView:
         """Every object of the table (a shared list: don't change it)."""
         return self._listed(cls, None, lambda: self.tables[table_of(cls)].values())
 
+    def derived(self, key: Any, compute: Any) -> Any:
+        """`compute()` once per view: what several readers of one view derive from it."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def _listed(self, kind: Any, key: Any, source: Any) -> builtins.list[Obj]:
         found = self._memo.get((kind, key))
         if found is None:

@@ -1,0 +1,109 @@
+"""What a node's data plane needs with its tasks (pure, from one store view): the state of
+every network its tasks are on — the network, each service on it as resolvers and load
+balancers see it, every task address placed on a node — and the nodes it must reach.
+
+Service records list only tasks that serve: running, still wanted running, and not
+unhealthy. A task told to stop leaves the records at once, before its container stops (the
+worker keeps it serving for a moment), so load balancers drop it first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from manager.allocator.networks import holds_address
+from manager.store.view import StoreView
+from proto import cluster_pb2
+from proto import objects_pb2 as pb
+
+_KEY = "network-records"
+
+
+def serves(task: pb.Task) -> bool:
+    return (task.status.state == pb.RUNNING and task.desired_state <= pb.RUNNING
+            and task.status.health not in ("starting", "unhealthy"))
+
+
+@dataclass
+class NetworkRecords:
+    network: pb.Network
+    services: dict[str, cluster_pb2.ServiceRecord] = field(default_factory=dict)
+    endpoints: list[cluster_pb2.EndpointTask] = field(default_factory=list)
+    nodes: set[str] = field(default_factory=set)
+
+
+def build_records(view: StoreView) -> dict[str, NetworkRecords]:
+    networks = {n.id: NetworkRecords(n) for n in view.list(pb.Network)}
+    services = view.table(pb.Service)
+    for task in view.list(pb.Task):
+        if not task.networks or not holds_address(task):
+            continue
+        for att in task.networks:
+            records = networks.get(att.network_id)
+            if records is None or not att.addresses:
+                continue
+            endpoint = cluster_pb2.EndpointTask(task_id=task.id, node_id=task.node_id,
+                                                addr=att.addresses[0],
+                                                name=task.annotations.name,
+                                                aliases=list(att.aliases))
+            if task.node_id and task.status.state >= pb.ASSIGNED:
+                records.endpoints.append(endpoint)
+                records.nodes.add(task.node_id)
+            service = services.get(task.service_id)
+            if service is None or service.pending_delete:
+                continue
+            record = records.services.get(service.id)
+            if record is None:
+                record = records.services[service.id] = _service_record(service, att)
+            if serves(task):
+                record.tasks.append(endpoint)
+    return networks
+
+
+def _service_record(service: pb.Service, att: pb.NetworkAttachment
+                    ) -> cluster_pb2.ServiceRecord:
+    vip = next((v.addr for v in service.endpoint.virtual_ips
+                if v.network_id == att.network_id), "")
+    aliases = next((list(n.aliases) for n in service.spec.task.networks
+                    if n.target == att.network_id), [])
+    return cluster_pb2.ServiceRecord(service_id=service.id, name=service.spec.annotations.name,
+                                     mode=service.spec.endpoint.mode, vip=vip, aliases=aliases,
+                                     ports=list(service.endpoint.ports))
+
+
+def records(view: StoreView) -> dict[str, NetworkRecords]:
+    result: dict[str, NetworkRecords] = view.derived(_KEY, lambda: build_records(view))
+    return result
+
+
+def node_networks(tasks: Iterable[pb.Task]) -> set[str]:
+    return {att.network_id for t in tasks if holds_address(t) for att in t.networks}
+
+
+def network_message(view: StoreView, node_id: str, tasks: list[pb.Task]
+                    ) -> cluster_pb2.AssignmentsMessage:
+    """The node's assignments: its tasks, the networks they are on, and the peers."""
+    msg = cluster_pb2.AssignmentsMessage(tasks=tasks)
+    wanted = node_networks(tasks)
+    if not wanted:
+        return msg
+    all_records = records(view)
+    peers = {node_id}
+    for net_id in sorted(wanted):
+        rec = all_records.get(net_id)
+        if rec is None:
+            continue
+        msg.networks.append(cluster_pb2.NetworkState(
+            network=rec.network, services=sorted(rec.services.values(), key=lambda r: r.name),
+            endpoints=rec.endpoints))
+        peers |= rec.nodes
+    for peer_id in sorted(peers):
+        node = view.get(pb.Node, peer_id)
+        if node is not None:
+            msg.peers.append(cluster_pb2.NetworkPeer(
+                node_id=node.id, addr=node.status.addr, tunnel_addr=node.tunnel.addr,
+                public_key=node.tunnel.public_key, ingress_addr=node.ingress_addr))
+    cluster = next(iter(view.list(pb.Cluster)), None)
+    msg.data_path_port = cluster.data_path_port if cluster else 0
+    return msg
