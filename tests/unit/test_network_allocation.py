@@ -140,9 +140,9 @@ def test_a_node_is_sent_its_networks_records_and_peers() -> None:
         t.status.state, t.node_id = states[t.id]  # type: ignore[assignment]
     pending[2].desired_state = pb.SHUTDOWN  # told to stop: out of the records at once
     view = StoreView()
-    tables: dict[str, dict[str, Any]] = {"network": {network.id: network}, "service": dict(services),
-              "task": {t.id: t for t in pending},
-              "node": {n: node(n) for n in ("w1", "w2", "w3")}}
+    tables: dict[str, dict[str, Any]] = {
+        "network": {network.id: network}, "service": dict(services),
+        "task": {t.id: t for t in pending}, "node": {n: node(n) for n in ("w1", "w2", "w3")}}
     view = StoreView(tables=view.tables.update({k: view.tables[k].update(v)
                                                 for k, v in tables.items()}))
     records = build_records(view)[network.id]
