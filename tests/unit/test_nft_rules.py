@@ -1,0 +1,80 @@
+"""The nftables text that sandboxes and the routing mesh get (pure functions)."""
+
+from __future__ import annotations
+
+from netdriver.node import nft
+from proto import cluster_pb2
+from proto import objects_pb2 as pb
+
+DNSRR = pb.EndpointSpec.ResolutionMode.DNSRR
+
+
+def record(vip: str, *addrs: str, mode: int = 0, name: str = "web") -> cluster_pb2.ServiceRecord:
+    return cluster_pb2.ServiceRecord(
+        service_id=f"id-{name}", name=name, mode=mode, vip=vip,  # type: ignore[arg-type]
+        tasks=[cluster_pb2.EndpointTask(task_id=f"t{i}", addr=a) for i, a in enumerate(addrs)])
+
+
+def test_replace_is_one_transaction_that_creates_deletes_and_defines() -> None:
+    text = nft.sandbox_ruleset([])
+    lines = text.splitlines()
+    assert lines[0] == "table ip shoal"
+    assert lines[1] == "delete table ip shoal"
+    assert lines[2] == "table ip shoal {"
+    assert text.count("table ip shoal") == 3
+
+
+def test_vip_spreads_over_tasks_with_numgen_map() -> None:
+    text = nft.sandbox_ruleset([record("10.0.1.2/24", "10.0.1.7/24", "10.0.1.5/24",
+                                       "10.0.1.6/24")])
+    assert ("ip daddr 10.0.1.2 dnat to numgen random mod 3 map "
+            "{ 0 : 10.0.1.5, 1 : 10.0.1.6, 2 : 10.0.1.7 }") in text
+    assert "type nat hook output priority -100" in text
+    assert "reject" not in text
+
+
+def test_single_task_is_plain_dnat() -> None:
+    text = nft.sandbox_ruleset([record("10.0.1.2/24", "10.0.1.5/24")])
+    assert "ip daddr 10.0.1.2 dnat to 10.0.1.5\n" in text
+    assert "numgen" not in text
+
+
+def test_vip_without_tasks_is_refused_with_tcp_reset() -> None:
+    text = nft.sandbox_ruleset([record("10.0.1.9/24")])
+    assert "ip daddr 10.0.1.9 meta l4proto tcp reject with tcp reset" in text
+    assert "ip daddr 10.0.1.9 reject\n" in text
+    assert "dnat" not in text
+    assert "type filter hook output priority 0" in text
+
+
+def test_dnsrr_services_and_services_without_vip_are_left_alone() -> None:
+    text = nft.sandbox_ruleset([record("", "10.0.1.5/24", name="novip"),
+                                record("10.0.1.3/24", "10.0.1.8/24", mode=DNSRR)])
+    assert "daddr" not in text
+
+
+def test_same_state_in_another_order_gives_the_same_text() -> None:
+    a = nft.sandbox_ruleset([record("10.0.1.2/24", "10.0.1.5/24", "10.0.1.6/24", name="a"),
+                             record("10.0.2.2/24", "10.0.2.5/24", name="b")])
+    b = nft.sandbox_ruleset([record("10.0.2.2/24", "10.0.2.5/24", name="b"),
+                             record("10.0.1.2/24", "10.0.1.6/24", "10.0.1.5/24", name="a")])
+    assert a == b
+
+
+def test_listed_backends_reads_our_text_and_nft_listing() -> None:
+    text = nft.sandbox_ruleset([record("10.0.1.2/24", "10.0.1.5/24", "10.0.1.6/24"),
+                                record("10.0.1.3/24", "10.0.1.8/24", name="one"),
+                                record("10.0.1.9/24", name="none")])
+    want = {"10.0.1.2": ["10.0.1.5", "10.0.1.6"], "10.0.1.3": ["10.0.1.8"], "10.0.1.9": []}
+    assert nft.listed_backends(text) == want
+    # `nft list` prints the refusal of TCP without the l4proto match
+    listing = ("\t\tip daddr 10.0.1.2 dnat to numgen random mod 2 map "
+               "{ 0 : 10.0.1.5, 1 : 10.0.1.6 }\n\t\tip daddr 10.0.1.3 dnat to 10.0.1.8\n"
+               "\t\tip daddr 10.0.1.9 reject with tcp reset\n\t\tip daddr 10.0.1.9 reject\n")
+    assert nft.listed_backends(listing) == want
+
+
+def test_pick_with_port() -> None:
+    assert nft.pick(["10.0.0.5", "10.0.0.6"], 80) == (
+        "dnat to numgen random mod 2 map { 0 : 10.0.0.5, 1 : 10.0.0.6 }:80")
+    assert nft.pick(["10.0.0.5"], 80) == "dnat to 10.0.0.5:80"
