@@ -1,0 +1,247 @@
+"""VIP load balancing with real nftables in real namespaces.
+
+A "sandbox" namespace joined by a veth to a "backends" namespace that holds three task
+addresses; one TCP server there answers each connection with the address it was made to
+(then echoes lines), so the client sees which backend it reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from netdriver.node import nft
+from netdriver.node.netns import named_netns_path, run_in_netns_sync
+from proto import cluster_pb2
+from proto import objects_pb2 as pb
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
+
+PORT = 8080
+# Answers every connection with the address it reached, then echoes lines back.
+SERVER = """
+import socket, sys, threading
+def serve(conn):
+    with conn:
+        conn.sendall((conn.getsockname()[0] + "\\n").encode())
+        while data := conn.recv(4096):
+            conn.sendall(data)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", int(sys.argv[1])))
+srv.listen(128)
+print("ready", flush=True)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def start_server(ns: str, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER,
+                             str(port)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait(timeout=5)
+
+
+@dataclass
+class Lab:
+    sandbox: str  # namespace names
+    backends_ns: str
+    net: str  # "198.19.N" prefix
+    vip: str
+    backends: list[str]
+
+    @property
+    def path(self) -> str:
+        return named_netns_path(self.sandbox)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    rand = secrets.token_hex(3)
+    sb, be = f"shl-{rand}-sb", f"shl-{rand}-be"
+    net = f"198.19.{secrets.randbelow(250) + 1}"
+    made: list[str] = []
+    server = None
+    try:
+        for ns in (sb, be):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # Made inside the sandbox namespace, so no name ever appears in the root one.
+        sh("ip", "-n", sb, "link", "add", "eth0", "type", "veth", "peer", "name", "vb0",
+           "netns", be)
+        sh("ip", "-n", sb, "addr", "add", f"{net}.2/24", "dev", "eth0")
+        sh("ip", "-n", sb, "link", "set", "eth0", "up")
+        backends = [f"{net}.{i}" for i in (5, 6, 7)]
+        for addr in backends:
+            sh("ip", "-n", be, "addr", "add", f"{addr}/24", "dev", "vb0")
+        sh("ip", "-n", be, "link", "set", "vb0", "up")
+        server = start_server(be, PORT)
+        yield Lab(sb, be, net, f"{net}.100", backends)
+    finally:
+        if server is not None:
+            stop(server)
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def message(lab: Lab, backends: list[str]) -> cluster_pb2.AssignmentsMessage:
+    record = cluster_pb2.ServiceRecord(
+        service_id="svc1", name="web", vip=f"{lab.vip}/24",
+        tasks=[cluster_pb2.EndpointTask(task_id=f"t{a}", addr=f"{a}/24") for a in backends])
+    state = cluster_pb2.NetworkState(network=pb.Network(id="net1"), services=[record])
+    return cluster_pb2.AssignmentsMessage(networks=[state])
+
+
+def attachment(lab: Lab) -> list[pb.NetworkAttachment]:
+    return [pb.NetworkAttachment(network_id="net1", addresses=[f"{lab.net}.2/24"])]
+
+
+def connect(lab: Lab) -> socket.socket:
+    def make() -> socket.socket:
+        return socket.create_connection((lab.vip, PORT), timeout=3)
+    return run_in_netns_sync(lab.path, make)
+
+
+def reached(sock: socket.socket) -> str:
+    return sock.makefile().readline().strip()
+
+
+def hits(lab: Lab, n: int) -> dict[str, int]:
+    count: dict[str, int] = {}
+    for _ in range(n):
+        with connect(lab) as sock:
+            backend = reached(sock)
+        count[backend] = count.get(backend, 0) + 1
+    return count
+
+
+def test_vip_spreads_updates_and_keeps_established_connections(lab: Lab) -> None:
+    async def main() -> None:
+        balancer = nft.SandboxBalancer()
+        balancer.set_networks(message(lab, lab.backends).networks)
+        await balancer.attach("task1", lab.path, attachment(lab))
+        assert balancer.applies == 1
+
+        spread = await asyncio.to_thread(hits, lab, 60)
+        assert set(spread) == set(lab.backends), spread
+
+        # Same state again: nothing is rewritten.
+        await balancer.sync(message(lab, lab.backends))
+        await balancer.attach("task1", lab.path, attachment(lab))
+        assert balancer.applies == 1
+
+        # An open connection, then its backend leaves the set: it keeps working.
+        held = await asyncio.to_thread(connect, lab)
+        gone = await asyncio.to_thread(reached, held)
+        left = [a for a in lab.backends if a != gone]
+        await balancer.sync(message(lab, left))
+        assert balancer.applies == 2
+        listing = await nft.read_ruleset(lab.path)
+        assert nft.listed_backends(listing) == {lab.vip: left}
+
+        held.sendall(b"still there\n")
+        assert await asyncio.to_thread(reached, held) == "still there"
+        held.close()
+
+        after = await asyncio.to_thread(hits, lab, 60)
+        assert gone not in after, after
+        assert set(after) == set(left), after
+    asyncio.run(main())
+
+
+def icmp_echo(dest: str) -> tuple[str, int]:
+    """One ICMP echo request to `dest` (a raw socket; this machine has no ping binary):
+    the reply's source address and ICMP type."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    with sock:
+        sock.settimeout(2)
+        packet = struct.pack("!BBHHH", 8, 0, 0, 0x5348, 1) + b"shoal-lb"
+        total = sum(struct.unpack("!8H", packet[:16]))
+        total = (total >> 16) + (total & 0xFFFF)
+        total += total >> 16
+        packet = packet[:2] + struct.pack("!H", ~total & 0xFFFF) + packet[4:]
+        sock.sendto(packet, (dest, 0))
+        data, peer = sock.recvfrom(1024)
+        return peer[0], data[(data[0] & 0x0F) * 4]
+
+
+def test_vip_answers_ping(lab: Lab) -> None:
+    asyncio.run(nft.apply_ruleset(lab.path, nft.sandbox_ruleset(
+        message(lab, lab.backends).networks[0].services)))
+    source, kind = run_in_netns_sync(lab.path, lambda: icmp_echo(lab.vip))
+    assert (source, kind) == (lab.vip, 0)  # an echo reply, from the VIP
+
+
+def test_vip_without_tasks_refuses_at_once(lab: Lab) -> None:
+    async def main() -> None:
+        balancer = nft.SandboxBalancer()
+        await balancer.sync(message(lab, []))
+        await balancer.attach("task1", lab.path, attachment(lab))
+    asyncio.run(main())
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        connect(lab)
+    assert time.monotonic() - started < 1.0
+
+
+def test_replace_leaves_no_gap_and_repair_restores_a_flushed_table(lab: Lab) -> None:
+    async def main() -> None:
+        balancer = nft.SandboxBalancer()
+        balancer.set_networks(message(lab, lab.backends).networks)
+        await balancer.attach("task1", lab.path, attachment(lab))
+        assert await balancer.repair() == []
+
+        # Connect in a loop while the table is replaced 30 times: every connect succeeds.
+        stop_flag = False
+        failures: list[str] = []
+        done = 0
+
+        def client() -> None:
+            nonlocal done
+            while not stop_flag:
+                try:
+                    with connect(lab) as sock:
+                        assert reached(sock) in lab.backends
+                    done += 1
+                except OSError as err:
+                    failures.append(repr(err))
+        task = asyncio.create_task(asyncio.to_thread(client))
+        for i in range(30):
+            await balancer.sync(message(lab, lab.backends[: 1 + i % 3]))
+        stop_flag = True
+        await task
+        assert failures == []
+        assert done > 0
+
+        # Someone flushes the table: repair notices and puts it back.
+        await nft.delete_table(lab.path)
+        assert await nft.read_ruleset(lab.path) == ""
+        found = await balancer.repair()
+        assert found == ["task1: table ip shoal missing"]
+        assert nft.listed_backends(await nft.read_ruleset(lab.path)) != {}
+
+        await balancer.detach("task1")
+        await balancer.sync(message(lab, []))  # a detached sandbox is no longer written
+        assert nft.listed_backends(await nft.read_ruleset(lab.path)) != {lab.vip: []}
+    asyncio.run(main())
