@@ -64,10 +64,10 @@ def backends(record: cluster_pb2.ServiceRecord) -> list[str]:
     """The record's task addresses, sorted and without duplicates (so the text, and the
     decision to rewrite, depends only on the set)."""
     return sorted({address(t.addr) for t in record.tasks if t.addr},
-                  key=_sort_key)
+                  key=sort_key)
 
 
-def _sort_key(addr: str) -> tuple[int, ...]:
+def sort_key(addr: str) -> tuple[int, ...]:
     return tuple(int(part) for part in addr.split("."))
 
 
@@ -78,8 +78,8 @@ def balanced(services: Sequence[cluster_pb2.ServiceRecord]) -> dict[str, list[st
         if record.mode == VIP_MODE and record.vip:
             out.setdefault(address(record.vip), [])
             out[address(record.vip)] = sorted(
-                set(out[address(record.vip)]) | set(backends(record)), key=_sort_key)
-    return dict(sorted(out.items(), key=lambda kv: _sort_key(kv[0])))
+                set(out[address(record.vip)]) | set(backends(record)), key=sort_key)
+    return dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 
 def sandbox_ruleset(services: Sequence[cluster_pb2.ServiceRecord]) -> str:
@@ -109,10 +109,10 @@ def listed_backends(listing: str) -> dict[str, list[str]]:
         line = line.strip()
         if m := _DNAT_LINE.match(line):
             targets = [a for a in _ADDR.findall(m.group(2))]
-            out[m.group(1)] = sorted(set(targets), key=_sort_key)
+            out[m.group(1)] = sorted(set(targets), key=sort_key)
         elif m := _REFUSE_LINE.match(line):
             out.setdefault(m.group(1), [])
-    return dict(sorted(out.items(), key=lambda kv: _sort_key(kv[0])))
+    return dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 
 async def apply_ruleset(netns_path: str, text: str) -> None:
