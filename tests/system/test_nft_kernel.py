@@ -1,13 +1,19 @@
-"""VIP load balancing with real nftables in real namespaces.
+"""VIP load balancing and the routing mesh with real nftables in real namespaces.
 
-A "sandbox" namespace joined by a veth to a "backends" namespace that holds three task
+VIPs: a "sandbox" namespace joined by a veth to a "backends" namespace that holds three task
 addresses; one TCP server there answers each connection with the address it was made to
 (then echoes lines), so the client sees which backend it reached.
+
+Routing mesh (no overlay here: plain veths and a bridge stand in for it):
+
+    client ──veth── host ──shi0/shi1 (made by Mesh)── ingress ──br0── task1, task2
+                      └──veth── task3 (a mode=host task the host can route to)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
 import struct
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from netdriver.node import nft
+from netdriver.node import mesh, nft
 from netdriver.node.netns import named_netns_path, run_in_netns_sync
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
@@ -244,4 +250,174 @@ def test_replace_leaves_no_gap_and_repair_restores_a_flushed_table(lab: Lab) -> 
         await balancer.detach("task1")
         await balancer.sync(message(lab, []))  # a detached sandbox is no longer written
         assert nft.listed_backends(await nft.read_ruleset(lab.path)) != {lab.vip: []}
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- routing mesh
+
+PUBLISHED, TARGET = 8080, 80
+HOST_PUBLISHED, HOST_TARGET = 9000, 90
+
+
+@dataclass
+class MeshLab:
+    names: dict[str, str]  # role → namespace name
+    host_addr: str
+    tasks: list[str]  # the ingress tasks' addresses
+    host_task: str  # the mode=host task's address
+
+    def path(self, role: str) -> str:
+        return named_netns_path(self.names[role])
+
+
+def veth(a: str, a_dev: str, a_addr: str, b: str, b_dev: str, b_addr: str) -> None:
+    """A veth pair made inside namespace `a`, one end moved to `b`, both up."""
+    sh("ip", "-n", a, "link", "add", a_dev, "type", "veth", "peer", "name", b_dev,
+       "netns", b)
+    for ns, dev, addr in ((a, a_dev, a_addr), (b, b_dev, b_addr)):
+        if addr:
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+
+
+@pytest.fixture
+def mlab() -> Iterator[MeshLab]:
+    rand = secrets.token_hex(3)
+    names = {role: f"shl-{rand}-{role}" for role in ("h", "c", "ing", "t1", "t2", "t3")}
+    x = secrets.randbelow(250) + 1
+    made: list[str] = []
+    servers: list[subprocess.Popen[str]] = []
+    try:
+        for ns in names.values():
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        host_addr = f"198.18.{x}.1"
+        veth(names["c"], "eth0", f"198.18.{x}.2/24", names["h"], "ce0", f"{host_addr}/24")
+        # The ingress namespace's "overlay": a bridge with the node's ingress address.
+        ing = names["ing"]
+        sh("ip", "-n", ing, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", ing, "addr", "add", f"10.255.{x}.3/24", "dev", "br0")
+        sh("ip", "-n", ing, "link", "set", "br0", "up")
+        tasks = [f"10.255.{x}.7", f"10.255.{x}.8"]
+        for i, addr in enumerate(tasks, 1):
+            veth(names[f"t{i}"], "eth0", f"{addr}/24", ing, f"vt{i}", "")
+            sh("ip", "-n", ing, "link", "set", f"vt{i}", "master", "br0")
+            servers.append(start_server(names[f"t{i}"], TARGET))
+        host_task = f"10.9.{x}.2"
+        veth(names["t3"], "eth0", f"{host_task}/24", names["h"], "t3e", f"10.9.{x}.1/24")
+        servers.append(start_server(names["t3"], HOST_TARGET))
+        yield MeshLab(names, host_addr, tasks, host_task)
+    finally:
+        for proc in servers:
+            stop(proc)
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def mesh_message(tasks: list[str]) -> cluster_pb2.AssignmentsMessage:
+    record = cluster_pb2.ServiceRecord(
+        service_id="svc1", name="web", vip="10.255.0.2/24",
+        tasks=[cluster_pb2.EndpointTask(task_id=f"t{a}", addr=f"{a}/24") for a in tasks],
+        ports=[pb.PortConfig(published_port=PUBLISHED, target_port=TARGET)])
+    ingress = pb.Network(id="ingress1", spec=pb.NetworkSpec(ingress=True))
+    return cluster_pb2.AssignmentsMessage(
+        networks=[cluster_pb2.NetworkState(network=ingress, services=[record])])
+
+
+def host_mode_task(mlab: MeshLab) -> pb.Task:
+    task = pb.Task(id="t3", networks=[pb.NetworkAttachment(
+        network_id="app", addresses=[f"{mlab.host_task}/24"])])
+    task.endpoint.ports.append(pb.PortConfig(
+        published_port=HOST_PUBLISHED, target_port=HOST_TARGET,
+        publish_mode=pb.PortConfig.PublishMode.HOST))
+    return task
+
+
+def ask(path: str, addr: str, port: int) -> str:
+    """Connect from the namespace at `path`; the address the server says it was reached at."""
+    def go() -> str:
+        with socket.create_connection((addr, port), timeout=3) as sock:
+            return sock.makefile().readline().strip()
+    return run_in_netns_sync(path, go)
+
+
+def spread_from(path: str, addr: str, port: int, n: int) -> dict[str, int]:
+    count: dict[str, int] = {}
+    for _ in range(n):
+        who = ask(path, addr, port)
+        count[who] = count.get(who, 0) + 1
+    return count
+
+
+def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> None:
+    m = mesh.Mesh(mlab.names["ing"], host_netns=mlab.path("h"))
+    try:
+        asyncio.run(m.sync(mesh_message(mlab.tasks), [host_mode_task(mlab)]))
+        assert m.applies == 2
+
+        # From a client elsewhere (prerouting), ~50 connects reach both tasks.
+        got = spread_from(mlab.path("c"), mlab.host_addr, PUBLISHED, 50)
+        assert set(got) == set(mlab.tasks), got
+        # From the host itself (output), to its own address and to 127.0.0.1.
+        assert ask(mlab.path("h"), mlab.host_addr, PUBLISHED) in mlab.tasks
+        assert ask(mlab.path("h"), "127.0.0.1", PUBLISHED) in mlab.tasks
+        # Mode host: straight to the local task.
+        assert ask(mlab.path("c"), mlab.host_addr, HOST_PUBLISHED) == mlab.host_task
+
+        # The same state again rewrites nothing.
+        asyncio.run(m.sync(mesh_message(mlab.tasks), [host_mode_task(mlab)]))
+        assert m.applies == 2
+
+        # One task leaves: no new connection goes to it; the host table is unchanged.
+        asyncio.run(m.sync(mesh_message(mlab.tasks[:1]), [host_mode_task(mlab)]))
+        assert m.applies == 3
+        got = spread_from(mlab.path("c"), mlab.host_addr, PUBLISHED, 20)
+        assert set(got) == {mlab.tasks[0]}, got
+
+        # No task: refused at once, not a hang. The host-mode task is gone too.
+        asyncio.run(m.sync(mesh_message([]), []))
+        started = time.monotonic()
+        with pytest.raises(ConnectionRefusedError):
+            ask(mlab.path("c"), mlab.host_addr, PUBLISHED)
+        with pytest.raises(ConnectionRefusedError):
+            ask(mlab.path("c"), mlab.host_addr, HOST_PUBLISHED)
+        assert time.monotonic() - started < 2.0
+    finally:
+        asyncio.run(m.close())
+    assert not os.path.exists(mlab.path("ing"))
+    assert asyncio.run(nft.read_ruleset(mlab.path("h"), mesh.TABLE)) == ""
+    links = sh("ip", "-n", mlab.names["h"], "-o", "link")
+    assert "shi0" not in links
+
+
+def test_mesh_converges_after_its_state_is_broken(mlab: MeshLab) -> None:
+    async def main() -> None:
+        m = mesh.Mesh(mlab.names["ing"], host_netns=mlab.path("h"))
+        try:
+            await m.sync(mesh_message(mlab.tasks), [])
+            assert await m.differences() == []
+
+            # Someone deletes the host table and the veth: reported, then repaired.
+            await nft.delete_table(mlab.path("h"), mesh.TABLE)
+            sh("ip", "-n", mlab.names["h"], "link", "del", "shi0")
+            found = await m.differences()
+            assert len(found) == 2, found
+            assert "veth shi0/shi1" in found[0]
+            await m.sync(mesh_message(mlab.tasks), [])
+            assert await m.differences() == []
+            got = await asyncio.to_thread(spread_from, mlab.path("c"), mlab.host_addr,
+                                          PUBLISHED, 30)
+            assert set(got) == set(mlab.tasks), got
+
+            # A Mesh made anew (shoald restarted) converges onto the existing state.
+            again = mesh.Mesh(mlab.names["ing"], host_netns=mlab.path("h"))
+            await again.sync(mesh_message(mlab.tasks), [])
+            assert await again.differences() == []
+            links = sh("ip", "-n", mlab.names["h"], "-o", "link")
+            assert links.count("shi0") == 1
+            tables = sh("ip", "netns", "exec", mlab.names["h"], "nft", "list", "tables")
+            assert tables.count("shoal_mesh") == 1
+        finally:
+            await m.close()
     asyncio.run(main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netdriver.node import nft
+from netdriver.node import mesh, nft
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
@@ -78,3 +78,69 @@ def test_pick_with_port() -> None:
     assert nft.pick(["10.0.0.5", "10.0.0.6"], 80) == (
         "dnat to numgen random mod 2 map { 0 : 10.0.0.5, 1 : 10.0.0.6 }:80")
     assert nft.pick(["10.0.0.5"], 80) == "dnat to 10.0.0.5:80"
+
+
+# ---------------------------------------------------------------- routing mesh
+
+def ingress_network(*records: cluster_pb2.ServiceRecord) -> list[cluster_pb2.NetworkState]:
+    ingress = pb.Network(id="ing", spec=pb.NetworkSpec(ingress=True))
+    other = pb.Network(id="app")
+    return [cluster_pb2.NetworkState(network=other, services=[
+                record("10.0.1.2/24", "10.0.1.5/24", name="other")]),
+            cluster_pb2.NetworkState(network=ingress, services=list(records))]
+
+
+def published(rec: cluster_pb2.ServiceRecord, pub: int, target: int,
+              proto: int = 0, mode: int = 0) -> cluster_pb2.ServiceRecord:
+    rec.ports.append(pb.PortConfig(protocol=proto, published_port=pub,  # type: ignore[arg-type]
+                                   target_port=target, publish_mode=mode))  # type: ignore[arg-type]
+    return rec
+
+
+def test_ingress_ports_come_from_the_ingress_network_only() -> None:
+    web = published(record("10.255.0.2/16", "10.255.0.8/16", "10.255.0.7/16"), 8080, 80)
+    published(web, 5353, 53, proto=pb.PortConfig.Protocol.UDP)
+    published(web, 9000, 90, mode=pb.PortConfig.PublishMode.HOST)  # not the mesh's
+    assert mesh.ingress_ports(ingress_network(web)) == [
+        mesh.Published("tcp", 8080, 80, ("10.255.0.7", "10.255.0.8")),
+        mesh.Published("udp", 5353, 53, ("10.255.0.7", "10.255.0.8")),
+    ]
+    assert mesh.ingress_ports(ingress_network()[:1]) == []
+
+
+def test_host_ruleset_sends_local_addresses_to_the_ingress_namespace() -> None:
+    ports = [mesh.Published("tcp", 8080, 80, ("10.255.0.7",)),
+             mesh.Published("udp", 5353, 53, ())]
+    text = mesh.host_ruleset(ports, [])
+    assert text.startswith("table ip shoal_mesh\ndelete table ip shoal_mesh\n")
+    rule_tcp = "fib daddr type local tcp dport 8080 dnat to 169.254.77.2\n"
+    rule_udp = "fib daddr type local udp dport 5353 dnat to 169.254.77.2\n"
+    assert text.count(rule_tcp) == 2 and text.count(rule_udp) == 2  # prerouting and output
+    assert "type nat hook prerouting priority -100" in text
+    assert "type nat hook output priority -100" in text
+    assert 'oifname "shi0" masquerade' in text
+
+
+def test_host_mode_ports_go_to_the_local_task() -> None:
+    task = pb.Task(id="t1", networks=[pb.NetworkAttachment(network_id="app",
+                                                           addresses=["10.0.1.9/24"])])
+    task.endpoint.ports.append(pb.PortConfig(published_port=9000, target_port=90,
+                                             publish_mode=pb.PortConfig.PublishMode.HOST))
+    task.endpoint.ports.append(pb.PortConfig(published_port=8080, target_port=80))
+    no_addr = pb.Task(id="t2")
+    no_addr.endpoint.ports.append(pb.PortConfig(published_port=9001, target_port=90,
+                                                publish_mode=pb.PortConfig.PublishMode.HOST))
+    host = mesh.host_ports([task, no_addr])
+    assert host == [mesh.Published("tcp", 9000, 90, ("10.0.1.9",))]
+    text = mesh.host_ruleset([], host)
+    assert "fib daddr type local tcp dport 9000 dnat to 10.0.1.9:90\n" in text
+    assert "ct status dnat ip daddr { 10.0.1.9 } masquerade" in text
+
+
+def test_ingress_ruleset_spreads_and_masquerades_towards_tasks() -> None:
+    text = mesh.ingress_ruleset([mesh.Published("tcp", 8080, 80, ("10.255.0.7", "10.255.0.8")),
+                                 mesh.Published("tcp", 8081, 81, ())])
+    assert ('iifname "shi1" tcp dport 8080 dnat to numgen random mod 2 map '
+            "{ 0 : 10.255.0.7, 1 : 10.255.0.8 }:80") in text
+    assert "8081" not in text  # no task: nothing DNATed, the namespace resets it
+    assert 'ct status dnat oifname != "shi1" masquerade' in text
