@@ -33,7 +33,8 @@ from proto import objects_pb2 as pb
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
 PORT = 8080
-# Answers every connection with the address it reached, then echoes lines back.
+# TCP: answers every connection with the address it reached, then echoes lines back.
+# UDP (on each address given after the port): answers every datagram with that address.
 SERVER = """
 import socket, sys, threading
 def serve(conn):
@@ -41,6 +42,14 @@ def serve(conn):
         conn.sendall((conn.getsockname()[0] + "\\n").encode())
         while data := conn.recv(4096):
             conn.sendall(data)
+def serve_udp(udp, addr):
+    while True:
+        _, peer = udp.recvfrom(2048)
+        udp.sendto(addr.encode(), peer)
+for addr in sys.argv[2:]:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((addr, int(sys.argv[1])))
+    threading.Thread(target=serve_udp, args=(udp, addr), daemon=True).start()
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("0.0.0.0", int(sys.argv[1])))
@@ -56,9 +65,9 @@ def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
-def start_server(ns: str, port: int) -> subprocess.Popen[str]:
+def start_server(ns: str, port: int, *udp_addrs: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER,
-                             str(port)], stdout=subprocess.PIPE, text=True)
+                             str(port), *udp_addrs], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -102,7 +111,7 @@ def lab() -> Iterator[Lab]:
         for addr in backends:
             sh("ip", "-n", be, "addr", "add", f"{addr}/24", "dev", "vb0")
         sh("ip", "-n", be, "link", "set", "vb0", "up")
-        server = start_server(be, PORT)
+        server = start_server(be, PORT, *backends)
         yield Lab(sb, be, net, f"{net}.100", backends)
     finally:
         if server is not None:
@@ -133,6 +142,17 @@ def reached(sock: socket.socket) -> str:
     return sock.makefile().readline().strip()
 
 
+def udp_ask(path: str, addr: str, port: int) -> str:
+    """One datagram from a fresh socket (a new conntrack entry) in the namespace at `path`;
+    the address that answered, by its own account."""
+    def go() -> str:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(3)
+            sock.sendto(b"who", (addr, port))
+            return sock.recv(2048).decode()
+    return run_in_netns_sync(path, go)
+
+
 def hits(lab: Lab, n: int) -> dict[str, int]:
     count: dict[str, int] = {}
     for _ in range(n):
@@ -151,6 +171,8 @@ def test_vip_spreads_updates_and_keeps_established_connections(lab: Lab) -> None
 
         spread = await asyncio.to_thread(hits, lab, 60)
         assert set(spread) == set(lab.backends), spread
+        udp = {await asyncio.to_thread(udp_ask, lab.path, lab.vip, PORT) for _ in range(60)}
+        assert udp == set(lab.backends)
 
         # Same state again: nothing is rewritten.
         await balancer.sync(message(lab, lab.backends))
@@ -303,7 +325,7 @@ def mlab() -> Iterator[MeshLab]:
         for i, addr in enumerate(tasks, 1):
             veth(names[f"t{i}"], "eth0", f"{addr}/24", ing, f"vt{i}", "")
             sh("ip", "-n", ing, "link", "set", f"vt{i}", "master", "br0")
-            servers.append(start_server(names[f"t{i}"], TARGET))
+            servers.append(start_server(names[f"t{i}"], TARGET, addr))
         host_task = f"10.9.{x}.2"
         veth(names["t3"], "eth0", f"{host_task}/24", names["h"], "t3e", f"10.9.{x}.1/24")
         servers.append(start_server(names["t3"], HOST_TARGET))
@@ -319,7 +341,9 @@ def mesh_message(tasks: list[str]) -> cluster_pb2.AssignmentsMessage:
     record = cluster_pb2.ServiceRecord(
         service_id="svc1", name="web", vip="10.255.0.2/24",
         tasks=[cluster_pb2.EndpointTask(task_id=f"t{a}", addr=f"{a}/24") for a in tasks],
-        ports=[pb.PortConfig(published_port=PUBLISHED, target_port=TARGET)])
+        ports=[pb.PortConfig(published_port=PUBLISHED, target_port=TARGET),
+               pb.PortConfig(published_port=PUBLISHED + 1, target_port=TARGET,
+                             protocol=pb.PortConfig.Protocol.UDP)])
     ingress = pb.Network(id="ingress1", spec=pb.NetworkSpec(ingress=True))
     return cluster_pb2.AssignmentsMessage(
         networks=[cluster_pb2.NetworkState(network=ingress, services=[record])])
@@ -359,6 +383,8 @@ def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> No
         # From a client elsewhere (prerouting), ~50 connects reach both tasks.
         got = spread_from(mlab.path("c"), mlab.host_addr, PUBLISHED, 50)
         assert set(got) == set(mlab.tasks), got
+        udp = {udp_ask(mlab.path("c"), mlab.host_addr, PUBLISHED + 1) for _ in range(50)}
+        assert udp == set(mlab.tasks)
         # From the host itself (output), to its own address and to 127.0.0.1.
         assert ask(mlab.path("h"), mlab.host_addr, PUBLISHED) in mlab.tasks
         assert ask(mlab.path("h"), "127.0.0.1", PUBLISHED) in mlab.tasks
