@@ -149,11 +149,19 @@ class Mesh:
         """Converge: plumbing first (namespace, veth, sysctls), then both tables."""
         ingress = ingress_ports(message.networks)
         host = host_ports(local_tasks)
-        if not await self._plumbed():
-            await self._plumb()
-            self._applied.clear()  # a fresh namespace has no table
+        await self.prepare()
         await self._apply(self.ingress_path, ingress_ruleset(ingress, self.ingress_veth))
         await self._apply(self.host_path, host_ruleset(ingress, host, self.host_veth))
+
+    async def prepare(self) -> bool:
+        """Make the ingress namespace and the veth pair where missing. True when the
+        namespace was made just now: it must then be attached to the ingress network
+        (again). `sync` calls this itself."""
+        made = not os.path.exists(self.ingress_path)
+        if made or not await self._plumbed():
+            await self._plumb()
+            self._applied.clear()  # a remade namespace or veth: write both tables again
+        return made
 
     async def differences(self) -> list[str]:
         """What the kernel lacks of the last applied state; anything found is rewritten on

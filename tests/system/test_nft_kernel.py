@@ -416,6 +416,15 @@ def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> No
     links = sh("ip", "-n", mlab.names["h"], "-o", "link")
     assert "shi0" not in links
 
+    # A missing ingress namespace is made (and `prepare` says so: attach it again).
+    fresh = mesh.Mesh(mlab.names["ing"], host_netns=mlab.path("h"))
+    try:
+        assert asyncio.run(fresh.prepare()) is True
+        assert os.path.exists(mlab.path("ing"))
+        assert asyncio.run(fresh.prepare()) is False
+    finally:
+        asyncio.run(fresh.close())
+
 
 def test_mesh_converges_after_its_state_is_broken(mlab: MeshLab) -> None:
     async def main() -> None:
@@ -423,6 +432,7 @@ def test_mesh_converges_after_its_state_is_broken(mlab: MeshLab) -> None:
         try:
             await m.sync(mesh_message(mlab.tasks), [])
             assert await m.differences() == []
+            assert await m.prepare() is False  # the fixture made the namespace
 
             # Someone deletes the host table and the veth: reported, then repaired.
             await nft.delete_table(mlab.path("h"), mesh.TABLE)
