@@ -143,20 +143,26 @@ class Mesh:
         self.ingress_veth = ingress_veth
         self.applies = 0
         self._applied: dict[str, str] = {}  # namespace path → text last applied there
+        self._lock = asyncio.Lock()  # one sync at a time: each reads then writes the kernel
 
     async def sync(self, message: cluster_pb2.AssignmentsMessage,
                    local_tasks: Sequence[pb.Task]) -> None:
         """Converge: plumbing first (namespace, veth, sysctls), then both tables."""
         ingress = ingress_ports(message.networks)
         host = host_ports(local_tasks)
-        await self.prepare()
-        await self._apply(self.ingress_path, ingress_ruleset(ingress, self.ingress_veth))
-        await self._apply(self.host_path, host_ruleset(ingress, host, self.host_veth))
+        async with self._lock:
+            await self._prepare()
+            await self._apply(self.ingress_path, ingress_ruleset(ingress, self.ingress_veth))
+            await self._apply(self.host_path, host_ruleset(ingress, host, self.host_veth))
 
     async def prepare(self) -> bool:
         """Make the ingress namespace and the veth pair where missing. True when the
         namespace was made just now: it must then be attached to the ingress network
         (again). `sync` calls this itself."""
+        async with self._lock:
+            return await self._prepare()
+
+    async def _prepare(self) -> bool:
         made = not os.path.exists(self.ingress_path)
         if made or not await self._plumbed():
             await self._plumb()
@@ -166,6 +172,10 @@ class Mesh:
     async def differences(self) -> list[str]:
         """What the kernel lacks of the last applied state; anything found is rewritten on
         the next sync."""
+        async with self._lock:
+            return await self._differences()
+
+    async def _differences(self) -> list[str]:
         found: list[str] = []
         if not await self._plumbed():
             found.append(f"veth {self.host_veth}/{self.ingress_veth} to "
@@ -183,6 +193,10 @@ class Mesh:
 
     async def close(self) -> None:
         """Remove the host table, the veth pair and the ingress namespace."""
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
         for step in (lambda: nft.delete_table(self.host_path, TABLE),
                      lambda: nsenter(self.host_path, "ip", "link", "del", self.host_veth)):
             try:
