@@ -395,9 +395,20 @@ def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> No
         asyncio.run(m.sync(mesh_message(mlab.tasks), [host_mode_task(mlab)]))
         assert m.applies == 2
 
-        # One task leaves: no new connection goes to it; the host table is unchanged.
+        # One task leaves: no new connection goes to it; the host table is unchanged; a
+        # connection open through both DNATs stays with the task that left.
+        def open_to_second() -> socket.socket:
+            while True:
+                sock = socket.create_connection((mlab.host_addr, PUBLISHED), timeout=3)
+                if sock.makefile().readline().strip() == mlab.tasks[1]:
+                    return sock
+                sock.close()
+        held = run_in_netns_sync(mlab.path("c"), open_to_second)
         asyncio.run(m.sync(mesh_message(mlab.tasks[:1]), [host_mode_task(mlab)]))
         assert m.applies == 3
+        held.sendall(b"still there\n")
+        assert reached(held) == "still there"
+        held.close()
         got = spread_from(mlab.path("c"), mlab.host_addr, PUBLISHED, 20)
         assert set(got) == {mlab.tasks[0]}, got
 
