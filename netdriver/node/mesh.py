@@ -176,10 +176,7 @@ class Mesh:
             return await self._differences()
 
     async def _differences(self) -> list[str]:
-        found: list[str] = []
-        if not await self._plumbed():
-            found.append(f"veth {self.host_veth}/{self.ingress_veth} to "
-                         f"{self.ingress_name}: missing or without its address")
+        found = await self._plumbing_problems()
         for path, text in list(self._applied.items()):
             try:
                 listing = await nft.read_ruleset(path, TABLE)
@@ -216,17 +213,30 @@ class Mesh:
         self.applies += 1
 
     async def _plumbed(self) -> bool:
+        return not await self._plumbing_problems()
+
+    async def _plumbing_problems(self) -> list[str]:
+        """What is wrong with the namespace, the veth pair and the sysctls ([]: nothing)."""
         if not os.path.exists(self.ingress_path):
-            return False
-        try:
-            host = await nsenter(self.host_path, "ip", "-o", "-4", "addr", "show", "dev",
-                                 self.host_veth, "up")
-            ingress = await nsenter(self.ingress_path, "ip", "-o", "-4", "addr", "show",
-                                    "dev", self.ingress_veth, "up")
-        except subprocess.CalledProcessError:
-            return False
-        return (f"inet {HOST_LINK}/{LINK_PREFIX}" in host
-                and f"inet {INGRESS_LINK}/{LINK_PREFIX}" in ingress)
+            return [f"namespace {self.ingress_name} missing"]
+        checks = ((self.host_path, self.host_veth, HOST_LINK,
+                   ["net.ipv4.ip_forward", f"net.ipv4.conf.{self.host_veth}.route_localnet"]),
+                  (self.ingress_path, self.ingress_veth, INGRESS_LINK,
+                   ["net.ipv4.ip_forward"]))
+        problems: list[str] = []
+        for path, dev, addr, sysctls in checks:
+            try:
+                shown = await nsenter(path, "ip", "-o", "-4", "addr", "show", "dev", dev, "up")
+                values = (await nsenter(path, "sysctl", "-n", *sysctls)).split()
+            except subprocess.CalledProcessError:
+                problems.append(f"veth {dev} in {path}: missing")
+                continue
+            if f"inet {addr}/{LINK_PREFIX}" not in shown:
+                problems.append(f"veth {dev} in {path}: down or without {addr}/{LINK_PREFIX}")
+            problems += [f"sysctl {name} in {path}: {value}, not 1"
+                         for name, value in zip(sysctls, values, strict=False)
+                         if value != "1"]
+        return problems
 
     async def _plumb(self) -> None:
         if not os.path.exists(self.ingress_path):

@@ -449,8 +449,16 @@ def test_mesh_converges_after_its_state_is_broken(mlab: MeshLab) -> None:
             await nft.delete_table(mlab.path("h"), mesh.TABLE)
             sh("ip", "-n", mlab.names["h"], "link", "del", "shi0")
             found = await m.differences()
-            assert len(found) == 2, found
-            assert "veth shi0/shi1" in found[0]
+            h, ing = mlab.path("h"), mlab.path("ing")
+            assert found == [f"veth shi0 in {h}: missing", f"veth shi1 in {ing}: missing",
+                             f"table ip shoal_mesh in {h}: missing or different"], found
+            await m.sync(mesh_message(mlab.tasks), [])
+            assert await m.differences() == []
+
+            # Forwarding turned off in the ingress namespace: reported, then turned on.
+            sh("ip", "netns", "exec", mlab.names["ing"], "sysctl", "-qw",
+               "net.ipv4.ip_forward=0")
+            assert await m.differences() == [f"sysctl net.ipv4.ip_forward in {ing}: 0, not 1"]
             await m.sync(mesh_message(mlab.tasks), [])
             assert await m.differences() == []
             got = await asyncio.to_thread(spread_from, mlab.path("c"), mlab.host_addr,
