@@ -8,7 +8,8 @@ Layout (Docker's ingress-sbox, with nftables for IPVS):
 - In the host namespace, `table ip shoal_mesh` DNATs tcp/udp to any local address on a
   published port to the ingress namespace's end of the veth (and masquerades what goes
   into the veth, so the ingress namespace can answer without knowing the client's route).
-  Ports published in mode `host` are DNATed straight to the local task instead.
+  Ports published in mode `host` go to the local task instead: through the ingress
+  namespace when the task is on the ingress network, else straight from the host.
 - In the ingress namespace (attached to the `ingress` overlay network by the overlay part),
   `table ip shoal_mesh` spreads each published port over the service's tasks and
   masquerades what leaves towards them, so replies come back through this node.
@@ -51,6 +52,7 @@ class Published:
     published: int
     target: int
     backends: tuple[str, ...]  # addresses, sorted
+    via_ingress: bool = False  # mode host, to the task's address on the ingress network
 
 
 def ingress_state(networks: Sequence[cluster_pb2.NetworkState]
@@ -78,12 +80,17 @@ def ingress_ports(networks: Sequence[cluster_pb2.NetworkState]) -> list[Publishe
     return sorted(out.values())
 
 
-def host_ports(local_tasks: Sequence[pb.Task]) -> list[Published]:
-    """Ports published in mode host by the tasks running here, to each task's address (its
-    first attachment's first address)."""
+def host_ports(local_tasks: Sequence[pb.Task], ingress_id: str = "") -> list[Published]:
+    """Ports published in mode host by the tasks running here, each to its task.
+
+    A task attached to the ingress network is reached through the ingress namespace, which
+    is on that network (no route from the host needed). Any other task is DNATed to from
+    the host directly, at its first address: the host must have a route to it."""
     out: dict[tuple[str, int], Published] = {}
     for task in sorted(local_tasks, key=lambda t: t.id):
-        addrs = [a for att in task.networks for a in att.addresses]
+        on_ingress = [a for att in task.networks if ingress_id and att.network_id == ingress_id
+                      for a in att.addresses]
+        addrs = on_ingress or [a for att in task.networks for a in att.addresses]
         if not addrs:
             continue
         for port in task.endpoint.ports:
@@ -92,7 +99,7 @@ def host_ports(local_tasks: Sequence[pb.Task]) -> list[Published]:
             proto = PROTOCOLS.get(port.protocol, "tcp")
             out.setdefault((proto, port.published_port),
                            Published(proto, port.published_port, port.target_port,
-                                     (nft.address(addrs[0]),)))
+                                     (nft.address(addrs[0]),), bool(on_ingress)))
     return sorted(out.values())
 
 
@@ -100,11 +107,13 @@ def host_ruleset(ingress: Sequence[Published], host: Sequence[Published],
                  host_veth: str = "shi0") -> str:
     """The host namespace's table: local address + published port → the ingress
     namespace (same port), or → the local task for mode host."""
+    through = [*ingress, *(p for p in host if p.via_ingress)]
+    direct = [p for p in host if not p.via_ingress]
     dnat = [f"fib daddr type local {p.protocol} dport {p.published} "
-            f"dnat to {INGRESS_LINK}" for p in ingress]
+            f"dnat to {INGRESS_LINK}" for p in through]
     dnat += [f"fib daddr type local {p.protocol} dport {p.published} "
-             f"{nft.pick(list(p.backends), p.target)}" for p in host]
-    host_backends = sorted({a for p in host for a in p.backends}, key=nft.sort_key)
+             f"{nft.pick(list(p.backends), p.target)}" for p in direct]
+    host_backends = sorted({a for p in direct for a in p.backends}, key=nft.sort_key)
     snat = [f'oifname "{host_veth}" masquerade']
     if host_backends:
         snat.append(f"ct status dnat ip daddr {{ {', '.join(host_backends)} }} masquerade")
@@ -115,11 +124,14 @@ def host_ruleset(ingress: Sequence[Published], host: Sequence[Published],
     ])
 
 
-def ingress_ruleset(ingress: Sequence[Published], ingress_veth: str = "shi1") -> str:
+def ingress_ruleset(ingress: Sequence[Published], ingress_veth: str = "shi1",
+                    host: Sequence[Published] = ()) -> str:
     """The ingress namespace's table: what comes in through the veth on a published port
-    → one of the service's tasks; masquerade what leaves towards them."""
+    → one of the service's tasks (or, for a mode-host port of a local task on the ingress
+    network, → that task); masquerade what leaves towards them."""
     dnat = [f'iifname "{ingress_veth}" {p.protocol} dport {p.published} '
-            f"{nft.pick(list(p.backends), p.target)}" for p in ingress if p.backends]
+            f"{nft.pick(list(p.backends), p.target)}"
+            for p in [*ingress, *(h for h in host if h.via_ingress)] if p.backends]
     snat = [f'ct status dnat oifname != "{ingress_veth}" masquerade']
     return nft.replace_table(TABLE, [
         nft.chain("prerouting", "prerouting", dnat),
@@ -149,10 +161,12 @@ class Mesh:
                    local_tasks: Sequence[pb.Task]) -> None:
         """Converge: plumbing first (namespace, veth, sysctls), then both tables."""
         ingress = ingress_ports(message.networks)
-        host = host_ports(local_tasks)
+        state = ingress_state(message.networks)
+        host = host_ports(local_tasks, state.network.id if state else "")
         async with self._lock:
             await self._prepare()
-            await self._apply(self.ingress_path, ingress_ruleset(ingress, self.ingress_veth))
+            await self._apply(self.ingress_path,
+                              ingress_ruleset(ingress, self.ingress_veth, host))
             await self._apply(self.host_path, host_ruleset(ingress, host, self.host_veth))
 
     async def prepare(self) -> bool:

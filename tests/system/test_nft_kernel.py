@@ -358,6 +358,17 @@ def host_mode_task(mlab: MeshLab) -> pb.Task:
     return task
 
 
+def ingress_host_task(mlab: MeshLab) -> pb.Task:
+    """A mode-host task on the ingress network (task2's namespace): reached through the
+    ingress namespace, the host has no route to it."""
+    task = pb.Task(id="t4", networks=[pb.NetworkAttachment(
+        network_id="ingress1", addresses=[f"{mlab.tasks[1]}/24"])])
+    task.endpoint.ports.append(pb.PortConfig(
+        published_port=HOST_PUBLISHED + 1, target_port=TARGET,
+        publish_mode=pb.PortConfig.PublishMode.HOST))
+    return task
+
+
 def ask(path: str, addr: str, port: int) -> str:
     """Connect from the namespace at `path`; the address the server says it was reached at."""
     def go() -> str:
@@ -376,8 +387,9 @@ def spread_from(path: str, addr: str, port: int, n: int) -> dict[str, int]:
 
 def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> None:
     m = mesh.Mesh(mlab.names["ing"], host_netns=mlab.path("h"))
+    local = [host_mode_task(mlab), ingress_host_task(mlab)]
     try:
-        asyncio.run(m.sync(mesh_message(mlab.tasks), [host_mode_task(mlab)]))
+        asyncio.run(m.sync(mesh_message(mlab.tasks), local))
         assert m.applies == 2
 
         # From a client elsewhere (prerouting), ~50 connects reach both tasks.
@@ -388,11 +400,13 @@ def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> No
         # From the host itself (output), to its own address and to 127.0.0.1.
         assert ask(mlab.path("h"), mlab.host_addr, PUBLISHED) in mlab.tasks
         assert ask(mlab.path("h"), "127.0.0.1", PUBLISHED) in mlab.tasks
-        # Mode host: straight to the local task.
+        # Mode host: to the local task, straight from the host or through the ingress
+        # namespace when the task is on the ingress network.
         assert ask(mlab.path("c"), mlab.host_addr, HOST_PUBLISHED) == mlab.host_task
+        assert ask(mlab.path("c"), mlab.host_addr, HOST_PUBLISHED + 1) == mlab.tasks[1]
 
         # The same state again rewrites nothing.
-        asyncio.run(m.sync(mesh_message(mlab.tasks), [host_mode_task(mlab)]))
+        asyncio.run(m.sync(mesh_message(mlab.tasks), local))
         assert m.applies == 2
 
         # One task leaves: no new connection goes to it; the host table is unchanged; a
@@ -404,7 +418,7 @@ def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> No
                     return sock
                 sock.close()
         held = run_in_netns_sync(mlab.path("c"), open_to_second)
-        asyncio.run(m.sync(mesh_message(mlab.tasks[:1]), [host_mode_task(mlab)]))
+        asyncio.run(m.sync(mesh_message(mlab.tasks[:1]), local))
         assert m.applies == 3
         held.sendall(b"still there\n")
         assert reached(held) == "still there"
@@ -419,6 +433,8 @@ def test_published_port_answers_on_the_host_from_every_task(mlab: MeshLab) -> No
             ask(mlab.path("c"), mlab.host_addr, PUBLISHED)
         with pytest.raises(ConnectionRefusedError):
             ask(mlab.path("c"), mlab.host_addr, HOST_PUBLISHED)
+        with pytest.raises(ConnectionRefusedError):
+            ask(mlab.path("c"), mlab.host_addr, HOST_PUBLISHED + 1)
         assert time.monotonic() - started < 2.0
     finally:
         asyncio.run(m.close())

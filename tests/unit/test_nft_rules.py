@@ -144,3 +144,20 @@ def test_ingress_ruleset_spreads_and_masquerades_towards_tasks() -> None:
             "{ 0 : 10.255.0.7, 1 : 10.255.0.8 }:80") in text
     assert "8081" not in text  # no task: nothing DNATed, the namespace resets it
     assert 'ct status dnat oifname != "shi1" masquerade' in text
+
+
+def test_host_mode_task_on_the_ingress_network_is_reached_through_the_ingress_namespace() -> None:
+    task = pb.Task(id="t1", networks=[
+        pb.NetworkAttachment(network_id="app", addresses=["10.0.1.9/24"]),
+        pb.NetworkAttachment(network_id="ing", addresses=["10.255.0.9/16"])])
+    task.endpoint.ports.append(pb.PortConfig(published_port=9000, target_port=90,
+                                             publish_mode=pb.PortConfig.PublishMode.HOST))
+    host = mesh.host_ports([task], "ing")
+    assert host == [mesh.Published("tcp", 9000, 90, ("10.255.0.9",), via_ingress=True)]
+    host_text = mesh.host_ruleset([], host)
+    assert "fib daddr type local tcp dport 9000 dnat to 169.254.77.2\n" in host_text
+    assert "10.255.0.9" not in host_text
+    ingress_text = mesh.ingress_ruleset([], host=host)
+    assert 'iifname "shi1" tcp dport 9000 dnat to 10.255.0.9:90\n' in ingress_text
+    # Without knowing the ingress network, its first address, straight from the host.
+    assert mesh.host_ports([task]) == [mesh.Published("tcp", 9000, 90, ("10.0.1.9",))]
