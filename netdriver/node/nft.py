@@ -17,7 +17,7 @@ import logging
 import re
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netdriver.node.netns import nsenter
 from proto import cluster_pb2
@@ -142,7 +142,6 @@ class _Sandbox:
     applied: str | None = None  # the text last applied (None: not yet, or it failed)
 
 
-@dataclass
 class SandboxBalancer:
     """Keeps every attached sandbox's `table ip shoal` current with the assignments.
 
@@ -151,10 +150,11 @@ class SandboxBalancer:
     changed (`applies` counts the writes); `repair()` rewrites any whose kernel state no
     longer matches (for the periodic reconcile and after a restart)."""
 
-    networks: dict[str, list[cluster_pb2.ServiceRecord]] = field(default_factory=dict)
-    applies: int = 0
-    _sandboxes: dict[str, _Sandbox] = field(default_factory=dict)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    def __init__(self) -> None:
+        self.networks: dict[str, list[cluster_pb2.ServiceRecord]] = {}  # network id → records
+        self.applies = 0
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._lock = asyncio.Lock()  # one writer per sandbox table at a time
 
     def set_networks(self, networks: Sequence[cluster_pb2.NetworkState]) -> None:
         self.networks = {n.network.id: list(n.services) for n in networks}
