@@ -54,7 +54,7 @@ def relevant(event: Event) -> bool:
     if event.table == "network":
         return not new.pending_delete and not (new.vni and new.ipam)
     if event.table == "node":
-        return not new.tunnel.addr
+        return not new.tunnel.addr or not new.ingress_addr
     return event.table == "task" and is_new(new)
 
 
@@ -140,7 +140,13 @@ class Allocator(Controller):
             view = self.mgr.view()
         networks = dict(view.table(pb.Network))
         ingress = nets.ingress_id(networks.values())
-        used = nets.used_addresses(view.list(pb.Service), view.list(pb.Task))
+        used = nets.used_addresses(view.list(pb.Service), view.list(pb.Task),
+                                   view.list(pb.Node), ingress)
+        placed = nets.ingress_addresses(view.list(pb.Node), networks.get(ingress or ""), used)
+        if placed:
+            if not await write_each(self.mgr, placed):
+                return RETRY
+            view = self.mgr.view()
         changed = allocate_services(view.list(pb.Service), networks, used, ingress)
         if changed:
             if not await write_each(self.mgr, list(changed.values())):

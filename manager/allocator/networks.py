@@ -86,10 +86,14 @@ def _is_cidr(text: str) -> bool:
     return True
 
 
-def used_addresses(services: Iterable[pb.Service], tasks: Iterable[pb.Task]
+def used_addresses(services: Iterable[pb.Service], tasks: Iterable[pb.Task],
+                   nodes: Iterable[pb.Node] = (), ingress_id: str | None = None
                    ) -> dict[str, set[Addr]]:
-    """network ID → addresses held by VIPs and by tasks that have not ended."""
+    """network ID → addresses held by VIPs, by tasks that have not ended and by nodes'
+    ingress namespaces."""
     used: dict[str, set[Addr]] = {}
+    if ingress_id:
+        used[ingress_id] = {ipam.host_of(n.ingress_addr) for n in nodes if n.ingress_addr}
     for service in services:
         for vip in service.endpoint.virtual_ips:
             used.setdefault(vip.network_id, set()).add(ipam.host_of(vip.addr))
@@ -107,9 +111,10 @@ def has_ingress_ports(spec: pb.ServiceSpec) -> bool:
 
 def service_networks(spec: pb.ServiceSpec, ingress_id: str | None) -> list[str]:
     """The networks a service's tasks attach to: its own, and ingress when it publishes a
-    port through the routing mesh (as Docker does)."""
+    port (as Docker does for the routing mesh; a mode=host port is reached through the
+    node's ingress namespace too, so the host needs no route into the overlays)."""
     ids = [n.target for n in spec.task.networks]
-    if ingress_id and has_ingress_ports(spec) and ingress_id not in ids:
+    if ingress_id and spec.endpoint.ports and ingress_id not in ids:
         ids.append(ingress_id)
     return ids
 
@@ -117,7 +122,10 @@ def service_networks(spec: pb.ServiceSpec, ingress_id: str | None) -> list[str]:
 def wanted_vips(service: pb.Service, ingress_id: str | None) -> list[str]:
     if service.spec.endpoint.mode != pb.EndpointSpec.VIP:
         return []
-    return service_networks(service.spec, ingress_id)
+    ids = service_networks(service.spec, ingress_id)
+    if ingress_id in ids and not has_ingress_ports(service.spec):
+        ids.remove(ingress_id)  # host-mode ports only: no load balancing on ingress
+    return ids
 
 
 def vips_current(service: pb.Service, ingress_id: str | None) -> bool:
@@ -176,6 +184,29 @@ def tunnel_addresses(nodes: Sequence[pb.Node]) -> list[pb.Node]:
         new = pb.Node()
         new.CopyFrom(node)
         new.tunnel.addr = f"{addr}/{ipam.TUNNEL_POOL.prefixlen}"
+        out.append(new)
+    return out
+
+
+def ingress_addresses(nodes: Sequence[pb.Node], ingress: pb.Network | None,
+                      used: dict[str, set[Addr]]) -> list[pb.Node]:
+    """Copies of the nodes without an address on the ingress network (their routing-mesh
+    namespace), with one."""
+    if ingress is None or not ingress.ipam:
+        return []
+    out = []
+    for node in sorted(nodes, key=lambda n: (n.meta.created_at_ns, n.id)):
+        if node.ingress_addr:
+            continue
+        try:
+            addr = ipam.next_address(ingress.ipam[0], used.setdefault(ingress.id, set()),
+                                     f"the ingress namespace of node {node.id}")
+        except IPAMError as err:
+            log.warning("allocator: %s", err)
+            break
+        new = pb.Node()
+        new.CopyFrom(node)
+        new.ingress_addr = addr
         out.append(new)
     return out
 

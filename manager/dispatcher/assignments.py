@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from manager.dispatcher.netstate import network_message
@@ -78,7 +78,10 @@ class AssignmentIndex:
         # Nodes that have had a task on an overlay network: their messages carry the
         # networks' records, so a change to any networked task, service, node or network
         # wakes them (a spare wake resends an equal set, which the node takes as a no-op).
+        # While a service publishes a port every node is on the ingress network: then such
+        # changes wake every node.
         self._networked: set[str] = set()
+        self._published: set[str] = set()  # services with published ports
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancel_watch: Callable[[], None] | None = None
@@ -102,6 +105,8 @@ class AssignmentIndex:
         self._tasks.clear()
         self._node_of.clear()
         self._networked.clear()
+        self._published = {s.id for s in self.store.list_view(pb.Service)
+                            if s.spec.endpoint.ports}
         for task in self.store.list_view(pb.Task):
             self._put(task)
         for node_id in self._listeners:
@@ -113,16 +118,22 @@ class AssignmentIndex:
         if loop is None:
             return
         tasks = [e for e in events if e.table == "task"]
-        networked = any(_touches_networks(e) for e in events)
+        networked = [e for e in events if _touches_networks(e)]
         if tasks or networked:
             try:
                 loop.call_soon_threadsafe(self._apply, tasks, networked)
             except RuntimeError:  # the loop is closed: the manager is gone
                 self.stop()
 
-    def _apply(self, events: list[Event], networked: bool = False) -> None:
+    def _apply(self, events: list[Event], networked: Sequence[Event] = ()) -> None:
+        for event in networked:
+            if event.table == "service":
+                if event.new is not None and event.new.spec.endpoint.ports:
+                    self._published.add(event.new.id)
+                elif event.old is not None:
+                    self._published.discard(event.old.id)
         if networked:
-            for node_id in self._networked:
+            for node_id in (self._listeners if self._published else self._networked):
                 self._wake(node_id)
         for event in events:
             if event.new is not None:
@@ -197,12 +208,17 @@ class AssignmentIndex:
 
 
 def _touches_networks(event: Event) -> bool:
-    if event.table in ("network", "service"):
+    """Whether the change may change some node's network records or peers."""
+    objs = [o for o in (event.old, event.new) if o is not None]
+    if event.table == "network":
         return True
-    if event.table == "node":
-        return True
-    return event.table == "task" and any(
-        t is not None and len(t.networks) > 0 for t in (event.old, event.new))
+    if event.table == "service":
+        return any(o.spec.task.networks or o.spec.endpoint.ports for o in objs)
+    if event.table == "node":  # its address, tunnel or ingress address
+        return len(objs) < 2 or any(
+            getattr(objs[0], f) != getattr(objs[1], f) for f in ("tunnel", "ingress_addr")) \
+            or objs[0].status.addr != objs[1].status.addr
+    return event.table == "task" and any(len(o.networks) > 0 for o in objs)
 
 
 class StatusWriter:

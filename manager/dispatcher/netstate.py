@@ -35,6 +35,14 @@ class NetworkRecords:
 
 def build_records(view: StoreView) -> dict[str, NetworkRecords]:
     networks = {n.id: NetworkRecords(n) for n in view.list(pb.Network)}
+    ingress = next((r for r in networks.values() if r.network.spec.ingress), None)
+    if ingress is not None:  # every node's routing-mesh namespace is on the ingress network
+        for node in view.list(pb.Node):
+            if node.ingress_addr:
+                ingress.endpoints.append(cluster_pb2.EndpointTask(
+                    task_id=f"ingress-{node.id}", node_id=node.id, addr=node.ingress_addr,
+                    name=f"ingress-endpoint.{node.id}"))
+                ingress.nodes.add(node.id)
     services = view.table(pb.Service)
     for task in view.list(pb.Task):
         if not task.networks or not holds_address(task):
@@ -83,12 +91,16 @@ def node_networks(tasks: Iterable[pb.Task]) -> set[str]:
 
 def network_message(view: StoreView, node_id: str, tasks: list[pb.Task]
                     ) -> cluster_pb2.AssignmentsMessage:
-    """The node's assignments: its tasks, the networks they are on, and the peers."""
+    """The node's assignments: its tasks, the networks they are on (and the ingress network
+    while a service publishes a port), and the peers."""
     msg = cluster_pb2.AssignmentsMessage(tasks=tasks)
     wanted = node_networks(tasks)
+    all_records = records(view)
+    mesh = next((r for r in all_records.values() if r.network.spec.ingress), None)
+    if mesh is not None and mesh.services:  # a port is published: every node serves it
+        wanted.add(mesh.network.id)
     if not wanted:
         return msg
-    all_records = records(view)
     peers = {node_id}
     for net_id in sorted(wanted):
         rec = all_records.get(net_id)

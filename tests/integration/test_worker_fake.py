@@ -82,7 +82,7 @@ class Cluster:
         """The allocator's first work is done (tests that compare store versions need it)."""
         store = self.mgr.store
         return all(n.vni for n in store.list(pb.Network)) and \
-            all(n.tunnel.addr for n in store.list(pb.Node))
+            all(n.tunnel.addr and n.ingress_addr for n in store.list(pb.Node))
 
     def node_ready(self, node_id: str) -> bool:
         node = self.mgr.store.get(pb.Node, node_id)
