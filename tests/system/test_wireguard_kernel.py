@@ -12,10 +12,11 @@ import secrets
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +69,48 @@ async def in_ns(side: Side, *argv: str) -> subprocess.CompletedProcess[str]:
         text=True, check=False)
 
 
-async def ping(side: Side, addr: str, count: int = 3, pattern: str = "") -> bool:
-    extra = ["-p", pattern] if pattern else []
-    done = await in_ns(side, "ping", "-c", str(count), "-i", "0.2", "-W", "1", *extra, addr)
-    return done.returncode == 0
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _echo(addr: str, payload: bytes, count: int, timeout: float) -> bool:
+    """ICMP echo over a raw socket (the machine has no ping binary); True if every request
+    got its reply. The payload is ours, so a capture can look for it."""
+    ident = secrets.randbelow(0xFFFF)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        for seq in range(count):
+            head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            packet = struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq) + payload
+            try:
+                sock.sendto(packet, (addr, 0))
+            except OSError:  # EINVAL from a blackhole route, EHOSTUNREACH, ...
+                return False
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                sock.settimeout(left)
+                try:
+                    data, _ = sock.recvfrom(65535)
+                except TimeoutError:
+                    return False
+                icmp = data[(data[0] & 0x0F) * 4:]
+                kind, _, _, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
+                if kind == 0 and rid == ident and rseq == seq and icmp[8:] == payload:
+                    break
+            time.sleep(0.2)
+    return True
+
+
+async def ping(side: Side, addr: str, count: int = 3, marker: bytes = b"") -> bool:
+    payload = (marker or b"shoal-wg-test") * 4
+    return await netns.run_in_netns(side.path, lambda: _echo(addr, payload, count, 1.0))
 
 
 async def wait_ping(side: Side, addr: str, timeout: float = 10.0) -> None:
@@ -143,15 +182,17 @@ async def test_ping_across_tunnel_and_interface_state(pair: Pair) -> None:
     assert {k: p.config for k, p in again.items()} == {k: p.config for k, p in peers.items()}
 
 
-async def tcpdump_during(side: Side, pcap: Path, work: asyncio.Future[bool]) -> bytes:
+async def tcpdump_during(side: Side, pcap: Path,
+                         work: Callable[[], Awaitable[bool]]) -> bytes:
+    """The bytes tcpdump captured on the side's underlay veth while `work()` ran."""
     proc = await asyncio.create_subprocess_exec(
-        "nsenter", f"--net={side.path}", "tcpdump", "-i", side.veth, "-n", "-U", "-w",
+        "nsenter", f"--net={side.path}", "tcpdump", "--immediate-mode", "-i", side.veth, "-n", "-U", "-w",
         str(pcap), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         line = await asyncio.wait_for(proc.stderr.readline(), 10)
         assert b"listening on" in line, line
-        assert await work
+        assert await work()
         await asyncio.sleep(0.3)
     finally:
         if proc.returncode is None:
@@ -170,20 +211,18 @@ async def test_underlay_sees_only_encrypted_udp(pair: Pair, tmp_path: Path) -> N
     await pair.sync(pair.one)
     await pair.sync(pair.two)
     await wait_ping(pair.one, pair.two.tunnel)
-    marker = "5ec2e7" + secrets.token_hex(5)  # 11 bytes, repeated through the payload
+    marker = b"MARKER-" + secrets.token_hex(6).encode()  # repeated through the payload
     pcap = tmp_path / "tunnel.pcap"
-    data = await tcpdump_during(pair.one, pcap, asyncio.ensure_future(
-        ping(pair.one, pair.two.tunnel, count=5, pattern=marker)))
-    assert bytes.fromhex(marker) not in data
+    data = await tcpdump_during(pair.one, pcap, lambda: ping(pair.one, pair.two.tunnel, count=5, marker=marker))
+    assert marker not in data
     ipv4 = [line for line in pcap_lines(pcap) if " IP " in line]
     assert len(ipv4) >= 10  # 5 requests and 5 replies at least
     for line in ipv4:
         assert f".{PORT} > " in line and f".{PORT}: UDP" in line, line
     # Control: the same capture on the underlay does see the marker sent in clear.
     clear = tmp_path / "clear.pcap"
-    data = await tcpdump_during(pair.one, clear, asyncio.ensure_future(
-        ping(pair.one, pair.two.underlay, count=2, pattern=marker)))
-    assert bytes.fromhex(marker) in data
+    data = await tcpdump_during(pair.one, clear, lambda: ping(pair.one, pair.two.underlay, count=2, marker=marker))
+    assert marker in data
 
 
 class LineStream:
