@@ -377,6 +377,7 @@ class WireGuard:
         async with self._lock:
             await self._stop()
             await self._delete_link()
+            _remove_stale_socket(self.socket_path)  # left behind by a wireguard-go killed hard
             if not keep_blackhole:
                 await self._set_blackhole(None)
 
