@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from netdriver.node import netns
 from proto import cluster_pb2
+from proto import objects_pb2 as pb
 
 DEFAULT_LISTEN_PORT = 51820
 KEEPALIVE_S = 5
@@ -235,6 +236,24 @@ def address_changes(want_cidr: str | None, actual: Sequence[str]) -> tuple[list[
     return sorted(set(actual) - wanted), sorted(wanted - set(actual))
 
 
+def peer_differences(wanted: Mapping[str, PeerConfig],
+                     actual: Mapping[str, PeerConfig]) -> list[str]:
+    """For `network doctor`: each way the actual peers differ from the wanted ones."""
+    out = [f"wireguard peer {key}: not wanted" for key in sorted(set(actual) - set(wanted))]
+    for key in sorted(wanted):
+        want, have = wanted[key], actual.get(key)
+        if have is None:
+            out.append(f"wireguard peer {key} ({want.endpoint}): missing")
+        elif have != want:
+            out.append(f"wireguard peer {key}: {_describe(have)}; want {_describe(want)}")
+    return out
+
+
+def _describe(config: PeerConfig) -> str:
+    return (f"endpoint {config.endpoint or '(none)'} allowed-ips "
+            f"{','.join(sorted(config.allowed_ips)) or '(none)'} keepalive {config.keepalive}")
+
+
 def underlay_mtu(mtus: Sequence[int], default: int = 1500) -> int:
     """The smallest MTU of the devices that reach the peers (a packet may go to any)."""
     return min(mtus) if mtus else default
@@ -370,6 +389,47 @@ class WireGuard:
             return []
         return [(key, p.config.endpoint, p.last_handshake_ns)
                 for key, p in sorted(peers.items())]
+
+    async def check(self, message: cluster_pb2.AssignmentsMessage,
+                    local_tunnel_addr: str) -> list[str]:
+        """For `network doctor`: how the kernel differs from what `sync(message, ...)` would
+        make it, without changing anything ([] when it agrees)."""
+        try:
+            iface, peers = parse_dump(await self.runner.run("wg", "show", self.ifname, "dump"))
+        except (subprocess.CalledProcessError, OSError, ValueError):
+            reason = f" ({self._error})" if self._error else ""
+            return [f"wireguard interface {self.ifname}: missing{reason}"]
+        out: list[str] = []
+        if iface.public_key != self.public_key:
+            out.append(f"wireguard {self.ifname} public key {iface.public_key or '(none)'}; "
+                       f"want {self.public_key}")
+        if iface.listen_port != self.listen_port:
+            out.append(f"wireguard {self.ifname} listen port {iface.listen_port}; "
+                       f"want {self.listen_port}")
+        wanted = desired_peers(message.peers, self.node_id, self.public_key, self.listen_port)
+        out += peer_differences(wanted, {k: p.config for k, p in peers.items()})
+        links = await self.runner.json("-4", "addr", "show", "dev", self.ifname)
+        actual = [f"{a['local']}/{a['prefixlen']}" for link in links
+                  for a in _dicts(link.get("addr_info"))]
+        remove, add = address_changes(
+            tunnel_cidr(local_tunnel_addr) if local_tunnel_addr else None, actual)
+        out += [f"wireguard address {c} on {self.ifname}: not wanted" for c in remove]
+        out += [f"wireguard address {c} on {self.ifname}: missing" for c in add]
+        return out
+
+    async def peer_checks(self, message: cluster_pb2.AssignmentsMessage) -> list[pb.PeerCheck]:
+        """NetworkReport.peers: one per wanted peer, with its node id, endpoint and last
+        handshake (0 and no endpoint when the interface lacks it)."""
+        status = {key: (endpoint, ns) for key, endpoint, ns in await self.peer_status()}
+        wanted = desired_peers(message.peers, self.node_id, self.public_key, self.listen_port)
+        checks: list[pb.PeerCheck] = []
+        for peer in message.peers:
+            if peer.public_key not in wanted:
+                continue
+            endpoint, handshake = status.get(peer.public_key, ("", 0))
+            checks.append(pb.PeerCheck(node_id=peer.node_id, public_key=peer.public_key,
+                                       endpoint=endpoint, last_handshake_ns=handshake))
+        return checks
 
     async def close(self, keep_blackhole: bool = False) -> None:
         """Stop wireguard-go and remove the interface (and the blackhole route unless

@@ -425,3 +425,51 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+async def test_doctor_check_sees_tampering_and_sync_repairs_it(pair: Pair) -> None:
+    await pair.sync(pair.one)
+    await pair.sync(pair.two)
+    await wait_ping(pair.one, pair.two.tunnel)
+    message = pair.message(pair.one)
+    assert await pair.one.wg.check(message, pair.one.tunnel) == []
+    checks = await pair.one.wg.peer_checks(message)
+    assert [(c.node_id, c.public_key, c.endpoint) for c in checks] == [
+        (pair.two.node_id, pair.two.wg.public_key, f"{pair.two.underlay}:{PORT}")]
+    assert checks[0].last_handshake_ns > 0
+    # Someone removes the peer and the address by hand: doctor names both; sync puts back.
+    ifname = pair.one.wg.ifname
+    await netns.nsenter(pair.one.path, "wg", "set", ifname, "peer", pair.two.wg.public_key,
+                        "remove")
+    await netns.nsenter(pair.one.path, "ip", "addr", "del", f"{pair.one.tunnel}/16",
+                        "dev", ifname)
+    assert await pair.one.wg.check(message, pair.one.tunnel) == [
+        f"wireguard peer {pair.two.wg.public_key} ({pair.two.underlay}:{PORT}): missing",
+        f"wireguard address {pair.one.tunnel}/16 on {ifname}: missing"]
+    await pair.sync(pair.one)
+    assert await pair.one.wg.check(message, pair.one.tunnel) == []
+    await wait_ping(pair.one, pair.two.tunnel)
+    await pair.one.wg.close()
+    assert await pair.one.wg.check(message, pair.one.tunnel) == [
+        f"wireguard interface {ifname}: missing"]
+
+
+async def test_restarted_node_adopts_running_tunnel(pair: Pair, tmp_path: Path) -> None:
+    """shoald restarts (a new object, same state dir): wireguard-go keeps running, same key,
+    no restart of the tunnel."""
+    await pair.sync(pair.one)
+    await pair.sync(pair.two)
+    await wait_ping(pair.one, pair.two.tunnel)
+    pid = pair.one.wg.pid
+    again = WireGuard(pair.one.node_id, tmp_path / pair.one.name, host_netns=pair.one.path,
+                      listen_port=PORT)
+    assert again.public_key == pair.one.wg.public_key
+    await again.sync(pair.message(pair.one), pair.one.tunnel)
+    assert again.error == ""
+    assert pid is not None and Path(f"/proc/{pid}").exists() and not _zombie(pid)
+    assert again.pid is None  # adopted, not started
+    assert await again.check(pair.message(pair.one), pair.one.tunnel) == []
+    await wait_ping(pair.one, pair.two.tunnel)
+    await again.close()  # removing the TUN device ends the adopted wireguard-go
+    link = await in_ns(pair.one, "ip", "link", "show", "dev", again.ifname)
+    assert link.returncode != 0

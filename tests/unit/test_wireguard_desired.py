@@ -21,6 +21,7 @@ from netdriver.node.wireguard import (
     new_key_pair,
     parse_dump,
     peer_changes,
+    peer_differences,
     rotation_due,
     tunnel_cidr,
     tunnel_subnet,
@@ -163,3 +164,16 @@ def test_address_changes() -> None:
     assert address_changes("100.127.0.1/16", ["100.127.0.7/16"]) == (
         ["100.127.0.7/16"], ["100.127.0.1/16"])
     assert address_changes(None, ["100.127.0.7/16"]) == (["100.127.0.7/16"], [])
+
+
+def test_peer_differences_for_doctor() -> None:
+    want_b = PeerConfig("198.18.0.2:51820", frozenset({"100.127.0.2/32"}), 5)
+    want_c = PeerConfig("198.18.0.3:51820", frozenset({"100.127.0.3/32"}), 5)
+    stale_b = PeerConfig("198.18.0.9:51820", frozenset({"100.127.0.2/32"}), 5)
+    assert peer_differences({KEY_B: want_b}, {KEY_B: want_b}) == []
+    assert peer_differences({KEY_B: want_b, KEY_C: want_c}, {KEY_A: want_b, KEY_B: stale_b}) == [
+        f"wireguard peer {KEY_A}: not wanted",
+        f"wireguard peer {KEY_B}: endpoint 198.18.0.9:51820 allowed-ips 100.127.0.2/32 "
+        "keepalive 5; want endpoint 198.18.0.2:51820 allowed-ips 100.127.0.2/32 keepalive 5",
+        f"wireguard peer {KEY_C} (198.18.0.3:51820): missing",
+    ]
