@@ -494,7 +494,10 @@ class WireGuard:
         devices: set[str] = set()
         for config in wanted.values():
             host = config.endpoint.rsplit(":", 1)[0].strip("[]")
-            routes = await self.runner.json("route", "get", host)
+            try:
+                routes = await self.runner.json("route", "get", host)
+            except subprocess.CalledProcessError:
+                continue  # no route to this peer (yet): it says nothing of the MTU
             devices |= {str(r["dev"]) for r in routes if "dev" in r}
         mtus: list[int] = []
         for dev in sorted(devices - {self.ifname}):

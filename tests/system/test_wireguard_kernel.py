@@ -473,3 +473,20 @@ async def test_restarted_node_adopts_running_tunnel(pair: Pair, tmp_path: Path) 
     await again.close()  # removing the TUN device ends the adopted wireguard-go
     link = await in_ns(pair.one, "ip", "link", "show", "dev", again.ifname)
     assert link.returncode != 0
+
+
+async def test_unreachable_peer_does_not_take_the_tunnel_down(pair: Pair,
+                                                              tmp_path: Path) -> None:
+    # A third node whose underlay has no route from here (TEST-NET-3, not in the lab).
+    far = secrets.token_hex(6)
+    far_key = WireGuard(far, tmp_path / "far").public_key
+    message = pair.message(pair.one)
+    message.peers.append(cluster_pb2.NetworkPeer(node_id=far, addr="203.0.113.9",
+                                                 tunnel_addr="100.127.0.9",
+                                                 public_key=far_key))
+    await pair.one.wg.sync(message, pair.one.tunnel)
+    await pair.sync(pair.two)
+    assert pair.one.wg.error == ""
+    _, peers = parse_dump(await dump(pair.one))
+    assert set(peers) == {pair.two.wg.public_key, far_key}
+    await wait_ping(pair.one, pair.two.tunnel)
