@@ -94,10 +94,10 @@ class KeyStore:
         try:
             private_b64 = self.key_path.read_text().strip()
             created = int(self.created_path.read_text().strip())
+            public = public_key_of(base64.b64decode(private_b64, validate=True))
         except (FileNotFoundError, ValueError):
-            return None
-        private = base64.b64decode(private_b64)
-        return KeyPair(private_b64, public_key_of(private), created)
+            return None  # none yet, or unreadable: a new pair (peers learn it as usual)
+        return KeyPair(private_b64, public, created)
 
     def save(self, pair: KeyPair) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -408,13 +408,20 @@ class WireGuard:
                        f"want {self.listen_port}")
         wanted = desired_peers(message.peers, self.node_id, self.public_key, self.listen_port)
         out += peer_differences(wanted, {k: p.config for k, p in peers.items()})
-        links = await self.runner.json("-4", "addr", "show", "dev", self.ifname)
-        actual = [f"{a['local']}/{a['prefixlen']}" for link in links
-                  for a in _dicts(link.get("addr_info"))]
         remove, add = address_changes(
-            tunnel_cidr(local_tunnel_addr) if local_tunnel_addr else None, actual)
+            tunnel_cidr(local_tunnel_addr) if local_tunnel_addr else None,
+            await self._addresses())
         out += [f"wireguard address {c} on {self.ifname}: not wanted" for c in remove]
         out += [f"wireguard address {c} on {self.ifname}: missing" for c in add]
+        mtu, up = await self._link_state()
+        want_mtu = wg_mtu(underlay_mtu(await self._underlay_mtus(wanted)))
+        if mtu != want_mtu:
+            out.append(f"wireguard {self.ifname} mtu {mtu}; want {want_mtu}")
+        if not up:
+            out.append(f"wireguard {self.ifname}: down")
+        subnet = tunnel_subnet(local_tunnel_addr) if local_tunnel_addr else None
+        if subnet and subnet not in await self._blackholes():
+            out.append(f"wireguard blackhole route {subnet}: missing")
         return out
 
     async def peer_checks(self, message: cluster_pb2.AssignmentsMessage) -> list[pb.PeerCheck]:
@@ -472,11 +479,23 @@ class WireGuard:
             raise TunnelDown(f"wg set {' '.join(a for a in args if a != str(self._keys.key_path))}"
                              f": {why(err).split(': ', 1)[-1]}") from err
 
-    async def _converge_addresses(self, want: str | None) -> None:
+    async def _addresses(self) -> list[str]:
         links = await self.runner.json("-4", "addr", "show", "dev", self.ifname)
-        actual = [f"{a['local']}/{a['prefixlen']}" for link in links
-                  for a in _dicts(link.get("addr_info"))]
-        remove, add = address_changes(want, actual)
+        return [f"{a['local']}/{a['prefixlen']}" for link in links
+                for a in _dicts(link.get("addr_info"))]
+
+    async def _link_state(self) -> tuple[int, bool]:
+        links = await self.runner.json("link", "show", "dev", self.ifname)
+        link = links[0] if links else {}
+        mtu = link.get("mtu")
+        return (mtu if isinstance(mtu, int) else 0), "UP" in _strs(link.get("flags"))
+
+    async def _blackholes(self) -> set[str]:
+        routes = await self.runner.json("route", "show", "type", "blackhole")
+        return {str(r["dst"]) for r in routes if r.get("metric") == BLACKHOLE_METRIC}
+
+    async def _converge_addresses(self, want: str | None) -> None:
+        remove, add = address_changes(want, await self._addresses())
         for cidr in remove:
             await self.runner.run("ip", "addr", "del", cidr, "dev", self.ifname)
         for cidr in add:
@@ -484,9 +503,8 @@ class WireGuard:
 
     async def _converge_link(self, wanted: Mapping[str, PeerConfig]) -> None:
         mtu = wg_mtu(underlay_mtu(await self._underlay_mtus(wanted)))
-        links = await self.runner.json("link", "show", "dev", self.ifname)
-        link = links[0] if links else {}
-        if link.get("mtu") != mtu or "UP" not in _strs(link.get("flags")):
+        actual_mtu, up = await self._link_state()
+        if actual_mtu != mtu or not up:
             await self.runner.run("ip", "link", "set", "dev", self.ifname, "mtu", str(mtu), "up")
         self.mtu = mtu
 
@@ -507,8 +525,7 @@ class WireGuard:
         return mtus
 
     async def _set_blackhole(self, subnet: str | None) -> None:
-        routes = await self.runner.json("route", "show", "type", "blackhole")
-        ours = {str(r["dst"]) for r in routes if r.get("metric") == BLACKHOLE_METRIC}
+        ours = await self._blackholes()
         for dst in sorted(ours - {subnet} if subnet else ours):
             await self.runner.run("ip", "route", "del", "blackhole", dst,
                                   "metric", str(BLACKHOLE_METRIC))

@@ -437,15 +437,20 @@ async def test_doctor_check_sees_tampering_and_sync_repairs_it(pair: Pair) -> No
     assert [(c.node_id, c.public_key, c.endpoint) for c in checks] == [
         (pair.two.node_id, pair.two.wg.public_key, f"{pair.two.underlay}:{PORT}")]
     assert checks[0].last_handshake_ns > 0
-    # Someone removes the peer and the address by hand: doctor names both; sync puts back.
+    # Someone changes things by hand: doctor names each; sync puts them back.
     ifname = pair.one.wg.ifname
     await netns.nsenter(pair.one.path, "wg", "set", ifname, "peer", pair.two.wg.public_key,
                         "remove")
     await netns.nsenter(pair.one.path, "ip", "addr", "del", f"{pair.one.tunnel}/16",
                         "dev", ifname)
+    await netns.nsenter(pair.one.path, "ip", "link", "set", ifname, "mtu", "1300")
+    await netns.nsenter(pair.one.path, "ip", "route", "del", "blackhole", "100.127.0.0/16",
+                        "metric", "4242")
     assert await pair.one.wg.check(message, pair.one.tunnel) == [
         f"wireguard peer {pair.two.wg.public_key} ({pair.two.underlay}:{PORT}): missing",
-        f"wireguard address {pair.one.tunnel}/16 on {ifname}: missing"]
+        f"wireguard address {pair.one.tunnel}/16 on {ifname}: missing",
+        f"wireguard {ifname} mtu 1300; want 1420",
+        "wireguard blackhole route 100.127.0.0/16: missing"]
     await pair.sync(pair.one)
     assert await pair.one.wg.check(message, pair.one.tunnel) == []
     await wait_ping(pair.one, pair.two.tunnel)

@@ -68,6 +68,13 @@ def test_key_store_round_trip_0600(tmp_path: Path) -> None:
     assert store.key_path.read_text().strip() == pair.private_key  # what `wg set` reads
 
 
+def test_key_store_unreadable_key_is_none(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "wg")
+    store.save(new_key_pair(1))
+    store.key_path.write_text("not a key\n")
+    assert store.load() is None
+
+
 def test_rotation_due() -> None:
     assert not rotation_due(0, None, 10**18)
     assert not rotation_due(1_000_000_000, 2.0, 2_999_999_999)
