@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from netdriver.node import netns
-from netdriver.node.wireguard import WireGuard, parse_dump
+from netdriver.node.wireguard import WireGuard, interface_name, parse_dump
 from proto import cluster_pb2
 
 pytestmark = [pytest.mark.system]
@@ -495,3 +496,55 @@ async def test_unreachable_peer_does_not_take_the_tunnel_down(pair: Pair,
     _, peers = parse_dump(await dump(pair.one))
     assert set(peers) == {pair.two.wg.public_key, far_key}
     await wait_ping(pair.one, pair.two.tunnel)
+
+
+CHILD = """
+import asyncio, sys
+from netdriver.node.wireguard import WireGuard
+from proto import cluster_pb2
+
+async def main():
+    node_id, state_dir, tunnel, port = sys.argv[1:5]
+    wg = WireGuard(node_id, state_dir, listen_port=int(port))
+    print(wg.public_key, flush=True)
+    message = cluster_pb2.AssignmentsMessage.FromString(bytes.fromhex(sys.stdin.readline()))
+    await wg.sync(message, tunnel)
+    print("error=" + wg.error, flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # until the test says stop
+    await wg.close()
+    print("closed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_node_running_inside_its_namespace(pair: Pair, tmp_path: Path) -> None:
+    """The lab's layout: shoald itself runs in the host namespace (`ip netns exec`), so the
+    object is made with host_netns=None and runs ip/wg/wireguard-go where it is."""
+    child = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", pair.one.name, sys.executable, "-c", CHILD,
+        pair.one.node_id, str(tmp_path / "child"), pair.one.tunnel, str(PORT),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        child_key = (await asyncio.wait_for(child.stdout.readline(), 20)).decode().strip()
+        message = cluster_pb2.AssignmentsMessage(peers=[cluster_pb2.NetworkPeer(
+            node_id=pair.two.node_id, addr=pair.two.underlay, tunnel_addr=pair.two.tunnel,
+            public_key=pair.two.wg.public_key)])
+        child.stdin.write(message.SerializeToString().hex().encode() + b"\n")
+        await child.stdin.drain()
+        assert (await asyncio.wait_for(child.stdout.readline(), 20)) == b"error=\n"
+        await pair.two.wg.sync(cluster_pb2.AssignmentsMessage(peers=[cluster_pb2.NetworkPeer(
+            node_id=pair.one.node_id, addr=pair.one.underlay, tunnel_addr=pair.one.tunnel,
+            public_key=child_key)]), pair.two.tunnel)
+        await wait_ping(pair.two, pair.one.tunnel)
+        child.stdin.write(b"\n")
+        await child.stdin.drain()
+        assert (await asyncio.wait_for(child.stdout.readline(), 20)) == b"closed\n"
+        link = await in_ns(pair.one, "ip", "link", "show", "dev", interface_name(pair.one.node_id))
+        assert link.returncode != 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
