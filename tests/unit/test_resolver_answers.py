@@ -1,0 +1,168 @@
+"""What the sandbox resolver answers (netdriver/node/records.py): names of services, tasks
+and aliases on the networks a sandbox is attached to; None means "forward upstream"."""
+
+from __future__ import annotations
+
+import random
+
+import dns.rdatatype
+
+from netdriver.node.records import TTL, Answer, answer, build_records, host_address
+from proto import cluster_pb2
+from proto import objects_pb2 as pb
+
+A, AAAA, PTR, MX = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.PTR, dns.rdatatype.MX
+
+
+def task(name: str, addr: str, *aliases: str) -> cluster_pb2.EndpointTask:
+    return cluster_pb2.EndpointTask(task_id=name, node_id="n1", addr=addr, name=name,
+                                    aliases=list(aliases))
+
+
+def network(net_id: str, name: str, *services: cluster_pb2.ServiceRecord,
+            ingress: bool = False) -> cluster_pb2.NetworkState:
+    net = pb.Network(id=net_id, spec=pb.NetworkSpec(
+        annotations=pb.Annotations(name=name), driver="overlay", ingress=ingress))
+    return cluster_pb2.NetworkState(network=net, services=list(services))
+
+
+def web() -> cluster_pb2.ServiceRecord:
+    return cluster_pb2.ServiceRecord(
+        service_id="s-web", name="web", mode=pb.EndpointSpec.VIP, vip="10.0.1.2/24",
+        aliases=["frontend"],
+        tasks=[task("web.1.aaa", "10.0.1.5/24", "web-one"), task("web.2.bbb", "10.0.1.6/24")])
+
+
+def db() -> cluster_pb2.ServiceRecord:
+    return cluster_pb2.ServiceRecord(
+        service_id="s-db", name="db", mode=pb.EndpointSpec.DNSRR,
+        tasks=[task(f"db.{i}.x{i}", f"10.0.1.{10 + i}/24") for i in range(1, 6)])
+
+
+RECORDS = build_records([network("net1", "front", web(), db())])
+
+
+def test_vip_service_answers_its_vip_without_prefix() -> None:
+    assert answer(RECORDS, ["net1"], "web", A) == Answer(addresses=("10.0.1.2",), ttl=600)
+
+
+def test_names_are_case_insensitive_and_may_end_with_a_dot() -> None:
+    for qname in ("WEB", "Web.", "web."):
+        assert answer(RECORDS, ["net1"], qname, A) == Answer(addresses=("10.0.1.2",))
+
+
+def test_service_alias_answers_like_the_service() -> None:
+    assert answer(RECORDS, ["net1"], "frontend", A) == Answer(addresses=("10.0.1.2",))
+
+
+def test_tasks_name_answers_every_task_address() -> None:
+    got = answer(RECORDS, ["net1"], "tasks.web", A)
+    assert got is not None and got.addresses == ("10.0.1.5", "10.0.1.6")
+    got = answer(RECORDS, ["net1"], "tasks.frontend.", A)
+    assert got is not None and got.addresses == ("10.0.1.5", "10.0.1.6")
+
+
+def test_dnsrr_service_answers_every_task_in_shuffled_order() -> None:
+    every = {f"10.0.1.{10 + i}" for i in range(1, 6)}
+    orders = set()
+    rng = random.Random(7)
+    for _ in range(30):
+        got = answer(RECORDS, ["net1"], "db", A, rng)
+        assert got is not None and set(got.addresses) == every and len(got.addresses) == 5
+        orders.add(got.addresses)
+    assert len(orders) > 1, "dnsrr answers must not always come in one order"
+
+
+def test_task_name_and_task_alias_answer_that_task() -> None:
+    assert answer(RECORDS, ["net1"], "web.1.aaa", A) == Answer(addresses=("10.0.1.5",))
+    assert answer(RECORDS, ["net1"], "web-one", A) == Answer(addresses=("10.0.1.5",))
+    assert answer(RECORDS, ["net1"], "db.3.x3", A) == Answer(addresses=("10.0.1.13",))
+
+
+def test_unknown_name_is_forwarded() -> None:
+    assert answer(RECORDS, ["net1"], "example.com", A) is None
+    assert answer(RECORDS, ["net1"], "tasks.nothing", A) is None
+
+
+def test_aaaa_and_other_types_of_a_known_name_are_empty_noerror() -> None:
+    assert answer(RECORDS, ["net1"], "web", AAAA) == Answer()
+    assert answer(RECORDS, ["net1"], "tasks.db", MX) == Answer()
+
+
+def test_only_the_sandbox_networks_are_seen() -> None:
+    records = build_records([network("net1", "front", web()), network("net2", "back", db())])
+    assert answer(records, ["net1"], "db", A) is None
+    assert answer(records, ["net2"], "web", A) is None
+    assert answer(records, ["net9"], "web", A) is None  # a network the node has no records of
+    got = answer(records, ["net1", "net2"], "db", A)
+    assert got is not None and len(got.addresses) == 5
+
+
+def test_first_attached_network_that_knows_a_name_wins() -> None:
+    other_web = cluster_pb2.ServiceRecord(name="web", vip="10.0.2.2/24",
+                                          tasks=[task("web.1.zzz", "10.0.2.9/24")])
+    records = build_records([network("net1", "front", web()),
+                             network("net2", "back", other_web)])
+    assert answer(records, ["net2", "net1"], "web", A) == Answer(addresses=("10.0.2.2",))
+    assert answer(records, ["net1", "net2"], "web", A) == Answer(addresses=("10.0.1.2",))
+
+
+def test_alias_shared_by_two_services_answers_both() -> None:
+    api = cluster_pb2.ServiceRecord(name="api", vip="10.0.1.3/24", aliases=["frontend"])
+    records = build_records([network("net1", "front", web(), api)])
+    got = answer(records, ["net1"], "frontend", A)
+    assert got is not None and set(got.addresses) == {"10.0.1.2", "10.0.1.3"}
+
+
+def test_ingress_network_has_no_names() -> None:
+    records = build_records([network("ing", "ingress", web(), ingress=True)])
+    assert answer(records, ["ing"], "web", A) is None
+
+
+def test_vip_service_without_vip_yet_answers_its_tasks() -> None:
+    svc = cluster_pb2.ServiceRecord(name="late", tasks=[task("late.1.q", "10.0.1.40/24")])
+    records = build_records([network("net1", "front", svc)])
+    assert answer(records, ["net1"], "late", A) == Answer(addresses=("10.0.1.40",))
+
+
+def test_unallocated_task_address_is_left_out() -> None:
+    svc = cluster_pb2.ServiceRecord(name="half", mode=pb.EndpointSpec.DNSRR,
+                                    tasks=[task("half.1.a", "10.0.1.50/24"),
+                                           task("half.2.b", "")])
+    records = build_records([network("net1", "front", svc)])
+    assert answer(records, ["net1"], "half", A) == Answer(addresses=("10.0.1.50",))
+    assert answer(records, ["net1"], "half.2.b", A) == Answer()
+
+
+def test_ipv6_task_addresses_answer_aaaa_only() -> None:
+    svc = cluster_pb2.ServiceRecord(name="six", mode=pb.EndpointSpec.DNSRR,
+                                    tasks=[task("six.1.a", "fd00::5/64"),
+                                           task("six.2.b", "10.0.1.60/24")])
+    records = build_records([network("net1", "front", svc)])
+    assert answer(records, ["net1"], "six", AAAA) == Answer(addresses=("fd00::5",))
+    assert answer(records, ["net1"], "six", A) == Answer(addresses=("10.0.1.60",))
+
+
+def test_ptr_of_task_and_vip_addresses() -> None:
+    assert answer(RECORDS, ["net1"], "5.1.0.10.in-addr.arpa.", PTR) == Answer(
+        names=("web.1.aaa.front.",))
+    assert answer(RECORDS, ["net1"], "2.1.0.10.in-addr.arpa", PTR) == Answer(names=("web.",))
+    assert answer(RECORDS, ["net1"], "9.9.9.9.in-addr.arpa", PTR) is None
+    assert answer(RECORDS, ["net1"], "web", PTR) is None
+
+
+def test_a_new_record_set_replaces_the_old_one() -> None:
+    smaller = cluster_pb2.ServiceRecord()
+    smaller.CopyFrom(web())
+    del smaller.tasks[1]
+    records = build_records([network("net1", "front", smaller)])
+    assert answer(records, ["net1"], "tasks.web", A) == Answer(addresses=("10.0.1.5",))
+    assert answer(records, ["net1"], "web.2.bbb", A) is None
+
+
+def test_host_address() -> None:
+    assert host_address("10.0.1.2/24") == "10.0.1.2"
+    assert host_address("10.0.1.2") == "10.0.1.2"
+    assert host_address("") is None
+    assert host_address("nonsense") is None
+    assert TTL == 600
