@@ -1,0 +1,392 @@
+"""The resolver at 127.0.0.11:53 (UDP and TCP) inside every task's sandbox.
+
+The node opens each sandbox's sockets inside the sandbox's namespace (a socket keeps the
+namespace it was made in) and serves all of them from its own event loop, answering from
+the records of the networks the sandbox is attached to (records.py). Names that are not
+ours are forwarded, from the node's own namespace, to the node's upstream resolvers.
+Records are replaced whole by every assignments update and never cached, so the next query
+after an update sees the new set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from netdriver.node import netns
+from netdriver.node.records import Answer, NetworkRecords, answer, build_records
+from proto import cluster_pb2
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ADDRESS = "127.0.0.11"
+PORT = 53
+RESOLV_CONF = "/etc/resolv.conf"
+# systemd-resolved's list of real upstreams, used when resolv.conf names only its stub.
+SYSTEMD_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
+UDP_LIMIT = 512  # without EDNS (RFC 1035)
+TCP_IDLE = 10.0  # seconds a TCP client may stay silent between queries
+
+Upstream = tuple[str, int]
+
+
+# --- pure: configuration ---------------------------------------------------------------
+
+def parse_upstream(text: str) -> Upstream:
+    """"10.0.0.2" / "10.0.0.2:5353" / "[fd00::1]:53" / "fd00::1" → (address, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else PORT
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    else:
+        host, port = text, PORT
+    ipaddress.ip_address(host)  # a name here would need a resolver to find the resolver
+    return host, port
+
+
+def nameservers(resolv_conf: str) -> list[str]:
+    """The `nameserver` lines of a resolv.conf, without loopback ones: they name a stub on
+    the host (127.0.0.53 and the like) that sandboxes and lab hosts don't share."""
+    out: list[str] = []
+    for line in resolv_conf.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                addr = ipaddress.ip_address(words[1].split("%", 1)[0])
+            except ValueError:
+                continue
+            if not addr.is_loopback:
+                out.append(words[1])
+    return out
+
+
+def host_upstreams(paths: Sequence[str] = (RESOLV_CONF, SYSTEMD_RESOLV_CONF)) -> list[str]:
+    """The node's upstreams: the first of `paths` that names a non-loopback server."""
+    for path in paths:
+        try:
+            found = nameservers(Path(path).read_text())
+        except OSError:
+            continue
+        if found:
+            return found
+    return []
+
+
+# --- pure: wire format -------------------------------------------------------------------
+
+def udp_limit(query: dns.message.Message) -> int:
+    return max(query.payload, UDP_LIMIT) if query.edns >= 0 else UDP_LIMIT
+
+
+def render(response: dns.message.Message, limit: int) -> bytes:
+    """Wire form within `limit` bytes; when too big, TC set and as many records of a single
+    answer set as fit (so a client that never retries over TCP still gets some), else none."""
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        pass
+    response.flags |= dns.flags.TC
+    response.authority, response.additional = [], []
+    full = list(response.answer[0]) if len(response.answer) == 1 else []
+    rrset = response.answer[0] if full else None
+    response.answer = []
+    best = response.to_wire(max_size=limit)
+    low, high = 1, len(full)
+    while rrset is not None and low <= high:  # the largest record count that still fits
+        mid = (low + high) // 2
+        part = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+        part.update_ttl(rrset.ttl)
+        for rdata in full[:mid]:
+            part.add(rdata)
+        response.answer = [part]
+        try:
+            best = response.to_wire(max_size=limit)
+            low = mid + 1
+        except dns.exception.TooBig:
+            high = mid - 1
+    return best
+
+
+def local_response(query: dns.message.Message, found: Answer) -> dns.message.Message:
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.RA | dns.flags.AA
+    question = query.question[0]
+    if found.addresses:
+        response.answer.append(dns.rrset.from_text_list(
+            question.name, found.ttl, dns.rdataclass.IN, question.rdtype,
+            list(found.addresses)))
+    elif found.names:
+        response.answer.append(dns.rrset.from_text_list(
+            question.name, found.ttl, dns.rdataclass.IN, dns.rdatatype.PTR, list(found.names)))
+    return response
+
+
+def error_response(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.RA
+    response.set_rcode(rcode)
+    return response
+
+
+def formerr(wire: bytes) -> bytes | None:
+    """A FORMERR for a query dnspython cannot parse, when at least its id is readable."""
+    if len(wire) < 2:
+        return None
+    (qid,) = struct.unpack("!H", wire[:2])
+    flags = dns.flags.QR | dns.flags.RA
+    return struct.pack("!HHHHHH", qid, flags | dns.rcode.FORMERR, 0, 0, 0, 0)
+
+
+# --- serving ---------------------------------------------------------------------------
+
+@dataclass
+class _Sandbox:
+    netns_path: str
+    network_ids: tuple[str, ...]
+    udp: asyncio.DatagramTransport
+    tcp: asyncio.Server
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver, key: str) -> None:
+        self.resolver, self.key = resolver, key
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.resolver._udp_query(self.key, self, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("resolver %s: udp error %s", self.key, exc)
+
+
+class Resolver:
+    """Docker's embedded DNS for the node's sandboxes; one instance per node."""
+
+    def __init__(self, upstreams: list[str] | None = None, *, timeout: float = 4.0,
+                 upstream_timeout: float = 2.0) -> None:
+        names = host_upstreams() if upstreams is None else upstreams
+        self.upstreams: list[Upstream] = [parse_upstream(u) for u in names]
+        self.timeout = timeout  # every upstream together: under the client's own 5 s retry
+        self.upstream_timeout = upstream_timeout
+        self._records: dict[str, NetworkRecords] = {}
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._forwards: set[asyncio.Task[None]] = set()
+
+    # -- records
+
+    def set_networks(self, networks: Sequence[cluster_pb2.NetworkState]) -> None:
+        """Replace every record at once: the next query sees only these."""
+        self._records = build_records(networks)
+
+    async def sync(self, message: cluster_pb2.AssignmentsMessage) -> None:
+        self.set_networks(message.networks)
+
+    # -- sandboxes
+
+    async def attach(self, key: str, netns_path: str,
+                     attachments: Sequence[pb.NetworkAttachment]) -> None:
+        """Serve 127.0.0.11:53 in the namespace at `netns_path`, answering from the networks
+        of `attachments`. Idempotent; a new namespace for `key` replaces the old one."""
+        network_ids = tuple(a.network_id for a in attachments)
+        async with self._lock(key):
+            current = self._sandboxes.get(key)
+            if current is not None and current.netns_path == netns_path:
+                current.network_ids = network_ids
+                return
+            if current is not None:
+                self._close_sandbox(self._sandboxes.pop(key))
+            self._sandboxes[key] = await self._open(key, netns_path, network_ids)
+
+    async def detach(self, key: str) -> None:
+        async with self._lock(key):
+            sandbox = self._sandboxes.pop(key, None)
+            if sandbox is not None:
+                self._close_sandbox(sandbox)
+                await sandbox.tcp.wait_closed()
+        self._locks.pop(key, None)
+
+    async def close(self) -> None:
+        for key in list(self._sandboxes):
+            await self.detach(key)
+        for task in list(self._forwards):
+            task.cancel()
+        await asyncio.gather(*self._forwards, return_exceptions=True)
+
+    def attached(self) -> dict[str, tuple[str, ...]]:
+        """Each sandbox key and the network ids it answers from (for `network doctor`)."""
+        return {key: sb.network_ids for key, sb in self._sandboxes.items()}
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _open(self, key: str, netns_path: str,
+                    network_ids: tuple[str, ...]) -> _Sandbox:
+        try:
+            udp_sock, tcp_sock = await netns.run_in_netns(netns_path, _bind_sockets)
+        except OSError as err:
+            if err.errno != errno.EADDRNOTAVAIL:
+                raise
+            # lo is down (a fresh namespace): 127.0.0.11 exists once it is up.
+            await netns.nsenter(netns_path, "ip", "link", "set", "lo", "up")
+            udp_sock, tcp_sock = await netns.run_in_netns(netns_path, _bind_sockets)
+        loop = asyncio.get_running_loop()
+        try:
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self, key), sock=udp_sock)
+        except BaseException:
+            udp_sock.close()
+            tcp_sock.close()
+            raise
+        try:
+            tcp = await asyncio.start_server(
+                lambda r, w: self._tcp_client(key, r, w), sock=tcp_sock)
+        except BaseException:
+            udp.close()
+            tcp_sock.close()
+            raise
+        return _Sandbox(netns_path, network_ids, udp, tcp)
+
+    @staticmethod
+    def _close_sandbox(sandbox: _Sandbox) -> None:
+        sandbox.udp.close()
+        sandbox.tcp.close()
+        for writer in list(sandbox.writers):
+            writer.close()
+
+    # -- queries
+
+    def _network_ids(self, key: str) -> tuple[str, ...] | None:
+        sandbox = self._sandboxes.get(key)
+        return sandbox.network_ids if sandbox is not None else None
+
+    def _local(self, key: str, query: dns.message.Message) -> dns.message.Message | None:
+        """The response from our records, or None when the query goes upstream."""
+        if query.opcode() != dns.opcode.QUERY:
+            return error_response(query, dns.rcode.NOTIMP)
+        if len(query.question) != 1:
+            return error_response(query, dns.rcode.FORMERR)
+        question = query.question[0]
+        network_ids = self._network_ids(key) or ()
+        found = answer(self._records, network_ids, question.name.to_text(), question.rdtype)
+        return local_response(query, found) if found is not None else None
+
+    def _udp_query(self, key: str, proto: _UdpProtocol, data: bytes,
+                   addr: tuple[str | object, int]) -> None:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # anything unparsable: dnspython raises many kinds
+            reply = formerr(data)
+            if reply is not None and proto.transport is not None:
+                proto.transport.sendto(reply, addr)
+            return
+        response = self._local(key, query)
+        if response is not None:
+            if proto.transport is not None:
+                proto.transport.sendto(render(response, udp_limit(query)), addr)
+            return
+        task = asyncio.get_running_loop().create_task(self._forward_udp(proto, query, addr))
+        self._forwards.add(task)
+        task.add_done_callback(self._forwards.discard)
+
+    async def _forward_udp(self, proto: _UdpProtocol, query: dns.message.Message,
+                           addr: tuple[str | object, int]) -> None:
+        response = await self._forward(query, tcp=False)
+        if proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.sendto(render(response, udp_limit(query)), addr)
+
+    async def _forward(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
+        """The first upstream's answer; SERVFAIL when none answers within the timeout."""
+        deadline = time.monotonic() + self.timeout
+        for host, port in self.upstreams:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait = min(self.upstream_timeout, left)
+            try:
+                if tcp:
+                    return await dns.asyncquery.tcp(query, host, timeout=wait, port=port)
+                return await dns.asyncquery.udp(query, host, timeout=wait, port=port,
+                                                ignore_unexpected=True)
+            except (dns.exception.DNSException, OSError, EOFError) as err:
+                log.info("resolver: upstream %s:%d failed: %r", host, port, err)
+        return error_response(query, dns.rcode.SERVFAIL)
+
+    async def _tcp_client(self, key: str, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        sandbox = self._sandboxes.get(key)
+        if sandbox is None:
+            writer.close()
+            return
+        sandbox.writers.add(writer)
+        try:
+            while True:
+                size = struct.unpack("!H", await asyncio.wait_for(
+                    reader.readexactly(2), TCP_IDLE))[0]
+                data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE)
+                reply = await self._tcp_reply(key, data)
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass  # the client went away or went quiet
+        finally:
+            sandbox.writers.discard(writer)
+            writer.close()
+
+    async def _tcp_reply(self, key: str, data: bytes) -> bytes | None:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # unparsable: answer FORMERR if we can, then hang up
+            return formerr(data)
+        response = self._local(key, query)
+        if response is None:
+            response = await self._forward(query, tcp=True)
+        return render(response, 65535)
+
+
+def _bind_sockets() -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on 127.0.0.11:53, made on the calling thread (inside the
+    sandbox's namespace: they stay there)."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        udp.bind((ADDRESS, PORT))
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((ADDRESS, PORT))
+        tcp.listen(64)
+        udp.setblocking(False)
+        tcp.setblocking(False)
+    except BaseException:
+        udp.close()
+        tcp.close()
+        raise
+    return udp, tcp
