@@ -11,7 +11,7 @@ after an update sees the new set.
 from __future__ import annotations
 
 import asyncio
-import errno
+import fcntl
 import ipaddress
 import logging
 import socket
@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import dns.asyncquery
 import dns.exception
@@ -44,6 +45,7 @@ RESOLV_CONF = "/etc/resolv.conf"
 # systemd-resolved's list of real upstreams, used when resolv.conf names only its stub.
 SYSTEMD_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
 UDP_LIMIT = 512  # without EDNS (RFC 1035)
+SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent between queries
 
 Upstream = tuple[str, int]
@@ -176,8 +178,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         self.resolver._udp_query(self.key, self, data, addr)
@@ -249,14 +250,10 @@ class Resolver:
 
     async def _open(self, key: str, netns_path: str,
                     network_ids: tuple[str, ...]) -> _Sandbox:
-        try:
-            udp_sock, tcp_sock = await netns.run_in_netns(netns_path, _bind_sockets)
-        except OSError as err:
-            if err.errno != errno.EADDRNOTAVAIL:
-                raise
-            # lo is down (a fresh namespace): 127.0.0.11 exists once it is up.
+        # A fresh namespace has lo down: binding 127.0.0.11 works but nothing reaches it.
+        if not await netns.run_in_netns(netns_path, _lo_is_up):
             await netns.nsenter(netns_path, "ip", "link", "set", "lo", "up")
-            udp_sock, tcp_sock = await netns.run_in_netns(netns_path, _bind_sockets)
+        udp_sock, tcp_sock = await netns.run_in_netns(netns_path, _bind_sockets)
         loop = asyncio.get_running_loop()
         try:
             udp, _ = await loop.create_datagram_endpoint(
@@ -371,6 +368,14 @@ class Resolver:
         if response is None:
             response = await self._forward(query, tcp=True)
         return render(response, 65535)
+
+
+def _lo_is_up() -> bool:
+    """Whether `lo` of the calling thread's namespace is up (SIOCGIFFLAGS: no process)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request)[:18])[1]
+    return bool(flags & IFF_UP)
 
 
 def _bind_sockets() -> tuple[socket.socket, socket.socket]:
