@@ -1,13 +1,30 @@
 """What the sandbox resolver answers (netdriver/node/records.py): names of services, tasks
-and aliases on the networks a sandbox is attached to; None means "forward upstream"."""
+and aliases on the networks a sandbox is attached to; None means "forward upstream". Then
+the resolver's pure parts: upstream configuration and wire format."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
+import pytest
 
 from netdriver.node.records import TTL, Answer, answer, build_records, host_address
+from netdriver.node.resolver import (
+    address_response,
+    formerr,
+    host_upstreams,
+    local_response,
+    nameservers,
+    parse_upstream,
+    render,
+    udp_limit,
+)
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
@@ -166,3 +183,78 @@ def test_host_address() -> None:
     assert host_address("") is None
     assert host_address("nonsense") is None
     assert TTL == 600
+
+
+# --- the resolver's pure parts: configuration and wire format (netdriver/node/resolver.py)
+
+def test_parse_upstream_forms() -> None:
+    assert parse_upstream("10.0.0.2") == ("10.0.0.2", 53)
+    assert parse_upstream(" 10.0.0.2:5353 ") == ("10.0.0.2", 5353)
+    assert parse_upstream("fd00::1") == ("fd00::1", 53)
+    assert parse_upstream("[fd00::1]:5300") == ("fd00::1", 5300)
+    with pytest.raises(ValueError):
+        parse_upstream("dns.example.com")
+
+
+def test_nameservers_skip_loopback_and_comments() -> None:
+    conf = ("# generated\nsearch lab\nnameserver 127.0.0.53\nnameserver 10.255.255.53\n"
+            "nameserver ::1\nnameserver fd00::53 # v6\nnameserver bogus\noptions ndots:0\n")
+    assert nameservers(conf) == ["10.255.255.53", "fd00::53"]
+
+
+def test_host_upstreams_fall_back_to_systemd_list(tmp_path: Path) -> None:
+    stub, real = tmp_path / "resolv.conf", tmp_path / "systemd.conf"
+    stub.write_text("nameserver 127.0.0.53\n")
+    real.write_text("nameserver 192.0.2.53\n")
+    assert host_upstreams([str(stub), str(real)]) == ["192.0.2.53"]
+    assert host_upstreams([str(stub), str(tmp_path / "missing")]) == []
+    assert host_upstreams([str(real), str(stub)]) == ["192.0.2.53"]
+
+
+def test_address_response_is_what_dnspython_would_write() -> None:
+    for edns in (-1, 0):
+        for rdtype, addrs in ((A, ("10.0.1.2",)), (AAAA, ("fd00::5",)), (A, ())):
+            query = dns.message.make_query("Web.", rdtype, use_edns=edns)
+            found = Answer(addresses=addrs)
+            fast = address_response(query, found, 512)
+            assert fast is not None
+            assert fast == render(local_response(query, found), 512)
+    # Several records: the same message, in our (possibly shuffled) order.
+    query = dns.message.make_query("tasks.web", A)
+    found = Answer(addresses=("10.0.1.7", "10.0.1.5", "10.0.1.6"))
+    fast = address_response(query, found, 512)
+    assert fast is not None
+    parsed = dns.message.from_wire(fast)
+    assert parsed == dns.message.from_wire(render(local_response(query, found), 512))
+    assert [rd.address for rd in parsed.answer[0]] == list(found.addresses)
+    assert parsed.id == query.id and parsed.flags & dns.flags.AA and parsed.flags & dns.flags.RD
+
+
+def test_address_response_leaves_the_rest_to_dnspython() -> None:
+    query = dns.message.make_query("web", A)
+    assert address_response(query, Answer(names=("web.",)), 512) is None
+    many = Answer(addresses=tuple(f"10.0.2.{i}" for i in range(1, 101)))
+    assert address_response(query, many, 512) is None  # too big: truncation is render's
+    chaos = dns.message.make_query("web", A, rdclass=dns.rdataclass.CH)
+    assert address_response(chaos, Answer(addresses=("10.0.1.2",)), 512) is None
+
+
+def test_render_truncates_to_the_records_that_fit() -> None:
+    query = dns.message.make_query("tasks.big", A)
+    found = Answer(addresses=tuple(f"10.0.2.{i}" for i in range(1, 101)))
+    wire = render(local_response(query, found), udp_limit(query))
+    parsed = dns.message.from_wire(wire)
+    assert len(wire) <= 512 and parsed.flags & dns.flags.TC
+    assert len(parsed.answer[0]) == (512 - len("tasks.big") - 2 - 12 - 4) // 16
+    big = dns.message.make_query("tasks.big", A, use_edns=0, payload=4096)
+    assert udp_limit(big) == 4096
+    parsed = dns.message.from_wire(render(local_response(big, found), udp_limit(big)))
+    assert not parsed.flags & dns.flags.TC and len(parsed.answer[0]) == 100
+
+
+def test_formerr_keeps_the_id() -> None:
+    reply = formerr(b"\x12\x34garbage")
+    assert reply is not None
+    parsed = dns.message.from_wire(reply)
+    assert parsed.id == 0x1234 and parsed.rcode() == dns.rcode.FORMERR
+    assert formerr(b"\x12") is None
