@@ -35,6 +35,7 @@ class NameEntry:
 @dataclass(frozen=True)
 class NetworkRecords:
     name: str
+    internal: bool = False
     names: Mapping[str, NameEntry] = field(default_factory=dict)  # key: normalised name
     reverse: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # address → names
 
@@ -133,7 +134,7 @@ def build_records(networks: Sequence[cluster_pb2.NetworkState]) -> dict[str, Net
         for svc in state.services:
             _service_names(builder, svc, net_name)
         out[net.id] = NetworkRecords(
-            name=net_name, names=builder.names,
+            name=net_name, internal=net.spec.internal, names=builder.names,
             reverse={a: tuple(n) for a, n in builder.reverse.items()})
     return out
 
@@ -183,3 +184,11 @@ def answer(records: Records, network_ids: Sequence[str], qname: str, qtype: int,
             addresses = tuple(shuffled)
         return Answer(addresses=addresses)
     return None
+
+
+def may_forward(records: Records, network_ids: Sequence[str]) -> bool:
+    """Whether names that are not ours go upstream: not for a sandbox whose networks are all
+    `--internal` (no way out, as with Docker); yes while the node has no records of one of
+    them yet, or for a sandbox on no network."""
+    return not network_ids or any(
+        net_id not in records or not records[net_id].internal for net_id in network_ids)

@@ -33,7 +33,7 @@ import dns.rdatatype
 import dns.rrset
 
 from netdriver.node import netns
-from netdriver.node.records import Answer, NetworkRecords, answer, build_records
+from netdriver.node.records import Answer, NetworkRecords, answer, build_records, may_forward
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
@@ -48,6 +48,7 @@ UDP_LIMIT = 512  # without EDNS (RFC 1035)
 TCP_LIMIT = 65535
 EDNS_PAYLOAD = 1232  # what we tell EDNS clients we take (DNS flag day 2020)
 SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
+MAX_FORWARDS = 100  # queries waiting on upstreams at once; more get SERVFAIL (Docker's cap)
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent between queries
 
 Upstream = tuple[str, int]
@@ -217,15 +218,17 @@ class Resolver:
     """Docker's embedded DNS for the node's sandboxes; one instance per node."""
 
     def __init__(self, upstreams: list[str] | None = None, *, timeout: float = 4.0,
-                 upstream_timeout: float = 2.0) -> None:
+                 upstream_timeout: float = 2.0, max_forwards: int = MAX_FORWARDS) -> None:
         names = host_upstreams() if upstreams is None else upstreams
         self.upstreams: list[Upstream] = [parse_upstream(u) for u in names]
         self.timeout = timeout  # every upstream together: under the client's own 5 s retry
         self.upstream_timeout = upstream_timeout
+        self.max_forwards = max_forwards
         self._records: dict[str, NetworkRecords] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._forwards: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # queries waiting on an upstream, UDP and TCP
 
     # -- records
 
@@ -324,19 +327,31 @@ class Resolver:
         fast = address_response(query, found, limit)
         return fast if fast is not None else render(local_response(query, found), limit)
 
+    def _forwardable(self, key: str) -> bool:
+        return (self._in_flight < self.max_forwards
+                and may_forward(self._records, self._network_ids(key) or ()))
+
     def _udp_query(self, key: str, proto: _UdpProtocol, data: bytes,
                    addr: tuple[str | object, int]) -> None:
+        if proto.transport is None:
+            return
         try:
             query = dns.message.from_wire(data)
         except Exception:  # anything unparsable: dnspython raises many kinds
             reply = formerr(data)
-            if reply is not None and proto.transport is not None:
+            if reply is not None:
                 proto.transport.sendto(reply, addr)
             return
-        reply = self._local(key, query, udp_limit(query))
+        limit = udp_limit(query)
+        try:
+            reply = self._local(key, query, limit)
+            if reply is None and not self._forwardable(key):
+                reply = render(error_response(query, dns.rcode.SERVFAIL), limit)
+        except Exception:  # a bug must cost one answer, not the sandbox's resolver
+            log.exception("resolver %s: query %s", key, query.question)
+            reply = render(error_response(query, dns.rcode.SERVFAIL), limit)
         if reply is not None:
-            if proto.transport is not None:
-                proto.transport.sendto(reply, addr)
+            proto.transport.sendto(reply, addr)
             return
         task = asyncio.get_running_loop().create_task(self._forward_udp(proto, query, addr))
         self._forwards.add(task)
@@ -350,6 +365,14 @@ class Resolver:
 
     async def _forward(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
         """The first upstream's answer; SERVFAIL when none answers within the timeout."""
+        self._in_flight += 1
+        try:
+            return await self._ask_upstreams(query, tcp)
+        finally:
+            self._in_flight -= 1
+
+    async def _ask_upstreams(self, query: dns.message.Message,
+                             tcp: bool) -> dns.message.Message:
         deadline = time.monotonic() + self.timeout
         for host, port in self.upstreams:
             left = deadline - time.monotonic()
@@ -362,7 +385,7 @@ class Resolver:
                 return await dns.asyncquery.udp(query, host, timeout=wait, port=port,
                                                 ignore_unexpected=True)
             except (dns.exception.DNSException, OSError, EOFError) as err:
-                log.info("resolver: upstream %s:%d failed: %r", host, port, err)
+                log.debug("resolver: upstream %s:%d failed: %r", host, port, err)
         return error_response(query, dns.rcode.SERVFAIL)
 
     async def _tcp_client(self, key: str, reader: asyncio.StreamReader,
@@ -393,9 +416,15 @@ class Resolver:
             query = dns.message.from_wire(data)
         except Exception:  # unparsable: FORMERR if its id is readable, else hang up
             return formerr(data)
-        reply = self._local(key, query, TCP_LIMIT)
-        if reply is not None:
-            return reply
+        try:
+            reply = self._local(key, query, TCP_LIMIT)
+            if reply is not None:
+                return reply
+            if not self._forwardable(key):
+                return render(error_response(query, dns.rcode.SERVFAIL), TCP_LIMIT)
+        except Exception:  # a bug must cost one answer, not the connection
+            log.exception("resolver %s: query %s", key, query.question)
+            return render(error_response(query, dns.rcode.SERVFAIL), TCP_LIMIT)
         return render(await self._forward(query, tcp=True), TCP_LIMIT)
 
 

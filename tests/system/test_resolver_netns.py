@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,7 +164,7 @@ def networks(db_tasks: int = 3, many: int = 0) -> list[cluster_pb2.NetworkState]
     front = pb.Network(id="net-front", spec=pb.NetworkSpec(
         annotations=pb.Annotations(name="front"), driver="overlay"))
     back = pb.Network(id="net-back", spec=pb.NetworkSpec(
-        annotations=pb.Annotations(name="back"), driver="overlay"))
+        annotations=pb.Annotations(name="back"), driver="overlay", internal=True))
     web = cluster_pb2.ServiceRecord(
         service_id="s-web", name="web", mode=pb.EndpointSpec.VIP, vip="10.0.1.2/24",
         aliases=["frontend"],
@@ -273,6 +274,47 @@ def test_unknown_names_are_forwarded_upstream_and_a_timeout_is_servfail(lab: Lab
             assert r.rcode() == dns.rcode.NXDOMAIN
             assert "secret." in upstream.asked
             assert upstream.asked.count("example.shoal.test.") == 2  # once per transport
+            # A sandbox only on an --internal network has no way out: nothing is forwarded.
+            inner = lab.sandboxes[1]
+            await resolver.attach("task-2", lab.path(inner), BACK)
+            assert addresses(await query(lab, inner, "secret")) == ["10.0.9.2"]
+            for tcp in (False, True):
+                r = await query(lab, inner, "example.shoal.test", tcp=tcp)
+                assert r.rcode() == dns.rcode.SERVFAIL
+            assert upstream.asked.count("example.shoal.test.") == 2
+        finally:
+            await resolver.close()
+
+    try:
+        run_on_node(lab, scenario)
+    finally:
+        upstream.close()
+
+
+def test_forwards_waiting_at_once_are_capped(lab: Lab) -> None:
+    upstream = UpstreamServer(lab.path(lab.up))
+
+    async def scenario() -> None:
+        resolver = Resolver([UPSTREAM], timeout=2.0, upstream_timeout=2.0, max_forwards=2)
+        resolver.set_networks(networks())
+        sandbox = lab.sandboxes[0]
+        try:
+            await resolver.attach("task-1", lab.path(sandbox), FRONT)
+            slow = [asyncio.create_task(query(lab, sandbox, "slow.shoal.test", timeout=5))
+                    for _ in range(2)]
+            while upstream.asked.count("slow.shoal.test.") < 2:
+                await asyncio.sleep(0.02)
+            started = time.monotonic()
+            r = await query(lab, sandbox, "example.shoal.test")
+            assert r.rcode() == dns.rcode.SERVFAIL and time.monotonic() - started < 1.0
+            assert "example.shoal.test." not in upstream.asked
+            # Local names never wait on upstreams.
+            assert addresses(await query(lab, sandbox, "web")) == ["10.0.1.2"]
+            for r in await asyncio.gather(*slow):
+                assert r.rcode() == dns.rcode.SERVFAIL
+            # The slots are free again.
+            r = await query(lab, sandbox, "example.shoal.test")
+            assert addresses(r) == [KNOWN_EXTERNAL]
         finally:
             await resolver.close()
 

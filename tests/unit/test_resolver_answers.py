@@ -14,7 +14,14 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from netdriver.node.records import TTL, Answer, answer, build_records, host_address
+from netdriver.node.records import (
+    TTL,
+    Answer,
+    answer,
+    build_records,
+    host_address,
+    may_forward,
+)
 from netdriver.node.resolver import (
     address_response,
     formerr,
@@ -175,6 +182,17 @@ def test_a_new_record_set_replaces_the_old_one() -> None:
     records = build_records([network("net1", "front", smaller)])
     assert answer(records, ["net1"], "tasks.web", A) == Answer(addresses=("10.0.1.5",))
     assert answer(records, ["net1"], "web.2.bbb", A) is None
+
+
+def test_internal_only_sandboxes_do_not_forward() -> None:
+    internal = network("net2", "back", db())
+    internal.network.spec.internal = True
+    records = build_records([network("net1", "front", web()), internal])
+    assert may_forward(records, ["net1"])
+    assert not may_forward(records, ["net2"])
+    assert may_forward(records, ["net2", "net1"])  # one way out is enough
+    assert may_forward(records, ["net2", "unknown"])  # no records of it yet: don't cut off
+    assert may_forward(records, [])
 
 
 def test_host_address() -> None:
