@@ -162,6 +162,16 @@ def _answer_ptr(records: Records, network_ids: Sequence[str], qname: str) -> Ans
     return None
 
 
+def _lookup(net: NetworkRecords, key: str) -> NameEntry | None:
+    """`key` on `net`, also as `<name>.<network name>` (Docker: the network's own domain;
+    what PTR answers give for a task)."""
+    entry = net.names.get(key)
+    suffix = "." + normalise(net.name)
+    if entry is None and key.endswith(suffix):
+        entry = net.names.get(key[:-len(suffix)])
+    return entry
+
+
 def answer(records: Records, network_ids: Sequence[str], qname: str, qtype: int,
            rng: random.Random | None = None) -> Answer | None:
     """What a sandbox on `network_ids` (in attachment order) gets for `qname`/`qtype`, or
@@ -172,7 +182,7 @@ def answer(records: Records, network_ids: Sequence[str], qname: str, qtype: int,
     key = normalise(qname)
     for net_id in network_ids:
         net = records.get(net_id)
-        entry = net.names.get(key) if net is not None else None
+        entry = _lookup(net, key) if net is not None else None
         if entry is None:
             continue
         if qtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):

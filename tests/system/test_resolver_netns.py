@@ -239,6 +239,8 @@ def test_services_tasks_and_aliases_answer_over_udp_and_tcp(lab: Lab) -> None:
                 assert r.rcode() == dns.rcode.NOERROR and r.answer == []
                 r = await query(lab, sandbox, "5.1.0.10.in-addr.arpa", "PTR", tcp=tcp)
                 assert [rd.target.to_text() for rd in r.answer[0]] == ["web.1.aaa.front."]
+                r = await query(lab, sandbox, "web.1.aaa.front.", tcp=tcp)
+                assert addresses(r) == ["10.0.1.5"]
             # dnsrr answers come in more than one order.
             orders = {tuple(addresses(await query(lab, sandbox, "db"))) for _ in range(20)}
             assert len(orders) > 1

@@ -103,6 +103,15 @@ def test_task_name_and_task_alias_answer_that_task() -> None:
     assert answer(RECORDS, ["net1"], "db.3.x3", A) == Answer(addresses=("10.0.1.13",))
 
 
+def test_names_qualified_with_the_network_name() -> None:
+    assert answer(RECORDS, ["net1"], "web.front", A) == Answer(addresses=("10.0.1.2",))
+    assert answer(RECORDS, ["net1"], "Web.1.aaa.Front.", A) == Answer(addresses=("10.0.1.5",))
+    assert answer(RECORDS, ["net1"], "tasks.web.front", A) == Answer(
+        addresses=("10.0.1.5", "10.0.1.6"))
+    assert answer(RECORDS, ["net1"], "web.back", A) is None
+    assert answer(RECORDS, ["net1"], "front", A) is None
+
+
 def test_unknown_name_is_forwarded() -> None:
     assert answer(RECORDS, ["net1"], "example.com", A) is None
     assert answer(RECORDS, ["net1"], "tasks.nothing", A) is None
