@@ -49,6 +49,7 @@ TCP_LIMIT = 65535
 EDNS_PAYLOAD = 1232  # what we tell EDNS clients we take (DNS flag day 2020)
 SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
 MAX_FORWARDS = 100  # queries waiting on upstreams at once; more get SERVFAIL (Docker's cap)
+MAX_TCP_CLIENTS = 32  # open TCP connections per sandbox; more are closed at once
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent between queries
 
 Upstream = tuple[str, int]
@@ -218,12 +219,14 @@ class Resolver:
     """Docker's embedded DNS for the node's sandboxes; one instance per node."""
 
     def __init__(self, upstreams: list[str] | None = None, *, timeout: float = 4.0,
-                 upstream_timeout: float = 2.0, max_forwards: int = MAX_FORWARDS) -> None:
+                 upstream_timeout: float = 2.0, max_forwards: int = MAX_FORWARDS,
+                 max_tcp_clients: int = MAX_TCP_CLIENTS) -> None:
         names = host_upstreams() if upstreams is None else upstreams
         self.upstreams: list[Upstream] = [parse_upstream(u) for u in names]
         self.timeout = timeout  # every upstream together: under the client's own 5 s retry
         self.upstream_timeout = upstream_timeout
         self.max_forwards = max_forwards
+        self.max_tcp_clients = max_tcp_clients  # a task must not tie up the node's loop
         self._records: dict[str, NetworkRecords] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -391,7 +394,7 @@ class Resolver:
     async def _tcp_client(self, key: str, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         sandbox = self._sandboxes.get(key)
-        if sandbox is None:
+        if sandbox is None or len(sandbox.writers) >= self.max_tcp_clients:
             writer.close()
             return
         sandbox.writers.add(writer)

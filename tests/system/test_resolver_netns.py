@@ -412,6 +412,35 @@ def test_a_large_answer_is_truncated_over_udp_and_whole_over_tcp(lab: Lab) -> No
     run_on_node(lab, scenario)
 
 
+def test_tcp_connections_per_sandbox_are_capped(lab: Lab) -> None:
+    async def scenario() -> None:
+        resolver = Resolver([], max_tcp_clients=2)
+        resolver.set_networks(networks())
+        sandbox = lab.sandboxes[0]
+        try:
+            await resolver.attach("task-1", lab.path(sandbox), FRONT)
+            q = dns.message.make_query("web", "A")
+
+            def idle_clients() -> tuple[list[socket.socket], bytes]:
+                held = [socket.create_connection(("127.0.0.11", 53), timeout=3)
+                        for _ in range(2)]
+                for s in held:  # served: the resolver has taken both
+                    dns.query.send_tcp(s, q)
+                    assert addresses(dns.query.receive_tcp(s)[0]) == ["10.0.1.2"]
+                with socket.create_connection(("127.0.0.11", 53), timeout=3) as extra:
+                    return held, extra.recv(10)  # b"": closed by the resolver
+            held, got = await netns.run_in_netns(lab.path(sandbox), idle_clients)
+            assert got == b""
+            for s in held:
+                s.close()
+            await asyncio.sleep(0.1)  # the resolver sees them go
+            assert addresses(await query(lab, sandbox, "web", tcp=True)) == ["10.0.1.2"]
+        finally:
+            await resolver.close()
+
+    run_on_node(lab, scenario)
+
+
 def test_sockets_live_in_the_sandbox_namespace_only(lab: Lab) -> None:
     async def scenario() -> None:
         resolver = Resolver([])
