@@ -138,7 +138,7 @@ def render(response: dns.message.Message, limit: int) -> bytes:
 def address_response(query: dns.message.Message, found: Answer, limit: int) -> bytes | None:
     """The wire form of an A/AAAA answer, written directly: building dnspython rdata
     objects costs ~20 µs a record, and this is what every lookup of a service takes.
-    Same bytes as `render(local_response(...))` (a unit test compares them); None for
+    The same message as `render(local_response(...))` (a unit test compares them); None for
     anything else (PTR, EDNS versions above 0, classes other than IN, too big), which
     goes the dnspython way."""
     question = query.question[0]

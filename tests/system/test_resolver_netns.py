@@ -341,6 +341,10 @@ def test_new_records_are_seen_by_the_very_next_query(lab: Lab) -> None:
             assert sorted(addresses(r)) == ["10.0.1.21", "10.0.1.22"]
             r = await query(lab, sandbox, "db", tcp=True)
             assert sorted(addresses(r)) == ["10.0.1.21", "10.0.1.22"]
+            resolver.set_networks(networks(db_tasks=1))
+            assert addresses(await query(lab, sandbox, "tasks.db")) == ["10.0.1.21"]
+            assert addresses(await query(lab, sandbox, "db", tcp=True)) == ["10.0.1.21"]
+            assert (await query(lab, sandbox, "db.2.t2")).rcode() == dns.rcode.SERVFAIL
             # The removed task's own name is gone too (forwarded: no upstream → SERVFAIL).
             r = await query(lab, sandbox, "db.3.t3")
             assert addresses(r) == [] and r.rcode() == dns.rcode.SERVFAIL
