@@ -7,11 +7,15 @@ Layout (all namespaces are the test's own, named shl-<rand>-...):
 - `up`: an upstream DNS server (a small dnspython server for `shoal.test`) on 198.18.0.2,
   joined to `node` by a veth;
 - `dns` (and `dns2`): sandboxes with only `lo` (down when made: the resolver brings it up).
+
+The last test runs a real task on the session's private dockerd (the `engine` fixture):
+its container's own libc lookups go through the resolver in its sandbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import selectors
 import socket
@@ -19,7 +23,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,10 @@ from netdriver.node import netns
 from netdriver.node.resolver import Resolver
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
+from shoal import engine as enginemod
+from tests.system.test_executor_docker import Reports, make_task, until
+from worker.executor.docker.executor import DockerExecutor
+from worker.task_manager import TaskManager
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -464,3 +472,61 @@ def test_sockets_live_in_the_sandbox_namespace_only(lab: Lab) -> None:
             await resolver.close()
 
     run_on_node(lab, scenario)
+
+
+class ResolverOnly:
+    """The worker's NodeNetwork with nothing but the resolver (no interfaces): what the
+    Dataplane will do for its resolver part."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    def update(self, message: cluster_pb2.AssignmentsMessage) -> None:
+        self.resolver.set_networks(message.networks)
+
+    async def attach(self, key: str, netns_path: str,
+                     attachments: Sequence[pb.NetworkAttachment]) -> None:
+        await self.resolver.attach(key, netns_path, attachments)
+
+    async def detach(self, key: str) -> None:
+        await self.resolver.detach(key)
+
+
+def test_a_task_container_resolves_through_its_sandbox(engine: enginemod.Engine) -> None:
+    """A real task on a private dockerd: its sandbox (pause container, `dns 127.0.0.11`)
+    gets the resolver before the task's process starts, whose first commands are lookups
+    through its libc's resolver configuration."""
+    async def run() -> None:
+        resolver = Resolver([])
+        net = ResolverOnly(resolver)
+        net.update(cluster_pb2.AssignmentsMessage(networks=networks()))
+        ex = DockerExecutor(engine.socket, network=net)
+        task = make_task("n1", "nslookup web; nslookup tasks.db; echo done; sleep 60")
+        task.networks.add(network_id="net-front", addresses=["10.0.1.30/24"])
+        reports = Reports()
+        tm = TaskManager(task, ex, reports)
+        tm.start()
+        try:
+            await until(lambda: reports.last.state == pb.RUNNING, what="running")
+            out = ""
+            for _ in range(200):
+                out = b"".join([r[2] async for r in ex.logs(task.id)]).decode()
+                if "done" in out:
+                    break
+                await asyncio.sleep(0.1)
+            # busybox nslookup: "Server: 127.0.0.11" then "Name: X / Address: A" per record.
+            web, tasks_db = out.split("Server:")[1:3]
+            assert "127.0.0.11" in web and re.findall(r"Address: (\S+)", web) == ["10.0.1.2"]
+            assert sorted(re.findall(r"Address: (\S+)", tasks_db)) == [
+                "10.0.1.21", "10.0.1.22", "10.0.1.23"], out
+            assert list(resolver.attached()) == [task.id]
+            task.desired_state = pb.REMOVE
+            tm.update(task)
+            await until(lambda: tm.done, what="removed")
+            assert resolver.attached() == {}
+        finally:
+            await tm.stop()
+            await ex.remove(task.id)
+            await ex.close()
+            await resolver.close()
+    asyncio.run(run())
