@@ -11,13 +11,14 @@ after an update sees the new set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import ipaddress
 import logging
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -229,7 +230,7 @@ class Resolver:
         self.max_tcp_clients = max_tcp_clients  # a task must not tie up the node's loop
         self._records: dict[str, NetworkRecords] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, holders and waiters
         self._forwards: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # queries waiting on an upstream, UDP and TCP
 
@@ -264,7 +265,6 @@ class Resolver:
             if sandbox is not None:
                 self._close_sandbox(sandbox)
                 await sandbox.tcp.wait_closed()
-        self._locks.pop(key, None)
 
     async def close(self) -> None:
         for key in list(self._sandboxes):
@@ -277,8 +277,21 @@ class Resolver:
         """Each sandbox key and the network ids it answers from (for `network doctor`)."""
         return {key: sb.network_ids for key, sb in self._sandboxes.items()}
 
-    def _lock(self, key: str) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[None]:
+        """One attach/detach of a key at a time; the lock goes when nobody holds or waits
+        for it (keys are task ids: they never come back, so kept locks would pile up)."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     async def _open(self, key: str, netns_path: str,
                     network_ids: tuple[str, ...]) -> _Sandbox:

@@ -373,8 +373,10 @@ def test_each_sandbox_sees_its_own_networks_and_attach_is_idempotent(lab: Lab) -
         resolver.set_networks(networks())
         one, two = lab.sandboxes
         try:
+            # Twice at once, then again: one set of sockets, no "address in use".
+            await asyncio.gather(resolver.attach("task-1", lab.path(one), FRONT),
+                                 resolver.attach("task-1", lab.path(one), FRONT))
             await resolver.attach("task-1", lab.path(one), FRONT)
-            await resolver.attach("task-1", lab.path(one), FRONT)  # again: same sockets
             await resolver.attach("task-2", lab.path(two), BACK)
             assert resolver.attached() == {"task-1": ("net-front",), "task-2": ("net-back",)}
             assert addresses(await query(lab, one, "web")) == ["10.0.1.2"]
