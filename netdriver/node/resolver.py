@@ -273,6 +273,12 @@ class Resolver:
             task.cancel()
         await asyncio.gather(*self._forwards, return_exceptions=True)
 
+    def names(self, network_id: str) -> dict[str, tuple[str, ...]]:
+        """Every name of a network and its addresses, as queries get them now (for
+        `network doctor`); empty for a network the node has no records of."""
+        net = self._records.get(network_id)
+        return {} if net is None else {n: e.addresses for n, e in net.names.items()}
+
     def attached(self) -> dict[str, tuple[str, ...]]:
         """Each sandbox key and the network ids it answers from (for `network doctor`)."""
         return {key: sb.network_ids for key, sb in self._sandboxes.items()}

@@ -23,6 +23,7 @@ from netdriver.node.records import (
     may_forward,
 )
 from netdriver.node.resolver import (
+    Resolver,
     address_response,
     formerr,
     host_upstreams,
@@ -285,3 +286,14 @@ def test_formerr_keeps_the_id() -> None:
     parsed = dns.message.from_wire(reply)
     assert parsed.id == 0x1234 and parsed.rcode() == dns.rcode.FORMERR
     assert formerr(b"\x12") is None
+
+
+def test_resolver_names_show_the_current_records() -> None:
+    resolver = Resolver([])
+    assert resolver.names("net1") == {}
+    resolver.set_networks([network("net1", "front", web())])
+    names = resolver.names("net1")
+    assert names["web"] == ("10.0.1.2",) and names["tasks.frontend"] == ("10.0.1.5", "10.0.1.6")
+    assert names["web-one"] == ("10.0.1.5",)
+    resolver.set_networks([])
+    assert resolver.names("net1") == {}
