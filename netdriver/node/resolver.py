@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -272,6 +273,31 @@ class Resolver:
         for task in list(self._forwards):
             task.cancel()
         await asyncio.gather(*self._forwards, return_exceptions=True)
+
+    async def repair(self) -> list[str]:
+        """Reopen the sockets of any sandbox whose UDP or TCP side stopped serving (the
+        periodic reconcile, like the data plane's other extras); returns what was found
+        ("<key>: <what>")."""
+        found: list[str] = []
+        for key in list(self._sandboxes):
+            async with self._lock(key):
+                sandbox = self._sandboxes.get(key)
+                if sandbox is None:
+                    continue
+                dead = [name for name, closed in (("udp", sandbox.udp.is_closing()),
+                                                  ("tcp", not sandbox.tcp.is_serving()))
+                        if closed]
+                if not dead:
+                    continue
+                self._close_sandbox(self._sandboxes.pop(key))
+                try:
+                    self._sandboxes[key] = await self._open(key, sandbox.netns_path,
+                                                            sandbox.network_ids)
+                    found.append(f"{key}: resolver {'+'.join(dead)} socket closed; reopened")
+                except (OSError, subprocess.CalledProcessError) as err:
+                    found.append(f"{key}: resolver {'+'.join(dead)} socket closed; "
+                                 f"reopening failed: {err}")
+        return found
 
     def names(self, network_id: str) -> dict[str, tuple[str, ...]]:
         """Every name of a network and its addresses, as queries get them now (for

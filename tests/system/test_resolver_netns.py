@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -454,6 +455,30 @@ def test_tcp_connections_per_sandbox_are_capped(lab: Lab) -> None:
                 s.close()
             await asyncio.sleep(0.1)  # the resolver sees them go
             assert addresses(await query(lab, sandbox, "web", tcp=True)) == ["10.0.1.2"]
+        finally:
+            await resolver.close()
+
+    run_on_node(lab, scenario)
+
+
+def test_repair_reopens_sockets_that_stopped_serving(lab: Lab) -> None:
+    async def scenario() -> None:
+        resolver = Resolver([])
+        resolver.set_networks(networks())
+        one, two = lab.sandboxes
+        try:
+            await resolver.attach("task-1", lab.path(one), FRONT)
+            await resolver.attach("task-2", lab.path(two), BACK)
+            assert await resolver.repair() == []
+            # Fault injection: task-1's UDP transport dies (what a fatal socket error does).
+            resolver._sandboxes["task-1"].udp.close()
+            with pytest.raises(dns.exception.Timeout):
+                await query(lab, one, "web", timeout=0.3)
+            assert await resolver.repair() == ["task-1: resolver udp socket closed; reopened"]
+            assert addresses(await query(lab, one, "web")) == ["10.0.1.2"]
+            assert addresses(await query(lab, one, "web", tcp=True)) == ["10.0.1.2"]
+            assert addresses(await query(lab, two, "secret")) == ["10.0.9.2"]
+            assert await resolver.repair() == []
         finally:
             await resolver.close()
 
