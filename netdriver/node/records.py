@@ -8,6 +8,7 @@ goes to the node's upstream resolvers. Docker's embedded DNS is the model.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,15 +59,20 @@ def normalise(name: str) -> str:
 
 def host_address(addr: str) -> str | None:
     """"10.0.1.5/24" → "10.0.1.5"; None for an empty or malformed address (not yet
-    allocated), which is left out rather than answered. (inet_pton, not ipaddress: this
-    runs for every task on every assignments update, and ipaddress is 30 times slower.)"""
+    allocated), which is left out rather than answered. IPv4 is checked with inet_pton (it
+    runs for every task on every update; ipaddress is 30 times slower), which takes only
+    the canonical form. Never socket.inet_ntop: importing pysyncobj replaces it, process
+    wide, with a Windows-only function that always fails."""
     host = addr.split("/", 1)[0].strip()
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            return socket.inet_ntop(family, socket.inet_pton(family, host))
-        except (OSError, ValueError):
-            continue
-    return None
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return host
+    except OSError:
+        pass
+    try:
+        return str(ipaddress.IPv6Address(host))
+    except ValueError:
+        return None
 
 
 def _unique(hosts: Iterable[str | None]) -> tuple[str, ...]:

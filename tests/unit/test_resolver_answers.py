@@ -5,6 +5,7 @@ the resolver's pure parts: upstream configuration and wire format."""
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 
 import dns.flags
@@ -208,9 +209,28 @@ def test_internal_only_sandboxes_do_not_forward() -> None:
 def test_host_address() -> None:
     assert host_address("10.0.1.2/24") == "10.0.1.2"
     assert host_address("10.0.1.2") == "10.0.1.2"
+    assert host_address("fd00:0::5/64") == "fd00::5"
     assert host_address("") is None
     assert host_address("nonsense") is None
+    assert host_address("10.0.1.256/24") is None
     assert TTL == 600
+
+
+def test_records_survive_pysyncobj_in_the_same_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """shoald on a manager imports pysyncobj, whose win_inet_pton replaces socket.inet_ntop
+    process-wide with a function that always fails off Windows; the resolver must not care.
+    (Set here explicitly: pysyncobj may have been imported, or its damage undone, before.)"""
+    from pysyncobj import win_inet_pton
+
+    monkeypatch.setattr(socket, "inet_ntop", win_inet_pton.inet_ntop)
+    with pytest.raises(TypeError):
+        socket.inet_ntop(socket.AF_INET, b"\x0a\x00\x00\x01")
+    records = build_records([network("net1", "front", web(), db())])
+    assert answer(records, ["net1"], "web.1.aaa", A) == Answer(addresses=("10.0.1.5",))
+    query = dns.message.make_query("web", A)
+    wire = address_response(query, Answer(addresses=("10.0.1.2",)), 512)
+    assert wire is not None
+    assert dns.message.from_wire(wire).answer[0][0].address == "10.0.1.2"
 
 
 # --- the resolver's pure parts: configuration and wire format (netdriver/node/resolver.py)
