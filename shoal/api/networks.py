@@ -5,11 +5,14 @@ in Docker's JSON shapes (`docker network create -d overlay`, docker-py's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import weakref
 from typing import Any
 
 from aiohttp import web
 
+from manager.controlapi.doctor import diagnose
 from manager.controlapi.networks import NetworkControl, visible
 from proto import objects_pb2 as pb
 from proto import store_pb2
@@ -142,6 +145,15 @@ async def create_network(request: web.Request) -> web.Response:
     return web.json_response({"Id": network.id, "Warning": ""}, status=201)
 
 
+async def doctor(request: web.Request) -> web.Response:
+    """Shoal's own: each node's data plane on the network against the store."""
+    mgr = manager_of(request)
+    network = NetworkControl(mgr.store).get(request.match_info["ref"])
+    nodes = diagnose(mgr.view(), network, time.time_ns(), request.query.get("node") or None)
+    return web.json_response({"Network": network_json(network),
+                              "Nodes": [dataclasses.asdict(n) for n in nodes]})
+
+
 async def remove_network(request: web.Request) -> web.Response:
     mgr = manager_of(request)
     network = NetworkControl(mgr.store).remove(request.match_info["ref"])
@@ -153,5 +165,6 @@ ROUTES = [
     ("GET", "/networks", list_networks),
     ("POST", "/networks/create", create_network),
     ("GET", "/networks/{ref}", inspect_network),
+    ("GET", "/networks/{ref}/doctor", doctor),
     ("DELETE", "/networks/{ref}", remove_network),
 ]

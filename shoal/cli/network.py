@@ -121,6 +121,49 @@ def inspect(client: Client, refs: tuple[str, ...]) -> None:
         raise CommandFailed("\n".join(missing))
 
 
+@network.command()
+@click.option("--node", help="Only this node (ID or hostname).")
+@click.argument("ref", metavar="NETWORK")
+@pass_client
+def doctor(client: Client, node: str | None, ref: str) -> None:
+    """Compare each node's data plane on a network with what it should be."""
+    params = {"node": node} if node else {}
+    out = client.get(network_path(ref) + "/doctor", **params)
+    net = out["Network"]
+    config = (net["IPAM"]["Config"] or [{}])[0]
+    vni = net["Options"].get("com.docker.network.driver.overlay.vxlanid_list", "-")
+    click.echo(f"network {net['Name']} ({truncate_id(net['Id'])}): subnet "
+               f"{config.get('Subnet', '-')}, VNI {vni}"
+               + (", encrypted" if "encrypted" in net["Options"] else ""))
+    if not out["Nodes"]:
+        click.echo("no node is on this network (no task of it runs anywhere)")
+    bad = 0
+    for n in out["Nodes"]:
+        bad += _print_node(n)
+    if bad:
+        raise CommandFailed(f"{bad} node(s) differ from what they should have")
+
+
+def _print_node(n: dict[str, Any]) -> int:
+    age = n["checked_age_s"]
+    checked = "never checked" if age is None else f"checked {age:.0f} s ago"
+    problems = n["problems"]
+    click.echo(f"\nnode {n['hostname'] or n['node_id']} ({truncate_id(n['node_id'])}): "
+               f"{checked}: {'OK' if not problems else 'PROBLEMS'}")
+    for kind in sorted(set(n["wanted"]) | set(n["found"])):
+        found = n["found"].get(kind, "?")
+        click.echo(f"  {kind:<16} wanted {n['wanted'].get(kind, '?'):>4}   found {found:>4}")
+    for peer in n["peers"]:
+        hs = peer["handshake_age_s"]
+        click.echo(f"  peer {peer['hostname'] or peer['node_id']:<12} {peer['endpoint'] or '-':<22}"
+                   f" handshake {'never' if hs is None else f'{hs:.0f} s ago'}")
+    for diff in n["differences"]:
+        click.echo(f"  repaired: {diff}")
+    for problem in problems:
+        click.echo(f"  problem: {problem}")
+    return 1 if problems else 0
+
+
 @network.command("rm")
 @click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
 @pass_client
