@@ -116,12 +116,12 @@ def sync_tables(ns: str, desired: NetworkDesired, snap: nl.Snapshot, diffs: list
         nl.add_fdb(ns, dev, entry)
     want_neigh = {nl.Neighbour(e.ip, e.mac) for e in desired.neighbours}
     have_neigh = set(snap.neighbours.get(dev, ()))
-    for entry in sorted(have_neigh - want_neigh):
-        diffs.append(f"neigh {entry.ip} lladdr {entry.mac}: unexpected")
-        nl.delete_neighbour(ns, dev, entry)
-    for entry in sorted(want_neigh - have_neigh):
-        diffs.append(f"neigh {entry.ip} lladdr {entry.mac}: missing")
-        nl.add_neighbour(ns, dev, entry)
+    for neigh in sorted(have_neigh - want_neigh):
+        diffs.append(f"neigh {neigh.ip} lladdr {neigh.mac}: unexpected")
+        nl.delete_neighbour(ns, dev, neigh)
+    for neigh in sorted(want_neigh - have_neigh):
+        diffs.append(f"neigh {neigh.ip} lladdr {neigh.mac}: missing")
+        nl.add_neighbour(ns, dev, neigh)
 
 
 def is_veth_peer(name: str) -> bool:
