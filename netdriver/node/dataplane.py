@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -31,6 +32,9 @@ from proto import objects_pb2 as pb
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL = 10.0
 ATTACH_WAIT = 30.0  # how long attach waits for a network to appear in an update
+# After the first update, how long legs of unknown sandboxes are kept: after a restart the
+# worker adopts its running tasks (attach again) within this time.
+ADOPT_GRACE = 60.0
 
 
 class NetworkUnknown(LookupError):
@@ -56,25 +60,35 @@ class Dataplane:
         self.underlay_mtu = underlay_mtu
         self.extras: list[Extra] = []
         self._message = cluster_pb2.AssignmentsMessage()
+        # None until the first update: with no message yet nothing is known to be unwanted.
+        self._first_update: float | None = None
+        self.adopt_grace = ADOPT_GRACE
         self._sandboxes: dict[str, Sandbox] = {}
         self._report: dict[str, list[str]] = {}
+        self._checks: list[pb.NetworkCheck] = []
+        self._checked_ns = 0
         self._lock = asyncio.Lock()        # one kernel change at a time
         self._wake = asyncio.Event()       # set by update: reconcile now
-        self._updated = asyncio.Condition()
+        self._changed = asyncio.Event()    # set (and replaced) by each update
 
     # -- NodeNetwork --
 
     def update(self, message: cluster_pb2.AssignmentsMessage) -> None:
         self._message = message
+        if self._first_update is None:
+            self._first_update = time.monotonic()
         self._wake.set()
-        asyncio.get_running_loop().create_task(self._notify())
+        # Wake attach calls waiting for a network; later ones wait on a fresh event.
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def attach(self, key: str, netns_path: str,
                      attachments: Sequence[pb.NetworkAttachment]) -> None:
         wanted = [a for a in attachments if a.network_id]
         await self._wait_known({a.network_id for a in wanted})
         async with self._lock:
-            self._sandboxes[key] = Sandbox(netns_path, tuple(wanted))
+            inode = await asyncio.to_thread(overlay.netns_inode, netns_path)
+            self._sandboxes[key] = Sandbox(netns_path, tuple(wanted), inode)
             desired = await self._desired()
             for attachment in wanted:
                 diffs = await asyncio.to_thread(
@@ -102,8 +116,11 @@ class Dataplane:
 
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that arrives as the event is set, and the loop would never stop.
             try:
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_INTERVAL)
+                async with asyncio.timeout(RECONCILE_INTERVAL):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -115,25 +132,41 @@ class Dataplane:
 
     async def reconcile(self) -> dict[str, list[str]]:
         """One round over every network; the differences found per network id."""
+        if self._first_update is None:
+            return {}
+        prune = time.monotonic() - self._first_update >= self.adopt_grace
         async with self._lock:
             desired = await self._desired()
             report: dict[str, list[str]] = {}
+            checks = []
             for network_id, net in desired.items():
-                report[network_id] = await self._reconcile_one(net)
+                found = await asyncio.to_thread(overlay.found_counts, net)
+                report[network_id] = await self._reconcile_one(net, prune)
+                checks.append(pb.NetworkCheck(network_id=network_id,
+                                              wanted=overlay.wanted_counts(net), found=found,
+                                              differences=report[network_id]))
             for name in await asyncio.to_thread(self._unwanted, desired):
                 await asyncio.to_thread(overlay.remove_network, name)
                 report[name] = [f"namespace {name}: not wanted, removed"]
-            self._report = report
+            self._report, self._checks, self._checked_ns = report, checks, time.time_ns()
             return report
 
     def last_report(self) -> list[tuple[str, list[str]]]:
+        """(network id, differences) of the last round; a removed network's entry is keyed
+        by its namespace name."""
         return sorted(self._report.items())
+
+    def network_report(self) -> pb.NetworkReport:
+        """The last round as the node reports it (`network doctor`); the WireGuard part
+        fills in peers and tunnel_error."""
+        return pb.NetworkReport(checked_ns=self._checked_ns, networks=self._checks)
 
     # -- helpers --
 
-    async def _reconcile_one(self, net: NetworkDesired) -> list[str]:
+    async def _reconcile_one(self, net: NetworkDesired, prune: bool) -> list[str]:
         try:
-            diffs = await asyncio.to_thread(overlay.reconcile_network, net, self.host_netns)
+            diffs = await asyncio.to_thread(overlay.reconcile_network, net, self.host_netns,
+                                            None, prune)
         except Exception as err:  # one broken network must not stop the others
             log.exception("overlay reconcile of %s failed", net.network_id)
             diffs = [f"reconcile failed: {err}"]
@@ -151,26 +184,24 @@ class Dataplane:
         node = Node(self.node_id, self.underlay_ip, self.underlay_mtu, self.netns_prefix)
         return desired_networks(node, self._message, self._sandboxes)
 
-    async def _notify(self) -> None:
-        async with self._updated:
-            self._updated.notify_all()
-
     def _known(self, network_ids: set[str]) -> bool:
         known = {state.network.id for state in self._message.networks
                  if state.network.ipam and state.network.ipam[0].gateway}
         return network_ids <= known
 
     async def _wait_known(self, network_ids: set[str]) -> None:
-        async with self._updated:
+        deadline = asyncio.get_running_loop().time() + ATTACH_WAIT
+        while not self._known(network_ids):
+            changed = self._changed
             try:
-                await asyncio.wait_for(
-                    self._updated.wait_for(lambda: self._known(network_ids)), ATTACH_WAIT)
+                async with asyncio.timeout_at(deadline):
+                    await changed.wait()
             except TimeoutError:
                 missing = sorted(network_ids - {s.network.id for s in self._message.networks})
                 raise NetworkUnknown(
                     f"node {self.node_id}: networks {missing or sorted(network_ids)} not in "
-                    "its assignments (or not allocated); the manager must allocate them "
-                    "first") from None
+                    "its assignments (or not allocated yet); the manager allocates them "
+                    "before the task is assigned") from None
 
     async def _sync_extras(self) -> None:
         for extra in self.extras:

@@ -63,6 +63,8 @@ class Veth:
     address: str   # CIDR form
     mac: str
     mtu: int
+    netns_inode: int = 0   # the namespace attached (0: not known); a /proc/PID path can be
+                           # reused by another process's namespace after PID reuse
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Sandbox:
     """A sandbox attached on this node: its namespace and its attachments, in order."""
     netns_path: str
     attachments: tuple[pb.NetworkAttachment, ...]
+    netns_inode: int = 0
 
 
 def mac_of(address: str) -> str:
@@ -173,7 +176,7 @@ def _veths(network_id: str, sandboxes: Mapping[str, Sandbox], mtu: int) -> list[
             address = attachment.addresses[0]
             veths.append(Veth(key=key, netns_path=box.netns_path, ifname=f"eth{position}",
                               peer=veth_peer_name(key), address=address,
-                              mac=mac_of(address), mtu=mtu))
+                              mac=mac_of(address), mtu=mtu, netns_inode=box.netns_inode))
     return veths
 
 

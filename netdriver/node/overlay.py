@@ -129,19 +129,36 @@ def is_veth_peer(name: str) -> bool:
 
 
 def remove_stale_veths(ns: str, desired: NetworkDesired, snap: nl.Snapshot,
-                       diffs: list[str]) -> None:
-    """Legs of sandboxes that were detached (or whose task this node no longer has)."""
+                       diffs: list[str], prune: bool) -> None:
+    """Legs of sandboxes that were detached (or whose task this node no longer has). Kept
+    while `prune` is off: after a restart the worker has not adopted its tasks yet."""
     wanted = {veth.peer for veth in desired.veths}
     for link in snap.links:
         if link.kind == "veth" and is_veth_peer(link.name) and link.name not in wanted:
+            if not prune:
+                diffs.append(f"veth {link.name}: no sandbox attached (kept for now)")
+                continue
             diffs.append(f"veth {link.name}: unexpected")
             nl.delete_link(ns, link.name)
+
+
+def netns_inode(path: str) -> int:
+    """The namespace's identity (0 if it is gone)."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+def same_netns(veth: Veth) -> bool:
+    inode = netns_inode(veth.netns_path)
+    return inode != 0 and veth.netns_inode in (0, inode)
 
 
 def sync_veth(ns: str, bridge: str, veth: Veth, diffs: list[str]) -> None:
     """One sandbox's leg: `veth.ifname` in the sandbox paired with `veth.peer` on the
     bridge. A pair that is half there or mismatched is made again."""
-    if not os.path.exists(veth.netns_path):
+    if not same_netns(veth):
         diffs.append(f"sandbox {veth.key}: namespace {veth.netns_path} gone")
         return
     box = nl.snapshot(veth.netns_path)
@@ -184,7 +201,7 @@ def create_veth(ns: str, bridge: str, veth: Veth, present: bool) -> None:
 
 
 def reconcile_network(desired: NetworkDesired, host_netns: nl.Ns,
-                      key: str | None = None) -> list[str]:
+                      key: str | None = None, prune: bool = True) -> list[str]:
     """Apply the difference for one network; the differences found (empty: in place).
     With `key`, only that sandbox's leg is checked (attach: fast; other sandboxes and
     stale legs are left to the reconcile loop)."""
@@ -197,7 +214,7 @@ def reconcile_network(desired: NetworkDesired, host_netns: nl.Ns,
     snap = nl.snapshot(ns, [vx])
     sync_tables(ns, desired, snap, diffs)
     if key is None:
-        remove_stale_veths(ns, desired, snap, diffs)
+        remove_stale_veths(ns, desired, snap, diffs, prune)
     for veth in desired.veths:
         if key is None or veth.key == key:
             sync_veth(ns, desired.bridge.name, veth, diffs)
@@ -217,3 +234,22 @@ def remove_veth(netns: str, peer: str) -> None:
     """A sandbox's leg (both ends go: deleting one end of a veth deletes the pair)."""
     if netns in nl.list_netns():
         nl.delete_link(netns, peer)
+
+
+def wanted_counts(desired: NetworkDesired) -> dict[str, int]:
+    """Per kind, how many entries the network's namespace should hold (doctor's "wanted")."""
+    return {"interfaces": 1 + (desired.vxlan is not None) + len(desired.veths),
+            "fdb": len(desired.fdb) if desired.vxlan else 0,
+            "neighbours": len(desired.neighbours) if desired.vxlan else 0}
+
+
+def found_counts(desired: NetworkDesired) -> dict[str, int]:
+    """Per kind, how many the namespace holds now (before a round repairs it)."""
+    if desired.netns not in nl.list_netns():
+        return {"interfaces": 0, "fdb": 0, "neighbours": 0}
+    vx = desired.vxlan.name if desired.vxlan else "vxlan0"
+    snap = nl.snapshot(desired.netns, [vx])
+    ours = [link for link in snap.links if link.kind in ("bridge", "vxlan")
+            or (link.kind == "veth" and is_veth_peer(link.name))]
+    return {"interfaces": len(ours), "fdb": len(snap.fdb.get(vx, ())),
+            "neighbours": len(snap.neighbours.get(vx, ()))}

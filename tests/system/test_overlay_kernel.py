@@ -8,14 +8,14 @@ import secrets
 import socket
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
 from netdriver import netlink as nl
 from netdriver.node.dataplane import Dataplane
-from netdriver.node.desired import mac_of
+from netdriver.node.desired import mac_of, veth_peer_name
 from netdriver.node.netns import run_in_netns_sync
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
@@ -284,3 +284,148 @@ async def test_encrypted_network_uses_tunnel_addresses(lab: Lab,
     assert {link.name: link for link in nl.links(boxes[0])}["eth0"].mtu == 1370
     assert await asyncio.to_thread(ping, boxes[0], "10.77.6.6")
     assert await planes[0].reconcile() == {net.id: []}
+
+
+def with_local_tasks(msg: cluster_pb2.AssignmentsMessage, node_id: str, net: pb.Network,
+                     addr: str) -> cluster_pb2.AssignmentsMessage:
+    """The message as this node gets it: its own task running on `net`."""
+    out = cluster_pb2.AssignmentsMessage()
+    out.CopyFrom(msg)
+    task = out.tasks.add(id=new_id(), node_id=node_id, desired_state=pb.RUNNING)
+    task.networks.add(network_id=net.id, addresses=[addr])
+    return out
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str,
+                     timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_restart_adopts_running_sandboxes_and_drops_leftovers(
+        lab: Lab, planes: list[Dataplane]) -> None:
+    net = network("10.77.7", vni=8100 + secrets.randbelow(500))
+    old = network("10.77.8", vni=8700 + secrets.randbelow(500))
+    addrs, old_addr = ["10.77.7.5/24", "10.77.7.6/24"], "10.77.8.5/24"
+    states = [state(net, [("node1", addrs[0]), ("node2", addrs[1])]),
+              state(old, [("node1", old_addr)])]
+    boxes = [make_sandbox(lab, "r1"), make_sandbox(lab, "r2")]
+    old_box = make_sandbox(lab, "r3")
+    for plane in planes:
+        plane.update(message(lab, states))
+    await attach_both(planes, boxes, net, addrs)
+    await planes[0].attach(old_box, old_box, [pb.NetworkAttachment(network_id=old.id,
+                                                                   addresses=[old_addr])])
+    ns1, old_ns = ns_of(planes[0], net), ns_of(planes[0], old)
+    links_before = sorted(link.name for link in nl.links(ns1))
+
+    # shoald restarts on host 1 (a new Dataplane); meanwhile the task on `old` ended.
+    fresh = Dataplane("node1", lab.underlay[0], planes[0].netns_prefix, host_netns=lab.host(0))
+    assert await fresh.reconcile() == {}  # no message yet: nothing is known to be unwanted
+    assert old_ns in nl.list_netns()
+    fresh.update(with_local_tasks(message(lab, states[:1]), "node1", net, addrs[0]))
+    report = await fresh.reconcile()
+    # The running task's leg is kept until the worker adopts it; the ended one's network goes.
+    peer = veth_peer_name(boxes[0])
+    assert report[net.id] == [f"veth {peer}: no sandbox attached (kept for now)"]
+    assert report[old_ns] == [f"namespace {old_ns}: not wanted, removed"]
+    assert old_ns not in nl.list_netns()
+    assert await asyncio.to_thread(ping, boxes[0], "10.77.7.6")
+
+    await fresh.attach(boxes[0], boxes[0], [pb.NetworkAttachment(network_id=net.id,
+                                                                 addresses=[addrs[0]])])
+    assert await fresh.reconcile() == {net.id: []}
+    assert sorted(link.name for link in nl.links(ns1)) == links_before
+    assert nl.fdb(ns1, "vxlan0") == (nl.Fdb(mac_of(addrs[1]), lab.underlay[1]),)
+    assert await asyncio.to_thread(ping, boxes[0], "10.77.7.6")
+    check = fresh.network_report().networks[0]
+    assert (check.network_id, dict(check.wanted), list(check.differences)) == (
+        net.id, {"interfaces": 3, "fdb": 1, "neighbours": 1}, [])
+    assert dict(check.found) == dict(check.wanted)
+
+
+async def test_loop_follows_updates_and_survives_a_bad_one(lab: Lab,
+                                                           planes: list[Dataplane]) -> None:
+    net = network("10.77.9", vni=9100 + secrets.randbelow(500))
+    addrs = ["10.77.9.5/24", "10.77.9.6/24"]
+    boxes = [make_sandbox(lab, "l1"), make_sandbox(lab, "l2")]
+    for plane in planes:
+        plane.update(message(lab, [state(net, [("node1", addrs[0]), ("node2", addrs[1])])]))
+    await attach_both(planes, boxes, net, addrs)
+    ns1 = ns_of(planes[0], net)
+
+    async def fdb_is(*addresses: str) -> bool:
+        want = tuple(sorted(nl.Fdb(mac_of(a), lab.underlay[1]) for a in addresses))
+        return await asyncio.to_thread(nl.fdb, ns1, "vxlan0") == want
+
+    # The task on node 2 is replaced by another: the loop follows (nothing left behind).
+    planes[0].update(message(lab, [state(net, [("node1", addrs[0]), ("node2", "10.77.9.7/24")])]))
+    await eventually(lambda: fdb_is("10.77.9.7/24"), "the new remote task's FDB entry")
+    assert nl.neighbours(ns1, "vxlan0") == (nl.Neighbour("10.77.9.7", mac_of("10.77.9.7/24")),)
+
+    # A message the data plane cannot use (a broken subnet) fails one round, not the loop.
+    bad = network("10.77.10", vni=9700)
+    bad.ipam[0].subnet = "not-a-subnet"
+    broken = with_local_tasks(message(lab, [state(net, []), state(bad, [])]), "node1", bad,
+                              "10.77.10.5/24")
+    planes[0].update(broken)
+    await asyncio.sleep(0.3)  # let the loop run its failing round
+    planes[0].update(message(lab, [state(net, [("node1", addrs[0]), ("node2", "10.77.9.8/24")])]))
+    await eventually(lambda: fdb_is("10.77.9.8/24"), "the loop to apply the next update")
+
+
+class Recorder:
+    """An extra part (resolver, nftables, WireGuard) as the data plane sees it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def sync(self, message: cluster_pb2.AssignmentsMessage) -> None:
+        self.calls.append(("sync", str(len(message.networks))))
+
+    async def attach(self, key: str, netns_path: str,
+                     attachments: Sequence[pb.NetworkAttachment]) -> None:
+        # Extras run once the sandbox's interfaces are in place.
+        names = {link.name for link in await asyncio.to_thread(nl.links, netns_path)}
+        self.calls.append(("attach", f"{key} eth0={'eth0' in names}"))
+
+    async def detach(self, key: str) -> None:
+        self.calls.append(("detach", key))
+
+
+async def test_extras_follow_updates_attach_and_detach(lab: Lab,
+                                                       planes: list[Dataplane]) -> None:
+    extra = Recorder()
+    planes[0].extras.append(extra)
+    net = network("10.77.11", vni=9900 + secrets.randbelow(90))
+    box = make_sandbox(lab, "x1")
+    planes[0].update(message(lab, [state(net, [("node1", "10.77.11.5/24")])]))
+
+    async def synced() -> bool:
+        return ("sync", "1") in extra.calls
+    await eventually(synced, "the extra's sync after an update")
+    await planes[0].attach("k1", box, [pb.NetworkAttachment(network_id=net.id,
+                                                            addresses=["10.77.11.5/24"])])
+    await planes[0].detach("k1")
+    assert [c for c in extra.calls if c[0] != "sync"] == [("attach", "k1 eth0=True"),
+                                                          ("detach", "k1")]
+    assert "eth0" not in {link.name for link in nl.links(box)}
+
+
+async def test_a_reused_namespace_path_is_not_plumbed(lab: Lab,
+                                                      planes: list[Dataplane]) -> None:
+    net = network("10.77.12", vni=9990 + secrets.randbelow(9))
+    box = make_sandbox(lab, "p1")
+    planes[0].update(message(lab, [state(net, [("node1", "10.77.12.5/24")])]))
+    await planes[0].attach("k1", box, [pb.NetworkAttachment(network_id=net.id,
+                                                            addresses=["10.77.12.5/24"])])
+    # The sandbox ends and its path now names another namespace (as /proc/PID after PID
+    # reuse): the data plane must not put a leg into it.
+    nl.delete_netns(f"{lab.tag}-p1")
+    nl.create_netns(f"{lab.tag}-p1")
+    report = await planes[0].reconcile()
+    assert report[net.id] == [f"sandbox k1: namespace {box} gone"]
+    assert [link.name for link in nl.links(box)] == ["lo"]
