@@ -8,6 +8,7 @@ The functions here block (netlink); the data plane calls them through asyncio.to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -200,6 +201,21 @@ def create_veth(ns: str, bridge: str, veth: Veth, present: bool) -> None:
     nl.set_link(ns, veth.peer, mtu=veth.mtu, master=bridge, up=True)
 
 
+def tunnel_guard(desired: NetworkDesired, host_netns: nl.Ns,
+                 diffs: list[str]) -> NetworkDesired:
+    """An encrypted network's VXLAN runs only while this node's tunnel address is on one of
+    its interfaces (WireGuard's): otherwise its packets to peers' tunnel addresses could
+    leave by another route in clear text."""
+    if desired.vxlan is None or not desired.encrypted:
+        return desired
+    held = {cidr.split("/")[0] for cidrs in nl.addresses(host_netns).values() for cidr in cidrs}
+    if desired.vxlan.local in held:
+        return desired
+    diffs.append(f"tunnel address {desired.vxlan.local} not on this host (WireGuard down?): "
+                 "VXLAN off")
+    return dataclasses.replace(desired, vxlan=None)
+
+
 def reconcile_network(desired: NetworkDesired, host_netns: nl.Ns,
                       key: str | None = None, prune: bool = True) -> list[str]:
     """Apply the difference for one network; the differences found (empty: in place).
@@ -208,6 +224,7 @@ def reconcile_network(desired: NetworkDesired, host_netns: nl.Ns,
     diffs: list[str] = []
     ns = desired.netns
     ensure_netns(ns, diffs)
+    desired = tunnel_guard(desired, host_netns, diffs)
     vx = desired.vxlan.name if desired.vxlan else "vxlan0"
     sync_bridge(ns, desired, nl.snapshot(ns, [vx]), diffs)
     sync_vxlan(ns, desired, nl.snapshot(ns, [vx]), host_netns, diffs)
