@@ -1,0 +1,272 @@
+"""Bring one network's namespace (and its sandboxes' legs) to the desired state.
+
+Each step reads what the kernel has, compares with `NetworkDesired` and changes only what
+differs, recording every difference as a line (`network doctor` shows them). Run on
+start-up, after a restart and on every update alike: nothing is "added once and forgotten".
+The functions here block (netlink); the data plane calls them through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+
+from netdriver import netlink as nl
+from netdriver.node.desired import NetworkDesired, Veth, Vxlan
+
+log = logging.getLogger(__name__)
+
+
+def ensure_netns(name: str, diffs: list[str]) -> None:
+    if name not in nl.list_netns():
+        diffs.append(f"namespace {name}: missing")
+    nl.create_netns(name)  # also brings lo up
+
+
+def sync_bridge(ns: str, desired: NetworkDesired, snap: nl.Snapshot, diffs: list[str]) -> None:
+    br = desired.bridge
+    link = snap.link(br.name)
+    if link is None:
+        diffs.append(f"{br.name}: missing")
+        nl.add_bridge(ns, br.name, br.mtu)
+    elif link.mtu != br.mtu:
+        diffs.append(f"{br.name} mtu {link.mtu}: want {br.mtu}")
+        nl.set_link(ns, br.name, mtu=br.mtu)
+    sync_addresses(ns, br.name, (br.address,), snap.addresses.get(br.name, ()), diffs)
+    if link is None or not link.up:
+        if link is not None:
+            diffs.append(f"{br.name}: down")
+        nl.set_link(ns, br.name, up=True)
+
+
+def sync_addresses(ns: str, ifname: str, want: tuple[str, ...], have: tuple[str, ...],
+                   diffs: list[str]) -> None:
+    for cidr in sorted(set(have) - set(want)):
+        diffs.append(f"{ifname} address {cidr}: unexpected")
+        nl.delete_address(ns, ifname, cidr)
+    for cidr in sorted(set(want) - set(have)):
+        diffs.append(f"{ifname} address {cidr}: missing")
+        nl.add_address(ns, ifname, cidr)
+
+
+def vxlan_mismatch(link: nl.Link, want: Vxlan) -> str:
+    """Why the existing device cannot stay (those attributes need a new device)."""
+    for what, have, wanted in (("vni", link.vni, want.vni), ("local", link.local, want.local),
+                               ("dstport", link.port, want.port),
+                               ("learning", link.learning, False), ("proxy", link.proxy, True)):
+        if have != wanted:
+            return f"{link.name} {what} {have}: want {wanted}"
+    return ""
+
+
+def create_vxlan(ns: str, want: Vxlan, bridge: str, host_netns: nl.Ns) -> None:
+    """Made in the host namespace (its UDP socket stays on the underlay there), moved in
+    under a unique temporary name, then renamed."""
+    temp = "vx" + secrets.token_hex(4)
+    nl.add_vxlan(host_netns, temp, want.vni, want.local, want.port, want.mtu)
+    try:
+        nl.move_link(host_netns, temp, ns)
+    except BaseException:
+        nl.delete_link(host_netns, temp)
+        raise
+    nl.set_link(ns, temp, new_name=want.name)
+    nl.set_link(ns, want.name, master=bridge, up=True)
+
+
+def sync_vxlan(ns: str, desired: NetworkDesired, snap: nl.Snapshot, host_netns: nl.Ns,
+               diffs: list[str]) -> None:
+    want = desired.vxlan
+    name = want.name if want else "vxlan0"
+    link = snap.link(name)
+    if want is None:
+        if link is not None:
+            diffs.append(f"{name}: present but must not be")
+            nl.delete_link(ns, name)
+        return
+    why = "" if link is None else vxlan_mismatch(link, want)
+    if link is None or why:
+        diffs.append(why or f"{name}: missing")
+        nl.delete_link(ns, name)
+        create_vxlan(ns, want, desired.bridge.name, host_netns)
+        return
+    bridge = snap.link(desired.bridge.name)
+    if link.mtu != want.mtu:
+        diffs.append(f"{name} mtu {link.mtu}: want {want.mtu}")
+    if bridge is None or link.master != bridge.index:
+        diffs.append(f"{name}: not on {desired.bridge.name}")
+    if not link.up:
+        diffs.append(f"{name}: down")
+    nl.set_link(ns, name, mtu=want.mtu, master=desired.bridge.name, up=True)
+
+
+def sync_tables(ns: str, desired: NetworkDesired, snap: nl.Snapshot, diffs: list[str]) -> None:
+    """Static FDB (MAC → remote node) and neighbour (IP → MAC) entries on the VXLAN device:
+    exactly the desired ones, no more."""
+    if desired.vxlan is None:
+        return
+    dev = desired.vxlan.name
+    want_fdb = {nl.Fdb(e.mac, e.dst) for e in desired.fdb}
+    have_fdb = set(snap.fdb.get(dev, ()))
+    for entry in sorted(have_fdb - want_fdb):
+        diffs.append(f"fdb {entry.mac} dst {entry.dst}: unexpected")
+        nl.delete_fdb(ns, dev, entry)
+    for entry in sorted(want_fdb - have_fdb):
+        diffs.append(f"fdb {entry.mac} dst {entry.dst}: missing")
+        nl.add_fdb(ns, dev, entry)
+    want_neigh = {nl.Neighbour(e.ip, e.mac) for e in desired.neighbours}
+    have_neigh = set(snap.neighbours.get(dev, ()))
+    for neigh in sorted(have_neigh - want_neigh):
+        diffs.append(f"neigh {neigh.ip} lladdr {neigh.mac}: unexpected")
+        nl.delete_neighbour(ns, dev, neigh)
+    for neigh in sorted(want_neigh - have_neigh):
+        diffs.append(f"neigh {neigh.ip} lladdr {neigh.mac}: missing")
+        nl.add_neighbour(ns, dev, neigh)
+
+
+def is_veth_peer(name: str) -> bool:
+    return name.startswith("vt") and len(name) == 12
+
+
+def remove_stale_veths(ns: str, desired: NetworkDesired, snap: nl.Snapshot,
+                       diffs: list[str], prune: bool) -> None:
+    """Legs of sandboxes that were detached (or whose task this node no longer has). Kept
+    while `prune` is off: after a restart the worker has not adopted its tasks yet."""
+    wanted = {veth.peer for veth in desired.veths}
+    for link in snap.links:
+        if link.kind == "veth" and is_veth_peer(link.name) and link.name not in wanted:
+            if not prune:
+                diffs.append(f"veth {link.name}: no sandbox attached (kept for now)")
+                continue
+            diffs.append(f"veth {link.name}: unexpected")
+            nl.delete_link(ns, link.name)
+
+
+def netns_inode(path: str) -> int:
+    """The namespace's identity (0 if it is gone)."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+def same_netns(veth: Veth) -> bool:
+    inode = netns_inode(veth.netns_path)
+    return inode != 0 and veth.netns_inode in (0, inode)
+
+
+def sync_veth(ns: str, bridge: str, veth: Veth, diffs: list[str]) -> None:
+    """One sandbox's leg: `veth.ifname` in the sandbox paired with `veth.peer` on the
+    bridge. A pair that is half there or mismatched is made again."""
+    if not same_netns(veth):
+        diffs.append(f"sandbox {veth.key}: namespace {veth.netns_path} gone")
+        return
+    box = nl.snapshot(veth.netns_path)
+    inner = box.link(veth.ifname)
+    outer = nl.snapshot(ns).link(veth.peer)
+    paired = (inner is not None and outer is not None and inner.kind == "veth"
+              and inner.peer_index == outer.index and outer.peer_index == inner.index)
+    if not paired:
+        diffs.append(f"veth {veth.ifname} of {veth.key}: missing")
+        create_veth(ns, bridge, veth, present=inner is not None)
+        return
+    assert inner is not None and outer is not None
+    if inner.mac != veth.mac or inner.mtu != veth.mtu or not inner.up:
+        diffs.append(f"veth {veth.ifname} of {veth.key}: mac/mtu/state differ")
+        nl.set_link(veth.netns_path, veth.ifname, mac=veth.mac if inner.mac != veth.mac
+                    else None, mtu=veth.mtu, up=True)
+    sync_addresses(veth.netns_path, veth.ifname, (veth.address,),
+                   box.addresses.get(veth.ifname, ()), diffs)
+    if outer.mtu != veth.mtu or not outer.up or outer.master == 0:
+        diffs.append(f"veth {veth.peer}: mtu/state/bridge differ")
+        nl.set_link(ns, veth.peer, mtu=veth.mtu, master=bridge, up=True)
+
+
+def create_veth(ns: str, bridge: str, veth: Veth, present: bool) -> None:
+    nl.delete_link(ns, veth.peer)
+    if present:
+        nl.delete_link(veth.netns_path, veth.ifname)
+    temp = "tp" + secrets.token_hex(4)
+    nl.add_veth(ns, veth.peer, temp)
+    try:
+        nl.move_link(ns, temp, veth.netns_path)
+    except BaseException:
+        nl.delete_link(ns, veth.peer)
+        raise
+    nl.set_link(veth.netns_path, temp, new_name=veth.ifname, mac=veth.mac, mtu=veth.mtu)
+    nl.add_address(veth.netns_path, veth.ifname, veth.address)
+    nl.set_link(veth.netns_path, veth.ifname, up=True)
+    nl.set_link(veth.netns_path, "lo", up=True)  # the resolver listens on 127.0.0.11
+    nl.set_link(ns, veth.peer, mtu=veth.mtu, master=bridge, up=True)
+
+
+def tunnel_guard(desired: NetworkDesired, host_netns: nl.Ns,
+                 diffs: list[str]) -> NetworkDesired:
+    """An encrypted network's VXLAN runs only while this node's tunnel address is on one of
+    its interfaces (WireGuard's): otherwise its packets to peers' tunnel addresses could
+    leave by another route in clear text."""
+    if desired.vxlan is None or not desired.encrypted:
+        return desired
+    held = {cidr.split("/")[0] for cidrs in nl.addresses(host_netns).values() for cidr in cidrs}
+    if desired.vxlan.local in held:
+        return desired
+    diffs.append(f"tunnel address {desired.vxlan.local} not on this host (WireGuard down?): "
+                 "VXLAN off")
+    return dataclasses.replace(desired, vxlan=None)
+
+
+def reconcile_network(desired: NetworkDesired, host_netns: nl.Ns,
+                      key: str | None = None, prune: bool = True) -> list[str]:
+    """Apply the difference for one network; the differences found (empty: in place).
+    With `key`, only that sandbox's leg is checked (attach: fast; other sandboxes and
+    stale legs are left to the reconcile loop)."""
+    diffs: list[str] = []
+    ns = desired.netns
+    ensure_netns(ns, diffs)
+    desired = tunnel_guard(desired, host_netns, diffs)
+    vx = desired.vxlan.name if desired.vxlan else "vxlan0"
+    sync_bridge(ns, desired, nl.snapshot(ns, [vx]), diffs)
+    sync_vxlan(ns, desired, nl.snapshot(ns, [vx]), host_netns, diffs)
+    snap = nl.snapshot(ns, [vx])
+    sync_tables(ns, desired, snap, diffs)
+    if key is None:
+        remove_stale_veths(ns, desired, snap, diffs, prune)
+    for veth in desired.veths:
+        if key is None or veth.key == key:
+            sync_veth(ns, desired.bridge.name, veth, diffs)
+    return diffs
+
+
+def remove_network(netns: str) -> None:
+    """The whole namespace: its VXLAN device (closing its socket), bridge and veths go."""
+    if netns in nl.list_netns():
+        for link in nl.links(netns):
+            if link.kind == "vxlan":
+                nl.delete_link(netns, link.name)
+        nl.delete_netns(netns)
+
+
+def remove_veth(netns: str, peer: str) -> None:
+    """A sandbox's leg (both ends go: deleting one end of a veth deletes the pair)."""
+    if netns in nl.list_netns():
+        nl.delete_link(netns, peer)
+
+
+def wanted_counts(desired: NetworkDesired) -> dict[str, int]:
+    """Per kind, how many entries the network's namespace should hold (doctor's "wanted")."""
+    return {"interfaces": 1 + (desired.vxlan is not None) + len(desired.veths),
+            "fdb": len(desired.fdb) if desired.vxlan else 0,
+            "neighbours": len(desired.neighbours) if desired.vxlan else 0}
+
+
+def found_counts(desired: NetworkDesired) -> dict[str, int]:
+    """Per kind, how many the namespace holds now (before a round repairs it)."""
+    if desired.netns not in nl.list_netns():
+        return {"interfaces": 0, "fdb": 0, "neighbours": 0}
+    vx = desired.vxlan.name if desired.vxlan else "vxlan0"
+    snap = nl.snapshot(desired.netns, [vx])
+    ours = [link for link in snap.links if link.kind in ("bridge", "vxlan")
+            or (link.kind == "veth" and is_veth_peer(link.name))]
+    return {"interfaces": len(ours), "fdb": len(snap.fdb.get(vx, ())),
+            "neighbours": len(snap.neighbours.get(vx, ()))}
