@@ -17,7 +17,7 @@ from aiohttp import web
 from manager.raft.guarded import RaftFailed
 from manager.raft.journal import RaftStateDamaged, set_aside
 from shoal.api.server import make_app
-from shoal.node import Node
+from shoal.node import NetworkOptions, Node
 from shoal.nodestate import DataRoot
 from worker.executor import DEFAULT_ENGINE, KINDS, make_executor
 
@@ -37,6 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--netns-prefix", default="shl-n",
                    help="name prefix of the network namespaces this node's overlay networks "
                         "use (labs give each host its own)")
+    p.add_argument("--dns-upstream", action="append", default=None, metavar="IP[:PORT]",
+                   help="resolver that tasks' names not in the swarm are forwarded to "
+                        "(repeatable; default: the host's /etc/resolv.conf)")
+    p.add_argument("--wireguard-port", type=int, default=51820,
+                   help="UDP port of the node's WireGuard tunnel (encrypted networks)")
+    p.add_argument("--key-rotation", type=float, default=None, metavar="SECONDS",
+                   help="make a new WireGuard key pair this often (default: never)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--reset-raft-state", action="store_true",
@@ -92,7 +99,8 @@ async def serve(args: argparse.Namespace) -> str | None:
     """Run until SIGTERM/SIGINT; returns why the node failed, if it did."""
     node = Node(args.data_root, args.hostname or socket.gethostname(),
                 executor=make_executor(args.executor, args.engine),
-                netns_prefix=args.netns_prefix)
+                network=NetworkOptions(args.netns_prefix, args.dns_upstream,
+                                       args.wireguard_port, args.key_rotation))
     stop = asyncio.Event()
     failed: list[RaftFailed] = []
     loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ from manager.grpcapi import role_name
 from manager.identity import new_id
 from manager.manager import Manager
 from manager.raft.guarded import RaftFailed
+from netdriver.node.plane import NodePlane
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
 from shoal import joining
@@ -28,15 +29,25 @@ from shoal.description import describe
 from shoal.errors import AlreadyInSwarm, JoinFailed, LeaveRefused, NotAManager, NotInSwarm
 from shoal.nodestate import Certificates, DataRoot, SwarmState
 from shoal.roles import ManagerRole, read_secret
-from shoal.services import ServiceGroup
+from shoal.services import Service, ServiceGroup
 from worker.agent import Agent, AgentConfig
 from worker.executor import make_executor
 from worker.executor.base import Executor
+from worker.executor.docker.executor import DockerExecutor
 from worker.worker import Worker, remove_node_containers
 
 log = logging.getLogger(__name__)
 
 RENEW_RETRY = 5.0  # seconds between attempts to renew the certificate after a failure
+
+
+@dataclass
+class NetworkOptions:
+    """How this node's data plane is set up (shoald flags)."""
+    netns_prefix: str = "shl-n"
+    dns_upstreams: list[str] | None = None  # None: the host's resolv.conf
+    wg_port: int = 51820
+    key_rotation: float | None = None  # seconds between WireGuard key rotations
 
 
 @dataclass
@@ -53,9 +64,10 @@ class InitRequest:
 
 class Node:
     def __init__(self, data_root: str, hostname: str, executor: Executor | None = None,
-                 netns_prefix: str = "shl-n") -> None:
+                 network: NetworkOptions | None = None) -> None:
         self.data = DataRoot(data_root)
-        self.netns_prefix = netns_prefix
+        self.network_options = network or NetworkOptions()
+        self.plane: NodePlane | None = None
         self.hostname = hostname
         self.executor = executor if executor is not None else make_executor()
         self.worker: Worker | None = None
@@ -233,7 +245,8 @@ class Node:
     async def _start_worker(self) -> None:
         assert self.state is not None
         certs = self._current_certs
-        worker = self.worker = Worker(self.state.node_id, self.executor)
+        plane = self.plane = self._make_plane()
+        worker = self.worker = Worker(self.state.node_id, self.executor, network=plane)
         config = AgentConfig(
             addr=self.state.advertise_ip,
             credentials=lambda: pki.channel_credentials(
@@ -243,6 +256,7 @@ class Node:
             on_message=self._on_session_message,
             worker=worker,
             problems=lambda: self.renewal_problem,
+            network=plane.heartbeat if plane is not None else lambda _: None,
         )
         self.agent = agent = Agent(config, self.state.managers)
 
@@ -251,8 +265,23 @@ class Node:
             await agent.run()
 
         self.services = ServiceGroup("node services")
-        await self.services.start({"worker": worker.run, "agent": run,
-                                   "certificate renewal": self._renew_loop})
+        services: dict[str, Service] = {"worker": worker.run, "agent": run,
+                                        "certificate renewal": self._renew_loop}
+        if plane is not None:
+            services["data plane"] = plane.run
+        await self.services.start(services)
+
+    def _make_plane(self) -> NodePlane | None:
+        """The data plane, for an executor that runs sandboxes (the fake one runs none)."""
+        if not isinstance(self.executor, DockerExecutor):
+            return None
+        assert self.state is not None
+        opts = self.network_options
+        plane = NodePlane(self.state.node_id, self.state.advertise_ip, opts.netns_prefix,
+                          self.data.path, upstreams=opts.dns_upstreams, wg_port=opts.wg_port,
+                          rotate_interval=opts.key_rotation)
+        self.executor.network = plane
+        return plane
 
     def _describe(self) -> pb.NodeDescription:
         engine = self.worker.engine if self.worker else None
