@@ -9,7 +9,6 @@ wrap these in asyncio.to_thread.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from collections.abc import Callable, Iterable
@@ -18,7 +17,6 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # type: ignore[attr-defined]
 from pyroute2 import netns as pr_netns
-from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
 from netdriver.node.netns import run_in_netns_sync
@@ -304,12 +302,3 @@ def snapshot(ns: Ns, fdb_of: Iterable[str] = ()) -> Snapshot:
                         fdb={link.name: _fdb(ipr, link.index) for link in tables},
                         neighbours={link.name: _neighbours(ipr, link.index) for link in tables})
     return _run(ns, body)
-
-
-def is_gone(err: BaseException) -> bool:
-    """A netlink error meaning "no such thing" (deleting what is already gone)."""
-    return isinstance(err, NetlinkError) and err.code in (errno.ENOENT, errno.ENODEV)
-
-
-def is_exists(err: BaseException) -> bool:
-    return isinstance(err, NetlinkError) and err.code == errno.EEXIST

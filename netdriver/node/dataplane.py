@@ -41,6 +41,10 @@ class NetworkUnknown(LookupError):
     """attach named a network this node has no (allocated) state for."""
 
 
+class SandboxGone(LookupError):
+    """attach was given a namespace that no longer exists."""
+
+
 class Extra(Protocol):
     async def sync(self, message: cluster_pb2.AssignmentsMessage) -> None: ...
 
@@ -86,8 +90,11 @@ class Dataplane:
                      attachments: Sequence[pb.NetworkAttachment]) -> None:
         wanted = [a for a in attachments if a.network_id]
         await self._wait_known({a.network_id for a in wanted})
+        inode = await asyncio.to_thread(overlay.netns_inode, netns_path)
+        if inode == 0:
+            raise SandboxGone(f"node {self.node_id}: sandbox {key}: namespace {netns_path} "
+                              "is gone (did its container exit?)")
         async with self._lock:
-            inode = await asyncio.to_thread(overlay.netns_inode, netns_path)
             self._sandboxes[key] = Sandbox(netns_path, tuple(wanted), inode)
             desired = await self._desired()
             for attachment in wanted:

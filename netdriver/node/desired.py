@@ -225,7 +225,10 @@ def desired_networks(node: Node, message: cluster_pb2.AssignmentsMessage,
     for state in message.networks:
         if state.network.id not in wanted:
             continue
-        desired = desired_network(node, state, peers, message.data_path_port, sandboxes)
+        try:
+            desired = desired_network(node, state, peers, message.data_path_port, sandboxes)
+        except ValueError:  # a malformed address from the store: skip it, program the rest
+            continue
         if desired is not None:
             out[state.network.id] = desired
     return out

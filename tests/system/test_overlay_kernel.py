@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from netdriver import netlink as nl
-from netdriver.node.dataplane import Dataplane
+from netdriver.node.dataplane import Dataplane, SandboxGone
 from netdriver.node.desired import mac_of, veth_peer_name
 from netdriver.node.netns import run_in_netns_sync
 from proto import cluster_pb2
@@ -363,8 +363,7 @@ async def test_restart_adopts_running_sandboxes_and_drops_leftovers(
     assert dict(check.found) == dict(check.wanted)
 
 
-async def test_loop_follows_updates_and_survives_a_bad_one(
-        lab: Lab, planes: list[Dataplane], caplog: pytest.LogCaptureFixture) -> None:
+async def test_loop_follows_updates(lab: Lab, planes: list[Dataplane]) -> None:
     net = network("10.77.9", vni=9100 + secrets.randbelow(500))
     addrs = ["10.77.9.5/24", "10.77.9.6/24"]
     boxes = [make_sandbox(lab, "l1"), make_sandbox(lab, "l2")]
@@ -382,18 +381,44 @@ async def test_loop_follows_updates_and_survives_a_bad_one(
     await eventually(lambda: fdb_is("10.77.9.7/24"), "the new remote task's FDB entry")
     assert nl.neighbours(ns1, "vxlan0") == (nl.Neighbour("10.77.9.7", mac_of("10.77.9.7/24")),)
 
-    # A message the data plane cannot use (a broken subnet) fails one round, not the loop.
+    # A malformed address in the store spoils only its own network.
     bad = network("10.77.10", vni=9700)
     bad.ipam[0].subnet = "not-a-subnet"
-    broken = with_local_tasks(message(lab, [state(net, []), state(bad, [])]), "node1", bad,
-                              "10.77.10.5/24")
-    planes[0].update(broken)
-
-    async def failed() -> bool:
-        return "overlay reconcile failed" in caplog.text
-    await eventually(failed, "the loop's failing round")
-    planes[0].update(message(lab, [state(net, [("node1", addrs[0]), ("node2", "10.77.9.8/24")])]))
+    planes[0].update(message(lab, [state(net, [("node1", addrs[0]), ("node2", "10.77.9.8/24")]),
+                                   state(bad, [])]))
     await eventually(lambda: fdb_is("10.77.9.8/24"), "the loop to apply the next update")
+
+
+async def test_loop_retries_until_the_underlay_is_there(
+        lab: Lab, planes: list[Dataplane], caplog: pytest.LogCaptureFixture) -> None:
+    # shoald starts before its underlay address is configured: rounds fail (logged), the
+    # loop keeps going and converges once the address appears.
+    net = network("10.77.13", vni=9800 + secrets.randbelow(90))
+    underlay = lab.underlay[0].rsplit(".", 1)[0] + ".3"
+    late = Dataplane("node3", underlay, f"{lab.tag}-n3-", host_netns=lab.host(0))
+    loop = asyncio.create_task(late.run())
+    try:
+        msg = with_local_tasks(message(lab, [state(net, [("node3", "10.77.13.5/24")])]),
+                               "node3", net, "10.77.13.5/24")
+        late.update(msg)
+
+        async def failed() -> bool:
+            return f"no interface holds {underlay}" in caplog.text
+        await eventually(failed, "a failing round")
+        nl.add_address(lab.host(0), "ul0", f"{underlay}/24")
+        late.update(msg)
+        ns = ns_of(late, net)
+
+        async def programmed() -> bool:
+            names = await asyncio.to_thread(nl.list_netns)
+            return ns in names and "vxlan0" in {
+                link.name for link in await asyncio.to_thread(nl.links, ns)}
+        await eventually(programmed, "the network's namespace after the address appeared")
+        vx = {link.name: link for link in nl.links(ns)}["vxlan0"]
+        assert (vx.local, vx.mtu) == (underlay, 1450)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
 
 
 class Recorder:
@@ -448,3 +473,12 @@ async def test_a_reused_namespace_path_is_not_plumbed(lab: Lab,
     report = await planes[0].reconcile()
     assert report[net.id] == [f"sandbox k1: namespace {box} gone"]
     assert [link.name for link in nl.links(box)] == ["lo"]
+
+
+async def test_attach_to_a_gone_namespace_says_so(lab: Lab, planes: list[Dataplane]) -> None:
+    net = network("10.77.14", vni=9990)
+    planes[0].update(message(lab, [state(net, [("node1", "10.77.14.5/24")])]))
+    gone = lab.sandbox("never-made")
+    with pytest.raises(SandboxGone, match="never-made"):
+        await planes[0].attach("k1", gone, [pb.NetworkAttachment(network_id=net.id,
+                                                                 addresses=["10.77.14.5/24"])])

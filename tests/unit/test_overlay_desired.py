@@ -166,3 +166,12 @@ def test_owned_namespaces_leave_others_alone() -> None:
     names = ["shl-nabcdefghijkl", "shl-ningress", "shl-nabcdefghijk", "other",
              "shl-nABCDEFGHIJKL", "shl-nabcdefghijkl-x"]
     assert owned_netns(names, "shl-n") == ["shl-nabcdefghijkl"]
+
+
+def test_a_malformed_network_spoils_only_itself() -> None:
+    other = "zyxwvutsrqpo0123456789abc"
+    bad = network(other)
+    bad.ipam[0].subnet = "not-a-subnet"
+    box = sandbox((NET_ID, "10.0.1.5/24"), (other, "10.0.1.9/24"))
+    out = desired_networks(NODE, message(state(network(), TASKS), state(bad, [])), {"k": box})
+    assert list(out) == [NET_ID]
