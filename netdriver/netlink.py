@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # type: ignore[attr-defined]
-from pyroute2 import netns as pr_netns
 from pyroute2.netlink.rtnl import ndmsg
 
 from netdriver.node.netns import run_in_netns_sync
@@ -96,15 +96,22 @@ def list_netns() -> list[str]:
 
 
 def create_netns(name: str) -> None:
-    """A named namespace with lo up; nothing if it exists."""
+    """A named namespace with lo up; nothing if it exists. Made by `ip netns add`: pyroute2
+    forks a Python child for it, which aborts in a process that runs gRPC (shoald)."""
     if name not in list_netns():
-        pr_netns.create(name)
+        _ip("netns", "add", name)
     set_link(name, "lo", up=True)
 
 
 def delete_netns(name: str) -> None:
     if name in list_netns():
-        pr_netns.remove(name)
+        _ip("netns", "delete", name)
+
+
+def _ip(*argv: str) -> None:
+    done = subprocess.run(["ip", *argv], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
 
 
 # -- links --

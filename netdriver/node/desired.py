@@ -140,7 +140,10 @@ def remote_addresses(state: cluster_pb2.NetworkState, node_id: str,
                      ) -> list[tuple[str, str]]:
     """(address CIDR, node id) of every task of this network on another node, and on the
     ingress network every other node's routing-mesh address."""
-    found = {(task.addr, task.node_id) for record in state.services for task in record.tasks
+    # Every placed address (`endpoints`: running or not, so a starting task is reachable
+    # from its first packet); service records list only the serving ones.
+    tasks = state.endpoints or [t for record in state.services for t in record.tasks]
+    found = {(task.addr, task.node_id) for task in tasks
              if task.addr and task.node_id and task.node_id != node_id}
     if state.network.spec.ingress:
         found |= {(peer.ingress_addr, peer.node_id) for peer in peers.values()
