@@ -46,8 +46,11 @@ def first_line(lab: LabState, task: dict[str, Any]) -> str:
     return logs.splitlines()[0] if logs else ""
 
 
-def http_get(lab: LabState, task: dict[str, Any], url: str) -> str | None:
-    code, out = exec_in_task(lab, task, "wget", "-q", "-T", "3", "-O", "-", url)
+def http_get(lab: LabState, task: dict[str, Any], url: str, timeout: int = 5) -> str | None:
+    # busybox-static's wget crashes with -q or -T here: quiet it with a redirect, bound it
+    # with timeout(1).
+    code, out = exec_in_task(lab, task, "sh", "-c", f"wget -O - {url} 2>/dev/null",
+                             timeout=timeout)
     return out.strip() if code == 0 else None
 
 
