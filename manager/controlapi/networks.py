@@ -52,7 +52,7 @@ def validate_spec(spec: pb.NetworkSpec) -> None:
 
 
 def new_network(networks: Sequence[pb.Network], nodes: Sequence[pb.Node],
-                spec: pb.NetworkSpec) -> pb.Network:
+                spec: pb.NetworkSpec, cluster: pb.Cluster | None = None) -> pb.Network:
     spec = _copy(spec)
     spec.driver = spec.driver or "overlay"
     validate_spec(spec)
@@ -71,6 +71,13 @@ def new_network(networks: Sequence[pb.Network], nodes: Sequence[pb.Node],
         hit = ipam.overlap(subnet, network_subnets(live) + route_list(nodes))
         if hit is not None:
             raise InvalidArgument(f"subnet {subnet} overlaps {hit}; choose another --subnet")
+    else:  # the allocator picks the subnet; say now if the pools have none left
+        pools = list(cluster.default_addr_pool) if cluster else []
+        size = (cluster.subnet_size if cluster else 0) or ipam.DEFAULT_SUBNET_SIZE
+        try:
+            ipam.next_subnet(pools, size, network_subnets(live) + route_list(nodes))
+        except IPAMError as err:
+            raise FailedPrecondition(str(err)) from None
     return pb.Network(id=new_id(), spec=spec)
 
 
@@ -137,7 +144,8 @@ class NetworkControl:
         return find_network(self.networks(), ref)
 
     def create(self, spec: pb.NetworkSpec) -> pb.Network:
-        return new_network(self.networks(), list(self.store.list(pb.Node)), spec)
+        cluster = next(iter(self.store.list(pb.Cluster)), None)
+        return new_network(self.networks(), list(self.store.list(pb.Node)), spec, cluster)
 
     def remove(self, ref: str) -> pb.Network:
         return removed_network(self.networks(), self.store.list(pb.Service),

@@ -22,6 +22,7 @@ from shoal.api.request import fields, filters_param, parse_json
 from shoal.api.services import label_match
 from shoal.errors import InvalidRequest
 
+ALLOCATE_WAIT = 5.0  # seconds create waits for the subnet and VNI
 _FILTERS = {"id", "name", "label", "driver", "scope", "type"}
 
 
@@ -142,6 +143,13 @@ async def create_network(request: web.Request) -> web.Response:
     async with _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
         network = NetworkControl(mgr.store).create(spec)
         await mgr.write((store_pb2.CREATE, network))
+    # As Docker, answer once the network has its subnet (the leader's allocator gives it).
+    deadline = time.monotonic() + ALLOCATE_WAIT
+    while time.monotonic() < deadline:
+        stored = mgr.store.get(pb.Network, network.id)
+        if stored is None or stored.vni:
+            break
+        await asyncio.sleep(0.05)
     return web.json_response({"Id": network.id, "Warning": ""}, status=201)
 
 
