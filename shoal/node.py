@@ -16,7 +16,7 @@ import grpc
 import pki
 from manager.ca.authority import BACKDATE, RootCA
 from manager.ca.server import cert_expiry
-from manager.errors import Unavailable
+from manager.errors import NotFound, Unavailable
 from manager.grpcapi import role_name
 from manager.identity import new_id
 from manager.manager import Manager
@@ -103,6 +103,22 @@ class Node:
         manager = self.manager_role.manager
         manager.require_quorum()  # a cut-off manager answers 503 at once, never stale data
         return manager
+
+    def node_id(self) -> str:
+        if self.state is None:
+            raise NotInSwarm()
+        return self.state.node_id
+
+    async def local_container(self, ref: str) -> tuple[str, str]:
+        """A running container of this node's engine: its ID and network namespace."""
+        if not isinstance(self.executor, DockerExecutor):
+            raise NotFound("this node runs no container engine")
+        found = await self.executor.container_netns(ref) if ref else None
+        if found is None:
+            raise NotFound(f"container {ref or '(none given)'} is not running on this node's "
+                           "engine: start it first (network connect attaches a running "
+                           "container of the node whose API you call)")
+        return found
 
     # -- lifecycle --
 
@@ -279,7 +295,8 @@ class Node:
         opts = self.network_options
         plane = NodePlane(self.state.node_id, self.state.advertise_ip, opts.netns_prefix,
                           self.data.path, upstreams=opts.dns_upstreams, wg_port=opts.wg_port,
-                          rotate_interval=opts.key_rotation)
+                          rotate_interval=opts.key_rotation,
+                          container_netns=self.executor.container_netns)
         self.executor.network = plane
         return plane
 

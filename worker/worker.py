@@ -15,6 +15,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from netdriver.attachments import is_attachment
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from worker.executor.base import ContainerState, EngineInfo, Executor, ExecutorError
@@ -95,6 +96,8 @@ class Worker:
         if self.network is not None and message is not None:
             self.network.update(message)
         await self._listed.wait()
+        # A container attached to a network runs already: the data plane plumbs it.
+        tasks = [t for t in tasks if not is_attachment(t)]
         wanted = {t.id: t for t in tasks}
         for task in tasks:
             tm = self.managers.get(task.id)

@@ -26,6 +26,7 @@ from manager.rules.ports import PortKey, in_use_by_others
 from manager.runtime import Controller
 from manager.scheduler.filters import wants_to_run
 from manager.store.memory import Event, StoreView
+from netdriver.attachments import is_attachment
 from netdriver.ipam import Addr, IPAMError
 from proto import objects_pb2 as pb
 
@@ -114,6 +115,9 @@ def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
             new.endpoint.CopyFrom(service.endpoint)
         new.status.state = pb.PENDING
         new.status.message = PENDING_MESSAGE
+        if is_attachment(new):  # its node is the container's: nothing to schedule
+            new.status.state = pb.ASSIGNED
+            new.status.message = "attached"
         new.status.timestamp_ns = now_ns
         out.append(new)
     return out

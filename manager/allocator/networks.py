@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from netdriver import ipam
+from netdriver.attachments import is_attachment
 from netdriver.ipam import Addr, IPAMError, Net
 from proto import objects_pb2 as pb
 
@@ -152,13 +153,19 @@ def assign_vips(service: pb.Service, endpoint: pb.Endpoint, networks: dict[str, 
 
 def attach_task(task: pb.Task, service: pb.Service | None, networks: dict[str, pb.Network],
                 used: dict[str, set[Addr]], ingress_id: str | None) -> bool:
-    """Give a NEW task its addresses on its service's networks; False when one of them is
-    not allocated yet."""
-    spec = service.spec if service is not None else None
-    if spec is None or task.networks:
+    """Give a NEW task its addresses on its service's networks (an attached container's
+    task: on its own); False when one of them is not allocated yet."""
+    if task.networks:
         return True
-    aliases = {n.target: list(n.aliases) for n in spec.task.networks}
-    wanted = service_networks(spec, ingress_id)
+    if service is not None:
+        configs = list(service.spec.task.networks)
+        wanted = service_networks(service.spec, ingress_id)
+    elif is_attachment(task):
+        configs = list(task.spec.networks)
+        wanted = [n.target for n in configs]
+    else:
+        return True
+    aliases = {n.target: list(n.aliases) for n in configs}
     if any(n not in networks or not networks[n].ipam for n in wanted):
         return False
     for net_id in wanted:

@@ -20,6 +20,7 @@ from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from manager.identity import new_id
 from manager.store.memory import MemoryStore
 from netdriver import ipam
+from netdriver.attachments import CONTAINER_LABEL, container_of, is_attachment
 from netdriver.ipam import IPAMError, Net
 from proto import objects_pb2 as pb
 
@@ -104,6 +105,29 @@ def removed_network(networks: Sequence[pb.Network], services: Iterable[pb.Servic
     return network
 
 
+def attachment_task(networks: Sequence[pb.Network], tasks: Iterable[pb.Task], ref: str,
+                    container_id: str, node_id: str, aliases: Sequence[str]) -> pb.Task:
+    """The task that attaches a running container to an attachable network."""
+    network = find_network(networks, ref)
+    name = network.spec.annotations.name
+    if not network.spec.attachable:
+        raise FailedPrecondition(f"network {name} is not attachable: only services can use "
+                                 "it; create a network with --attachable for containers")
+    if attachment_of(tasks, network.id, container_id) is not None:
+        raise AlreadyExists(f"container {container_id[:12]} is already on network {name}")
+    task = pb.Task(id=new_id(), node_id=node_id, desired_state=pb.RUNNING)
+    task.annotations.name = f"attachment.{container_id[:12]}.{task.id}"
+    task.annotations.labels[CONTAINER_LABEL] = container_id
+    task.spec.networks.append(pb.NetworkAttachmentConfig(target=network.id, aliases=aliases))
+    return task
+
+
+def attachment_of(tasks: Iterable[pb.Task], network_id: str, container_id: str
+                  ) -> pb.Task | None:
+    return next((t for t in tasks if is_attachment(t) and container_of(t) == container_id
+                 and any(n.target == network_id for n in t.spec.networks)), None)
+
+
 def resolve_attachments(spec: pb.ServiceSpec, networks: Sequence[pb.Network]) -> None:
     """Replace each network target of the service (name, ID or ID prefix) with the
     network's ID; refuse unknown networks, the ingress network and duplicates."""
@@ -146,6 +170,19 @@ class NetworkControl:
     def create(self, spec: pb.NetworkSpec) -> pb.Network:
         cluster = next(iter(self.store.list(pb.Cluster)), None)
         return new_network(self.networks(), list(self.store.list(pb.Node)), spec, cluster)
+
+    def connect(self, ref: str, container_id: str, node_id: str,
+                aliases: Sequence[str]) -> pb.Task:
+        return attachment_task(self.networks(), self.store.list_view(pb.Task), ref,
+                               container_id, node_id, aliases)
+
+    def disconnect(self, ref: str, container_id: str) -> pb.Task:
+        network = self.get(ref)
+        task = attachment_of(self.store.list_view(pb.Task), network.id, container_id)
+        if task is None:
+            raise NotFound(f"container {container_id[:12]} is not on network "
+                           f"{network.spec.annotations.name}")
+        return task
 
     def remove(self, ref: str) -> pb.Network:
         return removed_network(self.networks(), self.store.list(pb.Service),

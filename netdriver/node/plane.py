@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from netdriver.attachments import container_of, is_attachment
 from netdriver.ipam import is_encrypted
 from netdriver.node.dataplane import Dataplane
 from netdriver.node.mesh import Mesh
@@ -30,14 +31,19 @@ log = logging.getLogger(__name__)
 EDGE_INTERVAL = 10.0
 REPORT_REFRESH_NS = 15_000_000_000  # resend an unchanged report this often (freshness)
 INGRESS_KEY = "ingress-endpoint"
+# A container's ID → (full ID, network namespace path), None when not running.
+ContainerLookup = Callable[[str], Awaitable[tuple[str, str] | None]]
 
 
 class NodePlane:
     def __init__(self, node_id: str, underlay_ip: str, netns_prefix: str,
                  state_dir: str | Path, *, upstreams: list[str] | None = None,
                  wg_port: int = DEFAULT_LISTEN_PORT, rotate_interval: float | None = None,
-                 host_netns: str | None = None) -> None:
+                 host_netns: str | None = None,
+                 container_netns: ContainerLookup | None = None) -> None:
         self.node_id = node_id
+        self.container_netns = container_netns
+        self._containers: dict[str, str] = {}  # attachment task id → container netns
         self.overlay = Dataplane(node_id, underlay_ip, netns_prefix, host_netns)
         self.resolver = Resolver(upstreams)
         self.balancer = SandboxBalancer()
@@ -87,7 +93,7 @@ class NodePlane:
                 pass
             self._wake.clear()
             message = self._message
-            for step in (self._sync_tunnel, self._sync_mesh):
+            for step in (self._sync_tunnel, self._sync_mesh, self._sync_containers):
                 try:
                     await step(message)
                 except Exception:  # logged; the next round tries again
@@ -135,6 +141,26 @@ class NodePlane:
                  if t.status.state == pb.RUNNING and t.desired_state <= pb.RUNNING]
         await self.mesh.sync(message, local)
         self._mesh_on = True
+
+    async def _sync_containers(self, message: cluster_pb2.AssignmentsMessage) -> None:
+        """Containers attached with `network connect`: plumb each one's own namespace (the
+        container runs already; nothing is started) and unplumb those disconnected."""
+        wanted = {t.id: t for t in message.tasks if is_attachment(t) and t.networks
+                  and t.desired_state <= pb.RUNNING}
+        for task_id in [k for k in self._containers if k not in wanted]:
+            await self.overlay.detach(task_id)
+            del self._containers[task_id]
+        if self.container_netns is None:
+            return
+        for task_id, task in wanted.items():
+            found = await self.container_netns(container_of(task))
+            if found is None:  # stopped: its address stays until it is disconnected
+                if self._containers.pop(task_id, None) is not None:
+                    await self.overlay.detach(task_id)
+                continue
+            if self._containers.get(task_id) != found[1]:
+                await self.overlay.attach(task_id, found[1], list(task.networks))
+                self._containers[task_id] = found[1]
 
     async def _check(self, message: cluster_pb2.AssignmentsMessage) -> pb.NetworkReport:
         report = self.overlay.network_report()

@@ -14,9 +14,10 @@ from aiohttp import web
 
 from manager.controlapi.doctor import diagnose
 from manager.controlapi.networks import NetworkControl, visible
+from manager.errors import NotFound
 from proto import objects_pb2 as pb
 from proto import store_pb2
-from shoal.api.context import manager_of
+from shoal.api.context import manager_of, node_of
 from shoal.api.convert import timestamp
 from shoal.api.request import fields, filters_param, parse_json
 from shoal.api.services import label_match
@@ -162,6 +163,42 @@ async def doctor(request: web.Request) -> web.Response:
                               "Nodes": [dataclasses.asdict(n) for n in nodes]})
 
 
+async def connect(request: web.Request) -> web.Response:
+    """Docker's `network connect`: a running container of this node's engine joins an
+    attachable network."""
+    node, mgr = node_of(request), manager_of(request)
+    f = fields(parse_json(await request.read()), {"Container": str, "EndpointConfig": dict},
+               "NetworkConnectRequest")
+    config = fields(f.get("EndpointConfig"), {"Aliases": list, "IPAMConfig": dict,
+                                               "Links": list, "NetworkID": str,
+                                               "EndpointID": str, "Gateway": str,
+                                               "IPAddress": str, "MacAddress": str,
+                                               "DriverOpts": dict},
+                    "NetworkConnectRequest.EndpointConfig")
+    if config.get("IPAMConfig"):
+        raise InvalidRequest("a fixed address (--ip) is not supported by Shoal: the network "
+                             "gives the container one")
+    found = await node.local_container(f.get("Container", ""))
+    task = NetworkControl(mgr.store).connect(request.match_info["ref"], found[0],
+                                             node.node_id(), config.get("Aliases") or [])
+    await mgr.write((store_pb2.CREATE, task))
+    return web.Response(status=200)
+
+
+async def disconnect(request: web.Request) -> web.Response:
+    node, mgr = node_of(request), manager_of(request)
+    f = fields(parse_json(await request.read()), {"Container": str, "Force": bool},
+               "NetworkDisconnectRequest")
+    ref = f.get("Container", "")
+    try:
+        container = (await node.local_container(ref))[0]
+    except NotFound:  # stopped or gone: its ID as given
+        container = ref
+    task = NetworkControl(mgr.store).disconnect(request.match_info["ref"], container)
+    await mgr.write((store_pb2.DELETE, task))
+    return web.Response(status=200)
+
+
 async def remove_network(request: web.Request) -> web.Response:
     mgr = manager_of(request)
     network = NetworkControl(mgr.store).remove(request.match_info["ref"])
@@ -174,5 +211,7 @@ ROUTES = [
     ("POST", "/networks/create", create_network),
     ("GET", "/networks/{ref}", inspect_network),
     ("GET", "/networks/{ref}/doctor", doctor),
+    ("POST", "/networks/{ref}/connect", connect),
+    ("POST", "/networks/{ref}/disconnect", disconnect),
     ("DELETE", "/networks/{ref}", remove_network),
 ]

@@ -164,6 +164,27 @@ def _print_node(n: dict[str, Any]) -> int:
     return 1 if problems else 0
 
 
+@network.command()
+@click.option("--alias", "aliases", multiple=True, help="Another name for the container.")
+@click.argument("ref", metavar="NETWORK")
+@click.argument("container")
+@pass_client
+def connect(client: Client, aliases: tuple[str, ...], ref: str, container: str) -> None:
+    """Connect a running container of this node's engine to an attachable network."""
+    client.post(network_path(ref) + "/connect",
+                {"Container": container, "EndpointConfig": {"Aliases": list(aliases)}})
+
+
+@network.command()
+@click.option("-f", "--force", is_flag=True, help="Force the container to disconnect.")
+@click.argument("ref", metavar="NETWORK")
+@click.argument("container")
+@pass_client
+def disconnect(client: Client, force: bool, ref: str, container: str) -> None:
+    """Disconnect a container from a network."""
+    client.post(network_path(ref) + "/disconnect", {"Container": container, "Force": force})
+
+
 @network.command("rm")
 @click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
 @pass_client

@@ -337,6 +337,22 @@ class DockerExecutor(Executor):
             api._disable_socket_timeout(api._get_raw_response_socket(response))
         return response, _frames(response.raw, tty)
 
+    # -- containers outside services (network connect) --
+
+    async def container_netns(self, ref: str) -> tuple[str, str] | None:
+        """A running container's full ID and network namespace path; None when the engine
+        has no such container or it is not running."""
+        try:
+            info = await self._call(lambda: self._api().inspect_container(ref))
+        except ExecutorError as err:
+            if isinstance(err.__cause__, docker.errors.NotFound):
+                return None
+            raise
+        pid = int(info.get("State", {}).get("Pid") or 0)
+        if not info.get("State", {}).get("Running") or not pid:
+            return None
+        return str(info["Id"]), f"/proc/{pid}/ns/net"
+
     # -- finding containers --
 
     async def _find(self, task_id: str) -> str | None:
