@@ -1,7 +1,9 @@
 """`make demo`: a lab swarm of 3 managers and 2 workers, shown working.
 
 It brings the lab up (one private dockerd for its hosts), deploys a service of 5 replicas,
-shows its tasks and their logs, scales it, rolls it to a new image, then kills the leader
+shows its tasks and their logs, scales it, rolls it to a new image, puts a web service on
+an overlay network with a port published on every host (the routing mesh), checks the
+network with `network doctor`, then kills the leader
 and shows a new one taking over with the service still running. The lab stays up afterwards
 so you can try the CLI on it; `shoal lab down --name demo` removes it.
 """
@@ -91,6 +93,29 @@ def services(m1: labmod.HostState) -> None:
     run(m1, "service", "ps", "picky")
 
 
+def fetch(state: labmod.LabState, client: labmod.HostState, url: str) -> str:
+    """GET a URL from inside a lab host's namespace (busybox wget; its -q crashes here)."""
+    out = subprocess.run(["ip", "netns", "exec", client.namespace, "busybox", "wget", "-O",
+                          "-", url], capture_output=True, text=True, timeout=15)
+    return out.stdout.strip() or f"(failed: {out.stderr.strip().splitlines()[-1:]})"
+
+
+def networks(state: labmod.LabState, m1: labmod.HostState) -> None:
+    print("\n--- an overlay network across the hosts, names, and a port published on every "
+          "host ---")
+    run(m1, "network", "create", "-d", "overlay", "app")
+    run(m1, "service", "create", "--name", "web", "--replicas", "3", "--network", "app",
+        "--publish", "8080:8080", "shoal/busybox:latest", "sh", "-c",
+        "exec httpd -f -p 8080 -h /etc")
+    run(m1, "network", "ls")
+    client = state.host("w2")
+    for host in state.hosts:
+        print(f"from {client.name}: GET http://{host.address}:8080/hostname ({host.name}) -> "
+              f"{fetch(state, client, f'http://{host.address}:8080/hostname')}")
+    time.sleep(2)
+    run(m1, "network", "doctor", "app")
+
+
 def main() -> None:
     if labmod._try_load(NAME) is not None or labmod._lab_namespaces(NAME):
         print(f"removing the previous '{NAME}' lab")
@@ -100,6 +125,7 @@ def main() -> None:
     m1 = state.host("m1")
     run(m1, "node", "ls")
     services(m1)
+    networks(state, m1)
     failover(state)
     run(leader(state), "service", "ps", "hello")
     print(f"\nThe lab is still up. Try: shoal -H {m1.api} node ls\n"
