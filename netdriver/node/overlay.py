@@ -12,9 +12,13 @@ import dataclasses
 import logging
 import os
 import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from netdriver import netlink as nl
 from netdriver.node.desired import NetworkDesired, Veth, Vxlan
+
+E = TypeVar("E", bound=Any)  # an FDB or neighbour entry (ordered, hashable)
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +111,26 @@ def sync_tables(ns: str, desired: NetworkDesired, snap: nl.Snapshot, diffs: list
     if desired.vxlan is None:
         return
     dev = desired.vxlan.name
-    want_fdb = {nl.Fdb(e.mac, e.dst) for e in desired.fdb}
-    have_fdb = set(snap.fdb.get(dev, ()))
-    for entry in sorted(have_fdb - want_fdb):
-        diffs.append(f"fdb {entry.mac} dst {entry.dst}: unexpected")
-        nl.delete_fdb(ns, dev, entry)
-    for entry in sorted(want_fdb - have_fdb):
-        diffs.append(f"fdb {entry.mac} dst {entry.dst}: missing")
-        nl.add_fdb(ns, dev, entry)
-    want_neigh = {nl.Neighbour(e.ip, e.mac) for e in desired.neighbours}
-    have_neigh = set(snap.neighbours.get(dev, ()))
-    for neigh in sorted(have_neigh - want_neigh):
-        diffs.append(f"neigh {neigh.ip} lladdr {neigh.mac}: unexpected")
-        nl.delete_neighbour(ns, dev, neigh)
-    for neigh in sorted(want_neigh - have_neigh):
-        diffs.append(f"neigh {neigh.ip} lladdr {neigh.mac}: missing")
-        nl.add_neighbour(ns, dev, neigh)
+    _sync_entries({nl.Fdb(e.mac, e.dst) for e in desired.fdb}, set(snap.fdb.get(dev, ())),
+                  lambda e: f"fdb {e.mac} dst {e.dst}",
+                  lambda e: nl.add_fdb(ns, dev, e), lambda e: nl.delete_fdb(ns, dev, e), diffs)
+    _sync_entries({nl.Neighbour(e.ip, e.mac) for e in desired.neighbours},
+                  set(snap.neighbours.get(dev, ())),
+                  lambda e: f"neigh {e.ip} lladdr {e.mac}",
+                  lambda e: nl.add_neighbour(ns, dev, e),
+                  lambda e: nl.delete_neighbour(ns, dev, e), diffs)
+
+
+def _sync_entries(want: set[E], have: set[E], describe: Callable[[E], str],
+                  add: Callable[[E], None], delete: Callable[[E], None],
+                  diffs: list[str]) -> None:
+    """Delete what is there but not wanted, add what is wanted but missing; say each."""
+    for entry in sorted(have - want):
+        diffs.append(f"{describe(entry)}: unexpected")
+        delete(entry)
+    for entry in sorted(want - have):
+        diffs.append(f"{describe(entry)}: missing")
+        add(entry)
 
 
 def is_veth_peer(name: str) -> bool:

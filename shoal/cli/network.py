@@ -10,9 +10,9 @@ import click
 from shoal.cli.output import (
     CommandFailed,
     describe_api_error,
+    inspect_each,
     parse_filters,
     pass_client,
-    print_json,
     print_table,
     truncate_id,
 )
@@ -108,17 +108,7 @@ def ls(client: Client, filters: tuple[str, ...], quiet: bool, no_trunc: bool) ->
 @pass_client
 def inspect(client: Client, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks."""
-    found, missing = [], []
-    for ref in refs:
-        try:
-            found.append(client.get(network_path(ref)))
-        except APIError as exc:
-            if exc.status != 404:
-                raise
-            missing.append(describe_api_error(exc))
-    print_json(found)
-    if missing:
-        raise CommandFailed("\n".join(missing))
+    inspect_each(client, [network_path(ref) for ref in refs])
 
 
 @network.command()

@@ -10,6 +10,7 @@ import click
 from shoal.cli.output import (
     CommandFailed,
     describe_api_error,
+    inspect_each,
     natural_key,
     parse_filters,
     pass_client,
@@ -90,19 +91,8 @@ def ls(client: Client, filters: tuple[str, ...], fmt: str, quiet: bool) -> None:
 @pass_client
 def inspect(client: Client, fmt: str, refs: tuple[str, ...]) -> None:
     """Display detailed information on one or more nodes ("self" is this node)."""
-    found: list[Any] = []
-    missing: list[str] = []
-    for ref in refs:
-        node_id = local_node_id(client) if ref == "self" else ref
-        try:
-            found.append(client.get(node_path(node_id)))
-        except APIError as exc:
-            if exc.status != 404:
-                raise
-            missing.append(describe_api_error(exc))
-    print_json(found)
-    if missing:
-        raise CommandFailed("\n".join(missing))
+    inspect_each(client, [node_path(local_node_id(client) if ref == "self" else ref)
+                          for ref in refs])
 
 
 def fetch_node(client: Client, ref: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -222,3 +222,20 @@ class DurationType(click.ParamType):
 
 
 DURATION = DurationType()
+
+
+def inspect_each(client: Any, paths: Sequence[str]) -> None:
+    """`inspect` of several objects: print those found as one JSON list, then fail naming
+    the ones that are not (Docker's behaviour)."""
+    found: list[Any] = []
+    missing: list[str] = []
+    for path in paths:
+        try:
+            found.append(client.get(path))
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            missing.append(describe_api_error(exc))
+    print_json(found)
+    if missing:
+        raise CommandFailed("\n".join(missing))
