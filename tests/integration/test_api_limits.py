@@ -36,9 +36,14 @@ def spec_with_env(name: str, env_bytes: int, replicas: int = 1) -> dict[str, Any
     return b
 
 
-def stored(api: Served) -> tuple[int, list[pb.Service]]:
+def stored(api: Served) -> tuple[dict[str, int], list[pb.Service]]:
+    """What a request could have written: every service, task and network with its version
+    (nodes' own status writes, e.g. a heartbeat that came late on a loaded machine, are not
+    the request's)."""
     store = api.cluster.mgr.store
-    return store.version, list(store.list(pb.Service))
+    versions = {o.id: o.meta.version.index for cls in (pb.Service, pb.Task, pb.Network)
+                for o in store.list(cls)}
+    return versions, list(store.list(pb.Service))
 
 
 async def test_absurd_replicas_from_the_clis(served: Served) -> None:  # noqa: F811
