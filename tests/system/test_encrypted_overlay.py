@@ -221,30 +221,39 @@ def test_encrypted_network_hides_payload_and_both_carry_10mib(lab: LabState,
     # MTU: underlay − 50 on the plain network, underlay − 130 on the encrypted one.
     underlay = underlay_mtu(m1)
     assert underlay == underlay_mtu(lab.host("w1"))
+    print(f"underlay mtu {underlay}: task mtu plain {mtu(lab, p['m1'])}, "
+          f"encrypted {mtu(lab, s['m1'])}")
     for host in ("m1", "w1"):
         assert mtu(lab, p[host]) == underlay - 50, (host, underlay)
         assert mtu(lab, s[host]) == underlay - 130, (host, underlay)
 
-    # The marker in the request line, m1's task → w1's task, captured on m1's underlay.
-    marks = {"plain": "plain" + secrets.token_hex(8), "secret": "secret" + secrets.token_hex(8)}
-    pcap = tmp_path / "m1.pcap"
-    with capture(m1, pcap):
-        for name, tasks, net in (("plain", p, plain), ("secret", s, secret)):
-            url = f"http://{task_addr(tasks['w1'], net)}:8080/hostname?{marks[name]}"
+    # The marker in the request line, m1's task → w1's task, captured on m1's underlay: one
+    # capture per network, so each one's packets are told apart.
+    seen = {}
+    for name, tasks, net in (("plain", p, plain), ("secret", s, secret)):
+        marker = name + secrets.token_hex(8)
+        pcap = tmp_path / f"{name}.pcap"
+        url = f"http://{task_addr(tasks['w1'], net)}:8080/hostname?{marker}"
+        with capture(m1, pcap):
             assert http_get(lab, tasks["m1"], url) == hostname(lab, tasks["w1"]), url
-    raw = pcap.read_bytes()
-    assert marks["plain"].encode() in raw
-    assert marks["secret"].encode() not in raw
-    vxlan = count_packets(pcap, f"udp port {VXLAN_PORT}")
-    wireguard = count_packets(pcap, f"udp port {WG_PORT}")
-    print(f"capture on m1 lab0: {vxlan} VXLAN packets, {wireguard} WireGuard packets, "
-          f"underlay mtu {underlay}")
-    assert vxlan > 0 and wireguard > 0
+        seen[name] = (marker.encode() in pcap.read_bytes(),
+                      count_packets(pcap, f"udp port {VXLAN_PORT}"),
+                      count_packets(pcap, f"udp port {WG_PORT}"))
+        print(f"{name}: marker in capture {seen[name][0]}, {seen[name][1]} VXLAN packets, "
+              f"{seen[name][2]} WireGuard packets on m1 lab0")
+    plain_marker, plain_vxlan, _ = seen["plain"]
+    secret_marker, secret_vxlan, secret_wireguard = seen["secret"]
+    assert plain_marker and plain_vxlan > 0
+    # The encrypted network's VXLAN travels inside WireGuard: none of it on the wire.
+    assert not secret_marker and secret_vxlan == 0 and secret_wireguard > 0
 
     # 10 MiB across hosts, both ways, on each network; the bytes are the server's.
     for tasks, net in ((p, plain), (s, secret)):
         for src, dst in (("m1", "w1"), ("w1", "m1")):
+            began = time.monotonic()
             size, digest = fetch_big(lab, tasks[src], tasks[dst], net)
+            print(f"10 MiB {src} <- {dst} on {'secret' if net == secret else 'plain'}: "
+                  f"{size} bytes in {time.monotonic() - began:.1f} s")
             assert size == BIG
             assert digest == md5_of(lab, tasks[dst], "/www/big")
 
@@ -290,6 +299,7 @@ def test_open_tcp_connection_survives_key_rotations(lab: LabState) -> None:
                 keys[host].append(key)
         time.sleep(0.5)
     sender_thread.join()
+    sent_at = time.monotonic()
     assert sent["result"][0] == 0, sent["result"]
 
     want = [f"line {i}" for i in range(count)]
@@ -300,7 +310,8 @@ def test_open_tcp_connection_survives_key_rotations(lab: LabState) -> None:
     got = wait_until(lambda: len(r := received()) >= count and r, 240,
                      f"{count} lines on the server")
     print(f"rotations seen while the connection was open: "
-          f"m1 {len(keys['m1']) - 1}, w1 {len(keys['w1']) - 1}; {len(got)} lines received")
+          f"m1 {len(keys['m1']) - 1}, w1 {len(keys['w1']) - 1}; {len(got)} lines received, "
+          f"the last {time.monotonic() - sent_at:.1f} s after the sender finished")
     assert got == want
     assert len(keys["m1"]) >= 3 and len(keys["w1"]) >= 3, keys
 
@@ -343,6 +354,7 @@ def test_tunnel_down_is_reported_and_never_falls_back_to_clear_text(lab: LabStat
         while time.monotonic() < deadline:
             assert tunnels(client)["w1"].get("Error"), "w1's tunnel error cleared while down"
             time.sleep(1)
+        print(f"w1 tunnel error after 25 s: {tunnels(client)['w1']['Error']!r}")
 
         # Both ways, while it is down: no answer, and no marker on either underlay.
         marker = "secret" + secrets.token_hex(8)
