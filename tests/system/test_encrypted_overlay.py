@@ -146,6 +146,14 @@ def md5_of(lab: LabState, task: dict[str, Any], path: str) -> str:
     return out.split()[0]
 
 
+def retransmitted(lab: LabState, task: dict[str, Any]) -> int:
+    """TCP segments the task's namespace has retransmitted (/proc/net/snmp RetransSegs)."""
+    code, out = exec_in_task(lab, task, "cat", "/proc/net/snmp")
+    assert code == 0, out
+    names, values = [line.split() for line in out.splitlines() if line.startswith("Tcp:")]
+    return int(values[names.index("RetransSegs")])
+
+
 def netns_inode(host: HostState) -> int:
     return os.stat(f"/run/netns/{host.namespace}").st_ino
 
@@ -290,6 +298,8 @@ def test_open_tcp_connection_survives_key_rotations(lab: LabState) -> None:
             f" | nc {task_addr(server, secret)} 9000", timeout=300)
 
     keys: dict[str, list[str]] = {"m1": [], "w1": []}
+    retrans = retransmitted(lab, sender)
+    began = time.monotonic()
     sender_thread = threading.Thread(target=send, daemon=True)
     sender_thread.start()
     while sender_thread.is_alive():
@@ -300,6 +310,7 @@ def test_open_tcp_connection_survives_key_rotations(lab: LabState) -> None:
         time.sleep(0.5)
     sender_thread.join()
     sent_at = time.monotonic()
+    retrans = retransmitted(lab, sender) - retrans
     assert sent["result"][0] == 0, sent["result"]
 
     want = [f"line {i}" for i in range(count)]
@@ -310,8 +321,9 @@ def test_open_tcp_connection_survives_key_rotations(lab: LabState) -> None:
     got = wait_until(lambda: len(r := received()) >= count and r, 240,
                      f"{count} lines on the server")
     print(f"rotations seen while the connection was open: "
-          f"m1 {len(keys['m1']) - 1}, w1 {len(keys['w1']) - 1}; {len(got)} lines received, "
-          f"the last {time.monotonic() - sent_at:.1f} s after the sender finished")
+          f"m1 {len(keys['m1']) - 1}, w1 {len(keys['w1']) - 1}; {len(got)} lines received; "
+          f"sender open {sent_at - began:.1f} s for {count / 10:.0f} s of lines, "
+          f"{retrans} TCP segments retransmitted")
     assert got == want
     assert len(keys["m1"]) >= 3 and len(keys["w1"]) >= 3, keys
 
