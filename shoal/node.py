@@ -275,6 +275,8 @@ class Node:
             network=plane.heartbeat if plane is not None else lambda _: None,
         )
         self.agent = agent = Agent(config, self.state.managers)
+        if plane is not None:
+            plane.on_tunnel_change = agent.beat_now
 
         async def run() -> None:
             await worker.wait_engine(3.0)  # so the first session reports the engine version

@@ -51,6 +51,7 @@ class Agent:
         self.managers = list(managers)
         self.connected_to: str | None = None
         self._hint: str | None = None
+        self._beat = asyncio.Event()  # set: send the next heartbeat now, not after the period
 
     async def run(self) -> None:
         backoff = 0.1
@@ -75,6 +76,10 @@ class Agent:
                 continue  # go straight to the leader we were told about
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, 8.0)
+
+    def beat_now(self) -> None:
+        """Send a heartbeat now (what it reports changed and the manager must know soon)."""
+        self._beat.set()
 
     def _heartbeat_request(self, session_id: str) -> cluster_pb2.HeartbeatRequest:
         request = cluster_pb2.HeartbeatRequest(session_id=session_id,
@@ -175,4 +180,9 @@ class Agent:
                          err.code().name, err.details())
                 stream.cancel()  # type: ignore[attr-defined]
                 return
-            await asyncio.sleep(period)
+            try:
+                async with asyncio.timeout(period):
+                    await self._beat.wait()
+            except TimeoutError:
+                pass
+            self._beat.clear()

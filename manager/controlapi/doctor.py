@@ -109,6 +109,8 @@ def _peers(view: StoreView, node: pb.Node, others: set[str], now_ns: int,
         result.problems.append(f"tunnel down: {result.tunnel_error}; traffic of this "
                                "encrypted network is dropped, never sent in clear")
     checks = {p.public_key: p for p in node.network_report.peers}
+    if "wireguard peers" in result.wanted:
+        result.found.setdefault("wireguard peers", 0)
     for peer_id in sorted(others):
         peer = view.get(pb.Node, peer_id)
         if peer is None:
@@ -119,6 +121,10 @@ def _peers(view: StoreView, node: pb.Node, others: set[str], now_ns: int,
         result.peers.append(PeerView(peer.id, peer.description.hostname,
                                      peer.tunnel.public_key,
                                      check.endpoint if check else "", age))
+        if check is not None and check.endpoint:
+            # Counted here (the node reports peers, not per network): without it the
+            # "wireguard peers" line said "found ?" next to the wanted number.
+            result.found["wireguard peers"] = result.found.get("wireguard peers", 0) + 1
         if check is None:
             result.problems.append(f"WireGuard peer {peer.description.hostname or peer.id} "
                                    "is not configured on the node")

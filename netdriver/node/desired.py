@@ -151,6 +151,12 @@ def remote_addresses(state: cluster_pb2.NetworkState, node_id: str,
     return sorted(found)
 
 
+def bare(addr: str) -> str:
+    """"100.127.0.2" from "100.127.0.2/16": the store keeps a tunnel address with its
+    prefix, but a VXLAN local address or FDB destination is a bare address."""
+    return addr.split("/", 1)[0]
+
+
 def _entries(state: cluster_pb2.NetworkState, node_id: str,
              peers: Mapping[str, cluster_pb2.NetworkPeer], encrypted: bool
              ) -> tuple[list[FdbEntry], list[NeighEntry], list[str]]:
@@ -159,7 +165,7 @@ def _entries(state: cluster_pb2.NetworkState, node_id: str,
     problems: set[str] = set()
     for address, owner in remote_addresses(state, node_id, peers):
         peer = peers.get(owner)
-        dst = (peer.tunnel_addr if encrypted else peer.addr) if peer else ""
+        dst = (bare(peer.tunnel_addr) if encrypted else peer.addr) if peer else ""
         if not dst:
             what = "tunnel address" if encrypted and peer else "peer entry"
             problems.add(f"node {owner}: no {what} yet (its tasks are unreachable)")
@@ -204,7 +210,7 @@ def desired_network(node: Node, state: cluster_pb2.NetworkState,
     mtu = overlay_mtu(node.underlay_mtu, encrypted)
     fdb, neigh, problems = _entries(state, node.node_id, peers, encrypted)
     own = peers.get(node.node_id)
-    local = (own.tunnel_addr if own else "") if encrypted else node.underlay_ip
+    local = (bare(own.tunnel_addr) if own else "") if encrypted else node.underlay_ip
     vxlan = None
     if local:
         vxlan = Vxlan(VXLAN, network.vni, local, data_path_port or DEFAULT_VXLAN_PORT, mtu)

@@ -54,6 +54,9 @@ class NodePlane:
         self._message = cluster_pb2.AssignmentsMessage()
         self._wake = asyncio.Event()
         self._tunnel_on = False
+        # Called when the public key or the tunnel error changes (the node sends a heartbeat
+        # at once: until peers learn a rotated key, traffic with them is dropped).
+        self.on_tunnel_change: Callable[[], None] = lambda: None
         self._mesh_on = False
         self._mesh_attached = ""  # the ingress address the mesh namespace is attached with
         self._report = pb.NetworkReport()
@@ -118,8 +121,11 @@ class NodePlane:
         if not addr:
             return  # the manager has not given this node a tunnel address yet
         was_up = self._tunnel_on and not self.wireguard.error
+        said = (self.wireguard.public_key, self.wireguard.error if self._tunnel_on else "")
         await self.wireguard.sync(message, addr)
         self._tunnel_on = True
+        if (self.wireguard.public_key, self.wireguard.error) != said:
+            self.on_tunnel_change()
         if not was_up and not self.wireguard.error:
             self.overlay.update(message)  # encrypted VXLAN waits for the tunnel address
 

@@ -56,6 +56,12 @@ def node_json(node: pb.Node) -> dict[str, Any]:
         "Status": {"State": NODE_STATE[node.status.state], "Message": node.status.message,
                    "Addr": node.status.addr},
     }
+    if node.HasField("tunnel"):
+        # Shoal's own (Docker has no WireGuard): the node's end of the encrypted overlays,
+        # so `node inspect` shows a rotated key or why the tunnel is down.
+        out["Tunnel"] = {"PublicKey": node.tunnel.public_key, "Addr": node.tunnel.addr,
+                         "Error": node.tunnel.error,
+                         "KeyCreatedNs": node.tunnel.key_created_ns}
     if node.HasField("manager_status") and node.manager_status.addr:
         ms = node.manager_status
         out["ManagerStatus"] = {"Leader": ms.leader,
