@@ -83,12 +83,11 @@ def test_published_ports_answer_on_every_host_and_host_mode_only_where_tasks_run
     out = shoal(m1, "service", "create", "-d", "--name", "web", "--replicas", "2",
                 "--publish", "8080:8080", IMAGE, *SERVE)
     assert out.returncode == 0, out.stderr
-    out = shoal(m1, "service", "create", "-d", "--name", "pinned", "--replicas", "1",
+    out = shoal(m1, "service", "create", "-d", "--name", "pinned", "--replicas", "2",
                 "--publish", "mode=host,published=9090,target=8080", IMAGE, *SERVE)
     assert out.returncode == 0, out.stderr
     web = hostnames(lab, wait_running(client, "web", 2))
-    pinned_task = wait_running(client, "pinned", 1)[0]
-    pinned = hostnames(lab, [pinned_task])
+    pinned = hostnames(lab, wait_running(client, "pinned", 2))
 
     # Mode ingress: every host's address answers, from every host (its own address through
     # the output hook, the others' through prerouting), and both tasks serve.
@@ -114,21 +113,24 @@ def test_published_ports_answer_on_every_host_and_host_mode_only_where_tasks_run
     # Served by tasks on two different nodes, whichever host was asked.
     assert len(set(web.values())) == 2, web
 
-    # Mode host: only the node running the task answers; the others refuse.
-    node_of = {h.node_id: h for h in lab.hosts}
-    runs_on = node_of[pinned_task["NodeID"]]
-    others = [h for h in lab.hosts if h is not runs_on]
-    client_host = lab.host("m1") if runs_on.name != "m1" else lab.host("w1")
+    # Mode host: only the nodes running a task answer, each with its own task; the other
+    # refuses. (The scheduler puts the two tasks on two nodes: one port per host.)
+    task_on = {node: name for name, node in pinned.items()}  # node ID → its task's hostname
+    assert len(task_on) == 2, pinned
+    order = sorted(lab.hosts, key=lambda h: h.node_id not in task_on)  # the idle host last
 
-    def only_where_task_runs() -> list[str] | None:
-        answers = get_from(client_host, [f"{h.address}:9090" for h in [runs_on, *others]])
-        ok = answers[0] in pinned and not any(answered(a) for a in answers[1:])
+    def only_where_tasks_run(client_host: HostState) -> list[str] | None:
+        answers = get_from(client_host, [f"{h.address}:9090" for h in order])
+        ok = (answers[:2] == [task_on[h.node_id or ""] for h in order[:2]]
+              and not answered(answers[2]))
         return answers if ok else None
 
-    answers = wait_until(only_where_task_runs, 60,
-                         f":9090 to answer only on {runs_on.name}", interval=1.0)
-    print(f"host :9090 from {client_host.name}: {runs_on.name} answers {answers[0]}, "
-          + ", ".join(f"{h.name} {a}" for h, a in zip(others, answers[1:], strict=True)))
+    for client_host in lab.hosts:
+        answers = wait_until(lambda h=client_host: only_where_tasks_run(h), 60,
+                             f":9090 to answer only where pinned runs, from {client_host.name}",
+                             interval=1.0)
+        print(f"host :9090 from {client_host.name}: "
+              + ", ".join(f"{h.name} {a}" for h, a in zip(order, answers, strict=True)))
 
     # A published port another service holds: refused with a clear error, nothing created.
     before = service_names(client)
