@@ -13,6 +13,8 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,52 +167,127 @@ def client_lines(lab: LabState, task: dict[str, Any]) -> list[str]:
     return [line for line in logs.splitlines() if line.startswith(("ok ", "fail "))]
 
 
-class Phases:
-    """Counts the client's tries and failures between calls to `mark`."""
+# The same from a lab host's namespace, through the routing mesh: `ok <hostname>` or
+# `fail <target> <error>` per try, alternating over the targets (addr:port).
+_MESH_LOOP = r"""
+import socket, sys, time
+i = 0
+while True:
+    target = sys.argv[1 + i % (len(sys.argv) - 1)]
+    i += 1
+    host, port = target.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=3) as s:
+            s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
+        ok = " 200 " in head.split("\r\n")[0]
+        print(f"ok {body.strip()}" if ok else f"fail {target} HTTP", flush=True)
+    except OSError as err:
+        print(f"fail {target} {type(err).__name__}", flush=True)
+    time.sleep(0.02)
+"""
 
-    def __init__(self, lab: LabState, task: dict[str, Any]) -> None:
-        self.lab, self.task = lab, task
-        self.start = len(client_lines(lab, task))
+
+def start_mesh_loop(client_host: HostState, targets: list[str], out: Path
+                    ) -> subprocess.Popen[bytes]:
+    with out.open("wb") as sink:
+        return subprocess.Popen(["nsenter", f"--net=/run/netns/{client_host.namespace}",
+                                 sys.executable, "-c", _MESH_LOOP, *targets],
+                                stdout=sink, stderr=subprocess.STDOUT)
+
+
+def file_lines(path: Path) -> list[str]:
+    """Complete lines only: the loop may be writing the last one."""
+    text = path.read_text(errors="replace")
+    return text[:text.rfind("\n") + 1].splitlines()
+
+
+class Phases:
+    """Counts a client's tries and failures between calls to `mark`."""
+
+    def __init__(self, name: str, lines: Callable[[], list[str]]) -> None:
+        self.name, self.lines = name, lines
+        self.start = len(lines())
         self.counts: dict[str, tuple[int, int, set[str]]] = {}
 
+    def more(self, count: int) -> bool:
+        return len(self.lines()) >= self.start + count
+
     def mark(self, phase: str) -> tuple[int, int, set[str]]:
-        lines = client_lines(self.lab, self.task)
+        lines = self.lines()
         window = lines[self.start:]
         self.start = len(lines)
         fails = [line for line in window if line.startswith("fail")]
         served = {line.split(" ", 1)[1] for line in window if line.startswith("ok ")}
         self.counts[phase] = (len(window), len(fails), served)
-        print(f"{phase}: {len(window)} tries, {len(fails)} failed, "
-              f"{len(served)} tasks answered")
+        print(f"{self.name}, {phase}: {len(window)} tries, {len(fails)} failed "
+              f"{sorted(set(fails))[:3]}, {len(served)} tasks answered")
         return self.counts[phase]
 
 
+def check(phases: list[Phases], phase: str) -> set[str]:
+    """Mark the phase on every client; each tried at least 20 times and never failed.
+    The tasks that answered any of them."""
+    served: set[str] = set()
+    for p in phases:
+        total, fails, answered_by = p.mark(phase)
+        assert total >= 20 and fails == 0, (p.name, phase, p.counts)
+        served |= answered_by
+    return served
+
+
 @pytest.mark.lab(managers=1, workers=1)
-def test_vip_client_sees_no_failure_during_update_scale_down_and_drain(lab: LabState) -> None:
+def test_clients_see_no_failure_during_update_scale_down_and_drain(lab: LabState,
+                                                                   tmp_path: Path) -> None:
+    """One client in a task loops on the VIP; another, in m1's namespace, loops on the
+    published port of both hosts' addresses (the routing mesh)."""
     m1 = lab.host("m1")
     client = m1.client()
     out = shoal(m1, "network", "create", "-d", "overlay", "app")
     assert out.returncode == 0, out.stderr
     app = network_id(client, "app")
     out = shoal(m1, "service", "create", "-d", "--name", "web", "--replicas", "4",
-                "--network", "app", IMAGE, *SERVE_QUIT)
+                "--network", "app", "--publish", "8080:8080", IMAGE, *SERVE_QUIT)
     assert out.returncode == 0, out.stderr
     web = wait_running(client, "web", 4)
     assert len({t["NodeID"] for t in web}) == 2
-    vip = client.get("/services/web")["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    vip = next(v["Addr"].split("/")[0] for v in client.get("/services/web")["Endpoint"]
+               ["VirtualIPs"] if v["NetworkID"] == app)
     assert vip not in {task_addr(t, app) for t in web}
     out = shoal(m1, "service", "create", "-d", "--name", "client", "--replicas", "1",
                 "--network", "app", IMAGE, *client_loop(vip))
     assert out.returncode == 0, out.stderr
     loop = wait_running(client, "client", 1)[0]
-    # The client must be getting answers before anything changes.
+    mesh_out = tmp_path / "mesh-client.log"
+    # The mesh must answer before the loop starts (it is set up as the tasks start).
+    wait_until(lambda: all(answered(a) for a in get_from(
+        m1, [f"{h.address}:8080" for h in lab.hosts])), 60, "the routing mesh", interval=1.0)
+    mesh = start_mesh_loop(m1, [f"{h.address}:8080" for h in lab.hosts], mesh_out)
+    try:
+        clients_see_no_failure(lab, client, loop, mesh_out)
+    finally:
+        mesh.terminate()
+        mesh.wait(timeout=10)
+
+
+def clients_see_no_failure(lab: LabState, client: Client, loop: dict[str, Any],
+                           mesh_out: Path) -> None:
+    m1 = lab.host("m1")
+    # Both clients must be getting answers before anything changes.
     wait_until(lambda: sum(line.startswith("ok") for line in client_lines(lab, loop)) >= 10,
-               60, "the client's first answers", interval=0.5)
-    phases = Phases(lab, loop)
-    wait_until(lambda: len(client_lines(lab, loop)) >= phases.start + 20, 60,
-               "20 steady tries", interval=0.5)
-    total, fails, served = phases.mark("steady")
-    assert fails == 0 and len(served) == 4, phases.counts
+               60, "the VIP client's first answers", interval=0.5)
+    phases = [Phases("VIP client", lambda: client_lines(lab, loop)),
+              Phases("mesh client", lambda: file_lines(mesh_out))]
+
+    def tries(count: int, what: str) -> None:
+        wait_until(lambda: all(p.more(count) for p in phases), 60, f"{count} tries {what}",
+                   interval=0.5)
+
+    tries(20, "steady")
+    assert len(check(phases, "steady")) == 4
 
     # Rolling update, one task at a time (stop-first: each old task leaves, then its
     # replacement starts); the CLI waits for the update to complete.
@@ -220,38 +297,31 @@ def test_vip_client_sees_no_failure_during_update_scale_down_and_drain(lab: LabS
     assert out.returncode == 0, out.stderr
     new = wait_running(client, "web", 4)
     assert not old & {t["ID"] for t in new}
-    new_names = set(hostnames(lab, new))
-    total, fails, served = phases.mark("rolling update")
-    assert total >= 20 and fails == 0, phases.counts
-    assert served & new_names, (served, new_names)
+    served = check(phases, "rolling update")
+    assert served & set(hostnames(lab, new)), served
 
     # Scale down 4 → 1.
     out = shoal(m1, "service", "scale", "web=1")
     assert out.returncode == 0, out.stderr
     left = wait_running(client, "web", 1)
-    wait_until(lambda: len(client_lines(lab, loop)) >= phases.start + 20, 60,
-               "20 tries after the scale-down", interval=0.5)
-    total, fails, served = phases.mark("scale down")
-    assert total >= 20 and fails == 0, phases.counts
-    assert set(hostnames(lab, left)) <= served
+    tries(20, "after the scale-down")
+    assert set(hostnames(lab, left)) <= check(phases, "scale down")
 
-    # Drain the node running web's task (not the client's): the task moves to the other
-    # node (stop-first: a moment with no task, which the client may see as failures; it is
-    # the scale-up to 2 first that must make the drain invisible).
+    # Drain a node running one of web's two tasks (not the client's node): its task moves
+    # to the other node while the other task keeps serving.
     out = shoal(m1, "service", "scale", "web=2")
     assert out.returncode == 0, out.stderr
-    wait_running(client, "web", 2)
+    two = wait_running(client, "web", 2)
+    assert len({t["NodeID"] for t in two}) == 2, two
     node_of = {h.node_id: h for h in lab.hosts}
-    drained = node_of[next(t["NodeID"] for t in running(client, "web")
-                           if t["NodeID"] != loop["NodeID"])]
-    phases.mark("scale up")
+    drained = node_of[next(t["NodeID"] for t in two if t["NodeID"] != loop["NodeID"])]
+    tries(20, "after the scale-up")
+    check(phases, "scale up")
     out = shoal(m1, "node", "update", "--availability", "drain", drained.node_id or "")
     assert out.returncode == 0, out.stderr
     wait_until(lambda: (r := running(client, "web")) and len(r) == 2
                and all(t["NodeID"] != drained.node_id for t in r), 90,
                f"web's tasks off {drained.name}", interval=0.5)
-    wait_until(lambda: len(client_lines(lab, loop)) >= phases.start + 20, 60,
-               "20 tries after the drain", interval=0.5)
-    total, fails, served = phases.mark("drain")
-    assert total >= 20 and fails == 0, phases.counts
+    tries(20, "after the drain")
+    check(phases, "drain")
     assert wait_running(client, "client", 1)[0]["ID"] == loop["ID"]
