@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,13 @@ def test_published_ports_answer_on_every_host_and_host_mode_only_where_tasks_run
     tries = 8
     targets = [f"{h.address}:8080" for h in lab.hosts for _ in range(tries)]
 
-    def all_answer(client_host: HostState) -> list[str] | None:
+    def all_answer(client_host: HostState) -> list[str]:  # [] until all answer
         answers = get_from(client_host, targets)
-        return answers if all(answered(a) for a in answers) else None
+        return answers if all(answered(a) for a in answers) else []
 
     seen: Counter[str] = Counter()
     for client_host in lab.hosts:
-        answers = wait_until(lambda h=client_host: all_answer(h), 60,
+        answers = wait_until(partial(all_answer, client_host), 60,
                              f"every host's :8080 to answer from {client_host.name}",
                              interval=1.0)
         assert set(answers) <= set(web), (answers, web)
@@ -121,14 +122,14 @@ def test_published_ports_answer_on_every_host_and_host_mode_only_where_tasks_run
     assert len(task_on) == 2, pinned
     order = sorted(lab.hosts, key=lambda h: h.node_id not in task_on)  # the idle host last
 
-    def only_where_tasks_run(client_host: HostState) -> list[str] | None:
+    def only_where_tasks_run(client_host: HostState) -> list[str]:
         answers = get_from(client_host, [f"{h.address}:9090" for h in order])
         ok = (answers[:2] == [task_on[h.node_id or ""] for h in order[:2]]
               and not answered(answers[2]))
-        return answers if ok else None
+        return answers if ok else []
 
     for client_host in lab.hosts:
-        answers = wait_until(lambda h=client_host: only_where_tasks_run(h), 60,
+        answers = wait_until(partial(only_where_tasks_run, client_host), 60,
                              f":9090 to answer only where pinned runs, from {client_host.name}",
                              interval=1.0)
         print(f"host :9090 from {client_host.name}: "
