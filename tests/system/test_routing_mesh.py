@@ -306,19 +306,22 @@ def clients_see_no_failure(lab: LabState, client: Client, loop: dict[str, Any],
     tries(20, "after the scale-down")
     assert set(hostnames(lab, left)) <= check(phases, "scale down")
 
-    # Drain a node running one of web's two tasks (not the client's node): its task moves
-    # to the other node while the other task keeps serving.
-    out = shoal(m1, "service", "scale", "web=2")
+    # Scale up 1 → 4: the new tasks get addresses the old ones had, some on another node
+    # than before (the overlay must not send them where the address used to be).
+    out = shoal(m1, "service", "scale", "web=4")
     assert out.returncode == 0, out.stderr
-    two = wait_running(client, "web", 2)
-    assert len({t["NodeID"] for t in two}) == 2, two
-    node_of = {h.node_id: h for h in lab.hosts}
-    drained = node_of[next(t["NodeID"] for t in two if t["NodeID"] != loop["NodeID"])]
+    four = wait_running(client, "web", 4)
+    assert len({t["NodeID"] for t in four}) == 2, four
     tries(20, "after the scale-up")
-    check(phases, "scale up")
+    assert set(hostnames(lab, four)) <= check(phases, "scale up")
+
+    # Drain the node (not the client's) running two of web's tasks: they move to the other
+    # node while the other two keep serving.
+    node_of = {h.node_id: h for h in lab.hosts}
+    drained = node_of[next(t["NodeID"] for t in four if t["NodeID"] != loop["NodeID"])]
     out = shoal(m1, "node", "update", "--availability", "drain", drained.node_id or "")
     assert out.returncode == 0, out.stderr
-    wait_until(lambda: (r := running(client, "web")) and len(r) == 2
+    wait_until(lambda: (r := running(client, "web")) and len(r) == 4
                and all(t["NodeID"] != drained.node_id for t in r), 90,
                f"web's tasks off {drained.name}", interval=0.5)
     tries(20, "after the drain")
