@@ -146,6 +146,12 @@ def test_published_ports_answer_on_every_host_and_host_mode_only_where_tasks_run
     assert not [t for t in client.get("/tasks") if t["ServiceID"] not in
                 {s["ID"] for s in client.get("/services")}]
     print(f"duplicate publish refused: {out.stderr.strip()}")
+    # The same through an update of another service: refused, its spec unchanged.
+    spec = client.get("/services/pinned")["Spec"]
+    out = shoal(m1, "service", "update", "-d", "--publish-add", "8080:8080", "pinned")
+    assert out.returncode != 0
+    assert "already published by service web" in out.stderr, out.stderr
+    assert client.get("/services/pinned")["Spec"] == spec
 
 
 # A server that quits at once on SIGTERM, as most do (SERVE's httpd is PID 1 and ignores it,
@@ -155,7 +161,7 @@ SERVE_QUIT = ["sh", "-c", "ip -4 -o addr show dev eth0; trap 'exit 0' TERM; "
 
 
 # A client looping on the VIP: one line per try, `ok <hostname>` or `fail <try>`; 0.02 s
-# between tries. timeout(1) bounds a try that hangs (busybox wget has no usable -T here).
+# between tries. timeout(1) bounds a try that hangs (3 s) (busybox wget has no usable -T here).
 def client_loop(vip: str) -> list[str]:
     return ["sh", "-c", "i=0; while true; do i=$((i+1)); "
             f"if out=$(timeout 3 wget -O - http://{vip}:8080/hostname 2>/dev/null); "
