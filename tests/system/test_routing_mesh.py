@@ -333,3 +333,37 @@ def clients_see_no_failure(lab: LabState, client: Client, loop: dict[str, Any],
     tries(20, "after the drain")
     check(phases, "drain")
     assert wait_running(client, "client", 1)[0]["ID"] == loop["ID"]
+
+
+# Listens only 3 s after it starts, like a server that loads before it serves.
+SERVE_SLOW = ["sh", "-c", "trap 'exit 0' TERM; sleep 3; httpd -f -p 8080 -h /etc & wait"]
+HEALTH = ["--health-cmd", "wget -O /dev/null http://127.0.0.1:8080/hostname",
+          "--health-interval", "1s", "--health-retries", "30"]
+
+
+@pytest.mark.lab(managers=1)
+def test_a_starting_task_joins_the_backends_only_once_healthy(lab: LabState) -> None:
+    """A task is running (and a backend) only once its health check passes: a client
+    looping on the VIP while slow-starting tasks are added sees no failure."""
+    m1 = lab.host("m1")
+    client = m1.client()
+    out = shoal(m1, "network", "create", "-d", "overlay", "app")
+    assert out.returncode == 0, out.stderr
+    out = shoal(m1, "service", "create", "-d", "--name", "web", "--replicas", "1",
+                "--network", "app", *HEALTH, IMAGE, *SERVE_SLOW)
+    assert out.returncode == 0, out.stderr
+    wait_running(client, "web", 1)
+    vip = client.get("/services/web")["Endpoint"]["VirtualIPs"][0]["Addr"].split("/")[0]
+    out = shoal(m1, "service", "create", "-d", "--name", "client", "--replicas", "1",
+                "--network", "app", IMAGE, *client_loop(vip))
+    assert out.returncode == 0, out.stderr
+    loop = wait_running(client, "client", 1)[0]
+    phases = [Phases("VIP client", lambda: client_lines(lab, loop))]
+    wait_until(lambda: phases[0].more(20), 60, "20 steady tries", interval=0.5)
+    check(phases, "steady")
+
+    out = shoal(m1, "service", "scale", "web=3")
+    assert out.returncode == 0, out.stderr
+    three = wait_running(client, "web", 3)
+    wait_until(lambda: phases[0].more(40), 60, "40 tries after the scale-up", interval=0.5)
+    assert set(hostnames(lab, three)) <= check(phases, "scale up (tasks listen after 3 s)")
