@@ -358,6 +358,8 @@ def test_a_starting_task_joins_the_backends_only_once_healthy(lab: LabState) -> 
                 "--network", "app", IMAGE, *client_loop(vip))
     assert out.returncode == 0, out.stderr
     loop = wait_running(client, "client", 1)[0]
+    wait_until(lambda: sum(line.startswith("ok") for line in client_lines(lab, loop)) >= 10,
+               60, "the client's first answers", interval=0.5)
     phases = [Phases("VIP client", lambda: client_lines(lab, loop))]
     wait_until(lambda: phases[0].more(20), 60, "20 steady tries", interval=0.5)
     check(phases, "steady")
