@@ -4,7 +4,9 @@
   any node and spread over them; a port published in mode host answers only on the nodes
   that run a task; a published port another service holds is refused, nothing created.
 - A client looping on a service's VIP from another service's task sees no failed connection
-  while the service is updated task by task, scaled down, or a node running it drained.
+  while the service is updated task by task, scaled down, scaled up, or a node running it
+  drained; nor does a client through the routing mesh.
+- A slow-starting task with a health check joins the backends only once healthy.
 """
 
 from __future__ import annotations
