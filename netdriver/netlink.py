@@ -190,6 +190,11 @@ def set_link(ns: Ns, name: str, *, mtu: int | None = None, up: bool | None = Non
     _run(ns, body)
 
 
+def set_port_learning(ns: Ns, name: str, on: bool) -> None:
+    """The bridge's MAC learning on its port `name` (the device must be enslaved)."""
+    _run(ns, lambda ipr: ipr.brport("set", index=_index(ipr, name), learning=int(on)))
+
+
 def move_link(ns: Ns, name: str, target: str) -> None:
     """Into the namespace `target` (name or path); a vxlan device keeps its socket in the
     namespace it was created in."""

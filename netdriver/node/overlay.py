@@ -77,6 +77,7 @@ def create_vxlan(ns: str, want: Vxlan, bridge: str, host_netns: nl.Ns) -> None:
         raise
     nl.set_link(ns, temp, new_name=want.name)
     nl.set_link(ns, want.name, master=bridge, up=True)
+    nl.set_port_learning(ns, want.name, False)
 
 
 def sync_vxlan(ns: str, desired: NetworkDesired, snap: nl.Snapshot, host_netns: nl.Ns,
@@ -103,6 +104,11 @@ def sync_vxlan(ns: str, desired: NetworkDesired, snap: nl.Snapshot, host_netns: 
     if not link.up:
         diffs.append(f"{name}: down")
     nl.set_link(ns, name, mtu=want.mtu, master=desired.bridge.name, up=True)
+    # The bridge must not learn MACs behind the VXLAN port: an address that moves from a
+    # remote task to a local one keeps the same MAC, and a learned entry would send its
+    # frames out to the old node (for up to the 300 s ageing time). Unknown MACs flood to
+    # the VXLAN device, whose static FDB knows each remote MAC's node.
+    nl.set_port_learning(ns, name, False)
 
 
 def sync_tables(ns: str, desired: NetworkDesired, snap: nl.Snapshot, diffs: list[str]) -> None:
