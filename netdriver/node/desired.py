@@ -94,6 +94,11 @@ def mac_of(address: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in packed)
 
 
+def bare(address: str) -> str:
+    """"100.127.0.5" from "100.127.0.5" or "100.127.0.5/16"; "" stays ""."""
+    return address.split("/", 1)[0]
+
+
 def ip_of(address: str) -> str:
     return str(ipaddress.IPv4Interface(address).ip)
 
@@ -159,7 +164,9 @@ def _entries(state: cluster_pb2.NetworkState, node_id: str,
     problems: set[str] = set()
     for address, owner in remote_addresses(state, node_id, peers):
         peer = peers.get(owner)
-        dst = (peer.tunnel_addr if encrypted else peer.addr) if peer else ""
+        # The store keeps a tunnel address with its prefix ("100.127.0.2/16"): VXLAN wants
+        # the bare address.
+        dst = (bare(peer.tunnel_addr) if encrypted else peer.addr) if peer else ""
         if not dst:
             what = "tunnel address" if encrypted and peer else "peer entry"
             problems.add(f"node {owner}: no {what} yet (its tasks are unreachable)")
@@ -204,7 +211,7 @@ def desired_network(node: Node, state: cluster_pb2.NetworkState,
     mtu = overlay_mtu(node.underlay_mtu, encrypted)
     fdb, neigh, problems = _entries(state, node.node_id, peers, encrypted)
     own = peers.get(node.node_id)
-    local = (own.tunnel_addr if own else "") if encrypted else node.underlay_ip
+    local = (bare(own.tunnel_addr) if own else "") if encrypted else node.underlay_ip
     vxlan = None
     if local:
         vxlan = Vxlan(VXLAN, network.vni, local, data_path_port or DEFAULT_VXLAN_PORT, mtu)
