@@ -74,7 +74,12 @@ def questions(services: int, tasks: int) -> list[tuple[str, int]]:
 # --- the client (runs in its own process, inside the namespace) --------------------------
 
 def client(n: int, services: int, tasks: int) -> dict[str, list[float]]:
-    asked = questions(services, tasks)
+    return query_loop(questions(services, tasks), n)
+
+
+def query_loop(asked: list[tuple[str, int]], n: int) -> dict[str, list[float]]:
+    """Per transport (udp, tcp), the milliseconds of `n` sequential queries to 127.0.0.11
+    cycling through `asked` (name, A records it must get), after WARMUP uncounted ones."""
     wires = [(dns.message.make_query(name, "A"), count) for name, count in asked]
     result: dict[str, list[float]] = {}
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
