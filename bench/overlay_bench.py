@@ -44,6 +44,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -250,9 +251,14 @@ def throughput(state: lab.LabState, pids: dict[str, dict[str, int]],
                 runs[kind].append(run())
                 log(f"iperf3 {kind} run {rep + 1}/{repeat}: {runs[kind][-1] / 1e9:.2f} Gbit/s")
     gbps = {k: statistics.median(v) / 1e9 for k, v in runs.items()}
+    # Other work on the machine moves every figure by 2-3x from one run to the next: the
+    # ratio is taken in each round (runs seconds apart) and the median of those is given.
+    paired = {"plain_ratio": ("plain", "underlay"), "encrypted_ratio": ("encrypted", "bare_wg")}
     return {"gbps": gbps, "runs_gbps": {k: [x / 1e9 for x in v] for k, v in runs.items()},
-            "plain_ratio": gbps["plain"] / gbps["underlay"],
-            "encrypted_ratio": gbps["encrypted"] / gbps["bare_wg"]}
+            **{key: statistics.median(a / b for a, b in zip(runs[num], runs[den], strict=True))
+               for key, (num, den) in paired.items()},
+            "ratio_of_medians": {key: gbps[num] / gbps[den]
+                                 for key, (num, den) in paired.items()}}
 
 
 def run_probe(pid: int, kind: str, arg: dict[str, Any]) -> subprocess.Popen[str]:
@@ -281,6 +287,19 @@ def resolver_latency(pid: int, n: int) -> dict[str, Any]:
     times = probe_result(run_probe(pid, "dns-latency", {"asked": asked, "n": n}))
     return {transport: {"p50_ms": percentile(t, 50), "p99_ms": percentile(t, 99),
                         "max_ms": max(t), "n": len(t)} for transport, t in times.items()}
+
+
+def resolver_control(n: int) -> dict[str, Any]:
+    """The same query loop against a Resolver in a bare namespace (bench/resolver_latency.py),
+    run right after: what the machine's load alone does to the percentiles."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "control.json"
+        subprocess.run([sys.executable, str(ROOT / "bench" / "resolver_latency.py"), "-n",
+                        str(n), "--json", str(path)], capture_output=True, check=False)
+        if not path.exists():
+            raise BenchError("bench/resolver_latency.py wrote no result")
+        found = json.loads(path.read_text())
+    return {transport: found[transport] for transport in ("udp", "tcp")}
 
 
 def scale(client: Client, service: str, replicas: int) -> None:
@@ -398,6 +417,7 @@ def measure(state: lab.LabState, args: argparse.Namespace,
         result: dict[str, Any] = {"throughput": throughput(
             state, pids, addrs, args.seconds, args.repeat, log)}
         result["resolver"] = resolver_latency(pids["pa"]["w1"], args.n)
+        result["resolver_control"] = resolver_control(args.n)
         log(f"resolver: {result['resolver']}")
         result["scale"] = scale_cycles(client, eng, pids, args.cycles, log)
         return result
@@ -415,6 +435,7 @@ def goals(result: dict[str, Any]) -> dict[str, bool]:
 
 def table(result: dict[str, Any], met: dict[str, bool]) -> str:
     tp, res, sc = result["throughput"], result["resolver"], result["scale"]
+    ctl = result["resolver_control"]
     g = tp["gbps"]
 
     def mark(key: str) -> str:
@@ -432,6 +453,8 @@ def table(result: dict[str, Any], met: dict[str, bool]) -> str:
         f"{res['udp']['p99_ms']:>12.3f}{'':>8}  p99 <= 1 {mark('resolver_p99_ms')}",
         f"{'resolver tcp p50 / p99 (ms)':<44}{res['tcp']['p50_ms']:>12.3f}"
         f"{res['tcp']['p99_ms']:>12.3f}",
+        f"{'  (control: bare Resolver, udp p50 / p99)':<44}"
+        f"{ctl['udp']['p50_ms']:>12.3f}{ctl['udp']['p99_ms']:>12.3f}",
         f"{'scale +1 to answering via VIP, median/max (s)':<44}"
         f"{sc['scale_up_s']['median']:>12.2f}{sc['scale_up_s']['max']:>12.2f}",
         f"{'  (its container started, median/max (s))':<44}"
@@ -442,7 +465,8 @@ def table(result: dict[str, Any], met: dict[str, bool]) -> str:
         f"{'  (its container stopped, median/max (s))':<44}"
         f"{sc['container_stopped_s']['median']:>12.2f}{sc['container_stopped_s']['max']:>12.2f}",
         "baselines: underlay iperf3 between the lab hosts; a bare wireguard-go tunnel between "
-        "them;\nfor the resolver and scale rows the two columns are p50/p99 and median/max.",
+        "them;\nthroughput: medians of the runs, ratio: median of each round's ratio; for the "
+        "resolver and\nscale rows the two columns are p50/p99 and median/max.",
     ]
     return "\n".join(lines)
 
