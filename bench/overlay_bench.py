@@ -26,7 +26,7 @@ global service (`pa` on plain, `ea` on enc: one task per host, busybox httpd ser
   --cycles scale up/down cycles give the median and max.
 
     sudo .venv/bin/python bench/overlay_bench.py [--quick] [--seconds 5] [--repeat 3]
-                                                 [--cycles 5] [-n 2000] [--json PATH]
+                                                 [--cycles 5] [-n 10000] [--json PATH]
 
 Needs root, iperf3, wireguard-go, wg, nft, nsenter. Prints a table and writes
 bench/results/overlay.json (or --json PATH). Exits 0 whether goals are met or not (the
@@ -490,7 +490,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="each iperf3 run")
     parser.add_argument("--repeat", type=int, default=3, help="iperf3 runs per kind (median)")
     parser.add_argument("--cycles", type=int, default=5, help="scale up/down cycles")
-    parser.add_argument("-n", type=int, default=2000, help="resolver queries per transport")
+    parser.add_argument("-n", type=int, default=10000, help="resolver queries per transport")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 s iperf3 once, 300 queries, 1 cycle")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
