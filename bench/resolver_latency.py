@@ -74,16 +74,25 @@ def questions(services: int, tasks: int) -> list[tuple[str, int]]:
 # --- the client (runs in its own process, inside the namespace) --------------------------
 
 def client(n: int, services: int, tasks: int) -> dict[str, list[float]]:
-    asked = questions(services, tasks)
+    return query_loop(questions(services, tasks), n)
+
+
+def query_loop(asked: list[tuple[str, int]], n: int) -> dict[str, list[float]]:
+    """Per transport (udp, tcp), the milliseconds of `n` sequential queries to 127.0.0.11
+    cycling through `asked` (name, A records it must get), after WARMUP uncounted ones."""
     wires = [(dns.message.make_query(name, "A"), count) for name, count in asked]
     result: dict[str, list[float]] = {}
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.connect(("127.0.0.11", 53))
     udp.settimeout(2)
-    tcp = socket.create_connection(("127.0.0.11", 53), timeout=2)
-    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tcp: socket.socket | None = None
     for transport in ("udp", "tcp"):
         times: list[float] = []
+        if transport == "tcp":
+            # Connected only now: the resolver closes a connection idle for TCP_IDLE (10 s),
+            # which a long UDP run on a loaded machine exceeds.
+            tcp = socket.create_connection(("127.0.0.11", 53), timeout=2)
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(WARMUP + n):
             query, count = wires[i % len(wires)]
             query.id = i & 0xFFFF
@@ -93,6 +102,7 @@ def client(n: int, services: int, tasks: int) -> dict[str, list[float]]:
                 udp.send(wire)
                 reply = udp.recv(65535)
             else:
+                assert tcp is not None
                 tcp.sendall(struct.pack("!H", len(wire)) + wire)
                 reply = _recv_tcp(tcp)
             took = time.perf_counter_ns() - start

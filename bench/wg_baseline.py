@@ -45,21 +45,27 @@ def in_ns(ns: str, *argv: str, check: bool = True) -> str:
 
 def iperf3_bps(server_ns: str, client_ns: str, addr: str, seconds: float) -> float:
     """Receiver-side bits per second of one TCP stream from `client_ns` to `addr`."""
+    return iperf3_between(["ip", "netns", "exec", server_ns],
+                          ["ip", "netns", "exec", client_ns], addr, seconds)
+
+
+def iperf3_between(server: list[str], client: list[str], addr: str, seconds: float) -> float:
+    """The same, with iperf3 run under the command prefixes `server` and `client` (such as
+    `ip netns exec NS` or `nsenter --net=/proc/PID/ns/net`)."""
     port = str(20000 + secrets.randbelow(20000))
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1",
-                               "-B", addr, "-p", port], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*server, "iperf3", "-s", "-1", "-B", addr, "-p", port],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):  # until the server listens
-            out = in_ns(client_ns, "iperf3", "-c", addr, "-p", port, "-t", str(seconds), "-J",
-                        check=False)
+            out = subprocess.run([*client, "iperf3", "-c", addr, "-p", port, "-t", str(seconds),
+                                  "-J"], capture_output=True, text=True, check=False).stdout
             if out.strip() and "error" not in json.loads(out):
                 return float(json.loads(out)["end"]["sum_received"]["bits_per_second"])
             time.sleep(0.1)
         raise RuntimeError(f"iperf3 to {addr} never ran")
     finally:
-        server.kill()
-        server.wait()
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager

@@ -94,6 +94,11 @@ def mac_of(address: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in packed)
 
 
+def bare(address: str) -> str:
+    """"100.127.0.5" from "100.127.0.5" or "100.127.0.5/16"; "" stays ""."""
+    return address.split("/", 1)[0]
+
+
 def ip_of(address: str) -> str:
     return str(ipaddress.IPv4Interface(address).ip)
 
@@ -151,12 +156,6 @@ def remote_addresses(state: cluster_pb2.NetworkState, node_id: str,
     return sorted(found)
 
 
-def bare(addr: str) -> str:
-    """"100.127.0.2" from "100.127.0.2/16": the store keeps a tunnel address with its
-    prefix, but a VXLAN local address or FDB destination is a bare address."""
-    return addr.split("/", 1)[0]
-
-
 def _entries(state: cluster_pb2.NetworkState, node_id: str,
              peers: Mapping[str, cluster_pb2.NetworkPeer], encrypted: bool
              ) -> tuple[list[FdbEntry], list[NeighEntry], list[str]]:
@@ -165,6 +164,8 @@ def _entries(state: cluster_pb2.NetworkState, node_id: str,
     problems: set[str] = set()
     for address, owner in remote_addresses(state, node_id, peers):
         peer = peers.get(owner)
+        # The store keeps a tunnel address with its prefix ("100.127.0.2/16"): VXLAN wants
+        # the bare address.
         dst = (bare(peer.tunnel_addr) if encrypted else peer.addr) if peer else ""
         if not dst:
             what = "tunnel address" if encrypted and peer else "peer entry"
