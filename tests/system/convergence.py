@@ -80,11 +80,24 @@ def duplicates(snap: Snapshot) -> dict[str, list[str]]:
     """Lines that appear more than once in one part of a snapshot (a doubled entry)."""
     found = {}
     for key, text in snap.items():
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = _entries(text) if key.endswith(" nft") else \
+            [line.strip() for line in text.splitlines() if line.strip()]
         doubled = sorted({line for line in lines if lines.count(line) > 1})
         if doubled:
             found[key] = doubled
     return found
+
+
+def _entries(ruleset: str) -> list[str]:
+    """nft rules, each prefixed by its table and chain (braces and hooks repeat)."""
+    where, entries = [], []
+    for raw in ruleset.splitlines():
+        line = raw.strip()
+        if line.startswith(("table ", "chain ")):
+            where = [*where[:1], line] if line.startswith("chain ") else [line]
+        elif line and line != "}" and not line.startswith(("type ", "policy ")):
+            entries.append(" / ".join([*where, line]))
+    return entries
 
 
 def differences(before: Snapshot, after: Snapshot) -> dict[str, tuple[str, str]]:
