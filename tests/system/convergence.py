@@ -27,13 +27,15 @@ NETNS_COMMANDS = {
 }
 SANDBOX_COMMANDS = {k: v for k, v in NETNS_COMMANDS.items() if k != "fdb"}
 _IPV4 = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3})\b")
+# What changes by itself: the bridge's running timers, an IPv6 address's DAD state.
+_VOLATILE = re.compile(r"\b(\w+_timer)\s+[\d.]+|\s(tentative|dadfailed)\b")
 
 
 def _run(prefix: list[str], argv: list[str]) -> str:
     proc = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         return f"<{' '.join(argv)} failed: {proc.stderr.strip()}>"
-    return proc.stdout
+    return _VOLATILE.sub("", proc.stdout)
 
 
 def network_namespaces(host: HostState) -> list[str]:
@@ -45,9 +47,15 @@ def network_namespaces(host: HostState) -> list[str]:
     return sorted(n for n in names if n.startswith(prefix) and n != f"{prefix}ingress")
 
 
+def _sorted(key: str, text: str) -> str:
+    # The kernel's neighbour and FDB tables are hashes (the neighbour table shared by every
+    # namespace of the machine): their listing order changes as other entries come and go.
+    return "".join(sorted(text.splitlines(keepends=True))) if key in ("neigh", "fdb") else text
+
+
 def netns_state(namespace: str) -> Snapshot:
     nsenter = ["nsenter", f"--net=/run/netns/{namespace}"]
-    return {key: _run(nsenter, argv) for key, argv in NETNS_COMMANDS.items()}
+    return {key: _sorted(key, _run(nsenter, argv)) for key, argv in NETNS_COMMANDS.items()}
 
 
 def sandbox_state(lab: LabState, task: dict[str, Any]) -> Snapshot:
@@ -55,7 +63,7 @@ def sandbox_state(lab: LabState, task: dict[str, Any]) -> Snapshot:
     cid = task["Status"]["ContainerStatus"]["ContainerID"]
     pid = engine(lab).containers.get(cid).attrs["State"]["Pid"]
     nsenter = ["nsenter", "-t", str(pid), "-n"]
-    return {key: _run(nsenter, argv) for key, argv in SANDBOX_COMMANDS.items()}
+    return {key: _sorted(key, _run(nsenter, argv)) for key, argv in SANDBOX_COMMANDS.items()}
 
 
 def host_snapshot(lab: LabState, host: HostState, tasks: Iterable[dict[str, Any]]
