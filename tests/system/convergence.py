@@ -71,8 +71,10 @@ def host_snapshot(lab: LabState, host: HostState, tasks: Iterable[dict[str, Any]
     """Everything of the overlay on one host: its host namespace's links, the list of its
     network namespaces and each one's state, and the sandbox of each of `tasks` (the tasks
     running on the host)."""
-    snap: Snapshot = {"host links": _run(["nsenter", f"--net=/run/netns/{host.namespace}"],
-                                         ["ip", "-o", "link"])}
+    in_host = ["nsenter", f"--net=/run/netns/{host.namespace}"]
+    snap: Snapshot = {"host links": _run(in_host, ["ip", "-o", "link"]),
+                      "host routes": _run(in_host, ["ip", "route", "show", "table", "all"]),
+                      "host wg": wg_state(_run(in_host, ["wg", "show", "all", "dump"]))}
     namespaces = network_namespaces(host)
     snap["namespaces"] = "\n".join(namespaces)
     for ns in namespaces:
@@ -82,6 +84,21 @@ def host_snapshot(lab: LabState, host: HostState, tasks: Iterable[dict[str, Any]
         for key, value in sandbox_state(lab, task).items():
             snap[f"task {task['ID']} {key}"] = value
     return snap
+
+
+def wg_state(dump: str) -> str:
+    """`wg show all dump` without the private key and what traffic changes (the latest
+    handshake, the byte counters)."""
+    out = []
+    for line in dump.splitlines():
+        f = line.split("\t")
+        if len(f) == 5:  # interface: name, private key, public key, port, fwmark
+            out.append("\t".join([f[0], f[2], f[3], f[4]]))
+        elif len(f) == 9:  # peer: name, key, psk, endpoint, allowed ips, handshake, rx, tx, ka
+            out.append("\t".join([f[0], f[1], f[3], f[4], f[8]]))
+        else:
+            out.append(line)
+    return "\n".join(sorted(out))
 
 
 def duplicates(snap: Snapshot) -> dict[str, list[str]]:
