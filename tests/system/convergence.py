@@ -140,6 +140,27 @@ def resolve(lab: LabState, task: dict[str, Any], name: str) -> set[str] | None:
     return set(_IPV4.findall(answer))
 
 
+def resolve_many(lab: LabState, task: dict[str, Any], names: list[str]
+                 ) -> dict[str, set[str] | None]:
+    """`resolve` of several names in one exec into the task (a round is quicker)."""
+    script = "; ".join(f'echo "=== {n}"; nslookup {n}; echo "=== rc $?"' for n in names)
+    _, out = exec_in_task(lab, task, "sh", "-c", script, timeout=15)
+    found: dict[str, set[str] | None] = dict.fromkeys(names)
+    name, body = "", []
+    for line in out.splitlines():
+        if line.startswith("=== rc "):
+            text = "\n".join(body)
+            if line == "=== rc 0":
+                found[name] = set(_IPV4.findall(text.partition("Name:")[2]))
+            elif "NXDOMAIN" in text or "can't find" in text:
+                found[name] = set()
+        elif line.startswith("=== "):
+            name, body = line[4:], []
+        else:
+            body.append(line)
+    return found
+
+
 def fdb_destinations(fdb: str) -> set[str]:
     """The underlay addresses (`dst`) the VXLAN FDB sends to."""
     return set(re.findall(r"\bdst (\S+)", fdb))

@@ -32,6 +32,7 @@ from tests.system.convergence import (
     netns_state,
     network_namespaces,
     resolve,
+    resolve_many,
 )
 from tests.system.helpers import by_hostname, shoal
 from tests.system.netfault import cut_off
@@ -88,9 +89,10 @@ def test_restart_cutoff_and_removal_converge(lab: LabState) -> None:
     m1, w1, w2 = lab.host("m1"), lab.host("w1"), lab.host("w2")
     client = m1.client()
     ok(shoal(m1, "network", "create", "-d", "overlay", "app"))
-    app = network_id(client, "app")
+    ok(shoal(m1, "network", "create", "-d", "overlay", "--opt", "encrypted", "sec"))
+    app, sec = network_id(client, "app"), network_id(client, "sec")
     ok(shoal(m1, "service", "create", "-d", "--name", "anchor", "--mode", "global",
-             "--network", "app", IMAGE, *SERVE))
+             "--network", "app", "--network", "sec", IMAGE, *SERVE))
     ok(shoal(m1, "service", "create", "-d", "--name", "web", "--replicas", "3",
              "--network", "app", IMAGE, *SERVE))
     services = ["anchor", "web"]
@@ -104,7 +106,8 @@ def test_restart_cutoff_and_removal_converge(lab: LabState) -> None:
 
     # The plane converges every 10 s; two equal reads in a row are its steady state.
     before = wait_until(lambda: (a := snap_w1()) == snap_w1() and a, 60, "w1 steady")
-    assert network_namespaces(w1) == [f"{w1.namespace}-n{app[:12]}"]
+    assert network_namespaces(w1) == sorted(f"{w1.namespace}-n{n[:12]}" for n in (app, sec))
+    assert "shw" in before["host links"] and before["host wg"], "no WireGuard on w1"
     assert not duplicates(before), duplicates(before)
     on_w1 = running_on(client, services, ids["w1"])
     assert on_w1, "no task on w1"
@@ -148,9 +151,9 @@ def test_restart_cutoff_and_removal_converge(lab: LabState) -> None:
         remote = {task_addr(t, app) for t in tasks if t["NodeID"] != ids["w2"]}
         peers = {by_hostname(client)[h]["Status"]["Addr"] for h in ("m1", "w1")}
         spaces = network_namespaces(w2)
-        if spaces != [f"{w2.namespace}-n{app[:12]}"]:
+        if spaces != sorted(f"{w2.namespace}-n{n[:12]}" for n in (app, sec)):
             return None
-        state = netns_state(spaces[0])
+        state = netns_state(f"{w2.namespace}-n{app[:12]}")
         neigh, dsts = neigh_addresses(state["neigh"]), fdb_destinations(state["fdb"])
         if not remote <= neigh or dsts != peers:
             return None
@@ -174,47 +177,57 @@ def test_restart_cutoff_and_removal_converge(lab: LabState) -> None:
              "anchor"))
     gone = time.monotonic()
     wait_until(lambda: not network_namespaces(w1) and not network_namespaces(w2), 120,
-               "the network's namespace to leave w1 and w2")
+               "the networks' namespaces to leave w1 and w2")
     print(f"last task left: namespaces gone from w1, w2 in {time.monotonic() - gone:.1f} s")
-    assert network_namespaces(m1) == [f"{m1.namespace}-n{app[:12]}"]
+    assert network_namespaces(m1) == sorted(f"{m1.namespace}-n{n[:12]}" for n in (app, sec))
+    wait_until(lambda: all("shw" not in host_snapshot(lab, h, [])["host links"]
+                           for h in (w1, w2)), 60, "WireGuard to leave w1 and w2")
     ok(shoal(m1, "service", "rm", "anchor"))
-    ok(shoal(m1, "network", "rm", "app"))
+    ok(shoal(m1, "network", "rm", "app", "sec"))
     removed = time.monotonic()
     wait_until(lambda: not any(network_namespaces(h) for h in (m1, w1, w2)), 120,
                "every node to drop the network's namespace")
     print(f"network rm: namespaces gone from every node in {time.monotonic() - removed:.1f} s")
     for host in (m1, w1, w2):
-        links = host_snapshot(lab, host, [])["host links"]
+        snap = host_snapshot(lab, host, [])
+        links = snap["host links"]
         assert "vxlan" not in links and " vt" not in links, (host.name, links)
+        assert "shw" not in links and not snap["host wg"], (host.name, snap)
+        assert "blackhole" not in snap["host routes"], (host.name, snap["host routes"])
     assert not [c for c in engine(lab).containers.list(all=True)
                 if c.name.endswith(".sandbox")], "sandbox containers left"
 
 
 def wait_clean(lab: LabState, client: Client, probes: Callable[[], list[dict[str, Any]]],
-               names: list[str], dead: set[str], since: float, bound: float, what: str
+               names: list[str], dead: dict[str, str], since: float, bound: float, what: str
                ) -> float:
-    """Resolve `names` from every probe task in a loop until no answer holds a dead address
-    that no running task holds now; the time from `since` until then."""
+    """Resolve `names` from every probe task, round after round, until no answer holds the
+    address of a dead task (`dead`: task id → address) unless another running task holds it
+    now (an address given again). Prints when the last stale answer was seen and when the
+    first clean round ended, from `since`; returns the latter."""
     last: dict[str, Any] = {}
+    stale_seen = 0.0
 
     def clean() -> bool:
+        nonlocal stale_seen
         held = {a for t in client.get("/tasks") if t["Status"]["State"] == "running"
-                and t["DesiredState"] == "running"
+                and t["DesiredState"] == "running" and t["ID"] not in dead
                 for att in t.get("NetworksAttachments") or []
                 for a in (x.split("/")[0] for x in att["Addresses"])}
-        stale = dead - held
+        stale = set(dead.values()) - held
         for probe in probes():
-            for name in names:
-                answer = resolve(lab, probe, name)
+            for name, answer in resolve_many(lab, probe, names).items():
                 if answer is None or answer & stale:
+                    stale_seen = time.monotonic() - since
                     last.update(node=probe["NodeID"], name=name, answer=answer, stale=stale)
                     return False
         return True
 
-    wait_until(clean, bound, f"resolvers to drop {sorted(dead)} ({what}); last {last}",
+    wait_until(clean, bound, f"resolvers to drop {sorted(dead.values())} ({what}); last {last}",
                interval=0.05)
     took = time.monotonic() - since
-    print(f"{what}: resolvers clean {took:.2f} s after")
+    print(f"{what}: last stale answer {stale_seen:.2f} s after, first clean round ended "
+          f"{took:.2f} s after")
     return took
 
 
@@ -243,22 +256,20 @@ def test_resolvers_drop_dead_tasks(lab: LabState) -> None:
     wait_until(lambda: all(resolve(lab, p, n) == a for p in probes() for n, a in want.items()),
                30, f"every resolver to answer {want}")
 
-    def addrs(service: str) -> set[str]:
-        return {task_addr(t, app) for t in running(client, service)}
-
     # Scale-down.
-    old = addrs("web") | addrs("rr")
+    old = {t["ID"]: task_addr(t, app) for t in all_running(client, ["web", "rr"])}
     t0 = time.monotonic()
     ok(shoal(m1, "service", "scale", "-d", "web=2", "rr=2"))
     wait_until(lambda: len(running(client, "web")) == 2 and len(running(client, "rr")) == 2,
                60, "the scale-down")
-    dead = old - addrs("web") - addrs("rr")
+    left = {t["ID"] for t in all_running(client, ["web", "rr"])}
+    dead = {i: a for i, a in old.items() if i not in left}
     assert len(dead) == 4, dead
     wait_clean(lab, client, probes, names, dead, t0, RESOLVER_BOUND, "scale-down")
 
     # A task's container killed.
     victim = running(client, "web")[0]
-    dead = {task_addr(victim, app)}
+    dead = {victim["ID"]: task_addr(victim, app)}
     t0 = time.monotonic()
     engine(lab).containers.get(victim["Status"]["ContainerStatus"]["ContainerID"]).kill()
     wait_clean(lab, client, probes, names, dead, t0, RESOLVER_BOUND, "task failure")
@@ -269,7 +280,7 @@ def test_resolvers_drop_dead_tasks(lab: LabState) -> None:
     # replaces its tasks; every other node must stop answering them.
     ids = node_ids(client)
     tasks = all_running(client, ["web", "rr"])
-    dead = {task_addr(t, app) for t in tasks if t["NodeID"] == ids["w2"]}
+    dead = {t["ID"]: task_addr(t, app) for t in tasks if t["NodeID"] == ids["w2"]}
     if not dead:  # make sure the lost node holds a web task
         pytest.fail(f"no web/rr task on w2: {[(t['NodeID'], t['ID']) for t in tasks]}")
     t0 = time.monotonic()
