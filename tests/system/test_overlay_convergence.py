@@ -104,7 +104,11 @@ def test_restart_cutoff_and_removal_converge(lab: LabState) -> None:
     def snap_w1() -> dict[str, str]:
         return host_snapshot(lab, w1, running_on(client, services, ids["w1"]))
 
-    # The plane converges every 10 s; two equal reads in a row are its steady state.
+    # Steady: the doctor finds nothing wrong on either network (WireGuard up, VXLAN on) and
+    # two reads in a row are equal.
+    for net in ("app", "sec"):
+        wait_until(lambda net=net: shoal(m1, "network", "doctor", net).returncode == 0, 90,
+                   f"network doctor to find nothing wrong on {net}", interval=1)
     before = wait_until(lambda: (a := snap_w1()) == snap_w1() and a, 60, "w1 steady")
     assert network_namespaces(w1) == sorted(f"{w1.namespace}-n{n[:12]}" for n in (app, sec))
     assert "shw" in before["host links"] and before["host wg"], "no WireGuard on w1"
