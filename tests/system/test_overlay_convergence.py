@@ -264,6 +264,7 @@ def test_resolvers_drop_dead_tasks(lab: LabState) -> None:
     old = {t["ID"]: task_addr(t, app) for t in all_running(client, ["web", "rr"])}
     t0 = time.monotonic()
     ok(shoal(m1, "service", "scale", "-d", "web=2", "rr=2"))
+    print(f"scale-down: the CLI returned {time.monotonic() - t0:.2f} s after it started")
     wait_until(lambda: len(running(client, "web")) == 2 and len(running(client, "rr")) == 2,
                60, "the scale-down")
     left = {t["ID"] for t in all_running(client, ["web", "rr"])}
