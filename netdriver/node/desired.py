@@ -98,6 +98,12 @@ def ip_of(address: str) -> str:
     return str(ipaddress.IPv4Interface(address).ip)
 
 
+def _bare(addr: str) -> str:
+    """A tunnel address without its prefix length: the manager gives "100.127.0.5/16" (the
+    store keeps either form), the VXLAN device and FDB want the address alone."""
+    return addr.split("/", 1)[0]
+
+
 def netns_name(prefix: str, network_id: str) -> str:
     return f"{prefix}{network_id[:12]}"
 
@@ -159,7 +165,7 @@ def _entries(state: cluster_pb2.NetworkState, node_id: str,
     problems: set[str] = set()
     for address, owner in remote_addresses(state, node_id, peers):
         peer = peers.get(owner)
-        dst = (peer.tunnel_addr if encrypted else peer.addr) if peer else ""
+        dst = (_bare(peer.tunnel_addr) if encrypted else peer.addr) if peer else ""
         if not dst:
             what = "tunnel address" if encrypted and peer else "peer entry"
             problems.add(f"node {owner}: no {what} yet (its tasks are unreachable)")
@@ -204,7 +210,7 @@ def desired_network(node: Node, state: cluster_pb2.NetworkState,
     mtu = overlay_mtu(node.underlay_mtu, encrypted)
     fdb, neigh, problems = _entries(state, node.node_id, peers, encrypted)
     own = peers.get(node.node_id)
-    local = (own.tunnel_addr if own else "") if encrypted else node.underlay_ip
+    local = (_bare(own.tunnel_addr) if own else "") if encrypted else node.underlay_ip
     vxlan = None
     if local:
         vxlan = Vxlan(VXLAN, network.vni, local, data_path_port or DEFAULT_VXLAN_PORT, mtu)

@@ -100,6 +100,16 @@ def test_encrypted_network_uses_tunnel_addresses() -> None:
     assert {entry.dst for entry in net.fdb} == {"10.255.0.2"}
 
 
+def test_tunnel_addresses_given_with_a_prefix_length_are_used_bare() -> None:
+    # The manager sends Node.tunnel.addr as "100.127.0.1/16".
+    peers = [cluster_pb2.NetworkPeer(node_id=p.node_id, addr=p.addr,
+                                     tunnel_addr=f"{p.tunnel_addr}/16") for p in PEERS]
+    msg = message(state(network(encrypted=True), TASKS), peers=peers)
+    net = desired_networks(NODE, msg, LOCAL)[NET_ID]
+    assert net.vxlan is not None and net.vxlan.local == "10.255.0.1"
+    assert {entry.dst for entry in net.fdb} == {"10.255.0.2"}
+
+
 def test_encrypted_without_own_tunnel_address_is_not_programmed() -> None:
     peers = [cluster_pb2.NetworkPeer(node_id="n1", addr="198.18.0.11"), PEERS[1]]
     net = desired_networks(NODE, message(state(network(encrypted=True), TASKS), peers=peers),
