@@ -72,9 +72,14 @@ def host_snapshot(lab: LabState, host: HostState, tasks: Iterable[dict[str, Any]
     network namespaces and each one's state, and the sandbox of each of `tasks` (the tasks
     running on the host)."""
     in_host = ["nsenter", f"--net=/run/netns/{host.namespace}"]
-    snap: Snapshot = {"host links": _run(in_host, ["ip", "-o", "link"]),
+    links = _run(in_host, ["ip", "-o", "link"])
+    # `wg show all` would list every wireguard-go of the machine (their control sockets are
+    # files under /var/run/wireguard): ask for this host's interfaces by name.
+    wg = re.findall(r"^\d+: (shw\w+):", links, re.MULTILINE)
+    snap: Snapshot = {"host links": links,
                       "host routes": _run(in_host, ["ip", "route", "show", "table", "all"]),
-                      "host wg": wg_state(_run(in_host, ["wg", "show", "all", "dump"]))}
+                      "host wg": "\n".join(wg_state(_run(in_host, ["wg", "show", name, "dump"]))
+                                           for name in wg)}
     namespaces = network_namespaces(host)
     snap["namespaces"] = "\n".join(namespaces)
     for ns in namespaces:
@@ -92,10 +97,10 @@ def wg_state(dump: str) -> str:
     out = []
     for line in dump.splitlines():
         f = line.split("\t")
-        if len(f) == 5:  # interface: name, private key, public key, port, fwmark
-            out.append("\t".join([f[0], f[2], f[3], f[4]]))
-        elif len(f) == 9:  # peer: name, key, psk, endpoint, allowed ips, handshake, rx, tx, ka
-            out.append("\t".join([f[0], f[1], f[3], f[4], f[8]]))
+        if len(f) == 4:  # interface: private key, public key, port, fwmark
+            out.append("\t".join(f[1:]))
+        elif len(f) == 8:  # peer: key, psk, endpoint, allowed ips, handshake, rx, tx, keepalive
+            out.append("\t".join([f[0], f[2], f[3], f[7]]))
         else:
             out.append(line)
     return "\n".join(sorted(out))
