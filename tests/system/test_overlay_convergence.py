@@ -192,7 +192,10 @@ def test_restart_cutoff_and_removal_converge(lab: LabState) -> None:
     wait_until(lambda: all("shw" not in host_snapshot(lab, h, [])["host links"]
                            for h in (w1, w2)), 60, "WireGuard to leave w1 and w2")
     ok(shoal(m1, "service", "rm", "anchor"))
-    ok(shoal(m1, "network", "rm", "app", "sec"))
+    # The manager refuses while the removed service's last task is still stopping.
+    for name in ("app", "sec"):
+        wait_until(lambda name=name: shoal(m1, "network", "rm", name).returncode == 0, 60,
+                   f"network rm {name} to be accepted", interval=0.5)
     removed = time.monotonic()
     wait_until(lambda: not any(network_namespaces(h) for h in (m1, w1, w2)), 120,
                "every node to drop the network's namespace")
