@@ -267,11 +267,15 @@ def _start_daemon(host: HostState) -> int:
     Path(host.api_socket).unlink(missing_ok=True)  # stale: its daemon is not running
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(host.log_file, "ab") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", host.namespace, *host.argv],
+        # nsenter --net, not `ip netns exec`: the latter gives the daemon a private mount
+        # namespace, so the network namespaces it mounts under /run/netns vanish with it
+        # (a restart would find empty files), unlike on a real host.
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.namespace}",
+                                 *host.argv],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
     procs.track(proc)
-    # `ip netns exec` enters the namespace, then execs the daemon; wait for the first step.
+    # nsenter enters the namespace, then execs the daemon; wait for the first step.
     procs.wait_for(lambda: not procs.alive(proc.pid) or
                    _in_namespace(proc.pid, host.namespace), 5.0)
     return proc.pid

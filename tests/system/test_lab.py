@@ -308,7 +308,7 @@ def test_full_swarm(lab_factory: LabFactory) -> None:
     pids = [h.pid for h in state.hosts if h.pid]
     assert enginemod.ping(state.engine or "") and all(h.engine == state.engine
                                                       for h in state.hosts)
-    assert all(h.argv[-2:] == ["--engine", state.engine] for h in state.hosts)
+    assert all(h.argv[h.argv.index("--engine") + 1] == state.engine for h in state.hosts)
 
     # A restarted daemon keeps its data root, hence its node identity, and is ready again.
     labmod.stop_host(state.name, "w1")
