@@ -103,6 +103,35 @@ def create_netns(name: str) -> None:
     set_link(name, "lo", up=True)
 
 
+# With br_netfilter loaded (dockerd loads it), bridged frames in a namespace go through its
+# netfilter hooks and conntrack unless these are off there; an overlay's namespace has no
+# rules for them, so they only cost (measured: plain overlay throughput 0.63 -> 0.80 of the
+# underlay).
+BRIDGE_NF = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
+
+
+def bridge_netfilter_on(ns: str) -> list[str]:
+    """The bridge-netfilter switches that are on in the namespace ([] without br_netfilter)."""
+    def read() -> list[str]:
+        on = []
+        for key in BRIDGE_NF:
+            try:
+                with open(f"/proc/sys/net/bridge/{key}") as f:
+                    if f.read().strip() != "0":
+                        on.append(key)
+            except FileNotFoundError:
+                pass
+        return on
+    return run_in_netns_sync(netns_path(ns), read)
+
+
+def set_bridge_netfilter_off(ns: str, key: str) -> None:
+    def write() -> None:
+        with open(f"/proc/sys/net/bridge/{key}", "w") as f:
+            f.write("0")
+    run_in_netns_sync(netns_path(ns), write)
+
+
 def delete_netns(name: str) -> None:
     if name in list_netns():
         _ip("netns", "delete", name)

@@ -27,6 +27,9 @@ def ensure_netns(name: str, diffs: list[str]) -> None:
     if name not in nl.list_netns():
         diffs.append(f"namespace {name}: missing")
     nl.create_netns(name)  # also brings lo up
+    for key in nl.bridge_netfilter_on(name):
+        diffs.append(f"{key}: 1, want 0")
+        nl.set_bridge_netfilter_off(name, key)
 
 
 def sync_bridge(ns: str, desired: NetworkDesired, snap: nl.Snapshot, diffs: list[str]) -> None:
