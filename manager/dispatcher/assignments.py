@@ -82,6 +82,9 @@ class AssignmentIndex:
         # changes wake every node.
         self._networked: set[str] = set()
         self._published: set[str] = set()  # services with published ports
+        # Nodes whose session ended on this leader: their tasks leave every node's service
+        # records at once (a killed node's connection resets long before it is marked down).
+        self._gone: set[str] = set()
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancel_watch: Callable[[], None] | None = None
@@ -133,8 +136,7 @@ class AssignmentIndex:
                 elif event.old is not None:
                     self._published.discard(event.old.id)
         if networked:
-            for node_id in (self._listeners if self._published else self._networked):
-                self._wake(node_id)
+            self._wake_networked()
         for event in events:
             if event.new is not None:
                 self._put(event.new)
@@ -168,6 +170,19 @@ class AssignmentIndex:
         for node_id in list(self._listeners):
             self._wake(node_id)
 
+    def node_gone(self, node_id: str) -> None:
+        self._gone.add(node_id)
+        self._wake_networked()
+
+    def node_back(self, node_id: str) -> None:
+        if node_id in self._gone:
+            self._gone.discard(node_id)
+            self._wake_networked()
+
+    def _wake_networked(self) -> None:
+        for node_id in (self._listeners if self._published else self._networked):
+            self._wake(node_id)
+
     def wake(self, node_id: str) -> None:
         """Make the node's streams look again (its session changed)."""
         self._wake(node_id)
@@ -199,7 +214,8 @@ class AssignmentIndex:
                 await asyncio.sleep(COALESCE)
                 changed.clear()
                 if alive():
-                    yield network_message(self.store.view(), node_id, self.tasks_of(node_id))
+                    yield network_message(self.store.view(), node_id, self.tasks_of(node_id),
+                                          frozenset(self._gone))
         finally:
             listeners = self._listeners.get(node_id, set())
             listeners.discard(changed)

@@ -119,6 +119,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         session = NodeSession(new_id(), node.id, self._period() * (1 + random.uniform(-0.1, 0.1)))
         self.sessions[node.id] = session
         self.assignments.wake(node.id)  # a stream of the session it replaces ends
+        self.assignments.node_back(node.id)
         await self._mark_ready(node, request)
         last: cluster_pb2.SessionMessage | None = None
         seen = -1  # the node table the last message was built from
@@ -139,6 +140,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             if self.sessions.get(node.id) is session:
                 session.ended_at = time.monotonic()
                 self.assignments.wake(node.id)
+                self.assignments.node_gone(node.id)
 
     @grpcapi.unary
     async def Heartbeat(self, request: cluster_pb2.HeartbeatRequest,

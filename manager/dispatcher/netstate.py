@@ -2,9 +2,11 @@
 every network its tasks are on — the network, each service on it as resolvers and load
 balancers see it, every task address placed on a node — and the nodes it must reach.
 
-Service records list only tasks that serve: running, still wanted running, and not
-unhealthy. A task told to stop leaves the records at once, before its container stops (the
-worker keeps it serving for a moment), so load balancers drop it first.
+Service records list only tasks that serve: running, still wanted running, not unhealthy,
+and on a node whose session has not ended (a killed node's connection resets at once; it is
+marked down only after a grace for restarts). A task told to stop leaves the records at
+once, before its container stops (the worker keeps it serving for a moment), so load
+balancers drop it first.
 """
 
 from __future__ import annotations
@@ -85,12 +87,24 @@ def records(view: StoreView) -> dict[str, NetworkRecords]:
     return result
 
 
+def _serving(record: cluster_pb2.ServiceRecord, gone: frozenset[str]
+             ) -> cluster_pb2.ServiceRecord:
+    """The record without the tasks of nodes whose session ended (they may be dead)."""
+    if not gone or not any(t.node_id in gone for t in record.tasks):
+        return record
+    out = cluster_pb2.ServiceRecord()
+    out.CopyFrom(record)
+    del out.tasks[:]
+    out.tasks.extend(t for t in record.tasks if t.node_id not in gone)
+    return out
+
+
 def node_networks(tasks: Iterable[pb.Task]) -> set[str]:
     return {att.network_id for t in tasks if holds_address(t) for att in t.networks}
 
 
-def network_message(view: StoreView, node_id: str, tasks: list[pb.Task]
-                    ) -> cluster_pb2.AssignmentsMessage:
+def network_message(view: StoreView, node_id: str, tasks: list[pb.Task],
+                    gone: frozenset[str] = frozenset()) -> cluster_pb2.AssignmentsMessage:
     """The node's assignments: its tasks, the networks they are on (and the ingress network
     while a service publishes a port), and the peers."""
     msg = cluster_pb2.AssignmentsMessage(tasks=tasks)
@@ -106,9 +120,10 @@ def network_message(view: StoreView, node_id: str, tasks: list[pb.Task]
         rec = all_records.get(net_id)
         if rec is None:
             continue
+        services = [_serving(r, gone) for r in sorted(rec.services.values(),
+                                                      key=lambda r: r.name)]
         msg.networks.append(cluster_pb2.NetworkState(
-            network=rec.network, services=sorted(rec.services.values(), key=lambda r: r.name),
-            endpoints=rec.endpoints))
+            network=rec.network, services=services, endpoints=rec.endpoints))
         peers |= rec.nodes
     for peer_id in sorted(peers):
         node = view.get(pb.Node, peer_id)

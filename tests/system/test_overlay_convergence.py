@@ -289,10 +289,10 @@ def test_resolvers_drop_dead_tasks(lab: LabState) -> None:
     wait_running(client, "web", 2)
 
     # A worker's shoald killed (the worker holding most web/rr tasks): its tasks' containers
-    # go on running in the engine, but the manager replaces them once it marks the node down:
-    # a killed process closes its session's connection, so that is 5 s (the dispatcher's
-    # reconnect grace) after the kill; a hung or cut-off node takes 3 heartbeat periods
-    # (15 s). Every other node must then stop answering the node's tasks.
+    # go on running in the engine; the manager marks the node down 5 s after its session's
+    # connection reset (the reconnect grace for restarts), but its tasks leave every node's
+    # records as soon as the session ends. (A hung or cut-off node keeps its connection:
+    # that takes 3 missed heartbeats, 15 s.)
     ids = node_ids(client)
     tasks = all_running(client, ["web", "rr"])
     lost = max(("w1", "w2"), key=lambda h: sum(t["NodeID"] == ids[h] for t in tasks))
@@ -304,7 +304,7 @@ def test_resolvers_drop_dead_tasks(lab: LabState) -> None:
     def live_probes() -> list[dict[str, Any]]:
         return [t for t in probes() if t["NodeID"] != ids[lost]]
 
-    took = wait_clean(lab, client, live_probes, names, dead, t0, 90.0, "node loss")
+    took = wait_clean(lab, client, live_probes, names, dead, t0, RESOLVER_BOUND, "node loss")
     state = by_hostname(client)[lost]["Status"]["State"]
     print(f"node loss: {lost} ({len(dead)} tasks) is {state} now; resolvers clean "
           f"{took:.1f} s after the kill")

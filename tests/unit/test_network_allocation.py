@@ -152,6 +152,10 @@ def test_a_node_is_sent_its_networks_records_and_peers() -> None:
     assert [p.node_id for p in msg.peers] == ["w1", "w2"]
     assert msg.networks[0].services[0].vip == services[svc.id].endpoint.virtual_ips[0].addr
     assert not network_message(view, "w3", []).networks
+    # A node whose session ended: its tasks leave the records sent to every node.
+    gone = network_message(view, "w2", [pending[1]], frozenset({"w1"}))
+    assert not gone.networks[0].services[0].tasks
+    assert len(gone.networks[0].endpoints) == 3  # its addresses stay placed (FDB)
 
 
 def test_nodes_get_unique_tunnel_addresses() -> None:
