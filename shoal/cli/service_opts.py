@@ -238,7 +238,9 @@ SPEC_OPTIONS = _opts(
 
 
 def changed(opts: dict[str, Any], *names: str) -> bool:
-    return any(opts.get(n) not in (None, False, ()) for n in names)
+    """Whether any of the flags was given (0, as in `--restart-delay 0s`, is a value: `0 in
+    (False,)` is true in Python, so identity and emptiness are tested instead)."""
+    return any(not (v is None or v is False or v == ()) for v in map(opts.get, names))
 
 
 def apply_common(spec: dict[str, Any], opts: dict[str, Any]) -> None:

@@ -392,3 +392,9 @@ def test_progress_snapshot_by_slot_and_node() -> None:
     assert job.converged and job.job
     assert progress.bar("new").startswith("[===>") and progress.bar("running") == "[" + \
         "=" * progress.BAR + "]"
+
+
+def test_a_zero_restart_delay_is_sent(daemon: FakeDaemon) -> None:
+    result = daemon.run("service", "create", "-d", "--restart-delay", "0s", "busybox")
+    assert result.exit_code == 0, result.output
+    assert daemon.sent("POST")[0].body["TaskTemplate"]["RestartPolicy"]["Delay"] == 0
