@@ -5,7 +5,8 @@ routing mesh (while a port is published).
 
 Every part converges to the latest assignments message on each change and every 10 s;
 each round's check becomes the node's network report (`shoal network doctor`), sent in a
-heartbeat when it changed.
+heartbeat only when it changed: every report is a write of the Node object, and a user's
+`node update` of the same version would be refused as out of sequence.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from proto import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 EDGE_INTERVAL = 10.0
-REPORT_REFRESH_NS = 15_000_000_000  # resend an unchanged report this often (freshness)
 INGRESS_KEY = "ingress-endpoint"
 # A container's ID → (full ID, network namespace path), None when not running.
 ContainerLookup = Callable[[str], Awaitable[tuple[str, str] | None]]
@@ -195,7 +195,7 @@ class NodePlane:
         report.checked_ns = 0
         body = report.SerializeToString(deterministic=True)
         now = time.time_ns()
-        if checked and (body != self._sent[0] or now - self._sent[1] > REPORT_REFRESH_NS):
+        if checked and body != self._sent[0]:
             report.checked_ns = checked
             request.network_report.CopyFrom(report)
             self._sent = (body, now)

@@ -106,10 +106,22 @@ def test_worker_down_and_back_and_leader_failover(lab: LabState) -> None:
     assert new != old.name
     # a write sent to a follower is carried out, not refused
     not_leader = next(h for h in survivors if h.name != new)
-    node = by_hostname(not_leader.client())["w1"]
-    not_leader.client().post(f"/nodes/{node['ID']}/update",
-                             node["Spec"] | {"Labels": {"via": "follower"}},
-                             version=node["Version"]["Index"])
+
+    def follower_write() -> bool:
+        # Read-modify-write, retried on "out of sequence" as a client must: the node's own
+        # status and tunnel writes move its version too.
+        node = by_hostname(not_leader.client())["w1"]
+        try:
+            not_leader.client().post(f"/nodes/{node['ID']}/update",
+                                     node["Spec"] | {"Labels": {"via": "follower"}},
+                                     version=node["Version"]["Index"])
+        except APIError as err:
+            if "out of sequence" not in str(err):
+                raise
+            return False
+        return True
+
+    wait_until(follower_write, 10, "a node update through a follower")
     assert by_hostname(lab.host(new).client())["w1"]["Spec"]["Labels"] == {"via": "follower"}
 
 
