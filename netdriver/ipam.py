@@ -145,6 +145,12 @@ def next_address(ipam: pb.IPAMConfig, used: set[Addr], who: str) -> str:
     return f"{addr}/{net.prefixlen}"
 
 
+def bare(address: str) -> str:
+    """"100.127.0.5" from "100.127.0.5" or "100.127.0.5/16" (the store keeps addresses in
+    CIDR form; VXLAN, WireGuard peers and nftables want them bare); "" stays ""."""
+    return address.split("/", 1)[0]
+
+
 def host_of(cidr: str) -> Addr:
     return ipaddress.IPv4Interface(cidr).ip
 

@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from netdriver.ipam import bare, is_encrypted
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
@@ -94,11 +95,6 @@ def mac_of(address: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in packed)
 
 
-def bare(address: str) -> str:
-    """"100.127.0.5" from "100.127.0.5" or "100.127.0.5/16"; "" stays ""."""
-    return address.split("/", 1)[0]
-
-
 def ip_of(address: str) -> str:
     return str(ipaddress.IPv4Interface(address).ip)
 
@@ -110,10 +106,6 @@ def netns_name(prefix: str, network_id: str) -> str:
 def veth_peer_name(key: str) -> str:
     """The sandbox veth's peer in the network namespace: unique per sandbox, ≤15 chars."""
     return "vt" + hashlib.sha256(key.encode()).hexdigest()[:10]
-
-
-def is_encrypted(network: pb.Network) -> bool:
-    return "encrypted" in network.spec.driver_options
 
 
 def overlay_mtu(underlay_mtu: int, encrypted: bool) -> int:

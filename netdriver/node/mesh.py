@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from netdriver.ipam import bare
 from netdriver.node import nft
 from netdriver.node.netns import named_netns_path, nsenter
 from proto import cluster_pb2
@@ -99,7 +100,7 @@ def host_ports(local_tasks: Sequence[pb.Task], ingress_id: str = "") -> list[Pub
             proto = PROTOCOLS.get(port.protocol, "tcp")
             out.setdefault((proto, port.published_port),
                            Published(proto, port.published_port, port.target_port,
-                                     (nft.address(addrs[0]),), bool(on_ingress)))
+                                     (bare(addrs[0]),), bool(on_ingress)))
     return sorted(out.values())
 
 

@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from netdriver.ipam import bare
 from netdriver.node.netns import nsenter
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
@@ -27,11 +28,6 @@ log = logging.getLogger(__name__)
 
 TABLE = "shoal"
 VIP_MODE = pb.EndpointSpec.ResolutionMode.VIP
-
-
-def address(cidr: str) -> str:
-    """`10.0.1.5/24` → `10.0.1.5`."""
-    return cidr.split("/", 1)[0]
 
 
 def replace_table(name: str, chains: Sequence[str]) -> str:
@@ -63,7 +59,7 @@ def pick(addrs: Sequence[str], port: int | None = None) -> str:
 def backends(record: cluster_pb2.ServiceRecord) -> list[str]:
     """The record's task addresses, sorted and without duplicates (so the text, and the
     decision to rewrite, depends only on the set)."""
-    return sorted({address(t.addr) for t in record.tasks if t.addr},
+    return sorted({bare(t.addr) for t in record.tasks if t.addr},
                   key=sort_key)
 
 
@@ -76,9 +72,9 @@ def balanced(services: Sequence[cluster_pb2.ServiceRecord]) -> dict[str, list[st
     out: dict[str, list[str]] = {}
     for record in services:
         if record.mode == VIP_MODE and record.vip:
-            out.setdefault(address(record.vip), [])
-            out[address(record.vip)] = sorted(
-                set(out[address(record.vip)]) | set(backends(record)), key=sort_key)
+            out.setdefault(bare(record.vip), [])
+            out[bare(record.vip)] = sorted(
+                set(out[bare(record.vip)]) | set(backends(record)), key=sort_key)
     return dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from netdriver.ipam import bare
 from netdriver.node import netns
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
@@ -148,13 +149,8 @@ def endpoint_of(addr: str, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-def bare_addr(addr: str) -> str:
-    """"100.127.0.5" from "100.127.0.5" or "100.127.0.5/16" (the store keeps either)."""
-    return addr.split("/", 1)[0]
-
-
 def tunnel_cidr(local_tunnel_addr: str) -> str:
-    return f"{bare_addr(local_tunnel_addr)}/{TUNNEL_PREFIX}"
+    return f"{bare(local_tunnel_addr)}/{TUNNEL_PREFIX}"
 
 
 def tunnel_subnet(local_tunnel_addr: str) -> str:
@@ -177,7 +173,7 @@ def desired_peers(peers: Sequence[cluster_pb2.NetworkPeer], own_node_id: str,
             continue
         wanted[peer.public_key] = PeerConfig(
             endpoint_of(peer.addr, listen_port),
-            frozenset({f"{bare_addr(peer.tunnel_addr)}/32"}), KEEPALIVE_S)
+            frozenset({f"{bare(peer.tunnel_addr)}/32"}), KEEPALIVE_S)
     return wanted
 
 
