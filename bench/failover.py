@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.waiting import BenchError, progress_log, wait_for  # noqa: E402
+from bench.waiting import BenchError, progress_log, take_down, wait_for  # noqa: E402
 from manager.raft.replica import RaftTiming  # noqa: E402
 from shoal import lab, procs  # noqa: E402
 from shoal.client import APIError, Client  # noqa: E402
@@ -272,12 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed; the daemons' logs are kept in {keep_logs(name)}")
         raise
     finally:
-        try:
-            lab.down(name)
-        except lab.LabError as exc:
-            if lab.state_dir(name).exists() or lab._lab_namespaces(name):
-                raise
-            log(f"lab {name}: {exc}")
+        take_down(name, log)
     figures = summary(results)
     print(table(figures))
     result = {

@@ -61,7 +61,13 @@ import dns.rdatatype  # noqa: E402
 import docker  # noqa: E402
 
 from bench.resolver_latency import percentile, query_loop  # noqa: E402
-from bench.waiting import BenchError, progress_log, wait_for, wall  # noqa: E402
+from bench.waiting import (  # noqa: E402
+    BenchError,
+    progress_log,
+    take_down,
+    wait_for,
+    wall,
+)
 from bench.wg_baseline import bare_tunnel, iperf3_between, iperf3_bps  # noqa: E402
 from netdriver.node.nft import listed_backends  # noqa: E402
 from shoal import lab  # noqa: E402
@@ -515,12 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"lab {name} up")
         result = measure(state, args, log)
     finally:
-        try:
-            lab.down(name)
-        except lab.LabError as exc:
-            if lab.state_dir(name).exists() or lab._lab_namespaces(name):
-                raise
-            log(f"lab {name}: {exc}")
+        take_down(name, log)
     met = goals(result)
     print(table(result, met))
     out = {"benchmark": "overlay", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

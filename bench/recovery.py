@@ -54,6 +54,7 @@ import docker  # noqa: E402
 from bench.waiting import (
     BenchError,
     progress_log,  # noqa: E402
+    take_down,
     wait_for,
     wall,
 )
@@ -247,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         state = lab.up(name, 1, len(WORKERS))
         results = measure(state, args.runs, args.hang, log)
     finally:
-        try:
-            lab.down(name)
-        except lab.LabError as exc:
-            if lab.state_dir(name).exists() or lab._lab_namespaces(name):
-                raise
-            log(f"lab {name}: {exc}")
+        take_down(name, log)
     rows = summary(results)
     log("done")
     print(table(rows, len(results), "SIGSTOP" if args.hang else "SIGKILL"))

@@ -48,6 +48,7 @@ import docker  # noqa: E402
 from bench.waiting import (
     BenchError,
     progress_log,  # noqa: E402
+    take_down,
     wait_for,  # noqa: E402
     wall,
 )
@@ -233,12 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"lab {name} up; engine {state.engine}")
         rows = measure(state, args.sizes, args.repeat, log)
     finally:
-        try:
-            lab.down(name)
-        except lab.LabError as exc:
-            if lab.state_dir(name).exists() or lab._lab_namespaces(name):
-                raise
-            log(f"lab {name}: {exc}")
+        take_down(name, log)
     log("done")
     print(table(rows))
     result = {

@@ -46,6 +46,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import raw_pysyncobj as rp  # noqa: E402
 
+from bench.waiting import take_down  # noqa: E402
 from manager.raft.replica import RaftTiming  # noqa: E402
 from shoal import lab  # noqa: E402
 from shoal.client import APIError, Client  # noqa: E402
@@ -275,12 +276,7 @@ def api_rows(n_seq: int, n_conc: int, log: Callable[[str], None]) -> list[dict[s
                 seq_retries=seq["retries"], conc_retries=conc["retries"]))
         return rows
     finally:
-        try:
-            lab.down(name)
-        except lab.LabError as exc:
-            if lab.state_dir(name).exists() or lab._lab_namespaces(name):
-                raise
-            log(f"lab {name}: {exc}")
+        take_down(name, log)
 
 
 # ---- output ------------------------------------------------------------------------------

@@ -30,6 +30,19 @@ def wall(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def take_down(name: str, log: Callable[[str], None]) -> None:
+    """`lab down` after a run; a failure is only logged when nothing of the lab is left (a
+    lab whose `up` never got far), else raised."""
+    from shoal import lab
+
+    try:
+        lab.down(name)
+    except lab.LabError as exc:
+        if lab.state_dir(name).exists() or lab._lab_namespaces(name):
+            raise
+        log(f"lab {name}: {exc}")
+
+
 def progress_log(started: float) -> Callable[[str], None]:
     """A logger to stderr that stamps each line with the seconds since `started`."""
 
