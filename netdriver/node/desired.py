@@ -14,12 +14,11 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from netdriver.ipam import bare, is_encrypted
+from netdriver.ipam import bare, is_encrypted, is_ipv6, wireguard_overhead
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
 VXLAN_OVERHEAD = 50      # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-WIREGUARD_OVERHEAD = 80  # WireGuard over IPv4 (Docker's figure for its ESP is similar)
 DEFAULT_VXLAN_PORT = 4789
 BRIDGE = "br0"
 VXLAN = "vxlan0"
@@ -108,8 +107,12 @@ def veth_peer_name(key: str) -> str:
     return "vt" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def overlay_mtu(underlay_mtu: int, encrypted: bool) -> int:
-    return underlay_mtu - VXLAN_OVERHEAD - (WIREGUARD_OVERHEAD if encrypted else 0)
+def overlay_mtu(underlay_mtu: int, encrypted: bool, underlay_ip: str = "") -> int:
+    """The MTU of a network's bridge, VXLAN device and task interfaces: room for VXLAN, and
+    on an encrypted network for WireGuard (sized by the node's underlay address family, as
+    the WireGuard interface's MTU is by its peers')."""
+    wireguard = wireguard_overhead(is_ipv6(underlay_ip)) if encrypted else 0
+    return underlay_mtu - VXLAN_OVERHEAD - wireguard
 
 
 def gateway_cidr(network: pb.Network) -> str | None:
@@ -200,7 +203,7 @@ def desired_network(node: Node, state: cluster_pb2.NetworkState,
     if gateway is None:
         return None
     encrypted = is_encrypted(network)
-    mtu = overlay_mtu(node.underlay_mtu, encrypted)
+    mtu = overlay_mtu(node.underlay_mtu, encrypted, node.underlay_ip)
     fdb, neigh, problems = _entries(state, node.node_id, peers, encrypted)
     own = peers.get(node.node_id)
     local = (bare(own.tunnel_addr) if own else "") if encrypted else node.underlay_ip

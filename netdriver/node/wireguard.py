@@ -43,14 +43,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from netdriver.ipam import bare
+from netdriver.ipam import bare, is_ipv6, wireguard_overhead
 from netdriver.node import netns
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
 DEFAULT_LISTEN_PORT = 51820
 KEEPALIVE_S = 5
-WG_OVERHEAD = 80  # IPv6 outer header 40 + UDP 8 + WireGuard 32 (the usual, safe figure)
 TUNNEL_PREFIX = 16
 BLACKHOLE_METRIC = 4242  # above the connected route's 0: only used when the interface is gone
 SOCKET_DIR = "/var/run/wireguard"  # wireguard-go's UAPI sockets (fixed in wireguard-go)
@@ -157,8 +156,14 @@ def tunnel_subnet(local_tunnel_addr: str) -> str:
     return str(ipaddress.ip_interface(tunnel_cidr(local_tunnel_addr)).network)
 
 
-def wg_mtu(underlay_mtu: int) -> int:
-    return underlay_mtu - WG_OVERHEAD
+def wg_mtu(underlay_mtu: int, endpoints: Sequence[str] = ()) -> int:
+    """The interface's MTU: the IPv6 overhead if any peer is reached over IPv6."""
+    return underlay_mtu - wireguard_overhead(any(is_ipv6(_host(e)) for e in endpoints))
+
+
+def _host(endpoint: str) -> str:
+    """"198.18.0.2" of "198.18.0.2:51820", "fd00::2" of "[fd00::2]:51820"."""
+    return endpoint.rsplit(":", 1)[0].strip("[]")
 
 
 def desired_peers(peers: Sequence[cluster_pb2.NetworkPeer], own_node_id: str,
@@ -410,7 +415,7 @@ class WireGuard:
         out += [f"wireguard address {c} on {self.ifname}: not wanted" for c in remove]
         out += [f"wireguard address {c} on {self.ifname}: missing" for c in add]
         mtu, up = await self._link_state()
-        want_mtu = wg_mtu(underlay_mtu(await self._underlay_mtus(wanted)))
+        want_mtu = self._mtu_for(wanted, await self._underlay_mtus(wanted))
         if mtu != want_mtu:
             out.append(f"wireguard {self.ifname} mtu {mtu}; want {want_mtu}")
         if not up:
@@ -498,16 +503,20 @@ class WireGuard:
             await self.runner.run("ip", "addr", "add", cidr, "dev", self.ifname)
 
     async def _converge_link(self, wanted: Mapping[str, PeerConfig]) -> None:
-        mtu = wg_mtu(underlay_mtu(await self._underlay_mtus(wanted)))
+        mtu = self._mtu_for(wanted, await self._underlay_mtus(wanted))
         actual_mtu, up = await self._link_state()
         if actual_mtu != mtu or not up:
             await self.runner.run("ip", "link", "set", "dev", self.ifname, "mtu", str(mtu), "up")
         self.mtu = mtu
 
+    @staticmethod
+    def _mtu_for(wanted: Mapping[str, PeerConfig], mtus: Sequence[int]) -> int:
+        return wg_mtu(underlay_mtu(mtus), [c.endpoint for c in wanted.values() if c.endpoint])
+
     async def _underlay_mtus(self, wanted: Mapping[str, PeerConfig]) -> list[int]:
         devices: set[str] = set()
         for config in wanted.values():
-            host = config.endpoint.rsplit(":", 1)[0].strip("[]")
+            host = _host(config.endpoint)
             try:
                 routes = await self.runner.json("route", "get", host)
             except subprocess.CalledProcessError:

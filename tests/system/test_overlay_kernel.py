@@ -279,9 +279,9 @@ async def test_encrypted_network_uses_tunnel_addresses(lab: Lab,
     await planes[1].attach(boxes[1], boxes[1],
                            [pb.NetworkAttachment(network_id=net.id, addresses=[addrs[1]])])
     vx = {link.name: link for link in nl.links(ns1)}["vxlan0"]
-    assert (vx.local, vx.mtu) == (lab.tunnel[0], 1370)
+    assert (vx.local, vx.mtu) == (lab.tunnel[0], 1390)
     assert nl.fdb(ns1, "vxlan0") == (nl.Fdb(mac_of(addrs[1]), lab.tunnel[1]),)
-    assert {link.name: link for link in nl.links(boxes[0])}["eth0"].mtu == 1370
+    assert {link.name: link for link in nl.links(boxes[0])}["eth0"].mtu == 1390
     assert await asyncio.to_thread(ping, boxes[0], "10.77.6.6")
     assert await planes[0].reconcile() == {net.id: []}
 

@@ -174,7 +174,7 @@ async def test_ping_across_tunnel_and_interface_state(pair: Pair) -> None:
                         pair.one.wg.ifname)).stdout
     assert f"{pair.one.tunnel}/16" in addr
     link = (await in_ns(pair.one, "ip", "-o", "link", "show", "dev", pair.one.wg.ifname)).stdout
-    assert "mtu 1420" in link and "UP" in link  # veth 1500 - 80
+    assert "mtu 1440" in link and "UP" in link  # veth 1500 - 60 (IPv4 peers)
     status = await pair.one.wg.peer_status()
     assert [(k, e) for k, e, _ in status] == [(pair.two.wg.public_key,
                                                f"{pair.two.underlay}:{PORT}")]
@@ -450,7 +450,7 @@ async def test_doctor_check_sees_tampering_and_sync_repairs_it(pair: Pair) -> No
     assert await pair.one.wg.check(message, pair.one.tunnel) == [
         f"wireguard peer {pair.two.wg.public_key} ({pair.two.underlay}:{PORT}): missing",
         f"wireguard address {pair.one.tunnel}/16 on {ifname}: missing",
-        f"wireguard {ifname} mtu 1300; want 1420",
+        f"wireguard {ifname} mtu 1300; want 1440",
         "wireguard blackhole route 100.127.0.0/16: missing"]
     await pair.sync(pair.one)
     assert await pair.one.wg.check(message, pair.one.tunnel) == []

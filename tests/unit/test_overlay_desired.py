@@ -66,7 +66,10 @@ def test_mac_follows_dockers_scheme() -> None:
 
 def test_mtu_leaves_room_for_vxlan_and_wireguard() -> None:
     assert overlay_mtu(1500, encrypted=False) == 1450
-    assert overlay_mtu(1500, encrypted=True) == 1370
+    assert overlay_mtu(1500, encrypted=True) == 1390  # IPv4 underlay: WireGuard adds 60
+    assert overlay_mtu(1500, encrypted=True, underlay_ip="198.18.0.2") == 1390
+    assert overlay_mtu(1500, encrypted=True, underlay_ip="fd00::2") == 1370
+    assert overlay_mtu(1500, encrypted=False, underlay_ip="fd00::2") == 1450
     assert overlay_mtu(9000, encrypted=False) == 8950
 
 
@@ -95,8 +98,8 @@ def test_data_path_port_from_the_message() -> None:
 
 def test_encrypted_network_uses_tunnel_addresses() -> None:
     net = desired_networks(NODE, message(state(network(encrypted=True), TASKS)), LOCAL)[NET_ID]
-    assert net.encrypted and net.bridge.mtu == 1370
-    assert net.vxlan is not None and (net.vxlan.local, net.vxlan.mtu) == ("10.255.0.1", 1370)
+    assert net.encrypted and net.bridge.mtu == 1390
+    assert net.vxlan is not None and (net.vxlan.local, net.vxlan.mtu) == ("10.255.0.1", 1390)
     assert {entry.dst for entry in net.fdb} == {"10.255.0.2"}
 
 

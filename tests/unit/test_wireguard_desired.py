@@ -104,7 +104,9 @@ def test_endpoint_and_tunnel_addresses() -> None:
 
 
 def test_mtu() -> None:
-    assert wg_mtu(1500) == 1420
+    assert wg_mtu(1500) == 1440
+    assert wg_mtu(1500, ["198.18.0.2:51820", "198.18.0.3:51820"]) == 1440
+    assert wg_mtu(1500, ["198.18.0.2:51820", "[fd00::3]:51820"]) == 1420
     assert underlay_mtu([9000, 1500]) == 1500
     assert underlay_mtu([]) == 1500
 
