@@ -30,6 +30,7 @@ import asyncio
 import base64
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,8 +46,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from netdriver.ipam import bare, is_ipv6, wireguard_overhead
 from netdriver.node import netns
+from netdriver.node.steering import spread_receive
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN_PORT = 51820
 KEEPALIVE_S = 5
@@ -331,6 +335,7 @@ class WireGuard:
         self._stopping = False
         self._lock = asyncio.Lock()
         self.mtu = 0  # the interface's MTU after the last sync (0: not set yet)
+        self._steered = False  # receive steering asked for on the current device
 
     # public state
 
@@ -507,7 +512,18 @@ class WireGuard:
         actual_mtu, up = await self._link_state()
         if actual_mtu != mtu or not up:
             await self.runner.run("ip", "link", "set", "dev", self.ifname, "mtu", str(mtu), "up")
+        if not self._steered:
+            self._steered = True  # once per device: a failure is said once, not every pass
+            if not self._kernel:  # the kernel module decrypts on every CPU already
+                await self._spread_receive()
         self.mtu = mtu
+
+    async def _spread_receive(self) -> None:
+        try:
+            await spread_receive(self.runner.run, self.ifname)
+        except subprocess.CalledProcessError as err:
+            log.warning("wireguard %s: receive steering not set (%s); the tunnel works, "
+                        "with all its receive work on wireguard-go's CPU", self.ifname, why(err))
 
     @staticmethod
     def _mtu_for(wanted: Mapping[str, PeerConfig], mtus: Sequence[int]) -> int:
@@ -547,6 +563,7 @@ class WireGuard:
             self._error = f"wireguard-go exited (code {self._proc.returncode})"
         await self._stop()
         await self._delete_link()
+        self._steered = False
         if self._kernel is None:
             self._kernel = await self._try_kernel()
             if self._kernel:
@@ -582,10 +599,10 @@ class WireGuard:
         _remove_stale_socket(self.socket_path)
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = self._dir / "wireguard-go.log"
-        with open(log_path, "ab") as log:
+        with open(log_path, "ab") as out:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.runner.command(binary, "-f", self.ifname),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                 env={**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"},
                 start_new_session=True)  # a ^C to shoald's terminal is shoald's to handle
         self._stopping = False

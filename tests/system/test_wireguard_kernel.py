@@ -175,6 +175,12 @@ async def test_ping_across_tunnel_and_interface_state(pair: Pair) -> None:
     assert f"{pair.one.tunnel}/16" in addr
     link = (await in_ns(pair.one, "ip", "-o", "link", "show", "dev", pair.one.wg.ifname)).stdout
     assert "mtu 1440" in link and "UP" in link  # veth 1500 - 60 (IPv4 peers)
+    # wireguard-go's received packets are steered to every CPU (this namespace's sysfs).
+    if pair.one.wg.pid is not None and len(os.sched_getaffinity(0)) > 1:
+        rps = (await in_ns(pair.one, "unshare", "--mount", "--propagation", "private", "sh",
+                           "-c", "mount -t sysfs sysfs /sys && cat /sys/class/net/"
+                           f"{pair.one.wg.ifname}/queues/rx-0/rps_cpus")).stdout
+        assert int(rps.replace(",", ""), 16) == sum(1 << c for c in os.sched_getaffinity(0))
     status = await pair.one.wg.peer_status()
     assert [(k, e) for k, e, _ in status] == [(pair.two.wg.public_key,
                                                f"{pair.two.underlay}:{PORT}")]
