@@ -54,7 +54,7 @@ system: deps images
 
 # The whole suite. pytest exits 5 when it collects nothing; that is a failure here.
 test: deps lint images
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests; rc=$$?; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=30 tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 demo: deps images
