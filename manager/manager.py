@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from manager.changes import ChangeLog
 from manager.errors import Fenced, NotFound, OutOfSequence, Unavailable
 from manager.raft.replica import RaftReplica
 from manager.store.memory import MemoryStore, StoreView, wrap
@@ -35,6 +36,8 @@ class Manager:
         # The leadership epoch this manager decides in while it leads (0: not leading);
         # set by the leader runtime once the epoch is committed.
         self.epoch = 0
+        # The latest changes, for the API's event stream (`docker events`).
+        self.changes = ChangeLog(store)
 
     # -- reads --
 

@@ -39,7 +39,10 @@ def _meta(obj: Any) -> dict[str, Any]:
             "UpdatedAt": timestamp(obj.meta.updated_at_ns)}
 
 
-def node_json(node: pb.Node) -> dict[str, Any]:
+def node_json(node: pb.Node, tls: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`tls`: the node's Description.TLSInfo (the root it trusts and its certificate's
+    issuer). Every node's certificate is issued by the cluster's root CA, so it is the
+    cluster's TLSInfo (`docker swarm ca` compares the two)."""
     desc = node.description
     out = _meta(node) | {
         "Spec": {"Name": node.spec.annotations.name, "Labels": dict(node.spec.annotations.labels),
@@ -52,7 +55,7 @@ def node_json(node: pb.Node) -> dict[str, Any]:
                           "MemoryBytes": desc.resources.memory_bytes},
             "Engine": {"EngineVersion": desc.engine.engine_version,
                        "Labels": dict(desc.engine.labels), "Plugins": []},
-        },
+        } | ({"TLSInfo": tls} if tls is not None else {}),
         "Status": {"State": NODE_STATE[node.status.state], "Message": node.status.message,
                    "Addr": node.status.addr},
     }

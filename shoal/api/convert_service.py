@@ -482,7 +482,11 @@ def service_json(svc: pb.Service, defaults: bool = False,
     if status is not None:
         out["ServiceStatus"] = status
     if mode_name(svc.spec).endswith("_job"):
-        out["JobStatus"] = {"JobIteration": {"Index": svc.job_status.job_iteration},
+        # The run the tasks carry is always the spec_version (manager/orchestrator/jobs.py);
+        # the orchestrator records it in job_status a moment after a create or update, but
+        # the CLI's job progress reads the index once, at once, and counts only the tasks of
+        # that run: so show the run the tasks will carry from the first read on.
+        out["JobStatus"] = {"JobIteration": {"Index": svc.spec_version},
                             "LastExecution": timestamp(svc.job_status.last_execution_ns)}
     return out
 

@@ -40,12 +40,14 @@ async def list_nodes(request: web.Request) -> web.Response:
     if unknown:
         raise InvalidRequest(f"invalid filter '{sorted(unknown)[0]}'")
     nodes = [n for n in NodeControl(mgr.store).nodes() if node_matches(n, filters)]
-    return web.json_response([convert.node_json(n) for n in nodes])
+    tls = convert.tls_info(mgr.cluster())
+    return web.json_response([convert.node_json(n, tls) for n in nodes])
 
 
 async def inspect_node(request: web.Request) -> web.Response:
-    node = NodeControl(manager_of(request).store).get(request.match_info["node_id"])
-    return web.json_response(convert.node_json(node))
+    mgr = manager_of(request)
+    node = NodeControl(mgr.store).get(request.match_info["node_id"])
+    return web.json_response(convert.node_json(node, convert.tls_info(mgr.cluster())))
 
 
 async def update_node(request: web.Request) -> web.Response:

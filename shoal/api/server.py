@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from manager import errors as merr
 from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
-from shoal.api import logs, networks, nodes, services, swarm, tasks
+from shoal.api import events, logs, networks, nodes, services, swarm, tasks
 from shoal.api.context import NODE
 from shoal.description import VERSION
-from shoal.errors import NodeError
+from shoal.errors import InvalidRequest, NodeError
 from shoal.node import Node
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "1.44"
+# Docker 28.2's API version, which the docker CLI negotiates down to (the CLI and docker-py
+# gate flags on it: job modes need 1.41, --health-start-interval 1.44, --oom-score-adj 1.46).
+API_VERSION = "1.50"
 MIN_API_VERSION = "1.24"
 
 # Status codes for cluster errors, as the Docker CLI expects them.
@@ -75,6 +80,29 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def check_api_version(version: str | None) -> None:
+    """Refuse a /vX.Y the API does not speak, in dockerd's words (its VersionMiddleware)."""
+    if version is None:
+        return
+    if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
+        raise InvalidRequest(f"client version {version} is too old. Minimum supported API "
+                             f"version is {MIN_API_VERSION}, please upgrade your client to a "
+                             "newer version")
+    if _version_tuple(version) > _version_tuple(API_VERSION):
+        raise InvalidRequest(f"client version {version} is too new. Maximum supported API "
+                             f"version is {API_VERSION}")
+
+
+@web.middleware
+async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    check_api_version(request.match_info.get("api_version"))
+    return await handler(request)
+
+
 def swarm_header(node: Node) -> str:
     if node.state is None:
         return "inactive"
@@ -104,12 +132,37 @@ async def ping(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({
-        "Version": VERSION, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
-        "Os": "linux", "Arch": _arch(), "KernelVersion": platform.release(),
-        "Components": [{"Name": "Shoal", "Version": VERSION, "Details": {}}],
-        "Platform": {"Name": "Shoal"},
-    })
+    return web.json_response(version_json())
+
+
+def version_json() -> dict[str, Any]:
+    """dockerd's /version: the CLI prints the Engine component's Details (`docker version`).
+    Shoal runs on Python, so "GoVersion" names the Python that runs it."""
+    commit, built = build_info()
+    details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux",
+               "Arch": _arch(), "KernelVersion": platform.release(), "Experimental": "false",
+               "GitCommit": commit, "GoVersion": f"python{platform.python_version()}",
+               "BuildTime": built}
+    return {"Platform": {"Name": "Shoal"},
+            "Components": [{"Name": "Engine", "Version": VERSION, "Details": details}],
+            "Version": VERSION, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": commit, "GoVersion": details["GoVersion"], "Os": "linux",
+            "Arch": _arch(), "KernelVersion": platform.release(), "BuildTime": built}
+
+
+@functools.lru_cache(maxsize=1)
+def build_info() -> tuple[str, str]:
+    """The commit Shoal runs from and its time, as dockerd reports the commit it was built
+    from: read once from the source's git repository ("unknown" outside one)."""
+    source = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(source), "log", "-1", "--format=%h %cI"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        log.info("no git commit to report in /version: %s", err)
+        return "unknown", ""
+    commit, _, built = out.strip().partition(" ")
+    return commit or "unknown", built
 
 
 def _arch() -> str:
@@ -118,13 +171,14 @@ def _arch() -> str:
 
 
 def make_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[headers_middleware(node), errors_middleware],
+    app = web.Application(middlewares=[headers_middleware(node), errors_middleware,
+                                       version_middleware],
                           client_max_size=MAX_REQUEST_BYTES)
     app[NODE] = node
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),
         *swarm.ROUTES, *nodes.ROUTES, *networks.ROUTES, *logs.ROUTES, *services.ROUTES,
-        *tasks.ROUTES,
+        *tasks.ROUTES, *events.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

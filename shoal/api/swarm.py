@@ -22,6 +22,8 @@ from shoal.api.request import bool_param, fields, int_param, parse_json
 from shoal.description import VERSION, host_routes
 from shoal.errors import InvalidRequest, NotAManager
 from shoal.node import InitRequest, Node
+from worker.executor.base import ExecutorError
+from worker.executor.docker.executor import DockerExecutor
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +184,28 @@ def _swarm_info(node: Node) -> dict[str, Any]:
 
 
 async def system_info(request: web.Request) -> web.Response:
+    """dockerd's /info: the node's container engine's fields (what `docker info` counts:
+    containers, images, memory, storage driver...) with this node's ID, name and Swarm."""
     node = node_of(request)
-    return web.json_response({
-        "ID": node.state.node_id if node.state else "", "Name": node.hostname,
+    info = await _engine_info(node)
+    info.update(ID=node.state.node_id if node.state else "", Name=node.hostname,
+                Swarm=_swarm_info(node))
+    return web.json_response(info)
+
+
+async def _engine_info(node: Node) -> dict[str, Any]:
+    fallback: dict[str, Any] = {
         "ServerVersion": VERSION, "OperatingSystem": "Shoal", "OSType": "linux",
         "Architecture": platform.machine(), "NCPU": os.cpu_count() or 1,
-        "KernelVersion": platform.release(), "Swarm": _swarm_info(node),
-    })
+        "KernelVersion": platform.release(), "Warnings": []}
+    if not isinstance(node.executor, DockerExecutor):
+        return fallback
+    try:
+        return fallback | await node.executor.engine_info()
+    except ExecutorError as err:  # the node still answers; `docker info` shows why
+        log.warning("info: the container engine did not answer: %s", err)
+        fallback["Warnings"] = [f"WARNING: the node's container engine did not answer: {err}"]
+        return fallback
 
 
 ROUTES = [

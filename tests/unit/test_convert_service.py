@@ -257,7 +257,10 @@ def test_job_service_and_task_json() -> None:
     spec = conv.service_spec({"Name": "j", "TaskTemplate": {"ContainerSpec": {"Image": "a"}},
                               "Mode": {"ReplicatedJob": {"MaxConcurrent": 2,
                                                          "TotalCompletions": 4}}})
-    svc = pb.Service(id="s", spec=spec)
+    # The first read after a create already shows the run its tasks will carry (spec_version),
+    # before the orchestrator records it: the CLI's job progress counts that run's tasks.
+    svc = pb.Service(id="s", spec=spec, spec_version=3)
+    assert conv.service_json(svc)["JobStatus"]["JobIteration"] == {"Index": 3}
     svc.job_status.job_iteration = 3
     assert conv.service_json(svc)["JobStatus"]["JobIteration"] == {"Index": 3}
     task = pb.Task(id="t1", service_id="s", slot=2, node_id="n1", job_iteration=3,

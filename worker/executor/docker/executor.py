@@ -112,6 +112,10 @@ class DockerExecutor(Executor):
         labels = dict(item.partition("=")[::2] for item in info.get("Labels") or [])
         return EngineInfo(str(version.get("Version", "")), labels)
 
+    async def engine_info(self) -> dict[str, Any]:
+        """The engine's own /info (containers, images, memory...), for the node's /info."""
+        return await self._call(lambda: self._api().info())
+
     async def list_tasks(self, node_id: str) -> dict[str, ContainerState]:
         found = await self._call(lambda: self._api().containers(
             all=True, filters={"label": f"{LABEL_NODE_ID}={node_id}"}))
