@@ -29,6 +29,12 @@ class Unavailable(ManagerError):
     """No leader, no quorum, or the node is not a manager."""
 
 
+# dockerd's words when the managers have no leader (moby daemon/cluster/errors.go), first in
+# our messages so a docker user recognises the error; ours then say what this manager saw.
+NO_LEADER = ("The swarm does not have a leader. It's possible that too few managers are "
+             "online. Make sure more than half of the managers are online.")
+
+
 class PermissionDenied(ManagerError):
     pass
 

@@ -58,13 +58,13 @@ def refusal(ident: pki.Identity, cluster_id: str, roles: tuple[int, ...],
                 f"this call is for {wanted} nodes only")
     if node is None:
         return (f"node {ident.node_id} is not a member of this swarm (it was removed); run "
-                "`shoal swarm leave --force` on it, then join again with a join token")
+                "`docker swarm leave --force` on it, then join again with a join token")
     current = current_role(node)
     if current not in roles:
         return (f"node {ident.node_id} is a {role_name(current)} now (demoted); its "
                 f"{role_name(ident.role)} certificate is no longer valid for this call, "
                 f"which is for {wanted} nodes only. The node renews its certificate by "
-                "itself; `shoal node promote` makes it a manager again")
+                "itself; `docker node promote` makes it a manager again")
     return None
 
 

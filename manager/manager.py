@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager.changes import ChangeLog
-from manager.errors import Fenced, NotFound, OutOfSequence, Unavailable
+from manager.errors import NO_LEADER, Fenced, NotFound, OutOfSequence, Unavailable
 from manager.raft.replica import RaftReplica
 from manager.store.memory import MemoryStore, StoreView, wrap
 from proto import objects_pb2 as pb
@@ -76,7 +76,8 @@ class Manager:
         if not self.replica.has_quorum():
             leader = self.leader_addr()
             where = f"the last known leader is {leader}" if leader else "no leader is known"
-            raise Unavailable(f"manager {self.node_id} is not connected to a majority of the "
+            raise Unavailable(f"{NO_LEADER} Manager {self.node_id} is not connected to a "
+                              "majority of the "
                               f"managers ({where}); retry, or use another manager. If most "
                               "managers are lost for good, recover with `swarm init "
                               "--force-new-cluster` on a surviving one")

@@ -14,7 +14,7 @@ class NotInSwarm(NodeError):
 
     def __init__(self) -> None:
         super().__init__(
-            'This node is not a swarm manager. Use "shoal swarm init" or "shoal swarm join" '
+            'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" '
             "to connect this node to swarm and try again.")
 
 
@@ -23,7 +23,7 @@ class AlreadyInSwarm(NodeError):
 
     def __init__(self) -> None:
         super().__init__(
-            'This node is already part of a swarm. Use "shoal swarm leave" to leave this '
+            'This node is already part of a swarm. Use "docker swarm leave" to leave this '
             "swarm and join another one.")
 
 

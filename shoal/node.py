@@ -204,13 +204,13 @@ class Node:
                     raise LeaveRefused(
                         "You are attempting to leave the swarm on a node that is participating "
                         "as a manager. Removing this node leaves the remaining managers with "
-                        "one fewer member; demote it first (`shoal node demote`), or use "
+                        "one fewer member; demote it first (`docker node demote`), or use "
                         "`--force` to ignore this message.")
                 try:
                     await self.manager_role.replica.remove_member(self.state.raft_addr, 3.0)
                 except Unavailable as err:  # --force: leave anyway, as Docker does
                     log.warning("leaving with --force: this manager is still a Raft member "
-                                "the others count (remove it with `shoal node rm`): %s", err)
+                                "the others count (remove it with `docker node rm`): %s", err)
             await self.stop()
             await remove_node_containers(self.executor, self.state.node_id)
             self.data.wipe()

@@ -233,7 +233,7 @@ def check_join_token(token: str, root_ca: objects_pb2.RootCA) -> int:
     if any(retired):
         raise JoinRefused(
             "this join token was rotated and is no longer valid; get the current one with "
-            "`shoal swarm join-token worker|manager` on a manager"
+            "`docker swarm join-token worker|manager` on a manager"
         )
     raise JoinRefused(
         "invalid join token: it matches neither the worker nor the manager token of this swarm"

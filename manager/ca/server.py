@@ -90,6 +90,6 @@ class NodeCAServicer(cluster_pb2_grpc.NodeCAServicer):
         node = self.mgr.store.get(pb.Node, ident.node_id)
         if node is None:
             raise NotFound(f"node {ident.node_id} was removed from the swarm; it can't renew "
-                           "its certificate. Run `shoal swarm leave` on it and join again.")
+                           "its certificate. Run `docker swarm leave` on it and join again.")
         cert = sign(cluster, request.csr_pem, node.id, node.role)
         return cluster_pb2.RenewCertificateResponse(cert_pem=cert, role=node.role)

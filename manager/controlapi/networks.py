@@ -95,7 +95,7 @@ def removed_network(networks: Sequence[pb.Network], services: Iterable[pb.Servic
     if users:
         raise FailedPrecondition(f"network {name} is in use by service(s) "
                                  f"{', '.join(sorted(set(users)))}; remove them from the "
-                                 "network (shoal service update --network-rm) or remove them "
+                                 "network (docker service update --network-rm) or remove them "
                                  "first")
     holding = sorted(t.id for t in tasks if holds_address(t) and
                      any(a.network_id == network.id for a in t.networks))
@@ -137,7 +137,7 @@ def resolve_attachments(spec: pb.ServiceSpec, networks: Sequence[pb.Network]) ->
             network = find_network(networks, attachment.target)
         except NotFound:
             raise NotFound(f"network {attachment.target} not found: create it first "
-                           f"(shoal network create -d overlay {attachment.target})") from None
+                           f"(docker network create -d overlay {attachment.target})") from None
         if network.spec.ingress:
             raise InvalidArgument(f"service {spec.annotations.name} can't be attached to the "
                                   f"ingress network {network.spec.annotations.name}: publish "

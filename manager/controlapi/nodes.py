@@ -54,7 +54,7 @@ def check_remove(nodes: list[pb.Node], node: pb.Node, force: bool) -> None:
             raise FailedPrecondition(f"can't remove {name}: {reason}")
         raise FailedPrecondition(
             f"node {name} is a cluster manager and is a member of the raft cluster. It must be "
-            "demoted to worker before removal (`shoal node demote`)")
+            "demoted to worker before removal (`docker node demote`)")
     if node.status.state != pb.NODE_DOWN and not force:
         raise FailedPrecondition(
             f"node {name} is not down and can't be removed; stop it and wait until it is "

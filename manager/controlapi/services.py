@@ -77,7 +77,7 @@ def validate_name(name: str) -> None:
 def validate_image(image: str) -> None:
     if not image:
         raise InvalidArgument("the service has no image: set TaskTemplate.ContainerSpec.Image "
-                              "(shoal service create IMAGE)")
+                              "(docker service create IMAGE)")
     if IMAGE_RE.match(image):
         return
     why = "repository name must be lowercase" if IMAGE_RE.match(image.lower()) else \
@@ -271,7 +271,7 @@ def new_service(services: list[pb.Service], spec: pb.ServiceSpec) -> pb.Service:
     validate_spec(spec)
     if any(s.spec.annotations.name == spec.annotations.name for s in live):
         raise AlreadyExists(f"service {spec.annotations.name} already exists: choose another "
-                            "name, or update it (shoal service update)")
+                            "name, or update it (docker service update)")
     check_port_conflicts(spec, live)
     return pb.Service(id=new_id(), spec=spec, spec_version=1)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
-from manager.errors import ManagerError, Unavailable
+from manager.errors import NO_LEADER, ManagerError, Unavailable
 from manager.raft.guarded import GuardedSyncObj, RaftFailed
 from manager.raft.journal import check_raft_state
 from manager.store.memory import ApplyResult, MemoryStore
@@ -179,7 +179,7 @@ class RaftReplica:
         except TimeoutError:
             raise Unavailable(f"the change was not confirmed within {timeout:g} s (its "
                               "outcome is unknown: read it back): the managers have no "
-                              "leader or no quorum; check `shoal node ls` on a manager"
+                              "leader or no quorum; check `docker node ls` on a manager"
                               ) from None
 
     async def _propose(self, data: bytes) -> int:
@@ -253,8 +253,8 @@ def _settle(future: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> 
 
 def _no_commit_message(reason: int) -> str:
     names = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
-    return (f"the change was not committed ({names.get(reason, reason)}): the managers have "
-            "no leader or no quorum; check `shoal node ls` on a manager")
+    return (f"{NO_LEADER} The change was not committed ({names.get(reason, reason)}): the "
+            "managers have no leader or no quorum; check `docker node ls` on a manager")
 
 
 __all__ = ["RaftReplica", "RaftTiming", "ManagerError"]

@@ -34,7 +34,7 @@ def network_spec(body: Any) -> pb.NetworkSpec:
                       "EnableIPv6": bool, "Options": dict, "Labels": dict, "ConfigOnly": bool,
                       "ConfigFrom": dict}, w)
     if not f.get("Name"):
-        raise InvalidRequest("the network has no name: give one (shoal network create NAME)")
+        raise InvalidRequest("the network has no name: give one (docker network create NAME)")
     if f.get("Scope", "swarm") not in ("swarm", ""):
         raise InvalidRequest(f"scope {f['Scope']!r} is not supported: Shoal networks are "
                              "swarm-scoped")

@@ -98,4 +98,4 @@ async def test_the_docker_cli_creates_and_updates(served: Served) -> None:
     out = await served.run("service", "create", "-d", "--name", "dk", "busybox", docker=True)
     assert out.returncode == 1
     assert out.stderr.strip() == ("Error response from daemon: service dk already exists: "
-                                  "choose another name, or update it (shoal service update)")
+                                  "choose another name, or update it (docker service update)")

@@ -170,7 +170,7 @@ def test_rotated_token_is_refused_as_rotated(ca: RootCA, role: int) -> None:
     new = getattr(root.join_tokens, field)
     assert new != old
     assert check_join_token(new, root) == role
-    with pytest.raises(JoinRefused, match="was rotated.*shoal swarm join-token"):
+    with pytest.raises(JoinRefused, match="was rotated.*docker swarm join-token"):
         check_join_token(old, root)
     # The other role's token is untouched.
     assert getattr(root.join_tokens, "manager" if field == "worker" else "worker") == other_before
