@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 API_VERSION = "1.50"
 MIN_API_VERSION = "1.24"
 
-# Status codes for cluster errors, as the Docker CLI expects them.
+# Status codes for cluster errors, as dockerd gives them. A stale version is 500 there:
+# swarmkit returns "update out of sequence" as a plain error, which gRPC carries as Unknown.
 _STATUS: list[tuple[type[merr.ManagerError], int]] = [
     (merr.InvalidArgument, 400), (merr.NotFound, 404), (merr.AlreadyExists, 409),
-    (merr.OutOfSequence, 409), (merr.FailedPrecondition, 400), (merr.PermissionDenied, 403),
+    (merr.OutOfSequence, 500), (merr.FailedPrecondition, 400), (merr.PermissionDenied, 403),
     (merr.Unavailable, 503),
 ]
 

@@ -384,7 +384,7 @@ def test_usage_errors_exit_2_and_send_nothing(daemon: FakeDaemon, args: tuple[st
 
 @pytest.mark.parametrize("status, message", [
     (404, "node nope not found"),
-    (409, "update out of sequence"),
+    (500, "update out of sequence"),
     (503, 'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" '
           "to connect this node to swarm and try again."),
 ])

