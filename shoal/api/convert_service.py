@@ -503,7 +503,9 @@ def task_json(task: pb.Task, job: bool = False) -> dict[str, Any]:
         if st.port_status.ports else {}
     out = _meta(task) | {"Name": task.annotations.name, "Labels": dict(task.annotations.labels),
                          "Spec": task_spec_json(task.spec), "ServiceID": task.service_id}
-    _put(out, "Slot", task.slot)
+    # swarmkit numbers a replicated job's slots from 0 (ours from 1, as a replicated
+    # service's): the docker CLI's job progress walks slots 0..n-1, so show Docker's.
+    _put(out, "Slot", task.slot - 1 if job and task.slot else task.slot)
     _put(out, "NodeID", task.node_id)
     out |= {"Status": status, "DesiredState": TASK_STATES[task.desired_state]}
     if job:

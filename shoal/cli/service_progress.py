@@ -84,7 +84,8 @@ def _replicated(mode: dict[str, Any], tasks: list[dict[str, Any]]) -> Snapshot:
                 (mode.get("Replicated") or {}).get("Replicas", 1))
     slots: dict[int, list[dict[str, Any]]] = {}
     for t in tasks:
-        slot = int(t.get("Slot") or 0)
+        # the API numbers a replicated job's slots from 0, as Docker's does
+        slot = int(t.get("Slot") or 0) + job
         if 0 < slot <= total:
             slots.setdefault(slot, []).append(t)
     snap = Snapshot(total=total, job=job)

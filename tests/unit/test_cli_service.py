@@ -387,8 +387,8 @@ def test_progress_snapshot_by_slot_and_node() -> None:
                               make_task("g2", 0, N2, "preparing")], [])
     assert glob.total == 2 and glob.done == 1 and not glob.converged
     job = progress.snapshot(make_service(mode={"ReplicatedJob": {"TotalCompletions": 2}}),
-                            [make_task("j1", 1, N1, "complete", desired="complete"),
-                             make_task("j2", 2, N1, "complete", desired="complete")], [])
+                            [make_task("j1", 0, N1, "complete", desired="complete"),
+                             make_task("j2", 1, N1, "complete", desired="complete")], [])
     assert job.converged and job.job
     assert progress.bar("new").startswith("[===>") and progress.bar("running") == "[" + \
         "=" * progress.BAR + "]"

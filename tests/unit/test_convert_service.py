@@ -275,7 +275,10 @@ def test_job_service_and_task_json() -> None:
     assert out["Status"]["State"] == "failed" and out["DesiredState"] == "complete"
     assert out["Status"]["ContainerStatus"] == {"ContainerID": "c1", "PID": 0, "ExitCode": 3}
     assert out["Status"]["Err"] == "task: non-zero exit (3)"
-    assert out["Slot"] == 2 and out["NodeID"] == "n1" and out["Name"] == "j.2.t1"
+    # Docker's replicated-job slots count from 0 (the docker CLI's job progress needs it)
+    assert out["Slot"] == 1 and out["NodeID"] == "n1" and out["Name"] == "j.2.t1"
+    task.slot = 1
+    assert "Slot" not in conv.task_json(task, job=True)
     assert out["Spec"]["ContainerSpec"]["Image"] == "a"
 
 
