@@ -7,6 +7,7 @@ CHANGES_KEPT are kept here, as dockerd keeps its last events in memory.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -15,8 +16,13 @@ from dataclasses import dataclass
 
 from manager.store.memory import Event, MemoryStore
 
+log = logging.getLogger(__name__)
+
 # dockerd keeps its last 256 events (daemon/events: eventsLimit).
 CHANGES_KEPT = 256
+# The object kinds dockerd watches for its events (moby daemon/cluster/noderunner.go): task
+# changes, by far the most frequent, would only push them out of what is kept.
+WATCHED = frozenset({"node", "service", "network", "secret", "config"})
 
 
 @dataclass(frozen=True)
@@ -33,16 +39,22 @@ class ChangeLog:
         self._lock = threading.Lock()
         self._kept: deque[Change] = deque(maxlen=kept)
         self._subscribers: list[Subscriber] = []
-        self._cancel = store.watch(self._on_events)
+        store.watch(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:  # on the applying thread
         now = time.time_ns()
-        changes = [Change(e, now) for e in events]
+        changes = [Change(e, now) for e in events if e.table in WATCHED]
+        if not changes:
+            return
         with self._lock:
             self._kept.extend(changes)
             subscribers = list(self._subscribers)
         for subscriber in subscribers:
-            subscriber(changes)
+            try:
+                subscriber(changes)
+            except Exception:  # a reader's fault must never reach the store's apply
+                log.exception("an event subscriber failed; it is dropped")
+                self._drop(subscriber)
 
     def subscribe(self, subscriber: Subscriber) -> tuple[list[Change], Callable[[], None]]:
         """The changes kept so far, and from now on each applied batch to `subscriber` (on
@@ -50,13 +62,9 @@ class ChangeLog:
         with self._lock:
             kept = list(self._kept)
             self._subscribers.append(subscriber)
+        return kept, lambda: self._drop(subscriber)
 
-        def cancel() -> None:
-            with self._lock:
-                if subscriber in self._subscribers:
-                    self._subscribers.remove(subscriber)
-
-        return kept, cancel
-
-    def close(self) -> None:
-        self._cancel()
+    def _drop(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)

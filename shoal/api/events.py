@@ -175,7 +175,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     queue: asyncio.Queue[list[Change]] = asyncio.Queue()
 
     def on_changes(changes: list[Change]) -> None:  # on the applying thread
-        loop.call_soon_threadsafe(queue.put_nowait, changes)
+        if not loop.is_closed():  # the API shut down before this stream's cleanup ran
+            loop.call_soon_threadsafe(queue.put_nowait, changes)
 
     kept, cancel = mgr.changes.subscribe(on_changes)
     try:
