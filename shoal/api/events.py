@@ -182,8 +182,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)  # the client waits for the headers before anything
-        # dockerd replays its kept events only when asked for a start time.
-        await _send(response, kept if since is not None else [], filt, since, until)
+        # dockerd replays its kept events only when asked for a start or an end time.
+        replay = kept if since is not None or until is not None else []
+        await _send(response, replay, filt, since, until)
         while until is None or time.time_ns() < until:
             wait = IDLE_CHECK_S if until is None else \
                 min(IDLE_CHECK_S, (until - time.time_ns()) / 1e9)

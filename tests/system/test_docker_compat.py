@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import socket
 import subprocess
 import time
@@ -211,7 +212,9 @@ def test_docker_events_stream_service_and_node_changes(lab: LabState,
     m1 = lab.host("m1")
     w1_id = lab.host("w1").node_id
     env = {"DOCKER_HOST": m1.api, "DOCKER_CONFIG": str(docker_config)}
-    start = time.time()
+    # --since takes whole seconds: start at one, so what came before is before it
+    start = math.ceil(time.time())
+    time.sleep(start - time.time())
     proc = subprocess.Popen([DOCKER, "events", "--filter", "scope=swarm", "--format",
                              "{{json .}}"], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -222,14 +225,20 @@ def test_docker_events_stream_service_and_node_changes(lab: LabState,
         ok(run_docker(m1, docker_config, "node", "update", "--availability", "pause", "w1"))
         ok(run_docker(m1, docker_config, "node", "update", "--availability", "active", "w1"))
         ok(run_docker(m1, docker_config, "service", "rm", "evweb"))
-        events = read_events(proc, lambda evs: any(
-            e["Action"] == "remove" and e["Actor"]["ID"] == sid for e in evs), 90)
+        nid = ok(run_docker(m1, docker_config, "network", "create", "-d", "overlay",
+                            "evnet")).strip()
+        ok(run_docker(m1, docker_config, "network", "rm", "evnet"))
+        events = read_events(proc, lambda evs: {sid, nid} <= {
+            e["Actor"]["ID"] for e in evs if e["Action"] == "remove"}, 90)
     finally:
         proc.terminate()
         proc.wait(10)
     end = time.time()
+    assert all(e["scope"] == "swarm" and e["Type"] in ("service", "node", "network")
+               for e in events)
+    net = [(e["Action"], e["Actor"]["Attributes"]) for e in events if e["Actor"]["ID"] == nid]
+    assert net[0] == ("create", {"name": "evnet"}) and net[-1] == ("remove", {"name": "evnet"})
     mine = [e for e in events if e["Actor"]["ID"] in (sid, w1_id)]
-    assert all(e["scope"] == "swarm" and e["Type"] in ("service", "node") for e in events)
     seen = [(e["Type"], e["Action"]) for e in mine]
     assert seen[0] == ("service", "create") and seen[-1] == ("service", "remove"), seen
     create, scale = mine[0], mine[1]
@@ -245,12 +254,12 @@ def test_docker_events_stream_service_and_node_changes(lab: LabState,
                for e in mine)
 
     # --since/--until replay what the manager kept, filtered, and the stream ends by itself
-    replay = run_docker(m1, docker_config, "events", "--since", str(int(start)), "--until",
+    replay = run_docker(m1, docker_config, "events", "--since", str(start), "--until",
                         str(int(end) + 1), "--filter", "type=node", "--filter", f"node={w1_id}",
                         "--format", "{{.Type}} {{.Action}} {{.Actor.ID}} {{.Time}} "
                         "{{index .Actor.Attributes \"availability.new\"}}", timeout=60)
     rows = [line.split(" ") for line in ok(replay).splitlines()]
-    assert all(row[:3] == ["node", "update", w1_id] and int(row[3]) >= int(start)
+    assert all(row[:3] == ["node", "update", w1_id] and int(row[3]) >= start
                for row in rows), (start, rows)
     assert [row[4] for row in rows if row[4]] == ["pause", "active"], rows
 
