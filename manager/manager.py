@@ -79,7 +79,7 @@ class Manager:
             raise Unavailable(f"{NO_LEADER} Manager {self.node_id} is not connected to a "
                               "majority of the "
                               f"managers ({where}); retry, or use another manager. If most "
-                              "managers are lost for good, recover with `swarm init "
+                              "managers are lost for good, recover with `docker swarm init "
                               "--force-new-cluster` on a surviving one")
 
     # -- writes: the one helper, and one retry rule (version races, in `modify`) --

@@ -369,3 +369,25 @@ def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: Path) -> 
         cluster["TrustRoot"].strip()
     hint = ok(run_docker(m1, docker_config, "swarm", "join-token", "worker"))
     assert "docker swarm join --token SWMTKN-1-" in hint and f"{m1.address}:2377" in hint
+
+
+def test_without_quorum_the_error_is_dockers(lab: LabState, docker_config: Path) -> None:
+    """Last in the module (it takes the lab's quorum away): a manager that has lost the
+    majority answers 503 "The swarm does not have a leader..." as dockerd does."""
+    m1 = lab.host("m1")
+    assert "Node w1 promoted to a manager in the swarm." in ok(
+        run_docker(m1, docker_config, "node", "promote", "w1"))
+    wait_until(lambda: "Reachable" in ok(run_docker(
+        m1, docker_config, "node", "ls", "--filter", "name=w1", "--format",
+        "{{.ManagerStatus}}")), 60, "w1 a reachable manager")
+    labmod.stop_host(lab.name, "w1")
+    out = wait_until(lambda: (lambda o: o if o.returncode else None)(
+        run_docker(m1, docker_config, "node", "ls")), 60, "m1 to see the quorum lost")
+    assert out.returncode == 1 and out.stderr.startswith(
+        "Error response from daemon: The swarm does not have a leader. It's possible that "
+        "too few managers are online. Make sure more than half of the managers are online."), \
+        out.stderr
+    assert "shoal" not in out.stderr
+    with pytest.raises(docker.errors.APIError) as err:
+        pyclient(m1).services.list()
+    assert err.value.status_code == 503
