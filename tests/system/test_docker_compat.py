@@ -24,7 +24,7 @@ import pytest
 
 from shoal import lab as labmod
 from shoal.lab import HostState, LabState
-from tests.system.conftest import make_lab_name, teardown_lab, wait_until
+from tests.system.conftest import LabFactory, make_lab_name, teardown_lab, wait_until
 from tests.system.svc import IMAGE, engine
 
 pytestmark = pytest.mark.system
@@ -88,6 +88,13 @@ def request(host: HostState, method: str, path: str,
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
+
+
+def answers(host: HostState) -> bool:
+    try:
+        return request(host, "GET", "/_ping")[0] == 200
+    except OSError:
+        return False
 
 
 def pyclient(host: HostState) -> docker.DockerClient:
@@ -367,8 +374,38 @@ def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: Path) -> 
         assert tls == cluster, node
     assert ok(run_docker(m1, docker_config, "swarm", "ca")).strip() == \
         cluster["TrustRoot"].strip()
+    pretty = ok(run_docker(m1, docker_config, "node", "inspect", "--pretty", "w1"))
+    assert f" Issuer Subject:\t{cluster['CertIssuerSubject']}\n" in pretty, pretty
+    assert f" Issuer Public Key:\t{cluster['CertIssuerPublicKey']}\n" in pretty, pretty
     hint = ok(run_docker(m1, docker_config, "swarm", "join-token", "worker"))
     assert "docker swarm join --token SWMTKN-1-" in hint and f"{m1.address}:2377" in hint
+
+
+def test_swarm_init_and_leave_with_the_docker_cli(lab_factory: LabFactory,
+                                                 docker_config: Path) -> None:
+    """A node outside any swarm: `docker swarm init` prints the docker CLI's own join hints
+    (from what the API answers: the node ID, the worker token, the manager's address)."""
+    solo = lab_factory(managers=1, workers=0, form_swarm=False).host("m1")
+    wait_until(lambda: answers(solo), 60, "the node's API")
+    out = run_docker(solo, docker_config, "node", "ls")
+    assert out.returncode == 1 and out.stderr.strip() == (
+        'Error response from daemon: This node is not a swarm manager. Use "docker swarm '
+        'init" or "docker swarm join" to connect this node to swarm and try again.')
+    assert request(solo, "GET", "/_ping")[1]["Swarm"] == "inactive"
+    init = ok(run_docker(solo, docker_config, "swarm", "init", "--advertise-addr",
+                         solo.address))
+    node_id = pyclient(solo).info()["Swarm"]["NodeID"]
+    token = ok(run_docker(solo, docker_config, "swarm", "join-token", "-q", "worker")).strip()
+    assert init == (
+        f"Swarm initialized: current node ({node_id}) is now a manager.\n\n"
+        "To add a worker to this swarm, run the following command:\n\n"
+        f"    docker swarm join --token {token} {solo.address}:2377\n\n"
+        "To add a manager to this swarm, run 'docker swarm join-token manager' and follow "
+        "the instructions.\n")
+    out = run_docker(solo, docker_config, "swarm", "leave")
+    assert out.returncode == 1 and "docker" in out.stderr and "shoal" not in out.stderr
+    assert ok(run_docker(solo, docker_config, "swarm", "leave", "--force")).strip() == \
+        "Node left the swarm."
 
 
 def test_without_quorum_the_error_is_dockers(lab: LabState, docker_config: Path) -> None:
