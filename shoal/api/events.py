@@ -105,6 +105,7 @@ def message(change: Change) -> dict[str, Any] | None:
         action, obj, ns = "update", event.new, event.new.meta.updated_at_ns
         attrs = attributes(event.new, event.old)
     ns = ns or change.applied_ns
+    attrs = dict(sorted(attrs.items()))  # as Go writes a map: keys in order
     return {"Type": event_type, "Action": action, "Actor": {"ID": obj.id, "Attributes": attrs},
             "scope": "swarm", "time": ns // 1_000_000_000, "timeNano": ns}
 

@@ -64,6 +64,8 @@ def test_service_events_as_dockerd_logs_them() -> None:
     new.meta.updated_at_ns = 5_000_000_123
     new.update_status.state = pb.UpdateStatus.UPDATING
     msg = events.message(Change(Event(store_pb2.UPDATE, "service", old, new), 9))
+    assert msg is not None and list(msg["Actor"]["Attributes"]) == sorted(
+        msg["Actor"]["Attributes"])  # Go's order for a map
     assert msg == {"Type": "service", "Action": "update",
                    "Actor": {"ID": "s1", "Attributes": {
                        "name": "web", "image.old": "busybox", "image.new": "busybox:2",
