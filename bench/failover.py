@@ -8,7 +8,7 @@ One lab of 3 managers (`shoal.lab.up(NAME, 3, 0)`). Each run:
   2. t0: SIGKILL of the leader's shoald;
   3. at once, one client per survivor writes a label on its own node (`GET /nodes/<id>`,
      then `POST /nodes/<id>/update?version=N`), and tries again --retry s after any error
-     (409, 503, a timeout) until a write is acknowledged (200). The figure is the time
+     (a stale version, 503, a timeout) until a write is acknowledged (200). The figure is the time
      from t0 to the first acknowledgement, on either survivor;
   4. restarts the killed shoald on its data and waits until it is back in Raft: settled as
      in 1, and a label write through the restarted manager acknowledged.
