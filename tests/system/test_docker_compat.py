@@ -411,12 +411,24 @@ def test_swarm_init_and_leave_with_the_docker_cli(lab_factory: LabFactory,
 def test_without_quorum_the_error_is_dockers(lab: LabState, docker_config: Path) -> None:
     """Last in the module (it takes the lab's quorum away): a manager that has lost the
     majority answers 503 "The swarm does not have a leader..." as dockerd does."""
-    m1 = lab.host("m1")
+    m1, w1 = lab.host("m1"), lab.host("w1")
+    start = math.floor(time.time())
     assert "Node w1 promoted to a manager in the swarm." in ok(
         run_docker(m1, docker_config, "node", "promote", "w1"))
     wait_until(lambda: "Reachable" in ok(run_docker(
         m1, docker_config, "node", "ls", "--filter", "name=w1", "--format",
         "{{.ManagerStatus}}")), 60, "w1 a reachable manager")
+    # events work on any manager: the new one shows its own promotion
+    wanted = f"update {w1.node_id} manager worker"
+
+    def promotion_seen() -> bool:
+        out = ok(run_docker(w1, docker_config, "events", "--since", str(start), "--until",
+                            str(math.ceil(time.time())), "--filter", "type=node", "--format",
+                            "{{.Action}} {{.Actor.ID}} {{index .Actor.Attributes \"role.new\"}}"
+                            " {{index .Actor.Attributes \"role.old\"}}"))
+        return wanted in out.splitlines()
+
+    wait_until(promotion_seen, 60, "w1's promotion in w1's events", interval=1)
     labmod.stop_host(lab.name, "w1")
     out = wait_until(lambda: (lambda o: o if o.returncode else None)(
         run_docker(m1, docker_config, "node", "ls")), 60, "m1 to see the quorum lost")
