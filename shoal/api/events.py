@@ -196,9 +196,11 @@ async def events(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             await _send(response, changes, filt, since, until)
-        return response
+    except ConnectionResetError:  # the client went away (`docker events` ended): done
+        pass
     finally:
         cancel()
+    return response
 
 
 async def _send(response: web.StreamResponse, changes: list[Change], filt: EventFilter,
