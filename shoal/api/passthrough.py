@@ -35,7 +35,6 @@ method or sub-path Shoal does not know there gets Shoal's 404, not the engine's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import urllib.parse
@@ -174,10 +173,12 @@ async def _stream(request: web.Request, socket: str, path: str) -> web.StreamRes
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in response_headers(upstream.headers):
             response.headers.add(key, value)
-        await response.prepare(request)
-        await _until_either(_copy_body(upstream, response), _client_gone(request))
-        with contextlib.suppress(ConnectionError):
+        try:
+            await response.prepare(request)
+            await _until_either(_copy_body(upstream, response), _client_gone(request))
             await response.write_eof()
+        except ConnectionError:  # the client left: nobody to answer (aiohttp ignores it too)
+            log.debug("%s %s: the client went away", request.method, request.path)
     return response
 
 
@@ -192,7 +193,8 @@ async def _client_gone(request: web.Request) -> None:
 
 
 async def _until_either(first: Awaitable[None], second: Awaitable[None]) -> None:
-    """Run both until one ends; cancel the other. Errors of a dropped connection end it."""
+    """Run both until one ends; cancel the other. A connection dropped by either side (the
+    client's or the engine's) ends the exchange: the status line has been sent already."""
     tasks = {asyncio.ensure_future(first), asyncio.ensure_future(second)}
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -201,7 +203,10 @@ async def _until_either(first: Awaitable[None], second: Awaitable[None]) -> None
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
-        if (err := task.exception()) and not isinstance(err, ConnectionError):
+        err = task.exception()
+        if isinstance(err, ConnectionError | aiohttp.ClientError):
+            log.debug("stream ended: %s", err)
+        elif err is not None:
             raise err
 
 
