@@ -59,6 +59,9 @@ _VERSIONED = re.compile(r"^/v[0-9]+\.[0-9]+(?=/)")
 _HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
         "upgrade", "host"}
 CHUNK = 64 * 1024
+HIGH_WATER = 1024 * 1024  # bytes of a client's stdin buffered for the engine before we wait
+# The upgrades aiohttp's server lets go raw after the request (BuildKit's h2c is not one).
+HIJACKS = ("tcp", "websocket")
 GONE_POLL = 1.0  # seconds between checks that a streaming client is still there
 HEAD_LIMIT = 64 * 1024
 
@@ -100,7 +103,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     socket = engine_socket(request)
     path = await engine_path(request, socket)
-    if request.headers.get("Upgrade"):
+    if request.headers.get("Upgrade", "").lower() in HIJACKS:
         return await _hijack(request, socket, path)
     return await _stream(request, socket, path)
 
@@ -280,7 +283,7 @@ async def _pipe(request: web.Request, reader: asyncio.StreamReader,
     """Raw bytes both ways until the engine ends the stream or the client goes away."""
     transport, protocol = request.transport, request.protocol
     assert transport is not None
-    hijacked = _Hijacked(protocol, writer)
+    hijacked = _Hijacked(protocol, transport, writer)
     protocol.set_parser(hijacked)  # type: ignore[arg-type]  # takes what aiohttp buffered
     transport.set_protocol(hijacked)
     try:
@@ -299,12 +302,17 @@ async def _engine_to_client(reader: asyncio.StreamReader, transport: asyncio.Bas
 
 class _Hijacked(asyncio.Protocol):
     """The client's side of a hijacked connection: bytes to the engine, a half-close passed
-    on (the output still flows back), the connection's end told to aiohttp's protocol."""
+    on (the output still flows back), the connection's end told to aiohttp's protocol.
+    While the engine takes stdin slower than the client sends it, the client is not read."""
 
-    def __init__(self, aiohttp_protocol: Any, engine: asyncio.StreamWriter) -> None:
+    def __init__(self, aiohttp_protocol: Any, client: asyncio.BaseTransport,
+                 engine: asyncio.StreamWriter) -> None:
+        assert isinstance(client, asyncio.ReadTransport)
         self.aiohttp_protocol = aiohttp_protocol
+        self.client = client
         self.engine = engine
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.draining: asyncio.Task[None] | None = None
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:  # aiohttp's parser interface
         self.data_received(data)
@@ -314,8 +322,22 @@ class _Hijacked(asyncio.Protocol):
         self.eof_received()
 
     def data_received(self, data: bytes) -> None:
-        if not self.engine.is_closing():
-            self.engine.write(data)
+        if self.engine.is_closing():
+            return
+        self.engine.write(data)
+        if self.engine.transport.get_write_buffer_size() > HIGH_WATER and not self.draining:
+            self.client.pause_reading()
+            self.draining = asyncio.ensure_future(self._resume_when_drained())
+
+    async def _resume_when_drained(self) -> None:
+        try:
+            await self.engine.drain()
+        except ConnectionError:
+            return  # the engine is gone; the pipe ends
+        finally:
+            self.draining = None
+        if not self.client.is_closing():
+            self.client.resume_reading()
 
     def eof_received(self) -> bool:
         if not self.engine.is_closing() and self.engine.can_write_eof():

@@ -153,6 +153,34 @@ def test_exec_plain_with_stdin_and_with_a_tty(node: Node) -> None:
     assert "hi-42" in it.stdout, it.stdout  # the shell in the container computed it
 
 
+def test_exec_stdin_and_output_pass_byte_for_byte(node: Node) -> None:
+    ctr = node.task_container()
+    data = secrets.token_bytes(5 * 1024 * 1024)  # more than the proxy buffers either way
+    out = subprocess.run([DOCKER, "exec", "-i", ctr, "cat"], input=data, capture_output=True,
+                         env=_env(node), timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == data
+
+
+def test_run_it_and_attach(node: Node) -> None:
+    name = "pt-att-" + secrets.token_hex(3)
+    it = subprocess.run(["script", "-qc", f"{DOCKER} run -it --rm {IMAGE} sh", "/dev/null"],
+                        input="echo it-$((6*7))\nexit\n", capture_output=True, text=True,
+                        timeout=60, env=_env(node))
+    assert it.returncode == 0, it.stdout + it.stderr
+    assert "it-42" in it.stdout, it.stdout
+    try:
+        started = node.docker("run", "-di", "--name", name, IMAGE, "sh", "-c",
+                              "read x; echo attached $x")
+        assert started.returncode == 0, started.stderr
+        # attach: stdin goes in over the hijacked connection, the output comes back, and
+        # the CLI ends when the container does.
+        attached = node.docker("attach", name, input="yes\n")
+        assert (attached.returncode, attached.stdout) == (0, "attached yes\n"), attached.stderr
+    finally:
+        node.engine_docker("rm", "-f", name)
+
+
 def _env(node: Node) -> dict[str, str]:
     return {**os.environ, "DOCKER_HOST": "unix://" + node.sock,
             "DOCKER_CONFIG": str(node.config)}
