@@ -94,8 +94,11 @@ def engine_socket(request: web.Request) -> str:
 
 
 def _unreachable(socket: str, err: Exception) -> EngineUnavailable:
+    if isinstance(err, aiohttp.ClientConnectorError):
+        err = err.os_error  # "No such file or directory", not aiohttp's "ssl:default" words
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     return EngineUnavailable(f"this node's container engine (unix://{socket}) is not "
-                             f"reachable: {err}; is dockerd running?")
+                             f"reachable ({reason}): is dockerd running?")
 
 
 async def forward(request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -173,10 +174,21 @@ def test_run_it_and_attach(node: Node) -> None:
         started = node.docker("run", "-di", "--name", name, IMAGE, "sh", "-c",
                               "read x; echo attached $x")
         assert started.returncode == 0, started.stderr
-        # attach: stdin goes in over the hijacked connection, the output comes back, and
-        # the CLI ends when the container does.
-        attached = node.docker("attach", name, input="yes\n")
-        assert (attached.returncode, attached.stdout) == (0, "attached yes\n"), attached.stderr
+        # attach: stdin goes in over the hijacked connection, the output comes back, and the
+        # CLI ends with the container (stdin stays open: at its end dockerd ends the attach).
+        attach = subprocess.Popen([DOCKER, "attach", name], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=_env(node))
+        try:
+            assert attach.stdin is not None and attach.stdout is not None
+            attach.stdin.write("yes\n")
+            attach.stdin.flush()
+            assert attach.stdout.readline() == "attached yes\n"
+            assert attach.wait(30) == 0
+        finally:
+            if attach.poll() is None:
+                attach.kill()
+            attach.communicate()
     finally:
         node.engine_docker("rm", "-f", name)
 
@@ -243,12 +255,19 @@ def test_swarm_routes_stay_shoal_and_unknown_paths_get_404(node: Node) -> None:
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--engine", "unix://{root}/no-engine.sock"], "container engine (unix://{root}/"
-     "no-engine.sock) is not reachable"),
+    # dockerd not running: its socket gone, or left behind by a dockerd that died
+    (["--engine", "unix://{root}/gone.sock"],
+     "container engine (unix://{root}/gone.sock) is not reachable (No such file or "
+     "directory): is dockerd running?"),
+    (["--engine", "unix://{root}/stale.sock"],
+     "container engine (unix://{root}/stale.sock) is not reachable (Connection refused): "
+     "is dockerd running?"),
     (["--executor", "fake"], "this node runs no container engine"),
 ])
 def test_without_an_engine_the_cli_gets_a_clear_503(tmp_path: Path, argv: list[str],
                                                     message: str) -> None:
+    with socket.socket(socket.AF_UNIX) as stale:  # bound, never listening: refused
+        stale.bind(str(tmp_path / "stale.sock"))
     sock = tmp_path / "shoal.sock"
     shoald = Path(sys.executable).parent / "shoald"
     with open(tmp_path / "shoald.log", "wb") as log:
