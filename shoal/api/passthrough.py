@@ -114,11 +114,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
 async def engine_path(request: web.Request, socket: str) -> str:
     """The request's path and query, its API version lowered to the engine's if above it."""
     raw = request.raw_path
-    asked = _VERSIONED.match(raw)
-    if asked is None:
+    if _VERSIONED.match(raw) is None:
         return raw
-    engine = await _engine_version(request, socket)
-    if _version_key(asked.group(0)[2:]) <= _version_key(engine):
+    return lower_version(raw, await _engine_version(request, socket))
+
+
+def lower_version(raw: str, engine: str) -> str:
+    asked = _VERSIONED.match(raw)
+    if asked is None or _version_key(asked.group(0)[2:]) <= _version_key(engine):
         return raw
     return f"/v{engine}" + raw[asked.end():]
 
