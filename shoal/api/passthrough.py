@@ -39,6 +39,7 @@ import logging
 import re
 import urllib.parse
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -65,18 +66,39 @@ HIJACKS = ("tcp", "websocket")
 GONE_POLL = 1.0  # seconds between checks that a streaming client is still there
 HEAD_LIMIT = 64 * 1024
 
-SESSION = web.AppKey("engine_session", aiohttp.ClientSession)
-ENGINE_VERSION = web.AppKey("engine_api_version", str)
 
 
 class EngineUnavailable(NodeError):
     status = 503
 
 
+@dataclass
+class EngineLink:
+    """One per API: the client session to the engine, and the engine's API version."""
+    session: aiohttp.ClientSession | None = None
+    version: str | None = None
+
+    def client(self, socket: str) -> aiohttp.ClientSession:
+        if self.session is None:
+            # No timeout: `logs -f`, `wait` and `stats` streams last as long as they last.
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=socket), auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=None))
+        return self.session
+
+    async def close(self, _app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+LINK = web.AppKey("engine_link", EngineLink)
+
+
 def install(app: web.Application) -> None:
     """Add the catch-all route; call it after every route Shoal serves itself."""
+    app[LINK] = link = EngineLink()
     app.router.add_route("*", "/{path:.*}", forward)
-    app.on_cleanup.append(_close_session)
+    app.on_cleanup.append(link.close)
 
 
 def shoal_path(path: str) -> bool:
@@ -131,20 +153,19 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 
 async def _engine_version(request: web.Request, socket: str) -> str:
-    app = request.app
-    if ENGINE_VERSION not in app:
+    link = request.app[LINK]
+    if link.version is None:
         try:
-            async with _session(request, socket).get("http://docker/_ping") as ping:
-                app[ENGINE_VERSION] = ping.headers.get("Api-Version", "1.24")
+            async with link.client(socket).get("http://docker/_ping") as ping:
+                link.version = ping.headers.get("Api-Version", "1.24")
         except aiohttp.ClientConnectionError as err:
             raise _unreachable(socket, err) from err
-    return app[ENGINE_VERSION]
+    return link.version
 
 
-def request_headers(request: web.Request) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-    headers["Host"] = "docker"  # what the docker CLI sends on a unix socket
-    return headers
+def request_headers(request: web.Request) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+    return [("Host", "docker"), *headers]  # Host: what the docker CLI sends on a unix socket
 
 
 def response_headers(headers: Any) -> list[tuple[str, str]]:
@@ -153,23 +174,8 @@ def response_headers(headers: Any) -> list[tuple[str, str]]:
 
 # ---- ordinary requests -------------------------------------------------------------------
 
-def _session(request: web.Request, socket: str) -> aiohttp.ClientSession:
-    app = request.app
-    if SESSION not in app:
-        # No timeouts: `logs -f`, `wait` and `events`-like streams last as long as they last.
-        app[SESSION] = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=socket), auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None))
-    return app[SESSION]
-
-
-async def _close_session(app: web.Application) -> None:
-    if SESSION in app:
-        await app[SESSION].close()
-
-
 async def _stream(request: web.Request, socket: str, path: str) -> web.StreamResponse:
-    session = _session(request, socket)
+    session = request.app[LINK].client(socket)
     data = request.content if request.body_exists else None
     try:
         upstream = await session.request(
@@ -245,8 +251,7 @@ async def _hijack(request: web.Request, socket: str, path: str) -> web.StreamRes
 
 def _request_head(request: web.Request, path: str, length: int) -> bytes:
     lines = [f"{request.method} {path} HTTP/1.1"]
-    lines += [f"{k}: {v}" for k, v in request_headers(request).items()
-              if k.lower() != "content-length"]
+    lines += [f"{k}: {v}" for k, v in request_headers(request) if k.lower() != "content-length"]
     lines += ["Connection: Upgrade", f"Upgrade: {request.headers['Upgrade']}"]
     if length or request.body_exists:
         lines.append(f"Content-Length: {length}")
