@@ -15,7 +15,7 @@ from aiohttp import web
 
 from manager import errors as merr
 from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
-from shoal.api import events, logs, networks, nodes, services, swarm, tasks
+from shoal.api import events, logs, networks, nodes, passthrough, services, swarm, tasks
 from shoal.api.context import NODE
 from shoal.description import VERSION
 from shoal.errors import InvalidRequest, NodeError
@@ -184,4 +184,5 @@ def make_app(node: Node) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9]+\.[0-9]+}" + path, handler)
+    passthrough.install(app)  # last: what no route above serves goes to the engine
     return app
