@@ -12,7 +12,7 @@ from aiohttp import web
 
 from manager import errors as merr
 from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
-from shoal.api import logs, networks, nodes, services, swarm, tasks
+from shoal.api import logs, networks, nodes, secrets, services, swarm, tasks
 from shoal.api.context import NODE
 from shoal.description import VERSION
 from shoal.errors import NodeError
@@ -124,7 +124,7 @@ def make_app(node: Node) -> web.Application:
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),
         *swarm.ROUTES, *nodes.ROUTES, *networks.ROUTES, *logs.ROUTES, *services.ROUTES,
-        *tasks.ROUTES,
+        *tasks.ROUTES, *secrets.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

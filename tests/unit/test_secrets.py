@@ -1,0 +1,166 @@
+"""Secrets and configs: sealing, validation, updates, removal and service references (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from manager import secretbox
+from manager.controlapi import secrets as sc
+from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from manager.store.memory import MemoryStore
+from proto import objects_pb2 as pb
+from proto import store_pb2
+from shoal.api.secrets import matches, object_json, spec_from
+
+KEY = b"k" * 32
+
+
+def _spec(name: str, data: bytes = b"s3cr3t", **labels: str) -> pb.SecretSpec:
+    spec = pb.SecretSpec(data=data)
+    spec.annotations.name = name
+    spec.annotations.labels.update(labels)
+    return spec
+
+
+def _cluster() -> pb.Cluster:
+    cluster = pb.Cluster(id="c1")
+    cluster.root_ca.ca_key_pem = b"-----BEGIN EC PRIVATE KEY-----\nabc\n"
+    return cluster
+
+
+def test_sealed_data_opens_only_with_the_key_and_id() -> None:
+    key = secretbox.derive_key(_cluster())
+    sealed = secretbox.seal(key, "id1", b"hunter2")
+    assert b"hunter2" not in sealed and sealed.startswith(secretbox.MAGIC)
+    assert secretbox.open_sealed(key, "id1", sealed) == b"hunter2"
+    with pytest.raises(secretbox.SealError):
+        secretbox.open_sealed(key, "id2", sealed)  # bound to its secret
+    other = pb.Cluster(id="c2", root_ca=_cluster().root_ca)
+    with pytest.raises(secretbox.SealError):
+        secretbox.open_sealed(secretbox.derive_key(other), "id1", sealed)
+
+
+def test_a_node_without_the_ca_key_cannot_derive() -> None:
+    with pytest.raises(secretbox.SealError, match="only managers"):
+        secretbox.derive_key(pb.Cluster(id="c1"))
+
+
+def test_new_secret_is_sealed_and_validated() -> None:
+    obj = sc.new_object(sc.SECRET, [], _spec("db.pass-1"), KEY)
+    assert b"s3cr3t" not in obj.spec.data
+    assert sc.data_of(sc.SECRET, obj, KEY) == b"s3cr3t"
+    with pytest.raises(AlreadyExists, match="secret db.pass-1 already exists"):
+        sc.new_object(sc.SECRET, [obj], _spec("db.pass-1"), KEY)
+
+
+@pytest.mark.parametrize("name", ["", "-a", "a-", "a b", "x" * 65, "a/b"])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="only 64"):
+        sc.new_object(sc.SECRET, [], _spec(name), KEY)
+
+
+def test_data_limits() -> None:
+    with pytest.raises(InvalidArgument, match="larger than 0"):
+        sc.new_object(sc.SECRET, [], _spec("a", b""), KEY)
+    with pytest.raises(InvalidArgument, match="less than 512000"):
+        sc.new_object(sc.SECRET, [], _spec("a", b"x" * 500 * 1024), KEY)
+    config = pb.ConfigSpec(data=b"x" * (500 * 1024))
+    config.annotations.name = "c"
+    assert sc.new_object(sc.CONFIG, [], config, None).spec.data == config.data  # in clear
+
+
+def test_update_changes_labels_only() -> None:
+    obj = sc.new_object(sc.SECRET, [], _spec("a"), KEY)
+    obj.meta.version.index = 7
+    new = sc.updated_object(sc.SECRET, [obj], "a", 7, _spec("a", b"", x="1"), KEY)
+    assert dict(new.spec.annotations.labels) == {"x": "1"} and new.spec.data == obj.spec.data
+    same = sc.updated_object(sc.SECRET, [obj], obj.id, 7, _spec("a", b"s3cr3t"), KEY)
+    assert same.spec.data == obj.spec.data  # stack deploy sends the same data again
+    with pytest.raises(InvalidArgument, match="only updates to Labels"):
+        sc.updated_object(sc.SECRET, [obj], "a", 7, _spec("a", b"other"), KEY)
+    with pytest.raises(InvalidArgument, match="only updates to Labels"):
+        sc.updated_object(sc.SECRET, [obj], "a", 7, _spec("b"), KEY)
+
+
+def _service(name: str, secret_id: str = "", config_id: str = "") -> pb.Service:
+    svc = pb.Service(id=f"id-{name}")
+    svc.spec.annotations.name = name
+    if secret_id:
+        svc.spec.task.container.secrets.append(pb.SecretReference(secret_id=secret_id))
+    if config_id:
+        svc.spec.task.container.configs.append(pb.ConfigReference(config_id=config_id))
+    return svc
+
+
+def test_remove_in_use_names_the_services() -> None:
+    obj = sc.new_object(sc.SECRET, [], _spec("a"), KEY)
+    services = [_service("web", obj.id), _service("api", obj.id), _service("other")]
+    with pytest.raises(FailedPrecondition,
+                       match="secret 'a' is in use by the following services: api, web"):
+        sc.removed_object(sc.SECRET, [obj], services, "a")
+    assert sc.removed_object(sc.SECRET, [obj], services[2:], obj.id[:5]) is obj
+    with pytest.raises(NotFound, match="secret b not found"):
+        sc.removed_object(sc.SECRET, [obj], [], "b")
+
+
+def test_references_resolve_by_name_or_id() -> None:
+    secret = sc.new_object(sc.SECRET, [], _spec("db"), KEY)
+    cspec = pb.ConfigSpec(data=b"x")
+    cspec.annotations.name = "cfg"
+    config = sc.new_object(sc.CONFIG, [], cspec, None)
+    c = pb.ContainerSpec()
+    c.secrets.append(pb.SecretReference(secret_name="db", file=pb.FileTarget(name="db")))
+    c.configs.append(pb.ConfigReference(config_id=config.id))
+    sc.resolve_references(c, [secret], [config])
+    assert (c.secrets[0].secret_id, c.configs[0].config_name) == (secret.id, "cfg")
+    c.secrets.append(pb.SecretReference(secret_name="nope"))
+    with pytest.raises(NotFound, match="secret not found: nope"):
+        sc.resolve_references(c, [secret], [config])
+
+
+def test_target_paths_as_docker() -> None:
+    assert sc.target_path(pb.FileTarget(), "db", True) == "/run/secrets/db"
+    assert sc.target_path(pb.FileTarget(name="x/y"), "db", True) == "/run/secrets/x/y"
+    assert sc.target_path(pb.FileTarget(name="/etc/db"), "db", True) == "/etc/db"
+    assert sc.target_path(pb.FileTarget(), "cfg", False) == "/cfg"
+    c = pb.ContainerSpec()
+    secret = sc.new_object(sc.SECRET, [], _spec("db"), KEY)
+    for _ in range(2):
+        c.secrets.append(pb.SecretReference(secret_id=secret.id, file=pb.FileTarget(name="a")))
+    with pytest.raises(InvalidArgument, match="same file /run/secrets/a"):
+        sc.resolve_references(c, [secret], [])
+
+
+def test_store_keeps_names_unique_and_snapshots_hold_no_clear_data() -> None:
+    store = MemoryStore()
+    obj = sc.new_object(sc.SECRET, [], _spec("a", b"plain-bytes"), KEY)
+    twin = sc.new_object(sc.SECRET, [], _spec("a"), KEY)
+    batch = store_pb2.StoreBatch(actions=[store_pb2.StoreAction(
+        kind=store_pb2.CREATE, object=store_pb2.StoreObject(secret=o)) for o in (obj,)])
+    assert store.apply(batch).error is None
+    dup = store_pb2.StoreBatch(actions=[store_pb2.StoreAction(
+        kind=store_pb2.CREATE, object=store_pb2.StoreObject(secret=twin))])
+    assert isinstance(store.apply(dup).error, AlreadyExists)
+    assert b"plain-bytes" not in store.snapshot()
+    assert b"plain-bytes" not in batch.SerializeToString()
+
+
+def test_api_json_never_shows_secret_data() -> None:
+    spec = spec_from(sc.SECRET, {"Name": "a", "Labels": {"k": "v"}, "Data": "czNjcjN0"})
+    assert spec.data == b"s3cr3t"
+    obj = sc.new_object(sc.SECRET, [], spec, KEY)
+    out = object_json(sc.SECRET, obj)
+    assert out["Spec"] == {"Name": "a", "Labels": {"k": "v"}} and "Data" not in str(out)
+    cfg = sc.new_object(sc.CONFIG, [], spec_from(sc.CONFIG, {"name": "c", "data": "eA=="}),
+                        None)
+    assert object_json(sc.CONFIG, cfg)["Spec"]["Data"] == "eA=="
+    assert matches(obj, {"names": ["a"], "label": ["k=v"], "name": [""]})
+    assert not matches(obj, {"names": ["ab"]})
+
+
+def test_api_refuses_bad_bodies() -> None:
+    from shoal.errors import InvalidRequest
+    with pytest.raises(InvalidRequest, match="base64"):
+        spec_from(sc.SECRET, {"Name": "a", "Data": "!!"})
+    with pytest.raises(InvalidRequest, match="unknown field"):
+        spec_from(sc.SECRET, {"Name": "a", "Data": "eA==", "Bogus": 1})
