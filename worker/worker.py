@@ -19,6 +19,7 @@ from netdriver.attachments import is_attachment
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from worker.executor.base import ContainerState, EngineInfo, Executor, ExecutorError
+from worker.files import TaskFiles
 from worker.network import NodeNetwork
 from worker.reporter import Reporter
 from worker.task_manager import TaskManager
@@ -50,6 +51,8 @@ class Worker:
         self.executor = executor
         self.network = network
         self.reporter = reporter or Reporter()
+        self.files = TaskFiles()
+        executor.use_files(self.files)
         self.engine: EngineInfo | None = None  # None until the engine answered
         self.managers: dict[str, TaskManager] = {}
         self._adoptable: dict[str, ContainerState] | None = None  # until the first set
@@ -95,6 +98,8 @@ class Worker:
         dispatcher."""
         if self.network is not None and message is not None:
             self.network.update(message)
+        if message is not None:
+            self.files.update(message)
         await self._listed.wait()
         # A container attached to a network runs already: the data plane plumbs it.
         tasks = [t for t in tasks if not is_attachment(t)]

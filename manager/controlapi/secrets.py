@@ -159,17 +159,10 @@ def _referenced(kind: Kind, objects: Sequence[Any], ref: str) -> Any:
                        f"create {ref} FILE)") from None
 
 
-def target_path(file: pb.FileTarget, name: str, secret: bool) -> str:
-    """Where the file appears in the container (moby's getSecretTargetPath and
-    getConfigTargetPath): an absolute name as is, else under /run/secrets or /."""
-    target = file.name or name
-    if target.startswith("/"):
-        return target
-    return ("/run/secrets/" if secret else "/") + target
-
-
 def _check_target(file: pb.FileTarget, name: str, kind: str, seen: set[str]) -> None:
-    path = target_path(file, name, kind == "secret")
+    # As swarmkit: targets conflict by their names (the worker places relative ones under
+    # /run/secrets for secrets and / for configs).
+    path = f"{kind}:{file.name or name}" if not file.name.startswith("/") else file.name
     if ".." in path.split("/"):
         raise InvalidArgument(f"invalid {kind} target {file.name!r}: it may not contain '..'")
     if file.mode > 0o7777:
@@ -178,7 +171,7 @@ def _check_target(file: pb.FileTarget, name: str, kind: str, seen: set[str]) -> 
         if owner and not owner.isdigit():
             raise InvalidArgument(f"invalid {kind} file {what} {owner!r}: give a number")
     if path in seen:
-        raise InvalidArgument(f"two secrets or configs target the same file {path}")
+        raise InvalidArgument(f"two {kind}s target the same file {file.name or name!r}")
     seen.add(path)
 
 

@@ -11,6 +11,7 @@ from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api.secrets import matches, object_json, spec_from
+from worker.files import MissingFile, TaskFiles, target_path, task_files
 
 KEY = b"k" * 32
 
@@ -119,15 +120,15 @@ def test_references_resolve_by_name_or_id() -> None:
 
 
 def test_target_paths_as_docker() -> None:
-    assert sc.target_path(pb.FileTarget(), "db", True) == "/run/secrets/db"
-    assert sc.target_path(pb.FileTarget(name="x/y"), "db", True) == "/run/secrets/x/y"
-    assert sc.target_path(pb.FileTarget(name="/etc/db"), "db", True) == "/etc/db"
-    assert sc.target_path(pb.FileTarget(), "cfg", False) == "/cfg"
+    assert target_path(pb.FileTarget(), "db", True) == "/run/secrets/db"
+    assert target_path(pb.FileTarget(name="x/y"), "db", True) == "/run/secrets/x/y"
+    assert target_path(pb.FileTarget(name="/etc/db"), "db", True) == "/etc/db"
+    assert target_path(pb.FileTarget(), "cfg", False) == "/cfg"
     c = pb.ContainerSpec()
     secret = sc.new_object(sc.SECRET, [], _spec("db"), KEY)
     for _ in range(2):
         c.secrets.append(pb.SecretReference(secret_id=secret.id, file=pb.FileTarget(name="a")))
-    with pytest.raises(InvalidArgument, match="same file /run/secrets/a"):
+    with pytest.raises(InvalidArgument, match="two secrets target the same file 'a'"):
         sc.resolve_references(c, [secret], [])
 
 
@@ -164,3 +165,25 @@ def test_api_refuses_bad_bodies() -> None:
         spec_from(sc.SECRET, {"Name": "a", "Data": "!!"})
     with pytest.raises(InvalidRequest, match="unknown field"):
         spec_from(sc.SECRET, {"Name": "a", "Data": "eA==", "Bogus": 1})
+
+
+def test_worker_files_for_a_task_and_only_ids_in_reprs() -> None:
+    from proto import cluster_pb2
+    c = pb.ContainerSpec()
+    c.secrets.append(pb.SecretReference(secret_id="s1", secret_name="db", file=pb.FileTarget(
+        name="db", uid="1000", gid="1001", mode=0o400)))
+    c.configs.append(pb.ConfigReference(config_id="c1", config_name="cfg",
+                                        file=pb.FileTarget(name="/etc/app.cfg", mode=0o444)))
+    files = task_files(c, {"s1": b"pw"}, {"c1": b"x=1"})
+    assert [(f.path, f.uid, f.gid, f.mode) for f in files] == [
+        ("/run/secrets/db", 1000, 1001, 0o400), ("/etc/app.cfg", 0, 0, 0o444)]
+    assert "pw" not in repr(files)
+    with pytest.raises(MissingFile, match="secret db"):
+        task_files(c, {}, {"c1": b"x=1"})
+    held = TaskFiles()
+    secret = pb.Secret(id="s1")
+    secret.spec.data = b"pw"
+    held.update(cluster_pb2.AssignmentsMessage(secrets=[secret]))
+    assert held.held_secrets() == ["s1"]
+    held.update(cluster_pb2.AssignmentsMessage())
+    assert held.held_secrets() == []
