@@ -231,3 +231,41 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
         assert _grep(host.data_root, data) == [], host.name
         assert data not in Path(host.log_file).read_text(errors="replace"), host.name
     assert os.path.exists(os.path.join(m1.data_root, "raft"))
+
+
+def test_shoal_cli_service_secret_flags(lab: LabState, tmp_path: Path) -> None:
+    m1 = lab.host("m1")
+    client = m1.client()
+    for name, data in (("first", "one-data"), ("second", "two-data")):
+        (tmp_path / name).write_text(data)
+        assert shoal(m1, "secret", "create", name, str(tmp_path / name)).returncode == 0
+    out = shoal(m1, "service", "create", "-d", "--name", "shsec",
+                "--secret", "source=first,target=/etc/first,mode=0440",
+                "--constraint", "node.role==worker", IMAGE, "sleep", "3600")
+    assert out.returncode == 0, out.stderr
+    service_id = out.stdout.strip()
+    engine = docker.DockerClient(base_url=lab.engine, version="1.41")
+
+    def read(path: str) -> str:
+        found = containers(lab, service_id)
+        if len(found) != 1:
+            return ""
+        code, output = engine.containers.get(found[0]["Id"]).exec_run(["cat", path])
+        return output.decode() if code == 0 else ""
+
+    wait_until(lambda: read("/etc/first") == "one-data", 90, "/etc/first in the task")
+    out = shoal(m1, "service", "update", "-d", "--secret-rm", "first", "--secret-add",
+                "second", "shsec")
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: read("/run/secrets/second") == "two-data", 90,
+               "the updated task with /run/secrets/second")
+    [ref] = client.get(f"/services/{service_id}")["Spec"]["TaskTemplate"]["ContainerSpec"][
+        "Secrets"]
+    assert ref["SecretName"] == "second" and ref["File"]["Name"] == "second"
+    # the first is no longer used: it can go; the second can't
+    assert shoal(m1, "secret", "rm", "first").returncode == 0
+    refused = shoal(m1, "secret", "rm", "second")
+    assert refused.returncode != 0 and "shsec" in refused.stderr
+    assert shoal(m1, "service", "rm", "shsec").returncode == 0
+    wait_until(lambda: not containers(lab, service_id, all_=True), 90, "the containers gone")
+    assert shoal(m1, "secret", "rm", "second").returncode == 0

@@ -187,3 +187,30 @@ def test_worker_files_for_a_task_and_only_ids_in_reprs() -> None:
     assert held.held_secrets() == ["s1"]
     held.update(cluster_pb2.AssignmentsMessage())
     assert held.held_secrets() == []
+
+
+def test_secret_flags_send_references() -> None:
+    import click
+
+    from shoal.api import convert_service as conv
+    from shoal.cli.service_opts import create_spec, parse_file_ref, update_file_refs
+    assert parse_file_ref("db", "--secret", "secret") == {
+        "File": {"Name": "db", "UID": "0", "GID": "0", "Mode": 0o444}, "SecretName": "db"}
+    assert parse_file_ref("source=cfg,target=/etc/a.cfg,mode=0440,uid=5", "--config",
+                          "config") == {"File": {"Name": "/etc/a.cfg", "UID": "5", "GID": "0",
+                                                 "Mode": 0o440}, "ConfigName": "cfg"}
+    for bad in ("target=x", "source=a,mode=9z", "source=a,uid=root", "source=a,what=1"):
+        with pytest.raises(click.BadParameter):
+            parse_file_ref(bad, "--secret", "secret")
+    opts = {"env": (), "container_label": (), "mount": (), "constraint": (),
+            "placement_pref": (), "name": "web", "label": (), "mode": "replicated",
+            "replicas": None, "max_concurrent": None, "publish": (), "network": (),
+            "secret": ("source=db,target=pw,mode=0400",), "config": ("cfg",)}
+    body = create_spec("busybox", (), opts)
+    spec = conv.service_spec(body)  # the server takes it
+    assert spec.task.container.secrets[0].file.mode == 0o400
+    assert spec.task.container.configs[0].config_name == "cfg"
+    refs = [{"File": {"Name": "pw"}, "SecretID": "id1", "SecretName": "db"},
+            {"File": {"Name": "x"}, "SecretID": "id2", "SecretName": "other"}]
+    out = update_file_refs(refs, ("source=new,target=x",), ("db",), "secret")
+    assert [r["SecretName"] for r in out] == ["new"]
