@@ -72,6 +72,9 @@ class Worker:
         except ExecutorError as err:
             log.warning("could not list this node's containers (nothing adopted): %s", err)
             self._adoptable = {}
+        else:  # only when the engine answered: never unmount a live container's files
+            await self.executor.prune_files(
+                self.node_id, {t for t, state in self._adoptable.items() if not state.exited})
         self._listed.set()
         await self.reporter.run()
 

@@ -254,6 +254,7 @@ def test_shoal_cli_service_secret_flags(lab: LabState, tmp_path: Path) -> None:
         return output.decode() if code == 0 else ""
 
     wait_until(lambda: read("/etc/first") == "one-data", 90, "/etc/first in the task")
+    [first_task] = wait_until(lambda: running(client, "shsec"), 60, "the task running")
     out = shoal(m1, "service", "update", "-d", "--secret-rm", "first", "--secret-add",
                 "second", "shsec")
     assert out.returncode == 0, out.stderr
@@ -262,6 +263,10 @@ def test_shoal_cli_service_secret_flags(lab: LabState, tmp_path: Path) -> None:
     [ref] = client.get(f"/services/{service_id}")["Spec"]["TaskTemplate"]["ContainerSpec"][
         "Secrets"]
     assert ref["SecretName"] == "second" and ref["File"]["Name"] == "second"
+    # the replaced task's container is kept (task history) but its tmpfs went when it stopped
+    assert containers(lab, service_id, all_=True) != containers(lab, service_id)
+    wait_until(lambda: not list(Path("/run/shoal-files").glob(f"*/{first_task['ID']}")), 30,
+               "the stopped task's tmpfs removed")
     # the first is no longer used: it can go; the second can't
     assert shoal(m1, "secret", "rm", "first").returncode == 0
     refused = shoal(m1, "secret", "rm", "second")

@@ -171,6 +171,15 @@ class DockerExecutor(Executor):
             raise PermanentError(f"placing the task's secrets and configs failed: {err}") \
                 from None
 
+    async def release_files(self, task_id: str) -> None:
+        await self._remove_files(task_id)
+
+    async def prune_files(self, node_id: str, keep: set[str]) -> None:
+        try:
+            await asyncio.to_thread(fl.prune_node, self.files_base, node_id, keep)
+        except OSError as err:
+            log.warning("removing secrets' tmpfs of finished tasks failed: %s", err)
+
     async def _remove_files(self, task_id: str) -> None:
         directory = await asyncio.to_thread(fl.find_task_dir, self.files_base, task_id)
         if directory is not None:

@@ -73,6 +73,19 @@ def find_task_dir(base: str, task_id: str) -> str | None:
     return None
 
 
+def prune_node(base: str, node_id: str, keep: set[str] | None = None) -> None:
+    """Unmount and remove the node's task directories but those of `keep` (all when None).
+    Blocking."""
+    node_dir = os.path.join(base, node_id)
+    try:
+        tasks = os.listdir(node_dir)
+    except FileNotFoundError:
+        return
+    for task_id in tasks:
+        if keep is None or task_id not in keep:
+            unmount_files(os.path.join(node_dir, task_id))
+
+
 def _run(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
