@@ -214,3 +214,24 @@ def test_secret_flags_send_references() -> None:
             {"File": {"Name": "x"}, "SecretID": "id2", "SecretName": "other"}]
     out = update_file_refs(refs, ("source=new,target=x",), ("db",), "secret")
     assert [r["SecretName"] for r in out] == ["new"]
+
+
+def _apply(store: MemoryStore, kind: int, obj: object) -> object:
+    from manager.store.memory import wrap
+    return store.apply(store_pb2.StoreBatch(actions=[store_pb2.StoreAction(
+        kind=kind, object=wrap(obj))])).error
+
+
+def test_store_keeps_service_references_whole() -> None:
+    store = MemoryStore()
+    secret = sc.new_object(sc.SECRET, [], _spec("a"), KEY)
+    svc = _service("web", secret.id)
+    assert isinstance(_apply(store, store_pb2.CREATE, svc), NotFound)  # no such secret yet
+    assert _apply(store, store_pb2.CREATE, secret) is None
+    assert _apply(store, store_pb2.CREATE, svc) is None
+    err = _apply(store, store_pb2.DELETE, secret)
+    assert isinstance(err, FailedPrecondition) and "web" in str(err)
+    stored = store.get(pb.Service, svc.id)
+    stored.pending_delete = True  # a service being removed no longer holds it
+    assert _apply(store, store_pb2.UPDATE, stored) is None
+    assert _apply(store, store_pb2.DELETE, secret) is None
