@@ -274,3 +274,41 @@ def test_shoal_cli_service_secret_flags(lab: LabState, tmp_path: Path) -> None:
     assert shoal(m1, "service", "rm", "shsec").returncode == 0
     wait_until(lambda: not containers(lab, service_id, all_=True), 90, "the containers gone")
     assert shoal(m1, "secret", "rm", "second").returncode == 0
+
+
+def test_update_changes_labels_only_and_filters(lab: LabState) -> None:
+    client = lab.host("m1").client()
+    data = base64.b64encode(b"same-data").decode()
+    secret_id = client.post("/secrets/create", {"Name": "upd", "Data": data})["ID"]
+    client.post("/secrets/create", {"Name": "upd2", "Data": data,
+                                    "Labels": {"com.docker.stack.namespace": "app"}})
+    version = client.get("/secrets/upd")["Version"]["Index"]
+    # stack deploy sends the same data again on a redeploy: fine, labels change
+    client.post(f"/secrets/{secret_id}/update", {"Name": "upd", "Data": data,
+                                                 "Labels": {"k": "v"}}, version=version)
+    shown = client.get(f"/secrets/{secret_id[:6]}")
+    assert shown["Spec"]["Labels"] == {"k": "v"} and shown["Version"]["Index"] > version
+    with pytest.raises(APIError) as err:
+        client.post(f"/secrets/{secret_id}/update", {"Name": "upd", "Data": "b3RoZXI=",
+                                                     "Labels": {}},
+                    version=shown["Version"]["Index"])
+    assert err.value.status == 400 and "only updates to Labels" in str(err.value)
+    with pytest.raises(APIError) as err:
+        client.post(f"/secrets/{secret_id}/update", {"Name": "upd", "Labels": {}},
+                    version=version)
+    assert "update out of sequence" in str(err.value)
+    assert client.get("/secrets/upd")["Spec"]["Labels"] == {"k": "v"}  # nothing changed
+
+    def names(**filters: list[str]) -> list[str]:
+        return [s["Spec"]["Name"] for s in client.get("/secrets", filters=filters)]
+
+    assert names(name=["upd"]) == ["upd", "upd2"]  # a prefix, as Docker's
+    assert names(names=["upd"]) == ["upd"]
+    assert names(label=["com.docker.stack.namespace=app"]) == ["upd2"]
+    assert names(id=[secret_id[:8]]) == ["upd"]
+    with pytest.raises(APIError) as err:
+        client.get("/secrets", filters={"driver": ["x"]})
+    assert err.value.status == 400
+    for name in ("upd", "upd2"):
+        client.delete(f"/secrets/{name}")
+    assert names() == []
