@@ -312,3 +312,39 @@ def test_update_changes_labels_only_and_filters(lab: LabState) -> None:
     for name in ("upd", "upd2"):
         client.delete(f"/secrets/{name}")
     assert names() == []
+
+
+def test_a_restarted_worker_keeps_a_running_tasks_secret(lab: LabState) -> None:
+    client = lab.host("m1").client()
+    secret_id = client.post("/secrets/create", {
+        "Name": "kept", "Data": base64.b64encode(b"kept-data").decode()})["ID"]
+    body = spec("keeper", Placement={"Constraints": ["node.role==worker"]})
+    body["TaskTemplate"]["ContainerSpec"]["Secrets"] = [
+        {"File": {"Name": "kept", "UID": "0", "GID": "0", "Mode": 0o444}, "SecretName": "kept"}]
+    service_id = create(client, body)
+    [task] = wait_until(lambda: running(client, "keeper"), 90, "the task running")
+    [before] = containers(lab, service_id)
+
+    labmod.stop_host(lab.name, "w1")
+    labmod.start_host(lab.name, "w1")
+    log = Path(lab.host("w1").log_file)
+
+    def restarted() -> bool:
+        text = log.read_text(errors="replace")
+        held = [line for line in text.splitlines() if "secrets held for this node's tasks: "
+                f"{secret_id}" in line]
+        return "found 1 containers of this node to adopt" in text and len(held) == 2
+
+    # the new daemon listed the container, pruned the tmpfs of gone tasks, got its set again
+    wait_until(restarted, 60, "the restarted worker adopting its task")
+    # the same container, still running, still with its secret
+    [after] = wait_until(lambda: containers(lab, service_id), 30, "the container")
+    assert after["Id"] == before["Id"]
+    code, output = docker.DockerClient(base_url=lab.engine, version="1.41").containers.get(
+        after["Id"]).exec_run(["cat", "/run/secrets/kept"])
+    assert (code, output) == (0, b"kept-data")
+    assert [t["ID"] for t in wait_until(lambda: running(client, "keeper"), 60, "running")] \
+        == [task["ID"]]
+    client.delete(f"/services/{service_id}")
+    wait_until(lambda: not containers(lab, service_id, all_=True), 90, "the container gone")
+    client.delete("/secrets/kept")
