@@ -243,7 +243,8 @@ class TaskManager:
             state = observed
 
     async def _release_network(self) -> Step:
-        if not self._files_released:
+        container = self.task.spec.container
+        if not self._files_released and (container.secrets or container.configs):
             # As Docker unmounts a container's secrets when it stops: the data lives no
             # longer than the task runs.
             self._files_released = True
