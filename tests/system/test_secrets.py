@@ -250,7 +250,10 @@ def test_shoal_cli_service_secret_flags(lab: LabState, tmp_path: Path) -> None:
         found = containers(lab, service_id)
         if len(found) != 1:
             return ""
-        code, output = engine.containers.get(found[0]["Id"]).exec_run(["cat", path])
+        try:
+            code, output = engine.containers.get(found[0]["Id"]).exec_run(["cat", path])
+        except docker.errors.APIError:  # it stopped since it was listed (the update)
+            return ""
         return output.decode() if code == 0 else ""
 
     wait_until(lambda: read("/etc/first") == "one-data", 90, "/etc/first in the task")
