@@ -79,8 +79,8 @@ def test_docker_cli_secret_and_config_commands(lab: LabState, docker_config: str
     assert again.returncode != 0
     assert "Error response from daemon: secret clis already exists" in again.stderr
 
-    missing = run_docker(lab, docker_config, "secret", "inspect", "nosuch")
-    assert missing.returncode != 0 and "nosuch" in missing.stderr
+    missing = run_docker(lab, docker_config, "secret", "inspect", "no-such")
+    assert missing.returncode != 0 and "no-such" in missing.stderr
 
     rm = run_docker(lab, docker_config, "secret", "rm", "clis")
     assert rm.returncode == 0 and rm.stdout.strip() == "clis", rm.stderr
@@ -163,10 +163,10 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     # an unknown secret: 400 naming it, nothing created
     body = spec("bad")
     body["TaskTemplate"]["ContainerSpec"]["Secrets"] = [
-        {"File": {"Name": "x", "UID": "0", "GID": "0", "Mode": 292}, "SecretName": "nope"}]
+        {"File": {"Name": "x", "UID": "0", "GID": "0", "Mode": 292}, "SecretName": "no-such"}]
     with pytest.raises(APIError) as err:
         create(client, body)
-    assert err.value.status == 404 and "nope" in str(err.value)
+    assert err.value.status == 404 and "no-such" in str(err.value)
     assert client.get("/services", filters={"name": ["bad"]}) == []
 
     out = run_docker(lab, docker_config, "service", "create", "-d", "--name", "sec",

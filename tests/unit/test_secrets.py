@@ -100,8 +100,8 @@ def test_remove_in_use_names_the_services() -> None:
                        match="secret 'a' is in use by the following services: api, web"):
         sc.removed_object(sc.SECRET, [obj], services, "a")
     assert sc.removed_object(sc.SECRET, [obj], services[2:], obj.id[:5]) is obj
-    with pytest.raises(NotFound, match="secret b not found"):
-        sc.removed_object(sc.SECRET, [obj], [], "b")
+    with pytest.raises(NotFound, match="secret no-such not found"):  # never an ID prefix
+        sc.removed_object(sc.SECRET, [obj], [], "no-such")
 
 
 def test_references_resolve_by_name_or_id() -> None:
@@ -114,8 +114,8 @@ def test_references_resolve_by_name_or_id() -> None:
     c.configs.append(pb.ConfigReference(config_id=config.id))
     sc.resolve_references(c, [secret], [config])
     assert (c.secrets[0].secret_id, c.configs[0].config_name) == (secret.id, "cfg")
-    c.secrets.append(pb.SecretReference(secret_name="nope"))
-    with pytest.raises(NotFound, match="secret not found: nope"):
+    c.secrets.append(pb.SecretReference(secret_name="no-such"))
+    with pytest.raises(NotFound, match="secret not found: no-such"):
         sc.resolve_references(c, [secret], [config])
 
 
@@ -235,3 +235,25 @@ def test_store_keeps_service_references_whole() -> None:
     stored.pending_delete = True  # a service being removed no longer holds it
     assert _apply(store, store_pb2.UPDATE, stored) is None
     assert _apply(store, store_pb2.DELETE, secret) is None
+
+
+def test_dispatcher_sends_only_what_running_tasks_use() -> None:
+    from manager.dispatcher.files import task_files as dispatched
+    from manager.store.view import StoreView
+    cluster = _cluster()
+    key = secretbox.derive_key(cluster)
+    used = sc.new_object(sc.SECRET, [], _spec("used", b"u-data"), key)
+    stopped = sc.new_object(sc.SECRET, [], _spec("stopped", b"s-data"), key)
+    foreign = sc.new_object(sc.SECRET, [], _spec("foreign", b"f-data"), b"x" * 32)
+    view = StoreView.of([cluster, used, stopped, foreign])
+
+    def task(secret: pb.Secret, desired: int = pb.RUNNING) -> pb.Task:
+        t = pb.Task(id=f"t-{secret.id}", desired_state=desired)  # type: ignore[arg-type]
+        t.status.state = pb.RUNNING
+        t.spec.container.secrets.append(pb.SecretReference(secret_id=secret.id))
+        return t
+
+    secrets, configs = dispatched(view, [task(used), task(stopped, pb.SHUTDOWN),
+                                         task(foreign)])
+    assert [(s.id, s.spec.data) for s in secrets] == [(used.id, b"u-data")] and configs == []
+    assert dispatched(view, []) == ([], [])
