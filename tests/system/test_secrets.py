@@ -159,6 +159,8 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
         "Name": "dbpass", "Data": base64.b64encode(data.encode()).decode()})["ID"]
     client.post("/configs/create", {"Name": "appcfg",
                                     "Data": base64.b64encode(b"mode=prod\n").decode()})
+    client.post("/configs/create", {"Name": "hello", "Data": base64.b64encode(
+        b"#!/bin/sh\necho from-config\n").decode()})
 
     # an unknown secret: 400 naming it, nothing created
     body = spec("bad")
@@ -172,6 +174,7 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     out = run_docker(lab, docker_config, "service", "create", "-d", "--name", "sec",
                      "--secret", "source=dbpass,target=db,uid=1000,gid=1001,mode=0400",
                      "--config", "source=appcfg,target=/etc/app.cfg",
+                     "--config", "source=hello,target=/usr/local/bin/hello,mode=0755",
                      "--constraint", "node.role==worker", IMAGE, "sleep", "3600")
     assert out.returncode == 0, out.stderr
     service_id = out.stdout.strip().splitlines()[-1]
@@ -190,6 +193,7 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     assert sh("stat -c '%u %g %a' /run/secrets/db").split() == ["1000", "1001", "400"]
     assert sh("cat /etc/app.cfg") == "mode=prod\n"
     assert sh("stat -c '%a' /etc/app.cfg").strip() == "444"
+    assert sh("/usr/local/bin/hello") == "from-config\n"  # a config may be a script
     mounts = sh("mount")
     assert any(" /run/secrets/db type tmpfs " in line and "ro" in line
                for line in mounts.splitlines()), mounts
@@ -222,7 +226,7 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     wait_until(lambda: not Path(task_dirs[0]).exists(), 30, "the task's tmpfs removed")
     rm = run_docker(lab, docker_config, "secret", "rm", "dbpass")
     assert rm.returncode == 0, rm.stderr
-    assert run_docker(lab, docker_config, "config", "rm", "appcfg").returncode == 0
+    assert run_docker(lab, docker_config, "config", "rm", "appcfg", "hello").returncode == 0
 
     # nowhere in clear: data roots (Raft log and snapshots included), logs. The Raft files
     # do hold the secret object (its ID), sealed.

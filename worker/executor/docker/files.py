@@ -30,7 +30,8 @@ def mount_files(directory: str, files: Sequence[TaskFile]) -> list[Mount]:
     unmount_files(directory)  # what a crash between mount and create may have left
     os.makedirs(directory, mode=0o700)
     size = sum(len(f.data) for f in files) + SLACK + 4096 * len(files)
-    _run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700,nodev,nosuid,noexec",
+    # exec allowed: a config with mode 0755 is often a script the task runs
+    _run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700,nodev,nosuid",
           "shoal-files", directory])
     mounts = []
     for i, f in enumerate(files):
