@@ -495,6 +495,8 @@ class AssignmentsMessage(_message.Message):
     NETWORKS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     DATA_PATH_PORT_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    CONFIGS_FIELD_NUMBER: _builtins.int
     data_path_port: _builtins.int
     """VXLAN UDP port of the cluster (0: 4789)"""
     @_builtins.property
@@ -507,6 +509,14 @@ class AssignmentsMessage(_message.Message):
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkPeer]:
         """the other nodes on those networks"""
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Secret]:
+        """The secrets and configs the node's tasks use (secrets' data in clear: only over this
+        mTLS stream, only to a node that runs a task using them; the worker keeps them in memory).
+        """
+
+    @_builtins.property
+    def configs(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Config]: ...
     def __init__(
         self,
         *,
@@ -514,10 +524,12 @@ class AssignmentsMessage(_message.Message):
         networks: _abc.Iterable[Global___NetworkState] | None = ...,
         peers: _abc.Iterable[Global___NetworkPeer] | None = ...,
         data_path_port: _builtins.int = ...,
+        secrets: _abc.Iterable[_objects_pb2.Secret] | None = ...,
+        configs: _abc.Iterable[_objects_pb2.Config] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path_port", b"data_path_port", "networks", b"networks", "peers", b"peers", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configs", b"configs", "data_path_port", b"data_path_port", "networks", b"networks", "peers", b"peers", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from proto import objects_pb2 as proto_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/store.proto\x12\x05shoal\x1a\x13proto/objects.proto\"\xb8\x01\n\x0bStoreObject\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\x0b.shoal.NodeH\x00\x12!\n\x07\x63luster\x18\x02 \x01(\x0b\x32\x0e.shoal.ClusterH\x00\x12!\n\x07service\x18\x03 \x01(\x0b\x32\x0e.shoal.ServiceH\x00\x12\x1b\n\x04task\x18\x04 \x01(\x0b\x32\x0b.shoal.TaskH\x00\x12!\n\x07network\x18\x05 \x01(\x0b\x32\x0e.shoal.NetworkH\x00\x42\x06\n\x04kind\"R\n\x0bStoreAction\x12\x1f\n\x04kind\x18\x01 \x01(\x0e\x32\x11.shoal.ActionKind\x12\"\n\x06object\x18\x02 \x01(\x0b\x32\x12.shoal.StoreObject\"}\n\nStoreBatch\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x02 \x01(\x03\x12#\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x12.shoal.StoreAction\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x11\n\tnew_epoch\x18\x05 \x01(\x04\"5\n\x0e\x41ppliedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"|\n\rStoreSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x07objects\x18\x02 \x03(\x0b\x32\x12.shoal.StoreObject\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12&\n\x07\x61pplied\x18\x04 \x03(\x0b\x32\x15.shoal.AppliedRequest*9\n\nActionKind\x12\n\n\x06\x43REATE\x10\x00\x12\n\n\x06UPDATE\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x12\x07\n\x03PUT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/store.proto\x12\x05shoal\x1a\x13proto/objects.proto\"\xfa\x01\n\x0bStoreObject\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\x0b.shoal.NodeH\x00\x12!\n\x07\x63luster\x18\x02 \x01(\x0b\x32\x0e.shoal.ClusterH\x00\x12!\n\x07service\x18\x03 \x01(\x0b\x32\x0e.shoal.ServiceH\x00\x12\x1b\n\x04task\x18\x04 \x01(\x0b\x32\x0b.shoal.TaskH\x00\x12!\n\x07network\x18\x05 \x01(\x0b\x32\x0e.shoal.NetworkH\x00\x12\x1f\n\x06secret\x18\x06 \x01(\x0b\x32\r.shoal.SecretH\x00\x12\x1f\n\x06\x63onfig\x18\x07 \x01(\x0b\x32\r.shoal.ConfigH\x00\x42\x06\n\x04kind\"R\n\x0bStoreAction\x12\x1f\n\x04kind\x18\x01 \x01(\x0e\x32\x11.shoal.ActionKind\x12\"\n\x06object\x18\x02 \x01(\x0b\x32\x12.shoal.StoreObject\"}\n\nStoreBatch\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x02 \x01(\x03\x12#\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x12.shoal.StoreAction\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x11\n\tnew_epoch\x18\x05 \x01(\x04\"5\n\x0e\x41ppliedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"|\n\rStoreSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x07objects\x18\x02 \x03(\x0b\x32\x12.shoal.StoreObject\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12&\n\x07\x61pplied\x18\x04 \x03(\x0b\x32\x15.shoal.AppliedRequest*9\n\nActionKind\x12\n\n\x06\x43REATE\x10\x00\x12\n\n\x06UPDATE\x10\x01\x12\n\n\x06\x44\x45LETE\x10\x02\x12\x07\n\x03PUT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTIONKIND']._serialized_start=628
-  _globals['_ACTIONKIND']._serialized_end=685
+  _globals['_ACTIONKIND']._serialized_start=694
+  _globals['_ACTIONKIND']._serialized_end=751
   _globals['_STOREOBJECT']._serialized_start=50
-  _globals['_STOREOBJECT']._serialized_end=234
-  _globals['_STOREACTION']._serialized_start=236
-  _globals['_STOREACTION']._serialized_end=318
-  _globals['_STOREBATCH']._serialized_start=320
-  _globals['_STOREBATCH']._serialized_end=445
-  _globals['_APPLIEDREQUEST']._serialized_start=447
-  _globals['_APPLIEDREQUEST']._serialized_end=500
-  _globals['_STORESNAPSHOT']._serialized_start=502
-  _globals['_STORESNAPSHOT']._serialized_end=626
+  _globals['_STOREOBJECT']._serialized_end=300
+  _globals['_STOREACTION']._serialized_start=302
+  _globals['_STOREACTION']._serialized_end=384
+  _globals['_STOREBATCH']._serialized_start=386
+  _globals['_STOREBATCH']._serialized_end=511
+  _globals['_APPLIEDREQUEST']._serialized_start=513
+  _globals['_APPLIEDREQUEST']._serialized_end=566
+  _globals['_STORESNAPSHOT']._serialized_start=568
+  _globals['_STORESNAPSHOT']._serialized_end=692
 # @@protoc_insertion_point(module_scope)

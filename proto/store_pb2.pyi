@@ -52,6 +52,8 @@ class StoreObject(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node(self) -> _objects_pb2.Node: ...
     @_builtins.property
@@ -62,6 +64,10 @@ class StoreObject(_message.Message):
     def task(self) -> _objects_pb2.Task: ...
     @_builtins.property
     def network(self) -> _objects_pb2.Network: ...
+    @_builtins.property
+    def secret(self) -> _objects_pb2.Secret: ...
+    @_builtins.property
+    def config(self) -> _objects_pb2.Config: ...
     def __init__(
         self,
         *,
@@ -70,12 +76,14 @@ class StoreObject(_message.Message):
         service: _objects_pb2.Service | None = ...,
         task: _objects_pb2.Task | None = ...,
         network: _objects_pb2.Network | None = ...,
+        secret: _objects_pb2.Secret | None = ...,
+        config: _objects_pb2.Config | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "network", b"network", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "config", b"config", "kind", b"kind", "network", b"network", "node", b"node", "secret", b"secret", "service", b"service", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "kind", b"kind", "network", b"network", "node", b"node", "service", b"service", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "config", b"config", "kind", b"kind", "network", b"network", "node", b"node", "secret", b"secret", "service", b"service", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "cluster", "service", "task", "network"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["node", "cluster", "service", "task", "network", "secret", "config"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

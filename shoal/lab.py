@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from shoal import engine as enginemod
 from shoal import procs
 from shoal.client import APIError, Client
+from worker.executor.docker import files as task_files
 
 NAME_RE = re.compile(r"[a-z0-9]{1,8}")
 LAB_NET = ipaddress.IPv4Network("198.18.0.0/15")
@@ -499,6 +500,8 @@ def down(name: str) -> None:
     for ns in dict.fromkeys(host_nss + [switch]):
         _terminate(_netns_pids(ns))
     _remove_engine(name, state)  # after the daemons, so no agent starts a container again
+    for host in hosts:  # the tmpfs of its tasks' secrets, which outlive a killed daemon
+        _remove_task_files(host)
     for ns in dict.fromkeys(host_nss + [switch]):  # the switch namespace last
         if ns in existing:
             _ip("netns", "del", ns)
@@ -506,6 +509,17 @@ def down(name: str) -> None:
     left = _lab_namespaces(name)
     if left or sdir.exists():
         raise LabError(f"lab {name!r} not fully removed: namespaces {left}, {sdir}")
+
+
+def _remove_task_files(host: HostState) -> None:
+    try:
+        node_id = json.loads((Path(host.data_root) / "state.json").read_text())["node_id"]
+    except (OSError, ValueError, KeyError):
+        return  # never joined a swarm: no tasks
+    try:
+        task_files.prune_node(task_files.BASE, node_id)
+    except OSError as err:
+        raise LabError(f"removing the task files of {host.name}: {err}") from err
 
 
 def add_host(name: str, host: str, role: str = "worker") -> HostState:

@@ -104,6 +104,7 @@ class TaskManager:
         self._failures = 0  # transient engine errors in a row in the current state
         self._drained = False  # waited BACKEND_DRAIN before stopping
         self._network_released = False
+        self._files_released = False
 
     @property
     def task_id(self) -> str:
@@ -242,6 +243,12 @@ class TaskManager:
             state = observed
 
     async def _release_network(self) -> Step:
+        container = self.task.spec.container
+        if not self._files_released and (container.secrets or container.configs):
+            # As Docker unmounts a container's secrets when it stops: the data lives no
+            # longer than the task runs.
+            self._files_released = True
+            await self._executor.release_files(self.task_id)
         if self._network_released or not self.task.networks:
             return WAIT
         try:

@@ -19,6 +19,7 @@ from netdriver.attachments import is_attachment
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from worker.executor.base import ContainerState, EngineInfo, Executor, ExecutorError
+from worker.files import TaskFiles
 from worker.network import NodeNetwork
 from worker.reporter import Reporter
 from worker.task_manager import TaskManager
@@ -50,6 +51,8 @@ class Worker:
         self.executor = executor
         self.network = network
         self.reporter = reporter or Reporter()
+        self.files = TaskFiles()
+        executor.use_files(self.files)
         self.engine: EngineInfo | None = None  # None until the engine answered
         self.managers: dict[str, TaskManager] = {}
         self._adoptable: dict[str, ContainerState] | None = None  # until the first set
@@ -69,6 +72,9 @@ class Worker:
         except ExecutorError as err:
             log.warning("could not list this node's containers (nothing adopted): %s", err)
             self._adoptable = {}
+        else:  # only when the engine answered: never unmount a live container's files
+            await self.executor.prune_files(
+                self.node_id, {t for t, state in self._adoptable.items() if not state.exited})
         self._listed.set()
         await self.reporter.run()
 
@@ -95,6 +101,8 @@ class Worker:
         dispatcher."""
         if self.network is not None and message is not None:
             self.network.update(message)
+        if message is not None:
+            self.files.update(message)
         await self._listed.wait()
         # A container attached to a network runs already: the data plane plumbs it.
         tasks = [t for t in tasks if not is_attachment(t)]

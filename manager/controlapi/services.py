@@ -25,6 +25,7 @@ from typing import Any
 from manager.controlapi.limits import check_service_spec
 from manager.controlapi.lookup import resolve
 from manager.controlapi.networks import resolve_attachments
+from manager.controlapi.secrets import resolve_references
 from manager.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -353,13 +354,19 @@ class ServiceControl:
 
     def create(self, spec: pb.ServiceSpec) -> pb.Service:
         resolve_attachments(spec, self.store.list(pb.Network))
+        self._resolve_files(spec)
         return new_service(self.services(), spec)
 
     def update(self, ref: str, version: int, spec: pb.ServiceSpec | None,
                now_ns: int) -> pb.Service:
         if spec is not None:
             resolve_attachments(spec, self.store.list(pb.Network))
+            self._resolve_files(spec)
         return updated_service(self.services(), ref, version, spec, now_ns)
 
     def remove(self, ref: str) -> pb.Service:
         return removed_service(self.services(), ref)
+
+    def _resolve_files(self, spec: pb.ServiceSpec) -> None:
+        resolve_references(spec.task.container, self.store.list_view(pb.Secret),
+                           self.store.list_view(pb.Config))

@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from manager.dispatcher.files import task_files
 from manager.dispatcher.netstate import network_message
 from manager.errors import OutOfSequence, Unavailable
 from manager.manager import Manager
@@ -214,8 +215,12 @@ class AssignmentIndex:
                 await asyncio.sleep(COALESCE)
                 changed.clear()
                 if alive():
-                    yield network_message(self.store.view(), node_id, self.tasks_of(node_id),
-                                          frozenset(self._gone))
+                    view, tasks = self.store.view(), self.tasks_of(node_id)
+                    message = network_message(view, node_id, tasks, frozenset(self._gone))
+                    secrets, configs = task_files(view, tasks)
+                    message.secrets.extend(secrets)
+                    message.configs.extend(configs)
+                    yield message
         finally:
             listeners = self._listeners.get(node_id, set())
             listeners.discard(changed)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager.errors import AlreadyExists, Fenced, ManagerError, NotFound, OutOfSequence
+from manager.store.references import check_references
 from manager.store.view import (
     TABLES,
     Draft,
@@ -155,6 +156,7 @@ def _stage(base: StoreView, batch: store_pb2.StoreBatch) -> tuple[Draft, builtin
         table, obj = unwrap(action.object)
         current = draft.get(table, obj.id)
         _check(action.kind, table, obj, current)
+        check_references(draft, action.kind, table, obj, current)
         if action.kind == store_pb2.DELETE:
             draft.delete(table, obj.id)
             events.append(Event(store_pb2.DELETE, table, current, None))

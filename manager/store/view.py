@@ -28,7 +28,8 @@ SlotKey = int | str  # the slot number, or the node ID for global services' task
 
 _TABLE_OF: dict[type, str] = {objects_pb2.Node: "node", objects_pb2.Cluster: "cluster",
                                objects_pb2.Service: "service", objects_pb2.Task: "task",
-                               objects_pb2.Network: "network"}
+                               objects_pb2.Network: "network", objects_pb2.Secret: "secret",
+                               objects_pb2.Config: "config"}
 TABLES = tuple(_TABLE_OF.values())
 _EMPTY: PMap[Any, Any] = pmap()
 
@@ -57,6 +58,8 @@ def slot_key(task: objects_pb2.Task) -> SlotKey:
 def unique_name(table: str, obj: Obj) -> str | None:
     """The name that must be unique in its table, if the object has one."""
     if table in ("service", "network") and not obj.pending_delete:
+        return str(obj.spec.annotations.name) or None
+    if table in ("secret", "config"):
         return str(obj.spec.annotations.name) or None
     return None
 

@@ -177,14 +177,15 @@ def _networks(body: list[Any], w: str) -> list[pb.NetworkAttachmentConfig]:
 _CONTAINER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "Image": str, "Labels": dict, "Command": list, "Args": list, "Hostname": str, "Env": list,
     "Dir": str, "User": str, "Mounts": list, "StopGracePeriod": int, "StopSignal": str,
-    "Healthcheck": dict, "TTY": bool, "Init": bool, "Isolation": str,
+    "Healthcheck": dict, "TTY": bool, "Init": bool, "Isolation": str, "Secrets": list,
+    "Configs": list,
     # Docker fields Shoal does not implement yet (accepted while empty):
-    "Groups": ANY, "Privileges": ANY, "Hosts": ANY, "DNSConfig": ANY, "Secrets": ANY,
-    "Configs": ANY, "Sysctls": ANY, "CapabilityAdd": ANY, "CapabilityDrop": ANY,
-    "Ulimits": ANY, "OomScoreAdj": ANY, "ReadOnly": ANY, "OpenStdin": ANY}
-_CONTAINER_UNSUPPORTED = ("Groups", "Privileges", "Hosts", "DNSConfig", "Secrets", "Configs",
-                          "Sysctls", "CapabilityAdd", "CapabilityDrop", "Ulimits",
-                          "OomScoreAdj", "ReadOnly", "OpenStdin")
+    "Groups": ANY, "Privileges": ANY, "Hosts": ANY, "DNSConfig": ANY, "Sysctls": ANY,
+    "CapabilityAdd": ANY, "CapabilityDrop": ANY, "Ulimits": ANY, "OomScoreAdj": ANY,
+    "ReadOnly": ANY, "OpenStdin": ANY}
+_CONTAINER_UNSUPPORTED = ("Groups", "Privileges", "Hosts", "DNSConfig", "Sysctls",
+                          "CapabilityAdd", "CapabilityDrop", "Ulimits", "OomScoreAdj",
+                          "ReadOnly", "OpenStdin")
 
 
 def _container_spec(body: Any, w: str) -> pb.ContainerSpec:
@@ -205,7 +206,26 @@ def _container_spec(body: Any, w: str) -> pb.ContainerSpec:
         c.stop_grace_period.ns = _nonneg(f, "StopGracePeriod", w)
     if "Healthcheck" in f:
         c.healthcheck.CopyFrom(_healthcheck(f["Healthcheck"], f"{w}.Healthcheck"))
+    for i, ref in enumerate(f.get("Secrets", [])):
+        r = fields(ref, {"File": dict, "SecretID": str, "SecretName": str},
+                   f"{w}.Secrets[{i}]")
+        c.secrets.append(pb.SecretReference(
+            secret_id=r.get("SecretID", ""), secret_name=r.get("SecretName", ""),
+            file=_file_target(r.get("File"), f"{w}.Secrets[{i}].File")))
+    for i, ref in enumerate(f.get("Configs", [])):
+        r = fields(ref, {"File": dict, "ConfigID": str, "ConfigName": str, "Runtime": ANY},
+                   f"{w}.Configs[{i}]")
+        _unsupported(r, ("Runtime",), f"{w}.Configs[{i}]")
+        c.configs.append(pb.ConfigReference(
+            config_id=r.get("ConfigID", ""), config_name=r.get("ConfigName", ""),
+            file=_file_target(r.get("File"), f"{w}.Configs[{i}].File")))
     return c
+
+
+def _file_target(body: Any, w: str) -> pb.FileTarget:
+    f = fields(body, {"Name": str, "UID": str, "GID": str, "Mode": int}, w)
+    return pb.FileTarget(name=f.get("Name", ""), uid=f.get("UID", ""), gid=f.get("GID", ""),
+                         mode=_nonneg(f, "Mode", w, "uint32"))
 
 
 def _mount(body: Any, w: str) -> pb.Mount:
@@ -397,6 +417,10 @@ def _container_json(c: pb.ContainerSpec, defaults: bool) -> dict[str, Any]:
                        ("StopSignal", c.stop_signal)):
         _put(out, key, value)
     _put(out, "Mounts", [_mount_json(m) for m in c.mounts])
+    _put(out, "Secrets", [{"File": _file_json(r.file), "SecretID": r.secret_id,
+                           "SecretName": r.secret_name} for r in c.secrets])
+    _put(out, "Configs", [{"File": _file_json(r.file), "ConfigID": r.config_id,
+                           "ConfigName": r.config_name} for r in c.configs])
     if c.HasField("stop_grace_period"):
         out["StopGracePeriod"] = c.stop_grace_period.ns
     elif defaults:
@@ -411,6 +435,10 @@ def _container_json(c: pb.ContainerSpec, defaults: bool) -> dict[str, Any]:
     if defaults:
         out["Isolation"] = "default"
     return out
+
+
+def _file_json(f: pb.FileTarget) -> dict[str, Any]:
+    return {"Name": f.name, "UID": f.uid, "GID": f.gid, "Mode": f.mode}
 
 
 def _mount_json(m: pb.Mount) -> dict[str, Any]:

@@ -15,7 +15,17 @@ from aiohttp import web
 
 from manager import errors as merr
 from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
-from shoal.api import events, logs, networks, nodes, passthrough, services, swarm, tasks
+from shoal.api import (
+    events,
+    logs,
+    networks,
+    nodes,
+    passthrough,
+    secrets,
+    services,
+    swarm,
+    tasks,
+)
 from shoal.api.context import NODE
 from shoal.description import VERSION
 from shoal.errors import InvalidRequest, NodeError
@@ -179,7 +189,7 @@ def make_app(node: Node) -> web.Application:
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),
         *swarm.ROUTES, *nodes.ROUTES, *networks.ROUTES, *logs.ROUTES, *services.ROUTES,
-        *tasks.ROUTES, *events.ROUTES,
+        *tasks.ROUTES, *events.ROUTES, *secrets.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

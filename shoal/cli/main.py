@@ -10,6 +10,7 @@ from shoal.cli.lab_cmd import lab
 from shoal.cli.network import network
 from shoal.cli.node import node
 from shoal.cli.output import CommandFailed, describe_api_error
+from shoal.cli.secret import config, secret
 from shoal.cli.service import service
 from shoal.cli.service_logs import logs as service_logs
 from shoal.cli.swarm import swarm
@@ -41,6 +42,8 @@ def cli(ctx: click.Context, host: str) -> None:
 cli.add_command(swarm)
 cli.add_command(node)
 cli.add_command(network)
+cli.add_command(secret)
+cli.add_command(config)
 service.add_command(service_logs)
 cli.add_command(service)
 

@@ -21,6 +21,7 @@ from shoal.cli.service_opts import (
     parse_network,
     parse_pref,
     parse_publish,
+    update_file_refs,
 )
 from shoal.cli.service_progress import wait
 from shoal.cli.service_show import inspect, ls, ps, service_path
@@ -86,6 +87,10 @@ service.add_command(inspect)
               help="Publish a port as a node port.")
 @click.option("--network", multiple=True, metavar="NAME|name=NAME,alias=A",
               help="Attach the service to an overlay network.")
+@click.option("--secret", multiple=True, metavar="NAME|source=NAME,target=T,uid=,gid=,mode=",
+              help="Specify secrets to expose to the service.")
+@click.option("--config", multiple=True, metavar="NAME|source=NAME,target=T,uid=,gid=,mode=",
+              help="Specify configurations to expose to the service.")
 @SPEC_OPTIONS
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND] [ARG...]")
@@ -153,6 +158,12 @@ def apply_update(spec: dict[str, Any], opts: dict[str, Any]) -> None:
         mount = parse_mount(value, "--mount-add")
         mounts = [m for m in mounts if m.get("Target") != mount["Target"]] + [mount]
     container["Mounts"] = mounts
+    for kind in ("secret", "config"):
+        key = "Secrets" if kind == "secret" else "Configs"
+        refs = update_file_refs(container.get(key) or [], opts[f"{kind}_add"],
+                                opts[f"{kind}_rm"], kind)
+        if refs or container.get(key):
+            container[key] = refs
     _update_ports(spec, opts)
     _update_networks(spec, opts)
     if opts["force"]:
@@ -253,6 +264,12 @@ def _update_mode(spec: dict[str, Any], opts: dict[str, Any]) -> None:
 @click.option("--network-add", multiple=True, metavar="NAME|name=NAME,alias=A",
               help="Add a network.")
 @click.option("--network-rm", multiple=True, metavar="NAME", help="Remove a network.")
+@click.option("--secret-add", multiple=True, metavar="NAME|source=NAME,target=T,...",
+              help="Add or update a secret on a service.")
+@click.option("--secret-rm", multiple=True, metavar="NAME", help="Remove a secret.")
+@click.option("--config-add", multiple=True, metavar="NAME|source=NAME,target=T,...",
+              help="Add or update a config file on a service.")
+@click.option("--config-rm", multiple=True, metavar="NAME", help="Remove a configuration file.")
 @click.option("--force", is_flag=True, help="Force update even if no changes require it.")
 @click.option("--rollback", is_flag=True, help="Rollback to the previous specification.")
 @SPEC_OPTIONS

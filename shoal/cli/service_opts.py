@@ -163,6 +163,45 @@ def parse_publish(value: str, flag: str = "--publish") -> dict[str, Any]:
     return port
 
 
+def parse_file_ref(value: str, flag: str, kind: str) -> dict[str, Any]:
+    """`NAME` or `source=NAME,target=T,uid=U,gid=G,mode=0400` (Docker's --secret and
+    --config) → a SecretReference / ConfigReference by name (the manager resolves it)."""
+    ref = {"source": value.strip(), "target": "", "uid": "0", "gid": "0", "mode": "0444"}
+    if "=" in value:
+        ref["source"] = ""
+        for key, val in _csv_fields(value, flag):
+            key = {"src": "source", "dst": "target", "destination": "target"}.get(key, key)
+            if key not in ref:
+                raise bad(flag, value, f"unknown option {key!r} (source, target, uid, gid, "
+                          "mode)")
+            ref[key] = val
+    if not ref["source"]:
+        raise bad(flag, value, f"name the {kind} (source=NAME)")
+    for key in ("uid", "gid"):
+        if not ref[key].isdigit():
+            raise bad(flag, value, f"{key} is a number")
+    try:
+        mode = int(ref["mode"], 8)
+    except ValueError:
+        raise bad(flag, value, "mode is an octal mode like 0400") from None
+    name_key = "SecretName" if kind == "secret" else "ConfigName"
+    return {"File": {"Name": ref["target"] or ref["source"], "UID": ref["uid"],
+                     "GID": ref["gid"], "Mode": mode}, name_key: ref["source"]}
+
+
+def update_file_refs(refs: list[dict[str, Any]], add: tuple[str, ...], rm: tuple[str, ...],
+                     kind: str) -> list[dict[str, Any]]:
+    """--secret-add/--secret-rm (--config-…): remove by name or ID, add (a reference at the
+    same target replaces the old one)."""
+    name_key, id_key = ("SecretName", "SecretID") if kind == "secret" else \
+        ("ConfigName", "ConfigID")
+    out = [r for r in refs if r.get(name_key) not in rm and r.get(id_key) not in rm]
+    for value in add:
+        new = parse_file_ref(value, f"--{kind}-add", kind)
+        out = [r for r in out if r["File"]["Name"] != new["File"]["Name"]] + [new]
+    return out
+
+
 def parse_pref(value: str, flag: str = "--placement-pref") -> dict[str, Any]:
     strategy, sep, descriptor = value.partition("=")
     if strategy.strip().lower() != "spread" or not sep or not descriptor.strip():
@@ -350,6 +389,10 @@ def create_spec(image: str, args: tuple[str, ...], opts: dict[str, Any]) -> dict
                                    for v in opts["container_label"])
     if opts["mount"]:
         container["Mounts"] = [parse_mount(m) for m in opts["mount"]]
+    if opts.get("secret"):
+        container["Secrets"] = [parse_file_ref(v, "--secret", "secret") for v in opts["secret"]]
+    if opts.get("config"):
+        container["Configs"] = [parse_file_ref(v, "--config", "config") for v in opts["config"]]
     container |= {"Init": False, "DNSConfig": {}}
     placement: dict[str, Any] = {}
     if opts["constraint"]:

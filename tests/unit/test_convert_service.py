@@ -69,7 +69,7 @@ CLI_BIG: dict[str, Any] = {
 
 # The parts of CLI_BIG Shoal does not implement yet, by where they sit.
 BIG_UNSUPPORTED = {"TaskTemplate": ("LogDriver",),
-                   "ContainerSpec": ("DNSConfig", "Secrets", "Configs", "Sysctls",
+                   "ContainerSpec": ("DNSConfig", "Sysctls",
                                      "CapabilityAdd", "Ulimits")}
 
 # §2.8: docker-py `services.create(...)`: lowercase mode key, Args null, no PublishMode.

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from proto import objects_pb2 as pb
+from worker.files import TaskFiles
 
 # Docker's swarm labels on every task container.
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
@@ -164,6 +165,18 @@ class Executor(abc.ABC):
     async def release_network(self, task_id: str) -> None:  # noqa: B027 - optional hook
         """The task ended: give back its network attachments (idempotent). Executors
         without networking have nothing to give back."""
+
+    async def release_files(self, task_id: str) -> None:  # noqa: B027 - optional hook
+        """The task ended: remove its secrets and configs from the host (idempotent; never
+        raises)."""
+
+    async def prune_files(self, node_id: str, keep: set[str]) -> None:  # noqa: B027
+        """At start: remove the secrets and configs left on the host for this node's tasks
+        other than `keep` (those whose container still runs)."""
+
+    def use_files(self, files: TaskFiles) -> None:  # noqa: B027 - optional hook
+        """Where prepare finds the secrets and configs of a task (the worker's, in memory).
+        Executors that run no real containers have nothing to place."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads (containers keep running)."""

@@ -7,6 +7,7 @@ import calendar
 import datetime
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from docker.types import Healthcheck, Mount
@@ -33,13 +34,15 @@ def healthcheck(hc: pb.HealthConfig) -> Healthcheck | None:
                        start_period=hc.start_period_ns or None)
 
 
-def host_config_params(task: pb.Task, sandbox_id: str = "") -> dict[str, Any]:
+def host_config_params(task: pb.Task, sandbox_id: str = "",
+                       files: Sequence[Mount] = ()) -> dict[str, Any]:
     """Keyword arguments of APIClient.create_host_config. A task on overlay networks joins
-    its sandbox's namespace; one on none has no network."""
+    its sandbox's namespace; one on none has no network. `files`: the bind mounts of its
+    secrets and configs."""
     c, limits = task.spec.container, task.spec.resources.limits
     return {
         "network_mode": f"container:{sandbox_id}" if sandbox_id else "none",
-        "mounts": [mount(m) for m in c.mounts] or None,
+        "mounts": [mount(m) for m in c.mounts] + list(files) or None,
         "init": True if c.init else None,
         "nano_cpus": limits.nano_cpus or None,
         "mem_limit": limits.memory_bytes or None,

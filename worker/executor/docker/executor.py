@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests
+from docker.types import Mount
 
 from proto import objects_pb2 as pb
 from worker.executor.base import (
@@ -40,7 +41,9 @@ from worker.executor.base import (
     TransientError,
 )
 from worker.executor.docker import container as ct
+from worker.executor.docker import files as fl
 from worker.executor.docker import sandbox as sb
+from worker.files import MissingFile, TaskFiles
 from worker.network import NodeNetwork
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class DockerExecutor(Executor):
         self._observers: dict[str, set[asyncio.Future[None]]] = {}
         self._events: asyncio.Task[None] | None = None
         self._event_stream: Any = None
+        self._files: TaskFiles | None = None
+        self.files_base = fl.BASE
 
     # -- plumbing --
 
@@ -135,9 +140,10 @@ class DockerExecutor(Executor):
         if existing is not None:
             return await self.inspect(task.id)
         await self._ensure_image(task.spec.container.image)
+        files = await self._place_files(task)
         sandbox = await self._sandbox(task) if task.networks else ""
         params = ct.create_params(task)
-        host = ct.host_config_params(task, sandbox)
+        host = ct.host_config_params(task, sandbox, files)
 
         def create() -> dict[str, Any]:
             api = self._api()
@@ -147,6 +153,44 @@ class DockerExecutor(Executor):
         created = await self._call(create)
         self._ids[task.id] = created["Id"]
         return await self.inspect(task.id)
+
+    # -- secrets and configs --
+
+    def use_files(self, files: TaskFiles) -> None:
+        self._files = files
+
+    async def _place_files(self, task: pb.Task) -> list[Mount]:
+        container = task.spec.container
+        if not container.secrets and not container.configs:
+            return []
+        try:
+            wanted = (self._files or TaskFiles()).for_task(task)
+        except MissingFile as err:
+            raise PermanentError(str(err)) from None
+        directory = fl.task_dir(self.files_base, task.node_id, task.id)
+        try:
+            return await asyncio.to_thread(fl.mount_files, directory, wanted)
+        except OSError as err:
+            await asyncio.to_thread(fl.unmount_files, directory)
+            raise PermanentError(f"placing the task's secrets and configs failed: {err}") \
+                from None
+
+    async def release_files(self, task_id: str) -> None:
+        await self._remove_files(task_id)
+
+    async def prune_files(self, node_id: str, keep: set[str]) -> None:
+        try:
+            await asyncio.to_thread(fl.prune_node, self.files_base, node_id, keep)
+        except OSError as err:
+            log.warning("removing secrets' tmpfs of finished tasks failed: %s", err)
+
+    async def _remove_files(self, task_id: str) -> None:
+        directory = await asyncio.to_thread(fl.find_task_dir, self.files_base, task_id)
+        if directory is not None:
+            try:
+                await asyncio.to_thread(fl.unmount_files, directory)
+            except OSError as err:
+                log.warning("task %s: removing its secrets' tmpfs failed: %s", task_id, err)
 
     # -- sandboxes (tasks on overlay networks) --
 
@@ -297,6 +341,7 @@ class DockerExecutor(Executor):
         cid = await self._find(task_id)
         if cid is None:
             await self.release_network(task_id)
+            await self._remove_files(task_id)
             return
         try:
             await self._call(lambda: self._api().remove_container(cid, v=True, force=True))
@@ -306,6 +351,7 @@ class DockerExecutor(Executor):
                 raise
         self._ids.pop(task_id, None)
         await self.release_network(task_id)
+        await self._remove_files(task_id)
 
     # -- logs --
 
