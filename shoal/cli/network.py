@@ -9,14 +9,14 @@ import click
 
 from shoal.cli.output import (
     CommandFailed,
-    describe_api_error,
     inspect_each,
     parse_filters,
     pass_client,
     print_table,
+    remove_each,
     truncate_id,
 )
-from shoal.client import APIError, Client
+from shoal.client import Client
 
 HEADERS = ("NETWORK ID", "NAME", "DRIVER", "SCOPE")
 
@@ -180,12 +180,4 @@ def disconnect(client: Client, force: bool, ref: str, container: str) -> None:
 @pass_client
 def rm(client: Client, refs: tuple[str, ...]) -> None:
     """Remove one or more networks."""
-    errors = []
-    for ref in refs:
-        try:
-            client.delete(network_path(ref))
-            click.echo(ref)
-        except APIError as exc:
-            errors.append(describe_api_error(exc))
-    if errors:
-        raise CommandFailed("\n".join(errors))
+    remove_each(client, {ref: network_path(ref) for ref in refs})

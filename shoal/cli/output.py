@@ -224,6 +224,20 @@ class DurationType(click.ParamType):
 DURATION = DurationType()
 
 
+def remove_each(client: Any, paths: dict[str, str]) -> None:
+    """`rm` of several objects (reference -> API path): print each reference removed, then
+    fail with the reason of each one that was not (Docker's behaviour)."""
+    errors = []
+    for ref, path in paths.items():
+        try:
+            client.delete(path)
+            click.echo(ref)
+        except APIError as exc:
+            errors.append(describe_api_error(exc))
+    if errors:
+        raise CommandFailed("\n".join(errors))
+
+
 def inspect_each(client: Any, paths: Sequence[str]) -> None:
     """`inspect` of several objects: print those found as one JSON list, then fail naming
     the ones that are not (Docker's behaviour)."""

@@ -12,15 +12,15 @@ import click
 
 from shoal.cli.output import (
     CommandFailed,
-    describe_api_error,
     human_duration,
     inspect_each,
     parse_filters,
     pass_client,
     print_table,
+    remove_each,
 )
 from shoal.cli.service_show import parse_time
-from shoal.client import APIError, Client
+from shoal.client import Client
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -101,15 +101,7 @@ def make_group(kind: str) -> click.Group:
     @click.argument("refs", nargs=-1, required=True, metavar=f"{kind.upper()}...")
     @pass_client
     def rm(client: Client, refs: tuple[str, ...]) -> None:
-        errors = []
-        for ref in refs:
-            try:
-                client.delete(path(ref))
-                click.echo(ref)
-            except APIError as exc:
-                errors.append(describe_api_error(exc))
-        if errors:
-            raise CommandFailed("\n".join(errors))
+        remove_each(client, {ref: path(ref) for ref in refs})
 
     return group
 
