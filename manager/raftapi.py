@@ -1,5 +1,5 @@
 """RaftMembership: a manager that got its certificate joins the Raft group over mTLS; this is
-the only way the Raft secret leaves a manager."""
+the only way the Raft secret (and the Raft data key) leaves a manager."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class RaftMembershipServicer(cluster_pb2_grpc.RaftMembershipServicer):
         # the new quorum), so answer now and add it in the background.
         self._joins.add(asyncio.create_task(self._add(ident.node_id, request)))
         return cluster_pb2.JoinRaftResponse(raft_secret=cluster.raft_secret,
+                                            raft_dek=cluster.raft_dek,
                                             members=sorted({*members, request.raft_addr}))
 
     async def _add(self, node_id: str, request: cluster_pb2.JoinRaftRequest) -> None:

@@ -817,7 +817,10 @@ class JoinRaftResponse(_message.Message):
 
     RAFT_SECRET_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    RAFT_DEK_FIELD_NUMBER: _builtins.int
     raft_secret: _builtins.str
+    raft_dek: _builtins.bytes
+    """key of the Raft data at rest (see Cluster.raft_dek)"""
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Raft addresses of the current members"""
@@ -827,10 +830,11 @@ class JoinRaftResponse(_message.Message):
         *,
         raft_secret: _builtins.str = ...,
         members: _abc.Iterable[_builtins.str] | None = ...,
+        raft_dek: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "raft_secret", b"raft_secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "raft_dek", b"raft_dek", "raft_secret", b"raft_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

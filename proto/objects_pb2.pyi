@@ -816,6 +816,27 @@ class RaftConfig(_message.Message):
 Global___RaftConfig: _TypeAlias = RaftConfig  # noqa: Y015
 
 @_typing.final
+class EncryptionConfig(_message.Message):
+    """Autolock: managers keep their Raft data key and TLS key sealed with the unlock key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTO_LOCK_MANAGERS_FIELD_NUMBER: _builtins.int
+    auto_lock_managers: _builtins.bool
+    def __init__(
+        self,
+        *,
+        auto_lock_managers: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_lock_managers", b"auto_lock_managers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncryptionConfig: _TypeAlias = EncryptionConfig  # noqa: Y015
+
+@_typing.final
 class ClusterSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -824,6 +845,7 @@ class ClusterSpec(_message.Message):
     DISPATCHER_FIELD_NUMBER: _builtins.int
     CA_CONFIG_FIELD_NUMBER: _builtins.int
     RAFT_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONFIG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def annotations(self) -> Global___Annotations: ...
     @_builtins.property
@@ -834,6 +856,8 @@ class ClusterSpec(_message.Message):
     def ca_config(self) -> Global___CAConfig: ...
     @_builtins.property
     def raft(self) -> Global___RaftConfig: ...
+    @_builtins.property
+    def encryption_config(self) -> Global___EncryptionConfig: ...
     def __init__(
         self,
         *,
@@ -842,10 +866,11 @@ class ClusterSpec(_message.Message):
         dispatcher: Global___DispatcherConfig | None = ...,
         ca_config: Global___CAConfig | None = ...,
         raft: Global___RaftConfig | None = ...,
+        encryption_config: Global___EncryptionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca_config", b"ca_config", "dispatcher", b"dispatcher", "orchestration", b"orchestration", "raft", b"raft"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca_config", b"ca_config", "dispatcher", b"dispatcher", "encryption_config", b"encryption_config", "orchestration", b"orchestration", "raft", b"raft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca_config", b"ca_config", "dispatcher", b"dispatcher", "orchestration", b"orchestration", "raft", b"raft"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "ca_config", b"ca_config", "dispatcher", b"dispatcher", "encryption_config", b"encryption_config", "orchestration", b"orchestration", "raft", b"raft"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -863,11 +888,19 @@ class Cluster(_message.Message):
     DEFAULT_ADDR_POOL_FIELD_NUMBER: _builtins.int
     SUBNET_SIZE_FIELD_NUMBER: _builtins.int
     DATA_PATH_PORT_FIELD_NUMBER: _builtins.int
+    UNLOCK_KEY_FIELD_NUMBER: _builtins.int
+    RAFT_DEK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     raft_secret: _builtins.str
     """Shared key of the Raft transport; managers get it only over mTLS."""
     subnet_size: _builtins.int
     data_path_port: _builtins.int
+    unlock_key: _builtins.bytes
+    """The unlock key (raw bytes; shown as SWMKEY-1-<base64>) while autolock is on. Kept in
+    the store only, which is itself encrypted at rest with the Raft data key.
+    """
+    raft_dek: _builtins.bytes
+    """Key of the Raft data at rest (journal commands and dumps), shared by the managers."""
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -887,10 +920,12 @@ class Cluster(_message.Message):
         default_addr_pool: _abc.Iterable[_builtins.str] | None = ...,
         subnet_size: _builtins.int = ...,
         data_path_port: _builtins.int = ...,
+        unlock_key: _builtins.bytes = ...,
+        raft_dek: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "root_ca", b"root_ca", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path_port", b"data_path_port", "default_addr_pool", b"default_addr_pool", "id", b"id", "meta", b"meta", "raft_secret", b"raft_secret", "root_ca", b"root_ca", "spec", b"spec", "subnet_size", b"subnet_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path_port", b"data_path_port", "default_addr_pool", b"default_addr_pool", "id", b"id", "meta", b"meta", "raft_dek", b"raft_dek", "raft_secret", b"raft_secret", "root_ca", b"root_ca", "spec", b"spec", "subnet_size", b"subnet_size", "unlock_key", b"unlock_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

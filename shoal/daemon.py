@@ -47,14 +47,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--reset-raft-state", action="store_true",
-                   help="move this manager's damaged Raft files aside (the secret stays) and "
+                   help="move this manager's damaged Raft files aside (its keys stay) and "
                         "exit; started again, it catches up from the other managers")
+    p.add_argument("--force-new-cluster", action="store_true",
+                   help="on a manager of a swarm that lost its quorum: become the only "
+                        "manager, keeping the services (as `docker swarm init "
+                        "--force-new-cluster`)")
     return p.parse_args(argv)
 
 
 def raft_recovery(data_root: str) -> str:
     return (f"To recover, run `shoald --data-root {data_root} --reset-raft-state` (it moves the "
-            "Raft files aside and keeps the Raft secret), then start shoald again: as a member "
+            "Raft files aside and keeps the Raft keys), then start shoald again: as a member "
             "of the Raft group it catches up from the other managers. If it is the only "
             f"manager, restore {data_root} from a backup instead.")
 
@@ -117,6 +121,14 @@ async def serve(args: argparse.Namespace) -> str | None:
         await node.start()
     except RaftStateDamaged as err:
         return damaged_message(err, args.data_root)
+    if args.force_new_cluster:
+        if node.manager_role is None:
+            log.warning("--force-new-cluster ignored: this node is %s, not a running manager "
+                        "(a locked one: unlock it, then `docker swarm init "
+                        "--force-new-cluster`)", node.local_state)
+        else:
+            log.info("forced a new cluster: node %s is the only manager",
+                     await node.force_new_cluster())
     runner = web.AppRunner(make_app(node), access_log=None)
     await runner.setup()
     await _sites(runner, args.host or ["unix:///run/shoal/shoal.sock"])

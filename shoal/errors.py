@@ -44,3 +44,26 @@ class JoinFailed(NodeError):
 
 class LeaveRefused(NodeError):
     status = 503
+
+
+class SwarmLocked(NodeError):
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Swarm is encrypted and needs to be unlocked before it can be used. Please use "
+            '"docker swarm unlock" to unlock it.')
+
+
+class NotLocked(NodeError):
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("swarm is not locked")
+
+
+class InvalidUnlockKey(NodeError):
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("swarm could not be unlocked: invalid key provided")

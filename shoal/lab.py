@@ -263,7 +263,7 @@ def _wait_exit(pids: list[int], timeout: float) -> list[int]:
     return [pid for pid in pids if procs.alive(pid)]
 
 
-def _start_daemon(host: HostState) -> int:
+def _start_daemon(host: HostState, extra_argv: Sequence[str] = ()) -> int:
     Path(host.data_root).mkdir(parents=True, exist_ok=True)
     Path(host.api_socket).unlink(missing_ok=True)  # stale: its daemon is not running
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -272,7 +272,7 @@ def _start_daemon(host: HostState) -> int:
         # namespace, so the network namespaces it mounts under /run/netns vanish with it
         # (a restart would find empty files), unlike on a real host.
         proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{host.namespace}",
-                                 *host.argv],
+                                 *host.argv, *extra_argv],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
     procs.track(proc)
@@ -551,13 +551,15 @@ def stop_host(name: str, host: str) -> HostState:
     return h
 
 
-def start_host(name: str, host: str, wait: bool = True) -> HostState:
-    """Start one host's shoald again on its data root; wait for its API if the lab has a swarm."""
+def start_host(name: str, host: str, wait: bool = True,
+               extra_argv: Sequence[str] = ()) -> HostState:
+    """Start one host's shoald again on its data root; wait for its API if the lab has a swarm.
+    `extra_argv`: flags for this start only (e.g. --force-new-cluster)."""
     state = _load(name)
     h = state.host(host)
     if _ours(h):
         raise LabError(f"{name}/{host}: shoald is already running (pid {h.pid})")
-    h.pid = _start_daemon(h)
+    h.pid = _start_daemon(h, extra_argv)
     _save(state)
     if wait and state.swarm:
         _wait_ping([h])

@@ -21,14 +21,26 @@ from manager.grpcapi import role_name
 from manager.identity import new_id
 from manager.manager import Manager
 from manager.raft.guarded import RaftFailed
+from manager.raft.journal import set_aside
+from manager.raft.replica import apply_logged_tail
 from netdriver.node.plane import NodePlane
+from pki import sealing
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
 from shoal import joining
 from shoal.description import describe
-from shoal.errors import AlreadyInSwarm, JoinFailed, LeaveRefused, NotAManager, NotInSwarm
+from shoal.errors import (
+    AlreadyInSwarm,
+    InvalidUnlockKey,
+    JoinFailed,
+    LeaveRefused,
+    NotAManager,
+    NotInSwarm,
+    NotLocked,
+    SwarmLocked,
+)
 from shoal.nodestate import Certificates, DataRoot, SwarmState
-from shoal.roles import ManagerRole, read_secret
+from shoal.roles import ManagerRole, cluster_kek
 from shoal.services import Service, ServiceGroup
 from worker.agent import Agent, AgentConfig
 from worker.executor import make_executor
@@ -80,6 +92,8 @@ class Node:
         # Why renewing the certificate fails (reported in heartbeats: `node inspect`).
         self.renewal_problem = ""
         self._lock = asyncio.Lock()  # one membership change at a time
+        # A manager whose keys are sealed (autolock) waits for `swarm unlock` to start.
+        self.locked = False
         # Told (from Raft's thread) when this node's Raft stops; the daemon then exits.
         self.on_fatal: Callable[[RaftFailed], None] | None = None
 
@@ -87,6 +101,8 @@ class Node:
 
     @property
     def local_state(self) -> str:
+        if self.locked:
+            return "locked"
         return "active" if self.state else "inactive"
 
     def identity(self) -> pki.Identity:
@@ -96,6 +112,8 @@ class Node:
     def manager(self) -> Manager:
         """The manager, or the error a user sees on a node that isn't one, or on a manager
         that is not in touch with a majority."""
+        if self.locked:
+            raise SwarmLocked()
         if self.state is None:
             raise NotInSwarm()
         if self.manager_role is None:
@@ -126,11 +144,36 @@ class Node:
         self.state = self.data.load_state()
         if self.state is None:
             return
+        if self.data.is_sealed() and self.data.kek is None:
+            self.locked = True
+            log.warning("this manager's keys are sealed (autolock): it does nothing until "
+                        "`docker swarm unlock` gives the unlock key")
+            return
+        await self._start_roles()
+
+    async def _start_roles(self) -> None:
+        assert self.state is not None
         self.certs = self.data.load_certs()
         if self.identity().role == pb.MANAGER:
             peers = self.state.raft_peers or [self.state.raft_addr]
-            await self._start_manager(peers, read_secret(self.data))
+            await self._start_manager(peers, *self.data.load_raft_keys())
         await self._start_worker()
+
+    async def unlock(self, key_text: str) -> None:
+        """`swarm unlock`: open the sealed keys with the key the user gave, then start."""
+        async with self._lock:
+            if not self.locked:
+                raise NotLocked()
+            try:
+                kek = sealing.derive_kek(sealing.parse_unlock_key(key_text))
+                self.data.kek = kek
+                self.data.load_certs()
+                self.data.load_raft_keys()
+            except sealing.WrongKey:
+                self.data.kek = None
+                raise InvalidUnlockKey() from None
+            self.locked = False
+            await self._start_roles()
 
     async def stop(self) -> None:
         await self._stop_worker()
@@ -147,7 +190,11 @@ class Node:
                                  raft_secret=secrets.token_urlsafe(32),
                                  default_addr_pool=req.default_addr_pool,
                                  subnet_size=req.subnet_size,
-                                 data_path_port=req.data_path_port)
+                                 data_path_port=req.data_path_port,
+                                 raft_dek=sealing.new_key())
+            if req.spec.encryption_config.auto_lock_managers:
+                cluster.unlock_key = sealing.new_key()
+            self.data.kek = cluster_kek(cluster)  # sealed from the first write on
             cluster.spec.annotations.name = "default"
             node_id = new_id()
             key = pki.new_key()
@@ -157,7 +204,8 @@ class Node:
             state.managers = [state.addr]
             state.raft_peers = [state.raft_addr]
             self._adopt(state, Certificates(pki.key_pem(key), cert, root.cert_pem))
-            role = await self._start_manager([state.raft_addr], cluster.raft_secret)
+            role = await self._start_manager([state.raft_addr], cluster.raft_secret,
+                                             cluster.raft_dek)
             await role.wait_leader(15.0)
             await role.manager.put(cluster, self._first_node(state, req.availability),
                                    ingress_network())
@@ -199,13 +247,18 @@ class Node:
         async with self._lock:
             if self.state is None:
                 raise NotInSwarm()
-            if self.manager_role is not None:
+            if self.locked:
                 if not force:
-                    raise LeaveRefused(
-                        "You are attempting to leave the swarm on a node that is participating "
-                        "as a manager. Removing this node leaves the remaining managers with "
-                        "one fewer member; demote it first (`docker node demote`), or use "
-                        "`--force` to ignore this message.")
+                    raise LeaveRefused("This node is locked (autolock): unlock it first "
+                                       "(`docker swarm unlock`), or use --force to leave "
+                                       "without it")
+                self.locked = False
+            elif self.manager_role is not None:
+                if not force:
+                    replica = self.manager_role.replica
+                    members = replica.members()
+                    reachable = sum(1 for m in members if replica.is_connected(m))
+                    raise LeaveRefused(leave_refusal(reachable, len(members)))
                 try:
                     await self.manager_role.replica.remove_member(self.state.raft_addr, 3.0)
                 except Unavailable as err:  # --force: leave anyway, as Docker does
@@ -214,8 +267,49 @@ class Node:
             await self.stop()
             await remove_node_containers(self.executor, self.state.node_id)
             self.data.wipe()
+            self.data.kek = None
             self.state = None
             self.certs = None
+
+    async def force_new_cluster(self) -> str:
+        """`swarm init --force-new-cluster` on a manager (or `shoald --force-new-cluster`):
+        recover from a lost quorum. This manager becomes the only Raft member, starting from
+        the store it holds (services, networks, nodes...); the other managers become
+        workers in the store, to be removed (`docker node rm`) or joined again."""
+        async with self._lock:
+            if self.locked:
+                raise SwarmLocked()
+            if self.state is None:
+                raise NotInSwarm()
+            role = self.manager_role
+            if role is None:
+                raise NotAManager(self.state.managers)
+            try:  # a manager just started may not have applied its own log yet
+                old = role
+                await old.wait_store(lambda: old.replica.applied_all_committed() and
+                                     bool(old.store.list(pb.Cluster)), 30.0)
+            except TimeoutError:
+                raise Unavailable("can't force a new cluster: this manager's store did not "
+                                  "load its Raft log within 30 s; nothing was changed") from None
+            applied = int(role.replica.status()["last_applied"])
+            secret, dek = self.data.load_raft_keys()
+            await self._stop_manager()
+            tail = apply_logged_tail(role.store, self.data.raft_dir, applied, dek)
+            log.warning("forcing a new cluster: kept %d logged entries beyond the last "
+                        "known commit", tail)
+            snapshot = role.store.snapshot()
+            aside, _ = set_aside(self.data.raft_dir)
+            log.warning("forcing a new cluster: the old Raft files are in %s", aside)
+            state = self.state
+            state.raft_peers, state.managers = [state.raft_addr], [state.addr]
+            self.data.save_state(state)
+            role = await self._start_manager([state.raft_addr], secret, dek, restore=snapshot)
+            await role.wait_leader(15.0)
+            for node in role.store.list(pb.Node):
+                if node.id != state.node_id and node.role == pb.MANAGER:
+                    await role.manager.modify(pb.Node, node.id, _lost_manager)
+            await role.replica.dump()
+            return state.node_id
 
     # -- roles --
 
@@ -228,10 +322,11 @@ class Node:
         assert self.certs is not None
         return self.certs
 
-    async def _start_manager(self, peers: list[str], secret: str) -> ManagerRole:
+    async def _start_manager(self, peers: list[str], secret: str, dek: bytes | None,
+                             restore: bytes | None = None) -> ManagerRole:
         assert self.state is not None
-        role = ManagerRole(self.data, self.state, self._current_certs, peers, secret,
-                           on_fatal=self.on_fatal)
+        role = ManagerRole(self.data, self.state, self._current_certs, peers, secret, dek,
+                           on_fatal=self.on_fatal, restore=restore)
         await role.start()
         self.manager_role = role
         return role
@@ -250,7 +345,8 @@ class Node:
                 timeout=20.0)
         state.raft_peers = list(resp.members)
         self.data.save_state(state)
-        role = await self._start_manager(list(resp.members), resp.raft_secret)
+        role = await self._start_manager(list(resp.members), resp.raft_secret,
+                                         resp.raft_dek or None)
         await role.wait_store(lambda: role.store.get(pb.Node, state.node_id) is not None, 30.0)
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
@@ -340,6 +436,8 @@ class Node:
                 await self._join_raft(via or self.state.managers[0])
             elif role == pb.WORKER and self.manager_role is not None:
                 await self._stop_manager()
+                self.data.kek = None  # autolock is for managers: a worker's key is in clear
+                self.data.save_certs(self._current_certs())
                 self.data.remove_raft()
                 self.state.raft_peers = []
                 self.data.save_state(self.state)
@@ -378,6 +476,32 @@ class Node:
         self._adopt(self.state, Certificates(pki.key_pem(key), resp.cert_pem, self.certs.ca_pem))
         log.info("renewed the node certificate (role %s, valid until %s)",
                  role_name(resp.role), self.identity().not_after)
+
+
+def leave_refusal(reachable: int, members: int) -> str:
+    """Docker's words for `swarm leave` without --force on a manager (moby's Leave)."""
+    msg = ("You are attempting to leave the swarm on a node that is participating as a "
+           "manager. ")
+    if members <= 1:
+        return msg + ("Removing the last manager erases all current state of the swarm. Use "
+                      "`--force` to ignore this message. ")
+    msg += f"Removing this node leaves {reachable - 1} managers out of {members}. "
+    if reachable - 1 <= members // 2:
+        msg += ("Removing this node would make the swarm lose its quorum: without a Raft "
+                "quorum your swarm will be inaccessible. The only way to restore a swarm that "
+                "has lost consensus is to reinitialize it with `--force-new-cluster`. ")
+    return msg + "Use `--force` to suppress this message. "
+
+
+def _lost_manager(node: pb.Node) -> bool:
+    """A manager left behind by a forced new cluster: no longer a Raft member, so a worker
+    (and down until it connects again)."""
+    node.role = pb.WORKER
+    node.spec.desired_role = pb.WORKER
+    node.ClearField("manager_status")
+    node.status.state = pb.NODE_DOWN
+    node.status.message = "left behind by a forced new cluster"
+    return True
 
 
 def ingress_network() -> pb.Network:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 
 import grpc
@@ -24,7 +23,9 @@ from manager.roles import RoleController
 from manager.runtime import LeaderRuntime
 from manager.scheduler.scheduler import Scheduler
 from manager.store.memory import MemoryStore
-from proto import cluster_pb2_grpc
+from pki import sealing
+from proto import cluster_pb2_grpc, store_pb2
+from proto import objects_pb2 as pb
 from shoal.nodestate import Certificates, DataRoot, SwarmState
 from shoal.services import ServiceGroup
 
@@ -55,27 +56,30 @@ def _server_credentials(current: Callable[[], Certificates],
                                                require_client_authentication=require_client_auth)
 
 
-def read_secret(data: DataRoot) -> str:
-    with open(os.path.join(data.raft_dir, "secret")) as f:
-        return f.read().strip()
-
-
-def write_secret(data: DataRoot, secret: str) -> None:
-    os.makedirs(data.raft_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(data.raft_dir, "secret")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
+def cluster_kek(cluster: pb.Cluster) -> bytes | None:
+    """The key this manager's keys at rest must be sealed with (None: in clear)."""
+    if cluster.spec.encryption_config.auto_lock_managers and cluster.unlock_key:
+        return sealing.derive_kek(cluster.unlock_key)
+    return None
 
 
 class ManagerRole:
     def __init__(self, data: DataRoot, state: SwarmState, certs: Callable[[], Certificates],
-                 peers: list[str], secret: str,
-                 on_fatal: Callable[[RaftFailed], None] | None = None) -> None:
-        write_secret(data, secret)
+                 peers: list[str], secret: str, dek: bytes | None,
+                 on_fatal: Callable[[RaftFailed], None] | None = None,
+                 restore: bytes | None = None) -> None:
+        """`restore`: a store snapshot to start from (a forced new cluster)."""
+        data.save_raft_keys(secret, dek or b"")
+        self._secret, self._dek = secret, dek or b""
         self.store = MemoryStore()
+        if restore is not None:
+            # A new Raft group counts its terms from 1 again, and a leader's epoch is its
+            # term: the store's leadership fence starts over with it.
+            snap = store_pb2.StoreSnapshot.FromString(restore)
+            snap.epoch = 0
+            self.store.restore(snap.SerializeToString())
         self.replica = RaftReplica(self.store, state.raft_addr, peers, secret, data.raft_dir,
-                                   on_fatal=on_fatal)
+                                   on_fatal=on_fatal, dek=dek or None)
         self.manager = Manager(state.node_id, ManagerAddrs(state.addr, state.raft_addr),
                                self.store, self.replica)
         self.dispatcher = Dispatcher(self.manager)
@@ -123,7 +127,22 @@ class ManagerRole:
                 self._state.raft_peers = members
                 self._data.save_state(self._state)
                 log.info("Raft members are now %s", ", ".join(members))
+            clusters = self.store.list(pb.Cluster)
+            if clusters:
+                self._follow_cluster(clusters[0])
             await asyncio.sleep(PEERS_CHECK)
+
+    def _follow_cluster(self, cluster: pb.Cluster) -> None:
+        """Apply the swarm settings that live on each manager: the Raft snapshot interval,
+        and autolock (seal or unseal this manager's keys at rest as the swarm says)."""
+        self.replica.set_snapshot_interval(cluster.spec.raft.snapshot_interval)
+        kek = cluster_kek(cluster)
+        if kek != self._data.kek:
+            self._data.kek = kek
+            self._data.save_certs(self._certs())
+            self._data.save_raft_keys(self._secret, self._dek)
+            log.info("autolock is %s: this manager's keys at rest are %s",
+                     "on" if kek else "off", "sealed" if kek else "in clear")
 
     async def wait_leader(self, timeout: float) -> None:
         await _until(lambda: self.replica.leader_addr() is not None, timeout,

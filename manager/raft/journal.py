@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from pysyncobj.pickle import loads
 
+from pki import sealing
 from proto import store_pb2
 
 JOURNAL = "journal.bin"
@@ -128,10 +129,26 @@ def command_problem(command: bytes) -> str | None:
         return None
     try:
         _func, args = value[0], value[1]
-        store_pb2.StoreBatch.FromString(args[0])
+        if not sealing.is_sealed(args[0]):  # sealed data is checked when it is opened
+            store_pb2.StoreBatch.FromString(args[0])
     except (DecodeError, TypeError, IndexError, KeyError) as err:
         return f"the store batch does not decode ({type(err).__name__}: {err})"
     return None
+
+
+def commands_after(state_dir: str, index: int) -> list[bytes]:
+    """The store batches (as proposed, maybe sealed) of the journal's regular entries after
+    `index`: what this member logged but may not have seen committed."""
+    try:
+        with open(os.path.join(state_dir, JOURNAL), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    if journal_problem(data) is not None:
+        return []
+    (end,) = struct.unpack_from("<I", data, 36)
+    return [loads(rec.command[1:])[1][0] for rec in parse_records(data, end)
+            if rec.index > index and rec.command[0] == _REGULAR]
 
 
 def meta_problem(data: bytes) -> str | None:
@@ -150,7 +167,8 @@ def dump_problem(data: bytes) -> str | None:
         dump = loads(gzip.decompress(data))
         state, last, prev, members = dump
         snapshot = state[1]
-        store_pb2.StoreSnapshot.FromString(snapshot)
+        if not sealing.is_sealed(snapshot):
+            store_pb2.StoreSnapshot.FromString(snapshot)
         _ = (last[1], last[2], prev[1], list(members))
     except (OSError, EOFError, zlib.error) as err:
         return f"the snapshot is not a complete gzip file ({type(err).__name__}: {err})"
@@ -177,7 +195,7 @@ def check_raft_state(state_dir: str) -> None:
 
 
 def set_aside(state_dir: str, now: float | None = None) -> tuple[str, list[str]]:
-    """Move the Raft files (not the secret) into a new folder of `state_dir`, so the node
+    """Move the Raft files (not the keys) into a new folder of `state_dir`, so the node
     starts with an empty log and catches up from the other managers; returns the folder and
     the files moved."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))

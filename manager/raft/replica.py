@@ -19,8 +19,9 @@ from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
 from manager.errors import NO_LEADER, ManagerError, Unavailable
 from manager.raft.guarded import GuardedSyncObj, RaftFailed
-from manager.raft.journal import check_raft_state
+from manager.raft.journal import check_raft_state, commands_after
 from manager.store.memory import ApplyResult, MemoryStore
+from pki import sealing
 from proto import store_pb2
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 _RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER,
               FAIL_REASON.LEADER_CHANGED, FAIL_REASON.DISCARDED}
 PROPOSE_TIMEOUT = 10.0
+DEFAULT_SNAPSHOT_INTERVAL = 10000  # entries between dumps (Docker's Raft.SnapshotInterval)
 QUORUM_CHECK = 0.2  # seconds between quorum checks while a proposal is in flight
 
 
@@ -65,28 +67,41 @@ class RaftTiming:
 
 
 class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
-    """Binds the store to pysyncobj: the one replicated method, and protobuf dumps."""
+    """Binds the store to pysyncobj: the one replicated method, and protobuf dumps. Both
+    are sealed with the Raft data key, so the journal and dumps on disk hold no clear store
+    data (secrets, the root CA key); data of an older data root, in clear, still loads."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, dek: bytes | None) -> None:
         super().__init__()
         self._store = store
+        self._dek = dek
+
+    def seal(self, data: bytes) -> bytes:
+        return sealing.seal(self._dek, data) if self._dek else data
+
+    def _open(self, data: bytes) -> bytes:
+        if self._dek and sealing.is_sealed(data):
+            return sealing.unseal(self._dek, data)
+        return data
 
     @replicated  # type: ignore[misc]
     def apply_batch(self, data: bytes) -> ApplyResult:
-        return self._store.apply(store_pb2.StoreBatch.FromString(data))
+        return self._store.apply(store_pb2.StoreBatch.FromString(self._open(data)))
 
     def _serialize(self) -> bytes:
-        return self._store.snapshot()
+        return self.seal(self._store.snapshot())
 
     def _deserialize(self, data: bytes) -> None:
-        self._store.restore(data)
+        self._store.restore(self._open(data))
 
 
 class RaftReplica:
     def __init__(self, store: MemoryStore, self_addr: str, peers: list[str], secret: str,
                  state_dir: str, timing: RaftTiming | None = None,
                  on_leader_change: Callable[[], None] | None = None,
-                 on_fatal: Callable[[RaftFailed], None] | None = None) -> None:
+                 on_fatal: Callable[[RaftFailed], None] | None = None,
+                 dek: bytes | None = None) -> None:
+        """`dek`: the Raft data key sealing entries and dumps (None, in clear: tests)."""
         self.store = store
         self.self_addr = self_addr
         os.makedirs(state_dir, exist_ok=True)
@@ -107,10 +122,12 @@ class RaftReplica:
             # Log compaction in a forked child froze the gRPC process for up to a minute and
             # sometimes aborted the child (gRPC is not fork-safe); dump in-thread instead.
             useFork=False,
+            logCompactionMinEntries=DEFAULT_SNAPSHOT_INTERVAL,
             onStateChanged=(lambda _old, _new: on_leader_change()) if on_leader_change else None,
         )
         self.timing = t
-        self._consumer = _StoreConsumer(store)
+        self._conf = conf
+        self._consumer = _StoreConsumer(store, dek)
         others = [p for p in peers if p != self_addr]
         self._sync = GuardedSyncObj(self_addr, others, conf, consumers=[self._consumer],
                                     on_fatal=on_fatal)
@@ -156,8 +173,18 @@ class RaftReplica:
     def status(self) -> dict[str, Any]:
         return dict(self._sync.getStatus())
 
+    def applied_all_committed(self) -> bool:
+        """Whether the store holds every entry this member knows to be committed (at start,
+        pysyncobj loads the dump and applies the journal in its tick thread, quorum or not)."""
+        status = self._sync.getStatus()
+        return bool(status["last_applied"] >= status["commit_idx"])
+
     def ready(self) -> bool:
         return bool(self._sync.isReady())
+
+    def set_snapshot_interval(self, entries: int) -> None:
+        """The swarm's Raft.SnapshotInterval: pysyncobj reads it at each compaction check."""
+        self._conf.logCompactionMinEntries = entries or DEFAULT_SNAPSHOT_INTERVAL
 
     # -- writes --
 
@@ -172,7 +199,7 @@ class RaftReplica:
             batch.timestamp_ns = time.time_ns()
         if not batch.request_id:
             batch.request_id = uuid.uuid4().hex
-        data = batch.SerializeToString()
+        data = self._consumer.seal(batch.SerializeToString())
         try:
             async with asyncio.timeout(timeout):
                 return await self._propose(data)
@@ -244,6 +271,30 @@ class RaftReplica:
 
     def close(self) -> None:
         self._sync.destroy_synchronous()
+
+    async def dump(self, timeout: float = 10.0) -> None:
+        """Write a full dump of the store now (after a forced new cluster, the store came
+        from the old log, which was set aside: until dumped it is only in memory)."""
+        path = self._conf.fullDumpFile
+        before = os.path.getmtime(path) if os.path.exists(path) else None
+        self._sync.forceLogCompaction()
+        async with asyncio.timeout(timeout):
+            while not os.path.exists(path) or os.path.getmtime(path) == before:
+                await asyncio.sleep(0.05)
+
+
+def apply_logged_tail(store: MemoryStore, state_dir: str, applied: int,
+                      dek: bytes | None) -> int:
+    """Apply to `store` the entries of the journal in `state_dir` after index `applied`
+    (a closed replica's: for a forced new cluster, which keeps what this manager logged,
+    committed or not, as Docker's does). Returns how many applied cleanly."""
+    count = 0
+    for data in commands_after(state_dir, applied):
+        if dek and sealing.is_sealed(data):
+            data = sealing.unseal(dek, data)
+        if store.apply(store_pb2.StoreBatch.FromString(data)).error is None:
+            count += 1
+    return count
 
 
 def _settle(future: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:

@@ -109,7 +109,7 @@ def cluster_spec_json(spec: pb.ClusterSpec) -> dict[str, Any]:
         "CAConfig": {"NodeCertExpiry": spec.ca_config.node_cert_expiry_ns or
                      DEFAULT_CERT_EXPIRY_NS},
         "TaskDefaults": {},
-        "EncryptionConfig": {"AutoLockManagers": False},
+        "EncryptionConfig": {"AutoLockManagers": spec.encryption_config.auto_lock_managers},
     }
 
 
@@ -140,11 +140,28 @@ def cluster_spec(body: Any, base: pb.ClusterSpec | None = None) -> pb.ClusterSpe
                                     "ForceRotate": int}, "CAConfig")
     _set_nonneg(spec.ca_config, "node_cert_expiry_ns", ca.get("NodeCertExpiry"),
                 "NodeCertExpiry")
-    fields(f.get("Raft"), {"SnapshotInterval": int, "KeepOldSnapshots": int,
-                           "LogEntriesForSlowFollowers": int, "ElectionTick": int,
-                           "HeartbeatTick": int}, "Raft")
-    fields(f.get("EncryptionConfig"), {"AutoLockManagers": bool}, "EncryptionConfig")
+    _refuse_ca_rotation(ca)
+    raft = fields(f.get("Raft"), {"SnapshotInterval": int, "KeepOldSnapshots": int,
+                                  "LogEntriesForSlowFollowers": int, "ElectionTick": int,
+                                  "HeartbeatTick": int}, "Raft")
+    if "SnapshotInterval" in raft:
+        check_int(raft["SnapshotInterval"], "uint64", "SnapshotInterval")
+        if raft["SnapshotInterval"]:
+            spec.raft.snapshot_interval = raft["SnapshotInterval"]
+    enc = fields(f.get("EncryptionConfig"), {"AutoLockManagers": bool}, "EncryptionConfig")
+    if "AutoLockManagers" in enc:
+        spec.encryption_config.auto_lock_managers = enc["AutoLockManagers"]
     return spec
+
+
+def _refuse_ca_rotation(ca: dict[str, Any]) -> None:
+    """`docker swarm ca --rotate` asks for a new root CA (ForceRotate +1, or a given CA):
+    Shoal keeps its root CA for the cluster's life, so say so rather than pretend."""
+    if ca.get("ForceRotate") or ca.get("SigningCACert") or ca.get("SigningCAKey") or \
+            ca.get("ExternalCAs"):
+        raise InvalidRequest("root CA rotation is not supported by Shoal yet: the swarm keeps "
+                             "the root CA it was created with (external CAs and a given "
+                             "signing CA are not supported either); nothing was changed")
 
 
 def _set_nonneg(msg: Any, attr: str, value: int | None, name: str) -> None:

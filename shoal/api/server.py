@@ -117,6 +117,8 @@ async def version_middleware(request: web.Request, handler: Handler) -> web.Stre
 def swarm_header(node: Node) -> str:
     if node.state is None:
         return "inactive"
+    if node.locked:
+        return "locked"
     return "active/manager" if node.manager_role is not None else "active/worker"
 
 

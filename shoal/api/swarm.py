@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from manager.controlapi.cluster import update_cluster
+from manager.controlapi.cluster import unlock_key, update_cluster
 from manager.controlapi.limits import check_cluster_spec
 from manager.errors import Unavailable
 from netdriver import ipam
@@ -80,12 +80,15 @@ _INIT_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 async def swarm_init(request: web.Request) -> web.Response:
     f = fields(await _body(request), _INIT_FIELDS, "SwarmInitRequest")
+    node = node_of(request)
+    if f.get("ForceNewCluster") and node.state is not None:
+        return web.json_response(await node.force_new_cluster())
     adv_ip, listen_ip, port = _addresses(f)
     spec = convert.cluster_spec(f.get("Spec") or {})
     check_cluster_spec(spec)
     req = InitRequest(adv_ip, listen_ip, port, spec, _availability(f.get("Availability")),
                       *_address_pools(f))
-    node_id = await node_of(request).init(req)
+    node_id = await node.init(req)
     return web.json_response(node_id)
 
 
@@ -151,7 +154,18 @@ async def swarm_update(request: web.Request) -> web.Response:
         raise InvalidRequest("swarm update needs ?version=N (the swarm's Version.Index)")
     spec = convert.cluster_spec(await _body(request), base=mgr.cluster().spec)
     await update_cluster(mgr, version, spec, bool_param(request.query.get("rotateWorkerToken")),
-                         bool_param(request.query.get("rotateManagerToken")))
+                         bool_param(request.query.get("rotateManagerToken")),
+                         bool_param(request.query.get("rotateManagerUnlockKey")))
+    return web.Response(status=200)
+
+
+async def swarm_unlock_key(request: web.Request) -> web.Response:
+    return web.json_response({"UnlockKey": unlock_key(node_of(request).manager().cluster())})
+
+
+async def swarm_unlock(request: web.Request) -> web.Response:
+    f = fields(await _body(request), {"UnlockKey": str}, "UnlockRequest")
+    await node_of(request).unlock(f.get("UnlockKey", ""))
     return web.Response(status=200)
 
 
@@ -160,6 +174,9 @@ def _swarm_info(node: Node) -> dict[str, Any]:
                             "ControlAvailable": False, "Error": "", "RemoteManagers": None,
                             "Nodes": 0, "Managers": 0, "Cluster": None}
     if node.state is None:
+        return info
+    if node.locked:  # nothing but its ID until unlocked
+        info.update(NodeID=node.state.node_id, NodeAddr=node.state.advertise_ip)
         return info
     info.update(NodeID=node.state.node_id, NodeAddr=node.state.advertise_ip,
                 RemoteManagers=[{"NodeID": "", "Addr": a} for a in node.state.managers])
@@ -215,4 +232,6 @@ ROUTES = [
     ("POST", "/swarm/join", swarm_join),
     ("POST", "/swarm/leave", swarm_leave),
     ("POST", "/swarm/update", swarm_update),
+    ("GET", "/swarm/unlockkey", swarm_unlock_key),
+    ("POST", "/swarm/unlock", swarm_unlock),
 ]

@@ -92,7 +92,7 @@ def test_a_follower_with_a_journal_cut_short_refuses_to_start_and_recovers(
     reset = subprocess.run([*follower.argv[:3], "--reset-raft-state"], capture_output=True,
                            text=True, timeout=60)
     assert reset.returncode == 0 and "journal.bin" in reset.stdout, reset.stderr
-    assert (Path(follower.data_root) / "raft" / "secret").exists()
+    assert (Path(follower.data_root) / "raft" / "keys").exists()  # the Raft secret and data key
     labmod.start_host(lab.name, follower.name)
     wanted = _services(leader)
     assert wanted is not None and set(wanted) == {"before", "while-down"}

@@ -49,6 +49,7 @@ class FakeManager:
 class FakeNode:
     state = "active"
     manager_role = "manager"
+    locked = False
 
     def __init__(self) -> None:
         self.mgr = FakeManager()
