@@ -229,8 +229,9 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     assert run_docker(lab, docker_config, "config", "rm", "appcfg", "hello").returncode == 0
 
     # nowhere in clear: data roots (Raft log and snapshots included), logs. The Raft files
-    # do hold the secret object (its ID), sealed.
-    assert any("/raft/" in p for p in _grep(m1.data_root, secret_id))
+    # hold the store sealed (so not even the secret's ID is in clear there).
+    assert any("/raft/" in p for p in _grep(m1.data_root, "shoal-sealed-1"))
+    assert not any("/raft/" in p for p in _grep(m1.data_root, secret_id))
     for host in (m1, w1):
         assert _grep(host.data_root, data) == [], host.name
         assert data not in Path(host.log_file).read_text(errors="replace"), host.name
