@@ -216,6 +216,9 @@ def read_events(proc: subprocess.Popen[str], until: Any, timeout: float) -> list
 
 def test_docker_events_stream_service_and_node_changes(lab: LabState,
                                                        docker_config: Path) -> None:
+    # Item 7 names task events too: dockerd streams none in swarm scope (its cluster watch
+    # covers nodes, services, networks, secrets and configs), so neither does Shoal; a task's
+    # container events come from the engine (local scope, through the passthrough).
     m1 = lab.host("m1")
     w1_id = lab.host("w1").node_id
     env = {"DOCKER_HOST": m1.api, "DOCKER_CONFIG": str(docker_config)}
@@ -235,14 +238,27 @@ def test_docker_events_stream_service_and_node_changes(lab: LabState,
         nid = ok(run_docker(m1, docker_config, "network", "create", "-d", "overlay",
                             "evnet")).strip()
         ok(run_docker(m1, docker_config, "network", "rm", "evnet"))
-        events = read_events(proc, lambda evs: {sid, nid} <= {
+        data_file = docker_config / "evdata"
+        data_file.write_text("event-data\n")
+        secret = ok(run_docker(m1, docker_config, "secret", "create", "evsec",
+                               str(data_file))).strip()
+        config = ok(run_docker(m1, docker_config, "config", "create", "evcfg",
+                               str(data_file))).strip()
+        ok(run_docker(m1, docker_config, "secret", "rm", "evsec"))
+        ok(run_docker(m1, docker_config, "config", "rm", "evcfg"))
+        events = read_events(proc, lambda evs: {sid, nid, secret, config} <= {
             e["Actor"]["ID"] for e in evs if e["Action"] == "remove"}, 90)
     finally:
         proc.terminate()
         proc.wait(10)
     end = time.time()
-    assert all(e["scope"] == "swarm" and e["Type"] in ("service", "node", "network")
+    assert all(e["scope"] == "swarm" and e["Type"] in ("service", "node", "network",
+                                                         "secret", "config")
                for e in events)
+    for kind, oid, name in (("secret", secret, "evsec"), ("config", config, "evcfg")):
+        assert [(e["Type"], e["Action"], e["Actor"]["Attributes"]) for e in events
+                if e["Actor"]["ID"] == oid] == [(kind, "create", {"name": name}),
+                                               (kind, "remove", {"name": name})]
     net = [(e["Action"], e["Actor"]["Attributes"]) for e in events if e["Actor"]["ID"] == nid]
     assert net[0] == ("create", {"name": "evnet"}) and net[-1] == ("remove", {"name": "evnet"})
     mine = [e for e in events if e["Actor"]["ID"] in (sid, w1_id)]
