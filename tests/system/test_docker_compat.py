@@ -419,7 +419,10 @@ def test_swarm_init_and_leave_with_the_docker_cli(lab_factory: LabFactory,
         "To add a manager to this swarm, run 'docker swarm join-token manager' and follow "
         "the instructions.\n")
     out = run_docker(solo, docker_config, "swarm", "leave")
-    assert out.returncode == 1 and "docker" in out.stderr and "shoal" not in out.stderr
+    assert out.returncode == 1 and out.stderr.strip() == (
+        "Error response from daemon: You are attempting to leave the swarm on a node that is "
+        "participating as a manager. Removing the last manager erases all current state of "
+        "the swarm. Use `--force` to ignore this message.")
     assert ok(run_docker(solo, docker_config, "swarm", "leave", "--force")).strip() == \
         "Node left the swarm."
 
