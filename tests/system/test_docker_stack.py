@@ -1,9 +1,9 @@
 """Issue 9, item 6: `docker stack deploy` (all client-side, reference §2.7) with the real docker
 CLI against a lab manager: a stack of three services on two overlay networks, with a secret
-and a config from files, published ports and `deploy` (replicas, resources, placement,
-update_config, restart_policy) comes up and serves through the routing mesh; its services
-reach each other by service name over the overlay; `stack ls/services/ps` show it; a
-redeploy with a new image rolls it; `stack rm` removes everything at once (the networks
+and a config from files, a named volume, published ports and `deploy` (replicas, resources,
+placement, update_config, restart_policy) comes up and serves through the routing mesh; its
+services reach each other by service name over the overlay; `stack ls/services/ps` show it;
+a redeploy with a new image rolls it; `stack rm` removes everything at once (the networks
 while their tasks are still stopping, as Docker allows).
 
 One lab (a manager and a worker) for the module; the tests run in order on one stack.
@@ -24,6 +24,7 @@ from shoal import lab as labmod
 from shoal.lab import HostState, LabState
 from tests.system.conftest import make_lab_name, teardown_lab, wait_until
 from tests.system.helpers import ok, run_docker
+from tests.system.svc import engine
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
@@ -58,6 +59,7 @@ services:
     init: true
     networks: [front, back]
     secrets: [token]
+    volumes: ["data:/data"]
     deploy:
       placement:
         constraints: ["node.role == worker"]
@@ -75,6 +77,8 @@ networks:
   front:
     driver: overlay
   back: {{}}
+volumes:
+  data: {{}}
 secrets:
   token:
     file: ./token.txt
@@ -202,6 +206,12 @@ def test_the_compose_deploy_section_arrived(lab: LabState, docker_config: Path) 
     api = docker_json(lab, docker_config, "service", "inspect", "app_api")[0]["Spec"]
     assert api["TaskTemplate"]["ContainerSpec"]["Init"] is True
     assert api["TaskTemplate"]["Placement"]["MaxReplicas"] == 1
+    # The named volume: the engine created it with the stack's label.
+    assert api["TaskTemplate"]["ContainerSpec"]["Mounts"] == [{
+        "Type": "volume", "Source": "app_data", "Target": "/data",
+        "VolumeOptions": {"Labels": {"com.docker.stack.namespace": "app"}}}]
+    assert engine(lab).volumes.get("app_data").attrs["Labels"] == \
+        {"com.docker.stack.namespace": "app"}
     assert api["TaskTemplate"]["ContainerSpec"]["Secrets"][0]["SecretName"] == "app_token"
     networks = docker_json(lab, docker_config, "network", "inspect", "app_front", "app_back")
     for network in networks:
