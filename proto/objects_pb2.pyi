@@ -971,18 +971,47 @@ class Mount(_message.Message):
     VOLUME: Mount.Type.ValueType  # 1
     TMPFS: Mount.Type.ValueType  # 2
 
+    @_typing.final
+    class VolumeLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TYPE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
     READ_ONLY_FIELD_NUMBER: _builtins.int
     TMPFS_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     TMPFS_MODE_FIELD_NUMBER: _builtins.int
+    VOLUME_LABELS_FIELD_NUMBER: _builtins.int
+    VOLUME_NO_COPY_FIELD_NUMBER: _builtins.int
     type: Global___Mount.Type.ValueType
     source: _builtins.str
     target: _builtins.str
     read_only: _builtins.bool
     tmpfs_size_bytes: _builtins.int
     tmpfs_mode: _builtins.int
+    volume_no_copy: _builtins.bool
+    @_builtins.property
+    def volume_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """A volume's VolumeOptions: labels of the volume the engine creates (a stack's named
+        volumes carry com.docker.stack.namespace), and no copy of the image's files into it.
+        """
+
     def __init__(
         self,
         *,
@@ -992,10 +1021,12 @@ class Mount(_message.Message):
         read_only: _builtins.bool = ...,
         tmpfs_size_bytes: _builtins.int = ...,
         tmpfs_mode: _builtins.int = ...,
+        volume_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        volume_no_copy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_only", b"read_only", "source", b"source", "target", b"target", "tmpfs_mode", b"tmpfs_mode", "tmpfs_size_bytes", b"tmpfs_size_bytes", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_only", b"read_only", "source", b"source", "target", b"target", "tmpfs_mode", b"tmpfs_mode", "tmpfs_size_bytes", b"tmpfs_size_bytes", "type", b"type", "volume_labels", b"volume_labels", "volume_no_copy", b"volume_no_copy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import grpc
 
 from manager.allocator.allocator import Allocator
+from manager.allocator.network_reaper import NetworkReaper
 from manager.ca.server import CAServicer, NodeCAServicer
 from manager.dispatcher.dispatcher import Dispatcher
 from manager.logbroker.broker import LogBroker
@@ -88,7 +89,8 @@ class ManagerRole:
         # manager leads (manager/runtime.py).
         self.runtime = LeaderRuntime(self.manager, [
             self.dispatcher.liveness, RoleController(self.manager),
-            *orchestrators(self.manager), Allocator(self.manager), Scheduler(self.manager),
+            *orchestrators(self.manager), Allocator(self.manager), NetworkReaper(self.manager),
+            Scheduler(self.manager),
         ])
         self._certs = certs
         self._data = data

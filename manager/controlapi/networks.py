@@ -3,9 +3,10 @@
 - create: a new Network with the user's spec, checked (driver, options, IPAM, name) and,
   with --subnet, refused when it overlaps another network or a node's route. The subnet
   from the default pool and the VNI are the allocator's (leader) decision.
-- remove: refused while a service uses the network or a task still holds an address on it
-  (the message names them); the ingress network is refused while a service publishes a port
-  through the routing mesh.
+- remove: refused while a service uses the network or a task that is not leaving still holds
+  an address on it (the message names them); the ingress network is refused while a service
+  publishes a port through the routing mesh. While leaving tasks still hold addresses the
+  network is only marked `pending_delete` (allocator/network_reaper.py deletes it later).
 - a service's networks: each target resolved to a network ID, or a clear error.
 """
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from manager.allocator.networks import holds_address, network_subnets, route_list
+from manager.allocator.network_reaper import on_network, staying_tasks
+from manager.allocator.networks import network_subnets, route_list
 from manager.controlapi.lookup import resolve
 from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from manager.identity import new_id
@@ -69,14 +71,14 @@ def new_network(networks: Sequence[pb.Network], nodes: Sequence[pb.Node],
         config = ipam.check_ipam(spec.ipam[0])
         spec.ipam[0].CopyFrom(config)
         subnet = Net(config.subnet)
-        hit = ipam.overlap(subnet, network_subnets(live) + route_list(nodes))
+        hit = ipam.overlap(subnet, network_subnets(networks) + route_list(nodes))
         if hit is not None:
             raise InvalidArgument(f"subnet {subnet} overlaps {hit}; choose another --subnet")
     else:  # the allocator picks the subnet; say now if the pools have none left
         pools = list(cluster.default_addr_pool) if cluster else []
         size = (cluster.subnet_size if cluster else 0) or ipam.DEFAULT_SUBNET_SIZE
         try:
-            ipam.next_subnet(pools, size, network_subnets(live) + route_list(nodes))
+            ipam.next_subnet(pools, size, network_subnets(networks) + route_list(nodes))
         except IPAMError as err:
             raise FailedPrecondition(str(err)) from None
     return pb.Network(id=new_id(), spec=spec)
@@ -97,11 +99,17 @@ def removed_network(networks: Sequence[pb.Network], services: Iterable[pb.Servic
                                  f"{', '.join(sorted(set(users)))}; remove them from the "
                                  "network (docker service update --network-rm) or remove them "
                                  "first")
-    holding = sorted(t.id for t in tasks if holds_address(t) and
-                     any(a.network_id == network.id for a in t.networks))
-    if holding:
-        raise FailedPrecondition(f"network {name} still has {len(holding)} task(s) attached "
-                                 f"(e.g. {holding[0]}); retry once they have stopped")
+    tasks = list(tasks)
+    by_id = {s.id: s for s in services}
+    staying = sorted(t.id for t in staying_tasks(network.id, tasks, by_id))
+    if staying:
+        raise FailedPrecondition(f"network {name} still has {len(staying)} task(s) attached "
+                                 f"(e.g. {staying[0]}); retry once they have stopped")
+    if any(on_network(t, network.id) for t in tasks):  # stopping: the reaper deletes it
+        marked = pb.Network()
+        marked.CopyFrom(network)
+        marked.pending_delete = True
+        return marked
     return network
 
 

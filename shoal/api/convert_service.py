@@ -232,7 +232,7 @@ def _mount(body: Any, w: str) -> pb.Mount:
     f = fields(body, {"Type": str, "Source": str, "Target": str, "ReadOnly": bool,
                       "Consistency": str, "BindOptions": ANY, "VolumeOptions": ANY,
                       "TmpfsOptions": dict, "ClusterOptions": ANY, "ImageOptions": ANY}, w)
-    _unsupported(f, ("BindOptions", "VolumeOptions", "ClusterOptions", "ImageOptions"), w)
+    _unsupported(f, ("BindOptions", "ClusterOptions", "ImageOptions"), w)
     kind = f.get("Type", "")
     if kind.lower() not in MOUNT_TYPE.values():
         raise InvalidRequest(f"invalid {w}.Type {kind!r}: unknown mount type; use bind, "
@@ -244,6 +244,12 @@ def _mount(body: Any, w: str) -> pb.Mount:
     _unsupported(tmpfs, ("Options",), f"{w}.TmpfsOptions")
     m.tmpfs_size_bytes = _nonneg(tmpfs, "SizeBytes", f"{w}.TmpfsOptions")
     m.tmpfs_mode = _nonneg(tmpfs, "Mode", f"{w}.TmpfsOptions", "int32")
+    vw = f"{w}.VolumeOptions"
+    volume = fields(f.get("VolumeOptions"), {"NoCopy": bool, "Labels": dict,
+                                             "DriverConfig": ANY, "Subpath": ANY}, vw)
+    _unsupported(volume, ("DriverConfig", "Subpath"), vw)
+    m.volume_labels.update(_labels(volume, "Labels", vw))
+    m.volume_no_copy = volume.get("NoCopy", False)
     return m
 
 
@@ -450,6 +456,10 @@ def _mount_json(m: pb.Mount) -> dict[str, Any]:
     _put(tmpfs, "SizeBytes", m.tmpfs_size_bytes)
     _put(tmpfs, "Mode", m.tmpfs_mode)
     _put(out, "TmpfsOptions", tmpfs)
+    volume: dict[str, Any] = {}
+    _put(volume, "NoCopy", m.volume_no_copy)
+    _put(volume, "Labels", dict(m.volume_labels))
+    _put(out, "VolumeOptions", volume)
     return out
 
 

@@ -202,7 +202,7 @@ async def disconnect(request: web.Request) -> web.Response:
 async def remove_network(request: web.Request) -> web.Response:
     mgr = manager_of(request)
     network = NetworkControl(mgr.store).remove(request.match_info["ref"])
-    await mgr.write((store_pb2.DELETE, network))
+    await mgr.write((store_pb2.UPDATE if network.pending_delete else store_pb2.DELETE, network))
     return web.Response(status=204)
 
 

@@ -288,3 +288,20 @@ def test_task_json_for_new_global_task() -> None:
     assert out["Status"]["State"] == "new" and out["DesiredState"] == "new"
     assert "Slot" not in out and "NodeID" not in out and "JobIteration" not in out
     assert "ContainerStatus" not in out["Status"]
+
+
+def test_a_stacks_named_volume_keeps_its_volume_options() -> None:
+    """`docker stack deploy` sends a named volume's VolumeOptions with the stack's label."""
+    mount = {"Type": "volume", "Source": "app_data", "Target": "/data",
+             "VolumeOptions": {"NoCopy": True,
+                               "Labels": {"com.docker.stack.namespace": "app"}}}
+    body = copy.deepcopy(CLI_SIMPLE)
+    body["TaskTemplate"]["ContainerSpec"]["Mounts"] = [mount]
+    spec = conv.service_spec(body)
+    got = spec.task.container.mounts[0]
+    assert dict(got.volume_labels) == {"com.docker.stack.namespace": "app"}
+    assert got.volume_no_copy
+    assert conv.service_spec_json(spec)["TaskTemplate"]["ContainerSpec"]["Mounts"] == [mount]
+    mount["VolumeOptions"]["DriverConfig"] = {"Name": "nfs"}
+    with pytest.raises(InvalidRequest, match="VolumeOptions.DriverConfig is not supported"):
+        conv.service_spec(body)

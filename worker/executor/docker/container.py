@@ -22,7 +22,8 @@ def mount(m: pb.Mount) -> Mount:
     kind = _MOUNT_TYPES[m.type]
     return Mount(target=m.target, source=None if kind == "tmpfs" else (m.source or None),
                  type=kind, read_only=m.read_only,
-                 tmpfs_size=m.tmpfs_size_bytes or None, tmpfs_mode=m.tmpfs_mode or None)
+                 tmpfs_size=m.tmpfs_size_bytes or None, tmpfs_mode=m.tmpfs_mode or None,
+                 labels=dict(m.volume_labels) or None, no_copy=m.volume_no_copy)
 
 
 def healthcheck(hc: pb.HealthConfig) -> Healthcheck | None:
