@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from shoal.api.context import node_of
 from shoal.metrics.registry import ApiInstruments
@@ -53,9 +52,10 @@ def metrics_middleware(api: ApiInstruments) -> Any:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = node_of(request).metrics.exposition()
+    body, content_type = node_of(request).metrics.exposition(
+        request.headers.get("Accept", ""))
     response = web.Response(body=body)
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    response.headers["Content-Type"] = content_type
     return response
 
 

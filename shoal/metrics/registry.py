@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from manager.metrics import ManagerInstruments
@@ -69,9 +70,11 @@ class NodeMetrics:
     def watch(self, node: Node) -> None:
         self.registry.register(NodeCollector(node))
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every family."""
-        return generate_latest(self.registry)
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """Every family, in the format the scraper's Accept header asks for (Prometheus'
+        text format by default, or OpenMetrics), and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
 class NodeCollector(Collector):
