@@ -92,7 +92,7 @@ class NodeCollector(Collector):
         if role is not None:
             yield from cluster_families(role.store.view())
             leader = role.replica.is_leader()
-            yield from raft_families(role.replica.status(), leader)
+            yield from raft_families(role.replica.progress(), leader)
             sessions = role.dispatcher.sessions.values() if leader else []
             yield from dispatcher_families(list(sessions), time.monotonic())
         agent = node.agent
