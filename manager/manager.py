@@ -4,12 +4,21 @@ run only on the Raft leader."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from manager.changes import ChangeLog
-from manager.errors import NO_LEADER, Fenced, NotFound, OutOfSequence, Unavailable
+from manager.errors import (
+    NO_LEADER,
+    Fenced,
+    ManagerError,
+    NotFound,
+    OutOfSequence,
+    Unavailable,
+)
+from manager.metrics import ManagerInstruments
 from manager.raft.replica import RaftReplica
 from manager.store.memory import MemoryStore, StoreView, wrap
 from proto import objects_pb2 as pb
@@ -28,8 +37,9 @@ class ManagerAddrs:
 
 class Manager:
     def __init__(self, node_id: str, addrs: ManagerAddrs, store: MemoryStore,
-                 replica: RaftReplica) -> None:
+                 replica: RaftReplica, metrics: ManagerInstruments | None = None) -> None:
         self.node_id = node_id
+        self.metrics = metrics or ManagerInstruments.create()
         self.addrs = addrs
         self.store = store
         self.replica = replica
@@ -94,7 +104,23 @@ class Manager:
             batch.epoch = self.epoch
         for kind, obj in actions:
             batch.actions.append(store_pb2.StoreAction(kind=kind, object=wrap(obj)))  # type: ignore[arg-type]
-        return await self.replica.propose(batch)
+        return await self._propose(batch)
+
+    async def _propose(self, batch: store_pb2.StoreBatch) -> int:
+        """Propose through Raft, timing it (shoal_store_write_duration_seconds): committed,
+        refused by the store's rules (versions, names, the epoch) or failed (no quorum)."""
+        start, outcome = time.monotonic(), "failed"
+        try:
+            version = await self.replica.propose(batch)
+            outcome = "committed"
+            return version
+        except Unavailable:
+            raise
+        except ManagerError:
+            outcome = "refused"
+            raise
+        finally:
+            self.metrics.store_write_seconds.labels(outcome).observe(time.monotonic() - start)
 
     async def put(self, *objs: object) -> int:
         return await self.write(*[(store_pb2.PUT, o) for o in objs])
@@ -122,6 +148,6 @@ class Manager:
         """As the new leader, commit a new leadership epoch (the Raft term): decisions of
         any earlier leader are refused from then on. Returns the epoch."""
         term = self.replica.term()
-        await self.replica.propose(store_pb2.StoreBatch(new_epoch=term))
+        await self._propose(store_pb2.StoreBatch(new_epoch=term))
         self.epoch = term
         return term

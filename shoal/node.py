@@ -39,6 +39,7 @@ from shoal.errors import (
     NotLocked,
     SwarmLocked,
 )
+from shoal.metrics.registry import NodeMetrics
 from shoal.nodestate import Certificates, DataRoot, SwarmState
 from shoal.roles import ManagerRole, cluster_kek
 from shoal.services import Service, ServiceGroup
@@ -96,6 +97,8 @@ class Node:
         self.locked = False
         # Told (from Raft's thread) when this node's Raft stops; the daemon then exits.
         self.on_fatal: Callable[[RaftFailed], None] | None = None
+        self.metrics = NodeMetrics()  # this node's registry: GET /metrics
+        self.metrics.watch(self)
 
     # -- what the API asks --
 
@@ -326,7 +329,8 @@ class Node:
                              restore: bytes | None = None) -> ManagerRole:
         assert self.state is not None
         role = ManagerRole(self.data, self.state, self._current_certs, peers, secret, dek,
-                           on_fatal=self.on_fatal, restore=restore)
+                           on_fatal=self.on_fatal, restore=restore,
+                           metrics=self.metrics.manager)
         await role.start()
         self.manager_role = role
         return role

@@ -16,6 +16,7 @@ from manager.dispatcher.dispatcher import Dispatcher
 from manager.logbroker.broker import LogBroker
 from manager.logbroker.server import LogBrokerServicer, LogsServicer
 from manager.manager import Manager, ManagerAddrs
+from manager.metrics import ManagerInstruments
 from manager.orchestrator.orchestrators import orchestrators
 from manager.raft.guarded import RaftFailed
 from manager.raft.replica import RaftReplica
@@ -68,8 +69,10 @@ class ManagerRole:
     def __init__(self, data: DataRoot, state: SwarmState, certs: Callable[[], Certificates],
                  peers: list[str], secret: str, dek: bytes | None,
                  on_fatal: Callable[[RaftFailed], None] | None = None,
-                 restore: bytes | None = None) -> None:
-        """`restore`: a store snapshot to start from (a forced new cluster)."""
+                 restore: bytes | None = None,
+                 metrics: ManagerInstruments | None = None) -> None:
+        """`restore`: a store snapshot to start from (a forced new cluster); `metrics`: the
+        node's instruments (store writes, scheduler decisions)."""
         data.save_raft_keys(secret, dek or b"")
         self._secret, self._dek = secret, dek or b""
         self.store = MemoryStore()
@@ -82,7 +85,7 @@ class ManagerRole:
         self.replica = RaftReplica(self.store, state.raft_addr, peers, secret, data.raft_dir,
                                    on_fatal=on_fatal, dek=dek or None)
         self.manager = Manager(state.node_id, ManagerAddrs(state.addr, state.raft_addr),
-                               self.store, self.replica)
+                               self.store, self.replica, metrics)
         self.dispatcher = Dispatcher(self.manager)
         self.logbroker = LogBroker(self.manager)
         # Every leader-only controller, in one list: the runtime runs them while this

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,10 @@ class Agent:
         self.connected_to: str | None = None
         self._hint: str | None = None
         self._beat = asyncio.Event()  # set: send the next heartbeat now, not after the period
+        # The last heartbeat the leader answered: when (monotonic) and how long it took
+        # (shoal_agent_heartbeat_* metrics).
+        self.last_heartbeat: float | None = None
+        self.heartbeat_rtt = 0.0
 
     async def run(self) -> None:
         backoff = 0.1
@@ -167,6 +172,7 @@ class Agent:
                          first: cluster_pb2.SessionMessage, stream: object) -> None:
         period = first.heartbeat_period_ns / 1e9 or 5.0
         while True:
+            sent = time.monotonic()
             try:
                 resp = await stub.Heartbeat(  # type: ignore[misc]
                     self._heartbeat_request(first.session_id),
@@ -175,6 +181,8 @@ class Agent:
                     # to find it, so 2 still leave a hung leader's nodes time to move.
                     timeout=2 * period)
                 period = resp.period_ns / 1e9 or period
+                self.last_heartbeat = time.monotonic()
+                self.heartbeat_rtt = self.last_heartbeat - sent
             except grpc.aio.AioRpcError as err:
                 log.info("heartbeat failed: %s %s; reopening the session",
                          err.code().name, err.details())

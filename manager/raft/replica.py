@@ -173,6 +173,13 @@ class RaftReplica:
     def status(self) -> dict[str, Any]:
         return dict(self._sync.getStatus())
 
+    def progress(self) -> dict[str, int]:
+        """Term, commit and applied index (metrics): read without getStatus(), which walks
+        pysyncobj's member tables while its thread may change them."""
+        return {"raft_term": int(self._sync.raftCurrentTerm),
+                "commit_idx": int(self._sync.raftCommitIndex),
+                "last_applied": int(self._sync.raftLastApplied)}
+
     def applied_all_committed(self) -> bool:
         """Whether the store holds every entry this member knows to be committed (at start,
         pysyncobj loads the dump and applies the journal in its tick thread, quorum or not)."""

@@ -102,6 +102,7 @@ class Scheduler(Controller):
         decisions = schedule(view.list(pb.Node), by_node, pending) if pending \
             else Decisions({}, {})
         self.last = decisions
+        self.mgr.metrics.decided(len(decisions.assignments), len(decisions.unplaceable))
         changed = updates(decisions, pending, time.time_ns())
         if decisions.assignments:
             log.info("scheduler: assigning %d tasks, %d unplaceable",

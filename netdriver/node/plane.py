@@ -183,7 +183,17 @@ class NodePlane:
                 check.differences.extend(extra)
         return report
 
-    # -- what the node reports in heartbeats --
+    # -- what the node reports (heartbeats, metrics) --
+
+    @property
+    def assignments(self) -> cluster_pb2.AssignmentsMessage:
+        """The latest assignments the plane converges to (read-only)."""
+        return self._message
+
+    @property
+    def report(self) -> pb.NetworkReport:
+        """The latest round's check (read-only): WireGuard peers and their handshakes."""
+        return self._report
 
     def heartbeat(self, request: cluster_pb2.HeartbeatRequest) -> None:
         request.public_key = self.wireguard.public_key

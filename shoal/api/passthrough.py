@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # The swarm subset and the node's own endpoints: answered by Shoal or by nobody.
 SHOAL_PATHS = {"_ping", "version", "info", "events", "swarm", "nodes", "services", "tasks",
-               "networks", "secrets", "configs", "distribution"}
+               "networks", "secrets", "configs", "distribution", "metrics"}
 _VERSIONED = re.compile(r"^/v[0-9]+\.[0-9]+(?=/)")
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are not forwarded.
 _HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",

@@ -18,6 +18,7 @@ from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
 from shoal.api import (
     events,
     logs,
+    metrics,
     networks,
     nodes,
     passthrough,
@@ -184,7 +185,8 @@ def _arch() -> str:
 
 
 def make_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[headers_middleware(node), errors_middleware,
+    app = web.Application(middlewares=[metrics.metrics_middleware(node.metrics.api),
+                                       headers_middleware(node), errors_middleware,
                                        version_middleware],
                           client_max_size=MAX_REQUEST_BYTES)
     app[NODE] = node
@@ -196,5 +198,7 @@ def make_app(node: Node) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9]+\.[0-9]+}" + path, handler)
+    for method, path, handler in metrics.ROUTES:  # Prometheus asks without a version
+        app.router.add_route(method, path, handler)
     passthrough.install(app)  # last: what no route above serves goes to the engine
     return app

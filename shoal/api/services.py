@@ -7,17 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections import Counter
 
 from aiohttp import web
 
 from manager.controlapi.services import ServiceControl, visible
-from manager.rules.uptodate import is_current
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert_service as conv
 from shoal.api.context import manager_of
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
+from shoal.api.status import service_status
 from shoal.errors import InvalidRequest
 
 _SERVICE_FILTERS = {"id", "name", "label", "mode"}
@@ -49,26 +48,6 @@ def service_matches(svc: pb.Service, filters: dict[str, list[str]]) -> bool:
         if not any(checks[key](v) for v in values):
             return False
     return True
-
-
-def service_status(svc: pb.Service, tasks: list[pb.Task]) -> dict[str, int]:
-    """ServiceStatus {RunningTasks, DesiredTasks, CompletedTasks} over the service's
-    up-to-date tasks (what `service ls` shows as REPLICAS)."""
-    current = [t for t in tasks if is_current(svc, t)]
-    states = Counter(t.status.state for t in current
-                     if t.desired_state <= pb.COMPLETE)
-    running, completed = states[pb.RUNNING], states[pb.COMPLETE]
-    mode = conv.mode_name(svc.spec)
-    if mode == "replicated":
-        desired = svc.spec.replicated.replicas
-    elif mode == "replicated_job":
-        job = svc.spec.replicated_job
-        desired = max(0, min(job.max_concurrent, job.total_completions - completed))
-    else:  # global: the nodes with a task; global job: those whose task is not done yet
-        live = [t for t in current if t.desired_state <= pb.COMPLETE and
-                (mode == "global" or t.status.state != pb.COMPLETE)]
-        desired = len({t.node_id for t in live})
-    return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": completed}
 
 
 async def list_services(request: web.Request) -> web.Response:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +66,29 @@ def try_get(client: Client, path: str) -> Any:
         return client.get(path)
     except Exception:
         return None
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    """Raw HTTP on a node's socket: to see headers and status codes as sent."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(self.path)
+
+
+def request(host: HostState, method: str, path: str,
+            body: Any = None) -> tuple[int, dict[str, str], bytes]:
+    conn = UnixHTTP(host.api_socket)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data,
+                     headers={"Content-Type": "application/json"} if data else {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()

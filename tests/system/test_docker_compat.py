@@ -9,10 +9,8 @@ and the docker CLI's, as recorded in shared/reference/swarm-features.md.
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ import pytest
 from shoal import lab as labmod
 from shoal.lab import HostState, LabState
 from tests.system.conftest import LabFactory, make_lab_name, teardown_lab, wait_until
-from tests.system.helpers import DOCKER, ok, run_docker
+from tests.system.helpers import DOCKER, ok, request, run_docker
 from tests.system.svc import IMAGE, engine
 
 pytestmark = pytest.mark.system
@@ -46,30 +44,6 @@ def lab() -> Iterator[LabState]:
         teardown_lab(name)
 
 
-class UnixHTTP(http.client.HTTPConnection):
-    """Raw HTTP on a node's socket: to see headers and status codes as sent."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self.path)
-
-
-def request(host: HostState, method: str, path: str,
-            body: Any = None) -> tuple[int, dict[str, str], bytes]:
-    conn = UnixHTTP(host.api_socket)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data,
-                     headers={"Content-Type": "application/json"} if data else {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
 
 
 def answers(host: HostState) -> bool:

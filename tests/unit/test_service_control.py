@@ -18,6 +18,7 @@ from manager.store.memory import MemoryStore, wrap
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api.server import make_app
+from shoal.metrics.registry import NodeMetrics
 from tests.unit.test_convert_service import CLI_SIMPLE
 
 
@@ -53,6 +54,7 @@ class FakeNode:
 
     def __init__(self) -> None:
         self.mgr = FakeManager()
+        self.metrics = NodeMetrics()  # the API counts its requests there
 
     def manager(self) -> FakeManager:
         return self.mgr
