@@ -125,3 +125,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[enginemod.Engin
         yield eng
     finally:
         eng.purge()
+
+
+@pytest.fixture(scope="module")
+def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private DOCKER_CONFIG for the docker CLI: no user's contexts or credentials leak
+    into the runs."""
+    return tmp_path_factory.mktemp("docker-config")

@@ -46,12 +46,6 @@ def lab() -> Iterator[LabState]:
         teardown_lab(name)
 
 
-@pytest.fixture(scope="module")
-def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private DOCKER_CONFIG: no user's contexts or credentials leak into the runs."""
-    return tmp_path_factory.mktemp("docker-config")
-
-
 def run_docker(host: HostState, config: Path, *args: str,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {"DOCKER_HOST": host.api, "DOCKER_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
