@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import socket
 import ssl
 import stat
 import subprocess
@@ -148,3 +149,32 @@ async def test_plain_http_and_worker_certificates_are_refused(tls_api: Listener)
     ctx = ssl.create_default_context(cafile=str(tls_api.tmp / "client/ca.pem"))
     ctx.load_cert_chain(tls_api.tmp / "client/cert.pem", tls_api.tmp / "client/key.pem")
     assert await asyncio.to_thread(_https_status, tls_api.port, ctx) == 200
+
+
+async def test_the_nodes_own_certificate_serves_under_its_swarm_name(tls_api: Listener) -> None:
+    """README: --tlscert/--tlskey may be the node's own swarm certificate; clients then
+    reach it by the name it carries, swarm-manager."""
+    node_certs = Path(tls_api.served.cluster.m.data.path) / "certificates"
+    opts = apitls.ListenerTLS(verify=True, cacert=str(node_certs / "ca.crt"),
+                              cert=str(node_certs / "node.crt"), key=str(node_certs / "node.key"))
+    port = free_port_block()
+    runner = web.AppRunner(make_app(tls_api.served.cluster.m))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=apitls.server_context(opts)).start()
+    try:
+        d = tls_api.tmp / "client"
+        ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+
+        def status() -> int:
+            conn = http.client.HTTPSConnection("swarm-manager", port, context=ctx, timeout=10)
+            conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                                        server_hostname="swarm-manager")
+            conn.request("GET", "/nodes")
+            return conn.getresponse().status
+
+        assert await asyncio.to_thread(status) == 200
+        with pytest.raises(ssl.SSLCertVerificationError):  # by address: not its name
+            await asyncio.to_thread(_https_status, port, ctx)
+    finally:
+        await runner.cleanup()
