@@ -9,9 +9,12 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
+
+from shoal.clienttls import ClientTLS, ClientTLSError
 
 DEFAULT_HOST = "unix:///run/shoal/shoal.sock"
 
@@ -51,14 +54,25 @@ def resolve_host(host: str | None) -> str:
 
 
 class Client:
-    def __init__(self, host: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, host: str | None = None, timeout: float = 60.0,
+                 tls: ClientTLS | None = None) -> None:
         self.host = resolve_host(host)
         self.timeout = timeout
+        self.tls = tls
+        self._ssl: ssl.SSLContext | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
         parsed = urllib.parse.urlparse(self.host)
         if parsed.scheme == "unix":
             return _UnixConnection(parsed.path, self.timeout)
+        if parsed.scheme == "tcp" and self.tls is not None:
+            if self._ssl is None:
+                try:
+                    self._ssl = self.tls.context()
+                except ClientTLSError as err:
+                    raise APIError(0, str(err)) from err
+            return http.client.HTTPSConnection(parsed.hostname or "127.0.0.1", parsed.port or 2376,
+                                               timeout=self.timeout, context=self._ssl)
         if parsed.scheme in ("tcp", "http"):
             return http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port or 2375,
                                               timeout=self.timeout)

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import urllib.parse
 
@@ -16,7 +17,9 @@ from aiohttp import web
 
 from manager.raft.guarded import RaftFailed
 from manager.raft.journal import RaftStateDamaged, set_aside
+from shoal import apitls, logformat
 from shoal.api.server import make_app
+from shoal.client import DEFAULT_HOST
 from shoal.node import NetworkOptions, Node
 from shoal.nodestate import DataRoot
 from worker.executor import DEFAULT_ENGINE, KINDS, make_executor
@@ -46,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="make a new WireGuard key pair this often (default: never)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=logformat.FORMATS,
+                   help="log lines as text or JSON, each naming its component and, where "
+                        "there is one, the node, service and task (default %(default)s)")
+    _tls_args(p)
     p.add_argument("--reset-raft-state", action="store_true",
                    help="move this manager's damaged Raft files aside (its keys stay) and "
                         "exit; started again, it catches up from the other managers")
@@ -54,6 +61,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "manager, keeping the services (as `docker swarm init "
                         "--force-new-cluster`)")
     return p.parse_args(argv)
+
+
+def _tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls", action="store_true",
+                   help="serve TCP listeners with TLS (implied by --tlsverify)")
+    p.add_argument("--tlsverify", action="store_true",
+                   help="serve TCP listeners with TLS and require client certificates "
+                        "signed by --tlscacert")
+    p.add_argument("--tlscacert", metavar="FILE", help="trust client certificates signed "
+                   "by this CA (the swarm's root: DATA_ROOT/certificates/ca.crt)")
+    p.add_argument("--tlscert", metavar="FILE", help="the TCP listeners' certificate")
+    p.add_argument("--tlskey", metavar="FILE", help="the TCP listeners' private key")
+    p.add_argument("--insecure-tcp", action="store_true",
+                   help="allow tcp:// listeners without TLS (plain HTTP: whoever reaches "
+                        "the port controls the swarm)")
+
+
+def listener_tls(args: argparse.Namespace) -> apitls.ListenerTLS:
+    return apitls.ListenerTLS(tls=args.tls, verify=args.tlsverify, cacert=args.tlscacert,
+                              cert=args.tlscert, key=args.tlskey,
+                              insecure_tcp=args.insecure_tcp)
 
 
 def raft_recovery(data_root: str) -> str:
@@ -79,7 +107,8 @@ def reset_raft_state(data_root: str) -> str:
             "and it catches up from the other managers")
 
 
-async def _sites(runner: web.AppRunner, hosts: list[str]) -> list[web.BaseSite]:
+async def _sites(runner: web.AppRunner, hosts: list[str],
+                 ssl_context: ssl.SSLContext | None) -> list[web.BaseSite]:
     sites: list[web.BaseSite] = []
     for host in hosts:
         url = urllib.parse.urlparse(host)
@@ -89,7 +118,8 @@ async def _sites(runner: web.AppRunner, hosts: list[str]) -> list[web.BaseSite]:
                 os.unlink(url.path)
             site: web.BaseSite = web.UnixSite(runner, url.path)
         elif url.scheme == "tcp":
-            site = web.TCPSite(runner, url.hostname, url.port or 2375)
+            port = url.port or (2376 if ssl_context else 2375)
+            site = web.TCPSite(runner, url.hostname, port, ssl_context=ssl_context)
         else:
             raise SystemExit(f"shoald: unsupported --host {host!r}: use unix:// or tcp://")
         await site.start()
@@ -99,8 +129,22 @@ async def _sites(runner: web.AppRunner, hosts: list[str]) -> list[web.BaseSite]:
     return sites
 
 
-async def serve(args: argparse.Namespace) -> str | None:
+def _listener_setup(args: argparse.Namespace) -> tuple[list[str], ssl.SSLContext | None]:
+    """The API listeners and their TLS context; TLSConfigError if they must not start."""
+    hosts = args.host or [DEFAULT_HOST]
+    opts = listener_tls(args)
+    for warning in apitls.check(hosts, opts):
+        log.warning("%s", warning)
+    return hosts, apitls.server_context(opts) if opts.enabled else None
+
+
+async def serve(args: argparse.Namespace,
+                context: logformat.ContextFilter | None = None) -> str | None:
     """Run until SIGTERM/SIGINT; returns why the node failed, if it did."""
+    try:
+        hosts, ssl_context = _listener_setup(args)
+    except apitls.TLSConfigError as err:
+        return f"shoald: {err}"
     node = Node(args.data_root, args.hostname or socket.gethostname(),
                 executor=make_executor(args.executor, args.engine),
                 network=NetworkOptions(args.netns_prefix, args.dns_upstream,
@@ -117,6 +161,8 @@ async def serve(args: argparse.Namespace) -> str | None:
         loop.call_soon_threadsafe(fail, err)
 
     node.on_fatal = raft_failed
+    if context is not None:
+        context.node_id = lambda: node.state.node_id if node.state else None
     try:
         await node.start()
     except RaftStateDamaged as err:
@@ -131,7 +177,7 @@ async def serve(args: argparse.Namespace) -> str | None:
                      await node.force_new_cluster())
     runner = web.AppRunner(make_app(node), access_log=None)
     await runner.setup()
-    await _sites(runner, args.host or ["unix:///run/shoal/shoal.sock"])
+    await _sites(runner, hosts, ssl_context)
     log.info("shoald ready (node state %s)", node.local_state)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -146,13 +192,12 @@ async def serve(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    context = logformat.setup(args.log_format, args.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if args.reset_raft_state:
         print(reset_raft_state(args.data_root))
         return
-    failure = asyncio.run(serve(args))
+    failure = asyncio.run(serve(args, context))
     if failure is not None:
         print(failure, file=sys.stderr, flush=True)
         sys.exit(1)

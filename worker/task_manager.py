@@ -105,6 +105,7 @@ class TaskManager:
         self._drained = False  # waited BACKEND_DRAIN before stopping
         self._network_released = False
         self._files_released = False
+        self._log = logging.LoggerAdapter(log, {"task": task.id, "service": task.service_id})
 
     @property
     def task_id(self) -> str:
@@ -154,7 +155,7 @@ class TaskManager:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # a bug or an engine failure we did not expect
-                log.exception("task %s: step failed", self.task_id)
+                self._log.exception("task %s: step failed", self.task_id)
                 result = self._error(err)
             if result is DONE:
                 return
@@ -217,7 +218,7 @@ class TaskManager:
             try:
                 last = await self._executor.inspect(self.task_id)
             except ExecutorError as err:
-                log.warning("task %s: inspecting its container failed, retrying: %s",
+                self._log.warning("task %s: inspecting its container failed, retrying: %s",
                             self.task_id, err)
                 await self._pause(RETRY)
                 return AGAIN
@@ -254,7 +255,8 @@ class TaskManager:
         try:
             await self._executor.release_network(self.task_id)
         except ExecutorError as err:
-            log.warning("task %s: releasing its network failed, retrying: %s", self.task_id, err)
+            self._log.warning("task %s: releasing its network failed, retrying: %s",
+                              self.task_id, err)
             await self._pause(RETRY)
             return AGAIN
         self._network_released = True
@@ -267,14 +269,14 @@ class TaskManager:
         try:
             await self._executor.shutdown(self.task_id, stop_grace(self.task))
         except ExecutorError as err:
-            log.warning("task %s: stopping its container failed, retrying: %s",
+            self._log.warning("task %s: stopping its container failed, retrying: %s",
                         self.task_id, err)
             await self._pause(RETRY)
             return AGAIN
         try:  # only to report the exit code; the task is shut down either way
             self._container = await self._executor.inspect(self.task_id)
         except ExecutorError as err:
-            log.info("task %s: stopped, but inspecting its container failed: %s",
+            self._log.info("task %s: stopped, but inspecting its container failed: %s",
                      self.task_id, err)
         return self._status(pb.SHUTDOWN, "shutdown")
 
@@ -282,7 +284,7 @@ class TaskManager:
         try:
             await self._executor.remove(self.task_id)
         except ExecutorError as err:
-            log.warning("task %s: removing its container failed, retrying: %s",
+            self._log.warning("task %s: removing its container failed, retrying: %s",
                         self.task_id, err)
             await self._pause(RETRY)
             return AGAIN
@@ -309,7 +311,8 @@ class TaskManager:
             return watch.result()
         if not isinstance(err, ExecutorError):
             raise err
-        log.warning("task %s: watching its container failed, retrying: %s", self.task_id, err)
+        self._log.warning("task %s: watching its container failed, retrying: %s",
+                          self.task_id, err)
         await self._pause(RETRY)
         return None
 
@@ -321,10 +324,10 @@ class TaskManager:
         self._failures += 1
         delay = retry_delay(self._backoff, self._failures)
         if delay is None:
-            log.warning("task %s: %s failed %d times, giving up: %s", self.task_id, doing,
+            self._log.warning("task %s: %s failed %d times, giving up: %s", self.task_id, doing,
                         self._failures, err)
             return None
-        log.warning("task %s: %s failed (transient, try %d of %d), retrying in %.1f s: %s",
+        self._log.warning("task %s: %s failed (transient, try %d of %d), retrying in %.1f s: %s",
                     self.task_id, doing, self._failures, self._backoff.attempts, delay, err)
         await self._pause(delay)
         return AGAIN
@@ -353,11 +356,15 @@ class TaskManager:
 
     def _set(self, status: pb.TaskStatus) -> bool:
         if status.state < self.status.state:
-            log.error("task %s: refusing to move back from %s to %s", self.task_id,
+            self._log.error("task %s: refusing to move back from %s to %s", self.task_id,
                       pb.TaskState.Name(self.status.state), pb.TaskState.Name(status.state))
             return False
         if status.state != self.status.state:
             self._failures = 0
+            if status.state == pb.RUNNING or status.state >= pb.COMPLETE:
+                self._log.info("task %s: %s%s", self.task_id,
+                               pb.TaskState.Name(status.state).lower(),
+                               f" ({status.err})" if status.err else "")
         self.status.CopyFrom(status)
         self.task.status.CopyFrom(status)
         self._send()

@@ -132,27 +132,31 @@ class Worker:
     @staticmethod
     def _finished(task_id: str, runner: asyncio.Task[None]) -> None:
         if not runner.cancelled() and runner.exception() is not None:
-            log.error("task manager of %s crashed", task_id, exc_info=runner.exception())
+            log.error("task manager of %s crashed", task_id, exc_info=runner.exception(),
+                      extra={"task": task_id})
 
     def _remove_orphans(self) -> None:
         """After the first set: containers of tasks this node no longer has."""
         orphans, self._adoptable = self._adoptable or {}, {}
         for task_id in orphans:
-            log.info("removing the container of task %s: no longer assigned here", task_id)
+            log.info("removing the container of task %s: no longer assigned here", task_id,
+                     extra={"task": task_id})
             self._spawn(self._remove(task_id))
 
     async def _adopt_network(self, task: pb.Task) -> None:
         try:
             await self.executor.adopt_network(task)
         except ExecutorError as err:
-            log.warning("task %s: plumbing its sandbox again failed: %s", task.id, err)
+            log.warning("task %s: plumbing its sandbox again failed: %s", task.id, err,
+                        extra={"task": task.id, "service": task.service_id})
 
     async def _remove(self, task_id: str) -> None:
         try:
             await self.executor.shutdown(task_id, 10.0)
             await self.executor.remove(task_id)
         except ExecutorError as err:
-            log.warning("removing the container of task %s failed: %s", task_id, err)
+            log.warning("removing the container of task %s failed: %s", task_id, err,
+                        extra={"task": task_id})
 
     # -- engine description --
 

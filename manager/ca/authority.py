@@ -37,7 +37,7 @@ def _ca_key_usage() -> x509.KeyUsage:
     )
 
 
-def _node_key_usage() -> x509.KeyUsage:
+def leaf_key_usage() -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -122,12 +122,21 @@ class RootCA:
         self, csr_pem: bytes, node_id: str, role: int, cluster_id: str, expiry: timedelta
     ) -> bytes:
         """Issue a node certificate (PEM) for the CSR's key; the CA decides the subject."""
-        csr = _load_csr(csr_pem)
         subject = _node_subject(node_id, role, cluster_id)
+        return self.sign_certificate(csr_pem, subject, _node_extensions(self._key.public_key()),
+                                     expiry)
+
+    def sign_certificate(
+        self, csr_pem: bytes, subject: x509.Name,
+        extensions: list[tuple[x509.ExtensionType, bool]], expiry: timedelta,
+    ) -> bytes:
+        """Sign the CSR's key under `subject` with `extensions` ((extension, critical)
+        pairs); only the key is taken from the CSR."""
+        csr = _load_csr(csr_pem)
         if expiry <= timedelta(0):
-            raise CAError(f"node certificate expiry must be positive, got {expiry}")
+            raise CAError(f"certificate expiry must be positive, got {expiry}")
         now = datetime.now(UTC)
-        # A node certificate never outlives the CA that vouches for it.
+        # A certificate never outlives the CA that vouches for it.
         not_after = min(now + expiry, self._cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()
@@ -138,10 +147,14 @@ class RootCA:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
         )
-        for ext, critical in _node_extensions(self._key.public_key()):
+        for ext, critical in extensions:
             builder = builder.add_extension(ext, critical=critical)
         cert = builder.sign(self._key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._key.public_key()
 
 
 def _node_subject(node_id: str, role: int, cluster_id: str) -> x509.Name:
@@ -169,7 +182,7 @@ def _node_extensions(
     sans = [x509.DNSName(pki.TLS_SERVER_NAME), x509.DNSName(pki.CA_COMMON_NAME)]
     return [
         (x509.BasicConstraints(ca=False, path_length=None), True),
-        (_node_key_usage(), True),
+        (leaf_key_usage(), True),
         (x509.ExtendedKeyUsage(eku), False),
         (x509.SubjectAlternativeName(sans), False),
         (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public_key), False),

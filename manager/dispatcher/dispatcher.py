@@ -268,7 +268,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
                 continue
             reason = down_reason(self.sessions.get(node.id), now, self._leader_since, period)
             if reason:
-                log.info("node %s down: %s", node.id, reason)
+                log.info("node %s down: %s", node.id, reason, extra={"node": node.id})
                 self.sessions.pop(node.id, None)
                 mark = functools.partial(_mark_down, reason=reason)
                 await self.mgr.modify(pb.Node, node.id, mark, fenced=True)

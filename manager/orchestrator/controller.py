@@ -129,9 +129,20 @@ class Orchestrator(Controller):
             result = self.decide_service(service, snap.tasks_of(service.id), snap)
             if not result.groups:
                 quiet[service.id] = (key, result.wake_at_ns)
+            else:
+                self._log_decision(service, result)
             decision.merge(result)
         self._quiet = quiet
         return decision
+
+    def _log_decision(self, service: pb.Service, result: Decision) -> None:
+        actions = [a for g in result.groups for a in g]
+        created = sum(1 for kind, obj in actions
+                      if kind == store_pb2.CREATE and isinstance(obj, pb.Task))
+        level = logging.INFO if created else logging.DEBUG
+        log.log(level, "%s: service %s: %d new tasks, %d other changes", self.name,
+                service.spec.annotations.name, created, len(actions) - created,
+                extra={"service": service.id})
 
     def begin(self) -> None:
         self._quiet.clear()  # a new term decides everything afresh

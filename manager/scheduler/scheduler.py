@@ -62,6 +62,18 @@ def relevant(event: Event) -> bool:
         (is_active(old) and (new is None or not is_active(new)))
 
 
+def _log_each(pending: Sequence[pb.Task], decisions: Decisions) -> None:
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    for task in pending:
+        context = {"task": task.id, "service": task.service_id}
+        if node_id := decisions.assignments.get(task.id):
+            log.debug("task %s assigned to node %s", task.id, node_id,
+                      extra={**context, "node": node_id})
+        elif reason := decisions.unplaceable.get(task.id):
+            log.debug("task %s not placed: %s", task.id, reason, extra=context)
+
+
 def updates(decisions: Decisions, pending: Sequence[pb.Task], now_ns: int) -> list[pb.Task]:
     """Copies of the pending tasks with their new node or err (only those that change)."""
     out: list[pb.Task] = []
@@ -107,6 +119,7 @@ class Scheduler(Controller):
         if decisions.assignments:
             log.info("scheduler: assigning %d tasks, %d unplaceable",
                      len(decisions.assignments), len(decisions.unplaceable))
+        _log_each(pending, decisions)
         if changed and not await write_each(self.mgr, changed):
             return RETRY  # the tasks that changed meanwhile get a fresh decision
         return None

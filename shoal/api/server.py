@@ -15,7 +15,9 @@ from aiohttp import web
 
 from manager import errors as merr
 from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
+from shoal import apitls
 from shoal.api import (
+    ca,
     events,
     logs,
     metrics,
@@ -187,13 +189,13 @@ def _arch() -> str:
 def make_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[metrics.metrics_middleware(node.metrics.api),
                                        headers_middleware(node), errors_middleware,
-                                       version_middleware],
+                                       apitls.peer_middleware, version_middleware],
                           client_max_size=MAX_REQUEST_BYTES)
     app[NODE] = node
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/_ping", ping), ("HEAD", "/_ping", ping), ("GET", "/version", version),
         *swarm.ROUTES, *nodes.ROUTES, *networks.ROUTES, *logs.ROUTES, *services.ROUTES,
-        *tasks.ROUTES, *events.ROUTES, *secrets.ROUTES,
+        *tasks.ROUTES, *events.ROUTES, *secrets.ROUTES, *ca.ROUTES,
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)

@@ -129,5 +129,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[enginemod.Engin
 
 @pytest.fixture(scope="module")
 def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private DOCKER_CONFIG for tests/system/helpers.run_docker."""
+    """A private DOCKER_CONFIG for the docker CLI: no user's contexts or credentials leak
+    into the runs."""
     return tmp_path_factory.mktemp("docker-config")

@@ -37,21 +37,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
         teardown_lab(name)
 
 
-@pytest.fixture(scope="module")
-def docker_config(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("docker-config"))
-
-
-def run_docker(lab: LabState, config: str, *args: str, stdin: str | None = None
+def run_docker(lab: LabState, config: Path, *args: str, stdin: str | None = None
                ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DOCKER_HOST=f"unix://{lab.host('m1').api_socket}",
-               DOCKER_CONFIG=config)
+               DOCKER_CONFIG=str(config))
     env.pop("DOCKER_CONTEXT", None)
     return subprocess.run([DOCKER, *args], input=stdin, capture_output=True, text=True,
                           env=env, timeout=120)
 
 
-def test_docker_cli_secret_and_config_commands(lab: LabState, docker_config: str,
+def test_docker_cli_secret_and_config_commands(lab: LabState, docker_config: Path,
                                                tmp_path: Path) -> None:
     data = f"cli-{secrets.token_hex(8)}"
     out = run_docker(lab, docker_config, "secret", "create", "--label", "team=db", "clis", "-",
@@ -151,7 +146,7 @@ def _grep(root: str, needle: str) -> list[str]:
     return found.stdout.splitlines()
 
 
-def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: str) -> None:
+def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: Path) -> None:
     m1, w1 = lab.host("m1"), lab.host("w1")
     client = m1.client()
     data = f"sekrit-{secrets.token_hex(16)}"

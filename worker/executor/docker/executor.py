@@ -152,6 +152,8 @@ class DockerExecutor(Executor):
 
         created = await self._call(create)
         self._ids[task.id] = created["Id"]
+        log.info("task %s: created container %s (image %s)", task.id, created["Id"][:12],
+                 task.spec.container.image, extra={"task": task.id, "service": task.service_id})
         return await self.inspect(task.id)
 
     # -- secrets and configs --
@@ -190,7 +192,8 @@ class DockerExecutor(Executor):
             try:
                 await asyncio.to_thread(fl.unmount_files, directory)
             except OSError as err:
-                log.warning("task %s: removing its secrets' tmpfs failed: %s", task_id, err)
+                log.warning("task %s: removing its secrets' tmpfs failed: %s", task_id, err,
+                            extra={"task": task_id})
 
     # -- sandboxes (tasks on overlay networks) --
 
