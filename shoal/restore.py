@@ -49,6 +49,9 @@ def open_backup(path: str, unlock_key: str | None,
         header, payload = backup.decode(data)
         if header.sealed and not unlock_key and prompt is not None:
             unlock_key = prompt()
+        if header.sealed and not unlock_key:
+            raise RestoreRefused(f"{path}: the backup is encrypted (autolock was on when it "
+                                 "was taken): give its unlock key with --unlock-key")
         return backup.open_payload(header, payload, unlock_key)
     except backup.BackupInvalid as err:
         raise RestoreRefused(f"{path}: {err}") from None

@@ -25,11 +25,11 @@ import pytest
 from shoal import lab as labmod
 from shoal.lab import HostState, LabState
 from tests.system.conftest import LabFactory, make_lab_name, teardown_lab, wait_until
+from tests.system.helpers import DOCKER, ok, run_docker
 from tests.system.svc import IMAGE, engine
 
 pytestmark = pytest.mark.system
 
-DOCKER = "/usr/local/bin/docker"
 NOT_A_MANAGER = ("This node is not a swarm manager. Worker nodes can't be used to view or "
                  "modify cluster state. Please run this command on a manager node or promote "
                  "the current node to a manager.")
@@ -44,24 +44,6 @@ def lab() -> Iterator[LabState]:
         yield labmod.up(name, 1, 1)
     finally:
         teardown_lab(name)
-
-
-@pytest.fixture(scope="module")
-def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private DOCKER_CONFIG: no user's contexts or credentials leak into the runs."""
-    return tmp_path_factory.mktemp("docker-config")
-
-
-def run_docker(host: HostState, config: Path, *args: str,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {"DOCKER_HOST": host.api, "DOCKER_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([DOCKER, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
-
-def ok(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 class UnixHTTP(http.client.HTTPConnection):

@@ -144,6 +144,8 @@ def test_restore_names_the_file_and_the_problem(tmp_path: Path) -> None:
     with pytest.raises(restore.RestoreRefused, match=f"{path}: the backup is damaged"):
         restore.open_backup(str(path), None)
     path.write_bytes(data)
+    with pytest.raises(restore.RestoreRefused, match="encrypted .* --unlock-key"):
+        restore.open_backup(str(path), None)
     with pytest.raises(restore.RestoreRefused, match="invalid unlock key"):
         restore.open_backup(str(path), sealing.format_unlock_key(sealing.new_key()))
     key = sealing.format_unlock_key(cluster.unlock_key)
