@@ -122,8 +122,14 @@ def test_restore_on_a_lost_manager_host_brings_back_the_swarm(
     wait_until(lambda: len(running_on(lab, cfg, "bweb", "w1")) == 2, 60, "bweb's tasks on w1")
     ok(run_docker(m1, cfg, "service", "scale", "-d", "bweb=3"))
     wait_until(lambda: len(running_on(lab, cfg, "bweb", "w1")) == 3, 90, "a third task on w1")
-    live = containers(lab, service_id)
-    assert len(live) == 3, live
+    # a new host joins with the backup's (unchanged) worker token and takes the tasks over
+    w2 = labmod.add_host(lab.name, "w2")
+    ok(run_docker(w2, cfg, "swarm", "join", "--token", token, "--advertise-addr", w2.address,
+                  f"{m1.address}:2377"))
+    ok(run_docker(m1, cfg, "node", "update", "--availability", "drain", "w1"))
+    wait_until(lambda: len(running_on(lab, cfg, "bweb", "w2")) == 3, 90, "bweb's tasks on w2")
+    live = wait_until(lambda: (found := containers(lab, service_id)) and len(found) == 3 and
+                      found, 30, "only w2's three containers to run")
     # the secret (sealed in the store under a key from the backup's CA) still opens
     for found in live:
         container = engine(lab).containers.get(found["Id"])
