@@ -81,6 +81,11 @@ class Client:
     def request(self, method: str, path: str, body: Any = None,
                 params: dict[str, Any] | None = None) -> Any:
         """Send one request; return the decoded JSON body (or None); raise APIError."""
+        return _decode(self.raw(method, path, body, params))
+
+    def raw(self, method: str, path: str, body: Any = None,
+            params: dict[str, Any] | None = None) -> bytes:
+        """Send one request; return the body as sent (a backup file); raise APIError."""
         query = ""
         if params:
             query = "?" + urllib.parse.urlencode(
@@ -96,11 +101,11 @@ class Client:
             raise ConnectionFailed(self.host, str(exc) or type(exc).__name__) from exc
         finally:
             conn.close()
-        decoded = _decode(raw)
         if resp.status >= 400:
+            decoded = _decode(raw)
             message = decoded.get("message") if isinstance(decoded, dict) else None
             raise APIError(resp.status, str(message or raw.decode(errors="replace")))
-        return decoded
+        return raw
 
     def stream(self, path: str, **params: Any) -> Iterator[bytes]:
         """GET a streaming response (logs, events); yield its body as it arrives."""

@@ -17,11 +17,14 @@ from aiohttp import web
 
 from manager.raft.guarded import RaftFailed
 from manager.raft.journal import RaftStateDamaged, set_aside
-from shoal import apitls, logformat
+from shoal import apitls, logformat, restore
 from shoal.api.server import make_app
+from shoal.api.swarm import addresses
 from shoal.client import DEFAULT_HOST
-from shoal.node import NetworkOptions, Node
+from shoal.errors import InvalidRequest
+from shoal.node import NetworkOptions, Node, RestoreRequest
 from shoal.nodestate import DataRoot
+from shoal.restore import RestoreRefused
 from worker.executor import DEFAULT_ENGINE, KINDS, make_executor
 
 log = logging.getLogger("shoald")
@@ -60,6 +63,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="on a manager of a swarm that lost its quorum: become the only "
                         "manager, keeping the services (as `docker swarm init "
                         "--force-new-cluster`)")
+    p.add_argument("--restore", metavar="FILE", default=None,
+                   help="on a fresh host (empty data root): start a one-manager swarm from a "
+                        "backup (`shoal swarm backup FILE`) with its services, networks, "
+                        "secrets, configs, nodes, CA and join tokens")
+    p.add_argument("--unlock-key", default=None, metavar="SWMKEY-1-...",
+                   help="with --restore: the unlock key of an encrypted (autolock) backup "
+                        "(asked on the terminal when not given)")
+    p.add_argument("--advertise-addr", default="", metavar="IP[:PORT]",
+                   help="with --restore: the address other nodes reach this manager at "
+                        "(give the old manager's to let its workers reconnect by themselves)")
+    p.add_argument("--listen-addr", default="0.0.0.0:2377", metavar="IP[:PORT]",
+                   help="with --restore: the cluster port's listen address (default "
+                        "%(default)s)")
     return p.parse_args(argv)
 
 
@@ -82,6 +98,15 @@ def listener_tls(args: argparse.Namespace) -> apitls.ListenerTLS:
     return apitls.ListenerTLS(tls=args.tls, verify=args.tlsverify, cacert=args.tlscacert,
                               cert=args.tlscert, key=args.tlskey,
                               insecure_tcp=args.insecure_tcp)
+
+
+def restore_request(args: argparse.Namespace) -> RestoreRequest:
+    """Check a --restore before anything is written (RestoreRefused says why not)."""
+    try:
+        addrs = addresses({"ListenAddr": args.listen_addr, "AdvertiseAddr": args.advertise_addr})
+    except InvalidRequest as err:
+        raise RestoreRefused(f"--restore: {err}") from None
+    return restore.prepare(args.restore, args.data_root, args.unlock_key, addrs)
 
 
 def raft_recovery(data_root: str) -> str:
@@ -139,7 +164,8 @@ def _listener_setup(args: argparse.Namespace) -> tuple[list[str], ssl.SSLContext
 
 
 async def serve(args: argparse.Namespace,
-                context: logformat.ContextFilter | None = None) -> str | None:
+                context: logformat.ContextFilter | None = None,
+                restoring: RestoreRequest | None = None) -> str | None:
     """Run until SIGTERM/SIGINT; returns why the node failed, if it did."""
     try:
         hosts, ssl_context = _listener_setup(args)
@@ -167,6 +193,10 @@ async def serve(args: argparse.Namespace,
         await node.start()
     except RaftStateDamaged as err:
         return damaged_message(err, args.data_root)
+    if restoring is not None:
+        node_id = await node.restore(restoring)
+        log.info("restored the swarm from %s: node %s is its only manager", args.restore,
+                 node_id)
     if args.force_new_cluster:
         if node.manager_role is None:
             log.warning("--force-new-cluster ignored: this node is %s, not a running manager "
@@ -197,7 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.reset_raft_state:
         print(reset_raft_state(args.data_root))
         return
-    failure = asyncio.run(serve(args, context))
+    restoring = None
+    if args.restore:
+        try:
+            restoring = restore_request(args)
+        except RestoreRefused as err:
+            print(f"shoald: will not restore: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+    failure = asyncio.run(serve(args, context, restoring))
     if failure is not None:
         print(failure, file=sys.stderr, flush=True)
         sys.exit(1)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 
 import pki
+from manager import backup
 from manager.ca.authority import BACKDATE, RootCA
 from manager.ca.server import cert_expiry
 from manager.errors import NotFound, Unavailable
@@ -61,6 +62,14 @@ class NetworkOptions:
     dns_upstreams: list[str] | None = None  # None: the host's resolv.conf
     wg_port: int = 51820
     key_rotation: float | None = None  # seconds between WireGuard key rotations
+
+
+@dataclass
+class RestoreRequest:
+    snapshot: bytes  # the backup's StoreSnapshot, opened (manager/backup.py)
+    advertise_ip: str
+    listen_ip: str
+    port: int
 
 
 @dataclass
@@ -273,6 +282,38 @@ class Node:
             self.data.kek = None
             self.state = None
             self.certs = None
+
+    async def restore(self, req: RestoreRequest) -> str:
+        """`shoald --restore`: on an empty data root, start a one-manager cluster from a
+        backup's store (an opened StoreSnapshot), as Docker's restore does (the swarm
+        directory copied back, then `swarm init --force-new-cluster`). The cluster keeps
+        its ID, root CA and join tokens, so its workers' certificates stay valid and the
+        tokens still join; this host is a new manager node; the backup's managers stay in
+        the store as down workers (`docker node rm` them), its workers as they were, until
+        they reconnect or are marked down."""
+        async with self._lock:
+            if self.state is not None:
+                raise AlreadyInSwarm()
+            snapshot = backup.for_new_cluster(req.snapshot, secrets.token_urlsafe(32))
+            cluster = backup.cluster_of(snapshot)
+            root = RootCA.from_pem(cluster.root_ca.ca_cert_pem, cluster.root_ca.ca_key_pem)
+            self.data.kek = cluster_kek(cluster)  # sealed from the first write on
+            node_id, key = new_id(), pki.new_key()
+            cert = root.sign_node_certificate(pki.make_csr(key), node_id, pb.MANAGER, cluster.id,
+                                              cert_expiry(cluster))
+            state = SwarmState(node_id, cluster.id, req.advertise_ip, req.listen_ip, req.port)
+            state.managers, state.raft_peers = [state.addr], [state.raft_addr]
+            self._adopt(state, Certificates(pki.key_pem(key), cert, root.cert_pem))
+            role = await self._start_manager([state.raft_addr], cluster.raft_secret,
+                                             cluster.raft_dek, restore=snapshot)
+            await role.wait_leader(15.0)
+            for node in role.store.list(pb.Node):
+                if node.role == pb.MANAGER:
+                    await role.manager.modify(pb.Node, node.id, _lost_manager)
+            await role.manager.put(self._first_node(state, pb.ACTIVE))
+            await role.replica.dump()  # until dumped, the restored store is only in memory
+            await self._start_worker()
+            return node_id
 
     async def force_new_cluster(self) -> str:
         """`swarm init --force-new-cluster` on a manager (or `shoald --force-new-cluster`):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import logging
 import os
@@ -10,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from manager import backup
 from manager.controlapi.cluster import unlock_key, update_cluster
 from manager.controlapi.limits import check_cluster_spec
 from manager.errors import Unavailable
@@ -53,7 +55,7 @@ def split_addr(value: str, default_port: int, what: str) -> tuple[str, int]:
     return host, port
 
 
-def _addresses(f: dict[str, Any]) -> tuple[str, str, int]:
+def addresses(f: dict[str, Any]) -> tuple[str, str, int]:
     listen_ip, port = split_addr(f.get("ListenAddr") or "0.0.0.0:2377", DEFAULT_PORT,
                                  "listen address")
     listen_ip = listen_ip or "0.0.0.0"
@@ -83,7 +85,7 @@ async def swarm_init(request: web.Request) -> web.Response:
     node = node_of(request)
     if f.get("ForceNewCluster") and node.state is not None:
         return web.json_response(await node.force_new_cluster())
-    adv_ip, listen_ip, port = _addresses(f)
+    adv_ip, listen_ip, port = addresses(f)
     spec = convert.cluster_spec(f.get("Spec") or {})
     check_cluster_spec(spec)
     req = InitRequest(adv_ip, listen_ip, port, spec, _availability(f.get("Availability")),
@@ -130,7 +132,7 @@ async def swarm_join(request: web.Request) -> web.Response:
     if not remotes or not f.get("JoinToken"):
         raise InvalidRequest("a join needs RemoteAddrs (a manager's IP:PORT) and a JoinToken")
     remote_ip, remote_port = split_addr(str(remotes[0]), DEFAULT_PORT, "remote address")
-    adv_ip, listen_ip, port = _addresses(f)
+    adv_ip, listen_ip, port = addresses(f)
     await node_of(request).join(joining.JoinRequest(
         f"{remote_ip}:{remote_port}", f["JoinToken"], adv_ip, listen_ip, port,
         _availability(f.get("Availability"))))
@@ -167,6 +169,16 @@ async def swarm_unlock(request: web.Request) -> web.Response:
     f = fields(await _body(request), {"UnlockKey": str}, "UnlockRequest")
     await node_of(request).unlock(f.get("UnlockKey", ""))
     return web.Response(status=200)
+
+
+async def swarm_backup(request: web.Request) -> web.Response:
+    """Shoal's own endpoint (Docker has none): a backup of the store, as one file
+    (manager/backup.py), from one store version; 503 on a worker, as every cluster read."""
+    mgr = node_of(request).manager()
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data = backup.make(mgr.store.snapshot(), mgr.node_id, now)
+    return web.Response(body=data, content_type="application/octet-stream", headers={
+        "Content-Disposition": 'attachment; filename="shoal-backup.bin"'})
 
 
 def _swarm_info(node: Node) -> dict[str, Any]:
@@ -234,4 +246,5 @@ ROUTES = [
     ("POST", "/swarm/update", swarm_update),
     ("GET", "/swarm/unlockkey", swarm_unlock_key),
     ("POST", "/swarm/unlock", swarm_unlock),
+    ("GET", "/swarm/backup", swarm_backup),
 ]

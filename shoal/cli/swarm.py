@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 from urllib.parse import quote
 
 import click
 
+from manager import backup as backup_format
 from shoal.cli.output import DURATION, CommandFailed, pass_client, print_json
 from shoal.client import Client
 
@@ -196,3 +199,31 @@ def leave(client: Client, force: bool) -> None:
 def inspect(client: Client, fmt: str) -> None:
     """Display the swarm object (cluster settings, join tokens, TLS info) as JSON."""
     print_json(client.get("/swarm"))
+
+
+@swarm.command()
+@click.argument("file", metavar="FILE")
+@pass_client
+def backup(client: Client, file: str) -> None:
+    """Write a backup of the swarm's state (services, networks, secrets, configs, nodes,
+    the cluster CA) to FILE ("-": standard output); run it on a manager. While autolock is
+    on the backup is encrypted: restoring it (`shoald --restore FILE`) needs the unlock key."""
+    data = client.raw("GET", "/swarm/backup")
+    try:
+        header, _ = backup_format.decode(data)
+    except backup_format.BackupInvalid as err:
+        raise CommandFailed(f"the daemon sent a damaged backup: {err}") from None
+    if file == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    tmp = f"{file}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, file)
+    sealed = "encrypted with the unlock key" if header.sealed else "not encrypted"
+    click.echo(f"Backup of swarm {header.cluster_id} (store version {header.store_version}, "
+               f"{sealed}) written to {file} ({len(data)} bytes).")

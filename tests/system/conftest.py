@@ -115,6 +115,13 @@ def lab(request: pytest.FixtureRequest, lab_factory: LabFactory) -> labmod.LabSt
     return lab_factory(**kwargs)
 
 
+@pytest.fixture(scope="module")
+def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private DOCKER_CONFIG for `helpers.run_docker`: no user's contexts or credentials
+    leak into the runs."""
+    return tmp_path_factory.mktemp("docker-config")
+
+
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[enginemod.Engine]:
     """A bare private dockerd with the test images loaded, shared by the session's tests."""
@@ -125,10 +132,3 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[enginemod.Engin
         yield eng
     finally:
         eng.purge()
-
-
-@pytest.fixture(scope="module")
-def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private DOCKER_CONFIG for the docker CLI: no user's contexts or credentials leak
-    into the runs."""
-    return tmp_path_factory.mktemp("docker-config")

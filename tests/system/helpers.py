@@ -26,15 +26,22 @@ def shoal(host: HostState, *args: str) -> subprocess.CompletedProcess[str]:
 def run_docker(host: HostState, config: Path | str, *args: str, stdin: str | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real docker CLI against a lab host's API, with a private DOCKER_CONFIG (the
-    `docker_config` fixture) so no user's contexts or credentials leak into the run."""
+    `docker_config` fixture) and nothing of the caller's environment (contexts, TLS)."""
     env = {"DOCKER_HOST": host.api, "DOCKER_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([DOCKER, *args], capture_output=True, text=True, env=env,
-                          input=stdin, timeout=timeout)
+    return subprocess.run([DOCKER, *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=timeout)
 
 
 def ok(out: subprocess.CompletedProcess[str]) -> str:
+    """The output of a command that must have succeeded."""
     assert out.returncode == 0, (out.args, out.stdout, out.stderr)
     return out.stdout
+
+
+def fails(out: subprocess.CompletedProcess[str], message: str) -> None:
+    """A command that must have failed, saying `message`."""
+    assert out.returncode != 0, (out.args, out.stdout)
+    assert message in out.stderr, (out.args, out.stderr)
 
 
 def nodes(client: Client) -> list[dict[str, Any]]:
