@@ -24,7 +24,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
-from manager.raft.replica import RaftReplica, RaftTiming
+from manager.raft.replica import DEFAULT_SNAPSHOT_INTERVAL, RaftReplica, RaftTiming
 from manager.store.memory import MemoryStore, wrap
 from proto import objects_pb2 as pb
 from proto import store_pb2
@@ -44,7 +44,8 @@ def raw_conf(state_dir: str, secret: str, timing: RaftTiming | None = None) -> S
         fullDumpFile=os.path.join(state_dir, "dump.bin"),
         appendEntriesPeriod=t.append_entries_period, autoTickPeriod=t.auto_tick_period,
         raftMinTimeout=t.election_min, raftMaxTimeout=t.election_max,
-        connectionRetryTime=t.connection_retry, connectionTimeout=t.connection_timeout)
+        connectionRetryTime=t.connection_retry, connectionTimeout=t.connection_timeout,
+        logCompactionMinEntries=DEFAULT_SNAPSHOT_INTERVAL)
 
 
 def conf_summary(conf: SyncObjConf) -> dict[str, Any]:
