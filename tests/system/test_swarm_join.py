@@ -100,11 +100,26 @@ def _all_ready(client: object, count: int) -> dict | None:
     return listed if len(ready) == count else None
 
 
+def _settled(client: object, hostname: str) -> dict:
+    """The node once its version has not moved for 2 s."""
+    seen: list[dict] = []
+
+    def still() -> dict | None:
+        seen.append(by_hostname(client)[hostname])  # type: ignore[arg-type]
+        if len(seen) > 1 and seen[-1]["Version"] == seen[-2]["Version"]:
+            return seen[-1]
+        return None
+    return wait_until(still, 60, f"{hostname}'s node settled", interval=2.0)
+
+
 @pytest.mark.lab(managers=1, workers=1)
 def test_bad_input_gets_docker_errors_and_changes_nothing(lab: LabState) -> None:
     m1, w1 = lab.host("m1"), lab.host("w1")
     client = m1.client()
-    w1_node = by_hostname(client)["w1"]
+    # a node that just joined still reports its status (each report a new version): start
+    # from a node that is ready and has settled, as a user reading `node inspect` would
+    wait_until(lambda: _all_ready(client, 2), 60, "both nodes ready")
+    w1_node = _settled(client, "w1")
     before = w1_node["Version"]["Index"]
     path = f"/nodes/{w1_node['ID']}/update?version={before}"
     conn_statuses = {
