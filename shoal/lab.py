@@ -502,8 +502,9 @@ def down(name: str) -> None:
     _remove_engine(name, state)  # after the daemons, so no agent starts a container again
     for host in hosts:  # the tmpfs of its tasks' secrets, which outlive a killed daemon
         _remove_task_files(host)
+    present = set(_lab_namespaces(name))  # a stopping shoald removes its overlay namespaces
     for ns in dict.fromkeys(host_nss + [switch]):  # the switch namespace last
-        if ns in existing:
+        if ns in present:
             _ip("netns", "del", ns)
     shutil.rmtree(sdir, ignore_errors=True)
     left = _lab_namespaces(name)
