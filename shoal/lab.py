@@ -503,8 +503,8 @@ def down(name: str) -> None:
     for host in hosts:  # the tmpfs of its tasks' secrets, which outlive a killed daemon
         _remove_task_files(host)
     for ns in dict.fromkeys(host_nss + [switch]):  # the switch namespace last
-        if ns in existing:
-            _ip("netns", "del", ns)
+        if ns in existing:  # (a stopping shoald may have just removed its own: checked below)
+            _ip("netns", "del", ns, check=False)
     shutil.rmtree(sdir, ignore_errors=True)
     left = _lab_namespaces(name)
     if left or sdir.exists():

@@ -6,6 +6,7 @@
   taken down at teardown, even when `up` failed half way.
 - `lab`: one lab per test, sized by `@pytest.mark.lab(managers=3, workers=2, ...)` (keyword
   arguments go to `shoal.lab.up`; default one manager, no worker).
+- `docker_config`: a private DOCKER_CONFIG directory per module, for `helpers.run_docker`.
 - `engine`: one private dockerd for the session (shoal/engine.py) with the test images
   (`make images`) loaded; stopped and deleted at the end.
 
@@ -113,6 +114,12 @@ def lab(request: pytest.FixtureRequest, lab_factory: LabFactory) -> labmod.LabSt
     marker = request.node.get_closest_marker("lab")
     kwargs = dict(marker.kwargs) if marker else {}
     return lab_factory(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def docker_config(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A private DOCKER_CONFIG for the docker CLI (tests.system.helpers.run_docker)."""
+    return str(tmp_path_factory.mktemp("docker-config"))
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,28 @@ from shoal.client import Client
 from shoal.lab import HostState, LabState
 
 SHOAL = str(Path(sys.executable).parent / "shoal")
+DOCKER = "/usr/local/bin/docker"
 
 
 def shoal(host: HostState, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real `shoal` CLI against a lab host's API."""
     return subprocess.run([SHOAL, "-H", host.api, *args], capture_output=True, text=True,
                           timeout=120)
+
+
+def run_docker(host: HostState, config: str, *args: str, stdin: str | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real docker CLI against a lab host's API, with a private DOCKER_CONFIG (the
+    `docker_config` fixture): no user's contexts or credentials leak into the runs."""
+    env = {"DOCKER_HOST": host.api, "DOCKER_CONFIG": config, "PATH": "/usr/bin:/bin"}
+    return subprocess.run([DOCKER, *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def ok(out: subprocess.CompletedProcess[str]) -> str:
+    """The stdout of a command that must have succeeded."""
+    assert out.returncode == 0, (out.args, out.stdout, out.stderr)
+    return out.stdout
 
 
 def nodes(client: Client) -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -25,11 +24,11 @@ import pytest
 from shoal import lab as labmod
 from shoal.lab import HostState, LabState
 from tests.system.conftest import LabFactory, make_lab_name, teardown_lab, wait_until
+from tests.system.helpers import DOCKER, ok, run_docker
 from tests.system.svc import IMAGE, engine
 
 pytestmark = pytest.mark.system
 
-DOCKER = "/usr/local/bin/docker"
 NOT_A_MANAGER = ("This node is not a swarm manager. Worker nodes can't be used to view or "
                  "modify cluster state. Please run this command on a manager node or promote "
                  "the current node to a manager.")
@@ -44,24 +43,6 @@ def lab() -> Iterator[LabState]:
         yield labmod.up(name, 1, 1)
     finally:
         teardown_lab(name)
-
-
-@pytest.fixture(scope="module")
-def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private DOCKER_CONFIG: no user's contexts or credentials leak into the runs."""
-    return tmp_path_factory.mktemp("docker-config")
-
-
-def run_docker(host: HostState, config: Path, *args: str,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {"DOCKER_HOST": host.api, "DOCKER_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([DOCKER, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
-
-def ok(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -136,7 +117,7 @@ def test_ping_headers_and_api_versions(lab: LabState) -> None:
 
 
 def test_docker_version_and_info_show_the_node_and_its_engine(
-        lab: LabState, docker_config: Path) -> None:
+        lab: LabState, docker_config: str) -> None:
     m1 = lab.host("m1")
     out = ok(run_docker(m1, docker_config, "version"))
     client_part, _, server_part = out.partition("Server:")
@@ -215,13 +196,13 @@ def read_events(proc: subprocess.Popen[str], until: Any, timeout: float) -> list
 
 
 def test_docker_events_stream_service_and_node_changes(lab: LabState,
-                                                       docker_config: Path) -> None:
+                                                       docker_config: str) -> None:
     # Item 7 names task events too: dockerd streams none in swarm scope (its cluster watch
     # covers nodes, services, networks, secrets and configs), so neither does Shoal; a task's
     # container events come from the engine (local scope, through the passthrough).
     m1 = lab.host("m1")
     w1_id = lab.host("w1").node_id
-    env = {"DOCKER_HOST": m1.api, "DOCKER_CONFIG": str(docker_config)}
+    env = {"DOCKER_HOST": m1.api, "DOCKER_CONFIG": docker_config}
     # --since takes whole seconds: start at one, so what came before is before it
     start = math.ceil(time.time())
     time.sleep(start - time.time())
@@ -307,7 +288,7 @@ def test_docker_py_events_and_worker_refusal(lab: LabState) -> None:
 
 # -- 8. errors -----------------------------------------------------------------------------
 
-def test_errors_print_what_docker_prints(lab: LabState, docker_config: Path) -> None:
+def test_errors_print_what_docker_prints(lab: LabState, docker_config: str) -> None:
     m1, w1 = lab.host("m1"), lab.host("w1")
     expected = [
         (m1, ("service", "inspect", "nope"), "Error: no such service: nope"),  # from a 404
@@ -360,7 +341,7 @@ def test_errors_print_what_docker_prints(lab: LabState, docker_config: Path) -> 
 
 # -- the "Wrong" list ----------------------------------------------------------------------
 
-def test_attached_replicated_job_finishes(lab: LabState, docker_config: Path) -> None:
+def test_attached_replicated_job_finishes(lab: LabState, docker_config: str) -> None:
     m1 = lab.host("m1")
     try:
         out = run_docker(m1, docker_config, "service", "create", "--name", "compatjob",
@@ -379,7 +360,7 @@ def test_attached_replicated_job_finishes(lab: LabState, docker_config: Path) ->
         remove_service(m1, "compatglobaljob")
 
 
-def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: Path) -> None:
+def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: str) -> None:
     m1 = lab.host("m1")
     cluster = json.loads(ok(run_docker(m1, docker_config, "info", "--format",
                                        "{{json .Swarm.Cluster.TLSInfo}}")))
@@ -398,7 +379,7 @@ def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: Path) -> 
 
 
 def test_swarm_init_and_leave_with_the_docker_cli(lab_factory: LabFactory,
-                                                 docker_config: Path) -> None:
+                                                 docker_config: str) -> None:
     """A node outside any swarm: `docker swarm init` prints the docker CLI's own join hints
     (from what the API answers: the node ID, the worker token, the manager's address)."""
     solo = lab_factory(managers=1, workers=0, form_swarm=False).host("m1")
@@ -427,7 +408,7 @@ def test_swarm_init_and_leave_with_the_docker_cli(lab_factory: LabFactory,
         "Node left the swarm."
 
 
-def test_without_quorum_the_error_is_dockers(lab: LabState, docker_config: Path) -> None:
+def test_without_quorum_the_error_is_dockers(lab: LabState, docker_config: str) -> None:
     """Last in the module (it takes the lab's quorum away): a manager that has lost the
     majority answers 503 "The swarm does not have a leader..." as dockerd does."""
     m1, w1 = lab.host("m1"), lab.host("w1")

@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +18,10 @@ from pki import sealing
 from shoal import lab as labmod
 from shoal.lab import HostState, LabState
 from tests.system.conftest import LabFactory, make_lab_name, teardown_lab, wait_until
-from tests.system.helpers import try_get
+from tests.system.helpers import ok, run_docker, try_get
 
 pytestmark = pytest.mark.system
 
-DOCKER = "/usr/local/bin/docker"
 TOKEN = re.compile(r"SWMTKN-1-[0-9a-z]{50}-[0-9a-z]{25}")
 UNLOCK_KEY = re.compile(r"SWMKEY-1-[A-Za-z0-9+/]{43}")
 LOCKED = ('Swarm is encrypted and needs to be unlocked before it can be used. Please use '
@@ -48,38 +45,20 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabState]:
         teardown_lab(name)
 
 
-@pytest.fixture(scope="module")
-def docker_config() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="swarmcli-docker-") as path:
-        yield path
-
-
-def docker(config: str, host: HostState, *args: str,
-           stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DOCKER_HOST": f"unix://{host.api_socket}", "DOCKER_CONFIG": config}
-    return subprocess.run([DOCKER, *args], env=env, input=stdin, capture_output=True,
-                          text=True, timeout=120)
-
-
-def ok(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 0, (out.args, out.stdout, out.stderr)
-    return out.stdout
-
-
 def fails(out: subprocess.CompletedProcess[str], message: str) -> None:
     assert out.returncode != 0, (out.args, out.stdout)
     assert message in out.stderr, (out.args, out.stderr)
 
 
 def spec(config: str, host: HostState) -> dict[str, object]:
-    return json.loads(ok(docker(config, host, "info", "--format",
+    return json.loads(ok(run_docker(host, config, "info", "--format",
                                 "{{json .Swarm.Cluster.Spec}}")))
 
 
 def test_init_join_update_tokens_ca_with_the_docker_cli(lab: LabState,
                                                         docker_config: str) -> None:
     m1, w1 = lab.host("m1"), lab.host("w1")
-    out = ok(docker(docker_config, m1, "swarm", "init", "--advertise-addr", m1.address,
+    out = ok(run_docker(m1, docker_config, "swarm", "init", "--advertise-addr", m1.address,
                     "--listen-addr", "0.0.0.0:2377", "--autolock", "--task-history-limit", "3",
                     "--dispatcher-heartbeat", "7s", "--cert-expiry", "720h",
                     "--snapshot-interval", "5000", "--default-addr-pool", "10.77.0.0/16",
@@ -96,35 +75,36 @@ def test_init_join_update_tokens_ca_with_the_docker_cli(lab: LabState,
     assert s["CAConfig"]["NodeCertExpiry"] == 720 * 3600 * 10**9  # type: ignore[index]
     assert s["Raft"]["SnapshotInterval"] == 5000  # type: ignore[index]
     assert s["EncryptionConfig"] == {"AutoLockManagers": True}
-    info = ok(docker(docker_config, m1, "info"))
+    info = ok(run_docker(m1, docker_config, "info"))
     for line in ("Default Address Pool: 10.77.0.0/16", "SubnetSize: 26", "Data Path Port: 4790",
                  "Task History Retention Limit: 3", "Heartbeat Period: 7 seconds",
                  "Expiry Duration: 4 weeks", "Snapshot Interval: 5000",
                  "Autolock Managers: true"):
         assert line in info, (line, info)
-    fails(docker(docker_config, m1, "swarm", "init", "--advertise-addr", m1.address),
+    fails(run_docker(m1, docker_config, "swarm", "init", "--advertise-addr", m1.address),
           "This node is already part of a swarm.")
 
     # tokens
-    out = ok(docker(docker_config, m1, "swarm", "join-token", "worker"))
+    out = ok(run_docker(m1, docker_config, "swarm", "join-token", "worker"))
     assert out.startswith("To add a worker to this swarm, run the following command:"), out
     worker_token = TOKEN.search(out)
     assert worker_token, out
-    manager_token = ok(docker(docker_config, m1, "swarm", "join-token", "-q", "manager")).strip()
+    manager_token = ok(run_docker(m1, docker_config, "swarm", "join-token", "-q",
+                                  "manager")).strip()
     assert TOKEN.fullmatch(manager_token) and manager_token != worker_token.group(0)
-    out = ok(docker(docker_config, m1, "swarm", "join-token", "--rotate", "worker"))
+    out = ok(run_docker(m1, docker_config, "swarm", "join-token", "--rotate", "worker"))
     assert "Successfully rotated worker join token." in out, out
     new_token = TOKEN.search(out)
     assert new_token and new_token.group(0) != worker_token.group(0)
 
     # join with the rotated token, drained
-    out = ok(docker(docker_config, w1, "swarm", "join", "--token", new_token.group(0),
+    out = ok(run_docker(w1, docker_config, "swarm", "join", "--token", new_token.group(0),
                     "--advertise-addr", w1.address, "--availability", "drain",
                     f"{m1.address}:2377"))
     assert out.strip() == "This node joined a swarm as a worker.", out
 
     # update: the settings land
-    out = ok(docker(docker_config, m1, "swarm", "update", "--task-history-limit", "2",
+    out = ok(run_docker(m1, docker_config, "swarm", "update", "--task-history-limit", "2",
                     "--cert-expiry", "48h", "--dispatcher-heartbeat", "10s",
                     "--snapshot-interval", "2000"))
     assert out.strip() == "Swarm updated.", out
@@ -136,95 +116,95 @@ def test_init_join_update_tokens_ca_with_the_docker_cli(lab: LabState,
 
     # ca: prints the root; a rotation is refused and changes nothing
     ca_pem = Path(m1.data_root, "certificates", "ca.crt").read_text()
-    assert ok(docker(docker_config, m1, "swarm", "ca")).strip() == ca_pem.strip()
-    fails(docker(docker_config, m1, "swarm", "ca", "--rotate", "-d"),
+    assert ok(run_docker(m1, docker_config, "swarm", "ca")).strip() == ca_pem.strip()
+    fails(run_docker(m1, docker_config, "swarm", "ca", "--rotate", "-d"),
           "root CA rotation is not supported by Shoal yet")
-    assert ok(docker(docker_config, m1, "swarm", "ca")).strip() == ca_pem.strip()
+    assert ok(run_docker(m1, docker_config, "swarm", "ca")).strip() == ca_pem.strip()
     assert spec(docker_config, m1)["CAConfig"]["NodeCertExpiry"] == 48 * 3600 * 10**9  # type: ignore[index]
 
 
 def test_task_history_limit_is_applied(lab: LabState, docker_config: str) -> None:
     """The limit set by `swarm update` (2) is what the task reaper keeps per slot."""
     m1 = lab.host("m1")
-    ok(docker(docker_config, m1, "service", "create", "-d", "--name", "hist",
+    ok(run_docker(m1, docker_config, "service", "create", "-d", "--name", "hist",
               "--update-monitor", "1s", "shoal/busybox:latest", "sleep", "1000"))
 
     def running() -> list[str]:
-        return ok(docker(docker_config, m1, "service", "ps", "hist", "--filter",
+        return ok(run_docker(m1, docker_config, "service", "ps", "hist", "--filter",
                          "desired-state=running", "--format",
                          "{{.ID}} {{.CurrentState}}")).splitlines()
 
     wait_until(lambda: [r for r in running() if " Running " in r], 90, "the first task")
     for _ in range(3):
         before = running()[0].split()[0]
-        ok(docker(docker_config, m1, "service", "update", "-d", "--force", "hist"))
+        ok(run_docker(m1, docker_config, "service", "update", "-d", "--force", "hist"))
         wait_until(lambda b=before: [r for r in running()
                                      if " Running " in r and not r.startswith(b)],
                    90, "the forced update's new task to run")
 
     def tasks() -> list[str]:
-        return ok(docker(docker_config, m1, "service", "ps", "-q", "hist")).split()
+        return ok(run_docker(m1, docker_config, "service", "ps", "-q", "hist")).split()
 
     wait_until(lambda: len(tasks()) == 2, 60, "the reaper to keep 2 tasks of the slot")
     assert " Running " in running()[0], running()
-    ok(docker(docker_config, m1, "service", "rm", "hist"))
+    ok(run_docker(m1, docker_config, "service", "rm", "hist"))
 
 
 def test_node_commands_print_dockers_columns(lab: LabState, docker_config: str) -> None:
     m1, w1 = lab.host("m1"), lab.host("w1")
-    lines = ok(docker(docker_config, m1, "node", "ls")).splitlines()
+    lines = ok(run_docker(m1, docker_config, "node", "ls")).splitlines()
     assert NODE_LS_HEADER.match(lines[0]), lines
     rows = {line.split()[2] if "*" in line.split() else line.split()[1]: line
             for line in lines[1:]}
     assert re.match(r"^\w{25} \*\s+m1\s+Ready\s+Active\s+Leader\s+\S+$", rows["m1"]), rows
     assert re.match(r"^\w{25}\s+w1\s+Ready\s+Drain\s+\S+$", rows["w1"]), rows
 
-    pretty = ok(docker(docker_config, m1, "node", "inspect", "--pretty", "self"))
+    pretty = ok(run_docker(m1, docker_config, "node", "inspect", "--pretty", "self"))
     for part in ("Hostname:              \tm1", "State:\t\t\tReady", "Leader:\t\tYes",
                  "TLS Info:", "Issuer Subject:"):
         assert part in pretty, (part, pretty)
 
-    assert ok(docker(docker_config, m1, "node", "update", "--availability", "active",
+    assert ok(run_docker(m1, docker_config, "node", "update", "--availability", "active",
                      "--label-add", "zone=a", "--label-add", "disk=ssd", "w1")).strip() == "w1"
-    labels = ok(docker(docker_config, m1, "node", "inspect", "w1", "--format",
+    labels = ok(run_docker(m1, docker_config, "node", "inspect", "w1", "--format",
                        "{{json .Spec.Labels}} {{.Spec.Availability}}")).strip()
     assert labels == '{"disk":"ssd","zone":"a"} active', labels
-    fails(docker(docker_config, m1, "node", "update", "--role", "boss", "w1"),
+    fails(run_docker(m1, docker_config, "node", "update", "--role", "boss", "w1"),
           "invalid role")
 
-    out = ok(docker(docker_config, m1, "node", "promote", "w1"))
+    out = ok(run_docker(m1, docker_config, "node", "promote", "w1"))
     assert out.strip() == "Node w1 promoted to a manager in the swarm.", out
     wait_until(lambda: re.search(r"w1\s+Ready\s+Active\s+Reachable",
-                                 ok(docker(docker_config, m1, "node", "ls"))), 60,
+                                 ok(run_docker(m1, docker_config, "node", "ls"))), 60,
                "w1 to be a reachable manager")
-    fails(docker(docker_config, m1, "node", "rm", "--force", "w1"),
+    fails(run_docker(m1, docker_config, "node", "rm", "--force", "w1"),
           "is a cluster manager and is a member of the raft cluster. It must be demoted to "
           "worker before removal")
-    out = ok(docker(docker_config, m1, "node", "demote", "w1"))
+    out = ok(run_docker(m1, docker_config, "node", "demote", "w1"))
     assert out.strip() == "Manager w1 demoted in the swarm.", out
     wait_until(lambda: re.search(r"w1\s+Ready\s+Active\s+\S+$",
-                                 ok(docker(docker_config, m1, "node", "ls")), re.M)
-               and "Reachable" not in ok(docker(docker_config, m1, "node", "ls")), 60,
+                                 ok(run_docker(m1, docker_config, "node", "ls")), re.M)
+               and "Reachable" not in ok(run_docker(m1, docker_config, "node", "ls")), 60,
                "w1 to be a worker again")
 
-    ok(docker(docker_config, m1, "service", "create", "-d", "--name", "onw1", "--constraint",
+    ok(run_docker(m1, docker_config, "service", "create", "-d", "--name", "onw1", "--constraint",
               "node.labels.zone==a", "shoal/busybox:latest", "sleep", "1000"))
     wait_until(lambda: re.search(r"Running\s+Running ",
-                                 ok(docker(docker_config, m1, "node", "ps", "w1"))), 90,
+                                 ok(run_docker(m1, docker_config, "node", "ps", "w1"))), 90,
                "the task on w1 to run")
-    lines = ok(docker(docker_config, m1, "node", "ps", "w1")).splitlines()
+    lines = ok(run_docker(m1, docker_config, "node", "ps", "w1")).splitlines()
     assert re.match(r"^ID\s+NAME\s+IMAGE\s+NODE\s+DESIRED STATE\s+CURRENT STATE\s+ERROR\s+"
                     r"PORTS$", lines[0]), lines
     assert re.match(r"^\w{12}\s+onw1\.1\s+shoal/busybox:latest\s+w1\s+Running\s+Running ",
                     lines[1]), lines
-    ok(docker(docker_config, m1, "service", "rm", "onw1"))
+    ok(run_docker(m1, docker_config, "service", "rm", "onw1"))
 
-    fails(docker(docker_config, m1, "node", "rm", "w1"), "is not down")
-    fails(docker(docker_config, w1, "node", "ls"), "This node is not a swarm manager.")
-    assert ok(docker(docker_config, w1, "swarm", "leave")).strip() == "Node left the swarm."
-    assert ok(docker(docker_config, m1, "node", "rm", "--force", "w1")).strip() == "w1"
-    assert "w1" not in ok(docker(docker_config, m1, "node", "ls"))
-    fails(docker(docker_config, m1, "swarm", "leave"),
+    fails(run_docker(m1, docker_config, "node", "rm", "w1"), "is not down")
+    fails(run_docker(w1, docker_config, "node", "ls"), "This node is not a swarm manager.")
+    assert ok(run_docker(w1, docker_config, "swarm", "leave")).strip() == "Node left the swarm."
+    assert ok(run_docker(m1, docker_config, "node", "rm", "--force", "w1")).strip() == "w1"
+    assert "w1" not in ok(run_docker(m1, docker_config, "node", "ls"))
+    fails(run_docker(m1, docker_config, "swarm", "leave"),
           "You are attempting to leave the swarm on a node that is participating as a manager. "
           "Removing the last manager erases all current state of the swarm. Use `--force` to "
           "ignore this message.")
@@ -233,18 +213,18 @@ def test_node_commands_print_dockers_columns(lab: LabState, docker_config: str) 
 def test_autolock_restart_waits_locked_until_unlocked(lab: LabState,
                                                       docker_config: str) -> None:
     m1 = lab.host("m1")
-    out = ok(docker(docker_config, m1, "swarm", "unlock-key"))
+    out = ok(run_docker(m1, docker_config, "swarm", "unlock-key"))
     assert "To unlock a swarm manager after it restarts" in out
-    key = ok(docker(docker_config, m1, "swarm", "unlock-key", "-q")).strip()
+    key = ok(run_docker(m1, docker_config, "swarm", "unlock-key", "-q")).strip()
     assert UNLOCK_KEY.fullmatch(key), key
-    ok(docker(docker_config, m1, "service", "create", "-d", "--name", "kept",
+    ok(run_docker(m1, docker_config, "service", "create", "-d", "--name", "kept",
               "shoal/busybox:latest", "sleep", "1000"))
 
     labmod.stop_host(lab.name, "m1")
     labmod.start_host(lab.name, "m1", wait=False)
     wait_until(lambda: try_get(m1.client(timeout=2), "/_ping"), 30, "m1's API")
-    fails(docker(docker_config, m1, "node", "ls"), LOCKED)
-    assert "Swarm: locked" in ok(docker(docker_config, m1, "info"))
+    fails(run_docker(m1, docker_config, "node", "ls"), LOCKED)
+    assert "Swarm: locked" in ok(run_docker(m1, docker_config, "info"))
 
     # nothing on disk gives the key away: the TLS key is sealed, the unlock key is nowhere
     raw_key = base64.b64decode(key.removeprefix("SWMKEY-1-") + "=")
@@ -257,46 +237,46 @@ def test_autolock_restart_waits_locked_until_unlocked(lab: LabState,
                                                   "node.key").read_bytes()
 
     wrong = "SWMKEY-1-" + base64.b64encode(bytes(32)).decode().rstrip("=")
-    fails(docker(docker_config, m1, "swarm", "unlock", stdin=wrong + "\n"),
+    fails(run_docker(m1, docker_config, "swarm", "unlock", stdin=wrong + "\n"),
           "swarm could not be unlocked: invalid key provided")
-    fails(docker(docker_config, m1, "node", "ls"), LOCKED)
-    ok(docker(docker_config, m1, "swarm", "unlock", stdin=key + "\n"))
-    fails(docker(docker_config, m1, "swarm", "unlock", stdin=key + "\n"), "swarm is not locked")
-    wait_until(lambda: docker(docker_config, m1, "service", "ls").returncode == 0, 60,
+    fails(run_docker(m1, docker_config, "node", "ls"), LOCKED)
+    ok(run_docker(m1, docker_config, "swarm", "unlock", stdin=key + "\n"))
+    fails(run_docker(m1, docker_config, "swarm", "unlock", stdin=key + "\n"), "swarm is not locked")
+    wait_until(lambda: run_docker(m1, docker_config, "service", "ls").returncode == 0, 60,
                "the unlocked manager to answer")
     wait_until(lambda: re.search(r"kept\s+replicated\s+1/1",
-                                 ok(docker(docker_config, m1, "service", "ls"))), 60,
+                                 ok(run_docker(m1, docker_config, "service", "ls"))), 60,
                "the service to be there and running")
 
     # rotation gives a new key; autolock off leaves the keys in clear and no key to show
-    out = ok(docker(docker_config, m1, "swarm", "unlock-key", "--rotate"))
+    out = ok(run_docker(m1, docker_config, "swarm", "unlock-key", "--rotate"))
     assert "Successfully rotated manager unlock key." in out
     new_key = UNLOCK_KEY.search(out)
     assert new_key and new_key.group(0) != key
-    assert ok(docker(docker_config, m1, "swarm", "update", "--autolock=false")).strip() == \
+    assert ok(run_docker(m1, docker_config, "swarm", "update", "--autolock=false")).strip() == \
         "Swarm updated."
     wait_until(lambda: b"BEGIN PRIVATE KEY" in Path(m1.data_root, "certificates",
                                                     "node.key").read_bytes(), 10,
                "the TLS key to be unsealed")
-    fails(docker(docker_config, m1, "swarm", "unlock-key"), "no unlock key is set")
+    fails(run_docker(m1, docker_config, "swarm", "unlock-key"), "no unlock key is set")
     # and on again: `swarm update` shows the new key, and the TLS key is sealed again
-    out = ok(docker(docker_config, m1, "swarm", "update", "--autolock=true"))
+    out = ok(run_docker(m1, docker_config, "swarm", "update", "--autolock=true"))
     assert out.startswith("Swarm updated.") and UNLOCK_KEY.search(out), out
     wait_until(lambda: b"BEGIN ENCRYPTED PRIVATE KEY" in Path(
         m1.data_root, "certificates", "node.key").read_bytes(), 10, "the TLS key to be sealed")
-    ok(docker(docker_config, m1, "service", "rm", "kept"))
+    ok(run_docker(m1, docker_config, "service", "rm", "kept"))
 
 
 def test_join_as_manager_sealed_and_leave(lab: LabState, docker_config: str) -> None:
     """A manager that joins an autolocked swarm seals its keys too; leaving as a manager
     needs --force, and says what it would do to the quorum."""
     m1, w1 = lab.host("m1"), lab.host("w1")
-    token = ok(docker(docker_config, m1, "swarm", "join-token", "-q", "manager")).strip()
-    out = ok(docker(docker_config, w1, "swarm", "join", "--token", token, "--advertise-addr",
+    token = ok(run_docker(m1, docker_config, "swarm", "join-token", "-q", "manager")).strip()
+    out = ok(run_docker(w1, docker_config, "swarm", "join", "--token", token, "--advertise-addr",
                     w1.address, f"{m1.address}:2377"))
     assert out.strip() == "This node joined a swarm as a manager.", out
     wait_until(lambda: re.search(r"\sw1\s+Ready\s+Active\s+Reachable",
-                                 ok(docker(docker_config, m1, "node", "ls"))), 60,
+                                 ok(run_docker(m1, docker_config, "node", "ls"))), 60,
                "w1 to be a reachable manager")
     wait_until(lambda: sealing.is_sealed_pem(
         Path(w1.data_root, "certificates", "node.key").read_bytes()), 15,
@@ -305,13 +285,13 @@ def test_join_as_manager_sealed_and_leave(lab: LabState, docker_config: str) -> 
     ident = pki.identity_of(Path(w1.data_root, "certificates", "node.crt").read_bytes())
     lifetime = ident.not_after - ident.not_before
     assert datetime.timedelta(hours=48) <= lifetime <= datetime.timedelta(hours=49), lifetime
-    fails(docker(docker_config, w1, "swarm", "leave"),
+    fails(run_docker(w1, docker_config, "swarm", "leave"),
           "Removing this node leaves 1 managers out of 2. Removing this node would make the "
           "swarm lose its quorum")
-    assert ok(docker(docker_config, w1, "swarm", "leave", "--force")).strip() == \
+    assert ok(run_docker(w1, docker_config, "swarm", "leave", "--force")).strip() == \
         "Node left the swarm."
     assert not Path(w1.data_root, "certificates").exists()
-    wait_until(lambda: docker(docker_config, m1, "node", "ls").returncode == 0, 30,
+    wait_until(lambda: run_docker(m1, docker_config, "node", "ls").returncode == 0, 30,
                "m1 to answer alone")
 
 
@@ -323,13 +303,13 @@ def test_force_new_cluster_recovers_a_lost_quorum(lab_factory: LabFactory,
     their keys, and the recovered one restarts locked."""
     three = lab_factory(3, 0)
     m1 = three.host("m1")
-    ok(docker(docker_config, m1, "service", "create", "-d", "--name", "keep", "--replicas", "2",
+    ok(run_docker(m1, docker_config, "service", "create", "-d", "--name", "keep", "--replicas", "2",
               "shoal/busybox:latest", "sleep", "1000"))
     wait_until(lambda: re.search(r"keep\s+replicated\s+2/2",
-                                 ok(docker(docker_config, m1, "service", "ls"))), 90,
+                                 ok(run_docker(m1, docker_config, "service", "ls"))), 90,
                "keep to run")
     # autolock on: every manager seals its keys, not only the one that was asked
-    key = UNLOCK_KEY.search(ok(docker(docker_config, m1, "swarm", "update",
+    key = UNLOCK_KEY.search(ok(run_docker(m1, docker_config, "swarm", "update",
                                       "--autolock=true")))
     assert key, "no unlock key shown"
     for host in three.hosts:
@@ -338,35 +318,35 @@ def test_force_new_cluster_recovers_a_lost_quorum(lab_factory: LabFactory,
             f"{host.name}'s TLS key to be sealed")
     for host in ("m2", "m3"):
         labmod.kill_host(three.name, host)
-    wait_until(lambda: docker(docker_config, m1, "service", "ls").returncode != 0, 60,
+    wait_until(lambda: run_docker(m1, docker_config, "service", "ls").returncode != 0, 60,
                "m1 to notice it lost the quorum")
-    fails(docker(docker_config, m1, "service", "ls"), "is not connected to a majority")
+    fails(run_docker(m1, docker_config, "service", "ls"), "is not connected to a majority")
 
-    out = ok(docker(docker_config, m1, "swarm", "init", "--force-new-cluster",
+    out = ok(run_docker(m1, docker_config, "swarm", "init", "--force-new-cluster",
                     "--advertise-addr", m1.address))
     assert re.search(r"Swarm initialized: current node \(\w{25}\) is now a manager\.", out), out
     assert re.search(r"keep\s+replicated\s+\d/2",
-                     ok(docker(docker_config, m1, "service", "ls"))), "keep is gone"
-    lines = ok(docker(docker_config, m1, "node", "ls")).splitlines()
+                     ok(run_docker(m1, docker_config, "service", "ls"))), "keep is gone"
+    lines = ok(run_docker(m1, docker_config, "node", "ls")).splitlines()
     assert re.search(r"\*\s+m1\s+Ready\s+Active\s+Leader", "\n".join(lines)), lines
     for host in ("m2", "m3"):
         assert re.search(rf"\s{host}\s+Down\s+Active\s+\S+$", "\n".join(lines), re.M), lines
-    ok(docker(docker_config, m1, "service", "create", "-d", "--name", "after",
+    ok(run_docker(m1, docker_config, "service", "create", "-d", "--name", "after",
               "shoal/busybox:latest", "sleep", "1000"))
     wait_until(lambda: re.search(r"after\s+replicated\s+1/1",
-                                 ok(docker(docker_config, m1, "service", "ls"))), 90,
+                                 ok(run_docker(m1, docker_config, "service", "ls"))), 90,
                "a service created after the recovery to run")
 
     labmod.stop_host(three.name, "m1")
     labmod.start_host(three.name, "m1", wait=False)
     wait_until(lambda: try_get(m1.client(timeout=2), "/_ping"), 30, "m1's API")
-    fails(docker(docker_config, m1, "service", "ls"), LOCKED)
-    ok(docker(docker_config, m1, "swarm", "unlock", stdin=key.group(0) + "\n"))
-    wait_until(lambda: docker(docker_config, m1, "service", "ls").returncode == 0, 60,
+    fails(run_docker(m1, docker_config, "service", "ls"), LOCKED)
+    ok(run_docker(m1, docker_config, "swarm", "unlock", stdin=key.group(0) + "\n"))
+    wait_until(lambda: run_docker(m1, docker_config, "service", "ls").returncode == 0, 60,
                "m1 to lead again after its restart")
-    names = ok(docker(docker_config, m1, "service", "ls", "--format", "{{.Name}}")).split()
+    names = ok(run_docker(m1, docker_config, "service", "ls", "--format", "{{.Name}}")).split()
     assert sorted(names) == ["after", "keep"], names
-    assert ok(docker(docker_config, m1, "node", "rm", "m2", "m3")).split() == ["m2", "m3"]
+    assert ok(run_docker(m1, docker_config, "node", "rm", "m2", "m3")).split() == ["m2", "m3"]
 
 
 def test_shoald_force_new_cluster_flag(lab_factory: LabFactory, docker_config: str) -> None:
@@ -374,20 +354,20 @@ def test_shoald_force_new_cluster_flag(lab_factory: LabFactory, docker_config: s
     peers are gone keeps the services it had on disk and takes writes."""
     three = lab_factory(3, 0)
     m1 = three.host("m1")
-    ok(docker(docker_config, m1, "service", "create", "-d", "--name", "kept",
+    ok(run_docker(m1, docker_config, "service", "create", "-d", "--name", "kept",
               "shoal/busybox:latest", "sleep", "1000"))
     for host in ("m2", "m3"):
         labmod.kill_host(three.name, host)
     labmod.stop_host(three.name, "m1")
     labmod.start_host(three.name, "m1", wait=False, extra_argv=["--force-new-cluster"])
-    wait_until(lambda: docker(docker_config, m1, "service", "ls").returncode == 0, 60,
+    wait_until(lambda: run_docker(m1, docker_config, "service", "ls").returncode == 0, 60,
                "m1 to lead alone")
-    names = ok(docker(docker_config, m1, "service", "ls", "--format", "{{.Name}}")).split()
+    names = ok(run_docker(m1, docker_config, "service", "ls", "--format", "{{.Name}}")).split()
     assert names == ["kept"], names
-    lines = ok(docker(docker_config, m1, "node", "ls")).splitlines()
+    lines = ok(run_docker(m1, docker_config, "node", "ls")).splitlines()
     assert re.search(r"\*\s+m1\s+Ready\s+Active\s+Leader", "\n".join(lines)), lines
     assert sum(1 for line in lines if re.search(r"\s+Down\s+", line)) == 2, lines
-    ok(docker(docker_config, m1, "service", "scale", "-d", "kept=2"))
+    ok(run_docker(m1, docker_config, "service", "scale", "-d", "kept=2"))
     wait_until(lambda: re.search(r"kept\s+replicated\s+2/2",
-                                 ok(docker(docker_config, m1, "service", "ls"))), 90,
+                                 ok(run_docker(m1, docker_config, "service", "ls"))), 90,
                "the scaled service to run")

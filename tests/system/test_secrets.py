@@ -20,12 +20,11 @@ from shoal import lab as labmod
 from shoal.client import APIError
 from shoal.lab import LabState
 from tests.system.conftest import make_lab_name, teardown_lab, wait_until
-from tests.system.helpers import shoal
+from tests.system.helpers import run_docker, shoal
 from tests.system.svc import IMAGE, containers, create, node_names, running, spec
 
 pytestmark = pytest.mark.system
 
-DOCKER = "/usr/local/bin/docker"
 
 
 @pytest.fixture(scope="module")
@@ -37,36 +36,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
         teardown_lab(name)
 
 
-@pytest.fixture(scope="module")
-def docker_config(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("docker-config"))
-
-
-def run_docker(lab: LabState, config: str, *args: str, stdin: str | None = None
-               ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, DOCKER_HOST=f"unix://{lab.host('m1').api_socket}",
-               DOCKER_CONFIG=config)
-    env.pop("DOCKER_CONTEXT", None)
-    return subprocess.run([DOCKER, *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
 def test_docker_cli_secret_and_config_commands(lab: LabState, docker_config: str,
                                                tmp_path: Path) -> None:
     data = f"cli-{secrets.token_hex(8)}"
-    out = run_docker(lab, docker_config, "secret", "create", "--label", "team=db", "clis", "-",
-                     stdin=data)
+    out = run_docker(lab.host("m1"), docker_config, "secret", "create", "--label", "team=db",
+                     "clis", "-", stdin=data)
     assert out.returncode == 0, out.stderr
     secret_id = out.stdout.strip()
     assert len(secret_id) == 25
 
-    ls = run_docker(lab, docker_config, "secret", "ls")
+    ls = run_docker(lab.host("m1"), docker_config, "secret", "ls")
     assert ls.returncode == 0, ls.stderr
     header, *rows = ls.stdout.splitlines()
     assert header.split() == ["ID", "NAME", "DRIVER", "CREATED", "UPDATED"]
     assert any(r.split()[:2] == [secret_id, "clis"] for r in rows), ls.stdout
 
-    inspect = run_docker(lab, docker_config, "secret", "inspect", "clis")
+    inspect = run_docker(lab.host("m1"), docker_config, "secret", "inspect", "clis")
     assert inspect.returncode == 0, inspect.stderr
     [shown] = json.loads(inspect.stdout)
     assert shown["ID"] == secret_id and shown["Spec"] == {"Name": "clis",
@@ -75,30 +60,31 @@ def test_docker_cli_secret_and_config_commands(lab: LabState, docker_config: str
     assert data not in inspect.stdout and base64.b64encode(data.encode()).decode() \
         not in inspect.stdout
 
-    again = run_docker(lab, docker_config, "secret", "create", "clis", "-", stdin="x")
+    again = run_docker(lab.host("m1"), docker_config, "secret", "create", "clis", "-", stdin="x")
     assert again.returncode != 0
     assert "Error response from daemon: secret clis already exists" in again.stderr
 
-    missing = run_docker(lab, docker_config, "secret", "inspect", "no-such")
+    missing = run_docker(lab.host("m1"), docker_config, "secret", "inspect", "no-such")
     assert missing.returncode != 0 and "no-such" in missing.stderr
 
-    rm = run_docker(lab, docker_config, "secret", "rm", "clis")
+    rm = run_docker(lab.host("m1"), docker_config, "secret", "rm", "clis")
     assert rm.returncode == 0 and rm.stdout.strip() == "clis", rm.stderr
-    assert "clis" not in run_docker(lab, docker_config, "secret", "ls").stdout
+    assert "clis" not in run_docker(lab.host("m1"), docker_config, "secret", "ls").stdout
 
     cfg_file = tmp_path / "app.cfg"
     cfg_file.write_text("listen=8080\n")
-    out = run_docker(lab, docker_config, "config", "create", "clic", str(cfg_file))
+    out = run_docker(lab.host("m1"), docker_config, "config", "create", "clic", str(cfg_file))
     assert out.returncode == 0, out.stderr
     config_id = out.stdout.strip()
-    ls = run_docker(lab, docker_config, "config", "ls")
+    ls = run_docker(lab.host("m1"), docker_config, "config", "ls")
     assert ls.stdout.splitlines()[0].split() == ["ID", "NAME", "CREATED", "UPDATED"], ls.stdout
     assert any(r.split()[:2] == [config_id, "clic"] for r in ls.stdout.splitlines()[1:])
-    [cfg] = json.loads(run_docker(lab, docker_config, "config", "inspect", "clic").stdout)
+    [cfg] = json.loads(run_docker(lab.host("m1"), docker_config, "config", "inspect",
+                                  "clic").stdout)
     assert base64.b64decode(cfg["Spec"]["Data"]) == b"listen=8080\n"
-    rm = run_docker(lab, docker_config, "config", "rm", config_id)
+    rm = run_docker(lab.host("m1"), docker_config, "config", "rm", config_id)
     assert rm.returncode == 0, rm.stderr
-    assert "clic" not in run_docker(lab, docker_config, "config", "ls").stdout
+    assert "clic" not in run_docker(lab.host("m1"), docker_config, "config", "ls").stdout
 
 
 def test_docker_py_secrets_and_configs(lab: LabState) -> None:
@@ -171,7 +157,7 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     assert err.value.status == 404 and "no-such" in str(err.value)
     assert client.get("/services", filters={"name": ["bad"]}) == []
 
-    out = run_docker(lab, docker_config, "service", "create", "-d", "--name", "sec",
+    out = run_docker(lab.host("m1"), docker_config, "service", "create", "-d", "--name", "sec",
                      "--secret", "source=dbpass,target=db,uid=1000,gid=1001,mode=0400",
                      "--config", "source=appcfg,target=/etc/app.cfg",
                      "--config", "source=hello,target=/usr/local/bin/hello,mode=0755",
@@ -199,7 +185,7 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
                for line in mounts.splitlines()), mounts
 
     # the service shows the reference, never the data
-    inspect = run_docker(lab, docker_config, "service", "inspect", "sec")
+    inspect = run_docker(lab.host("m1"), docker_config, "service", "inspect", "sec")
     [svc] = json.loads(inspect.stdout)
     [ref] = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
     assert ref == {"File": {"Name": "db", "UID": "1000", "GID": "1001", "Mode": 0o400},
@@ -207,7 +193,7 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     assert data not in inspect.stdout
 
     # in use: refused, naming the service
-    rm = run_docker(lab, docker_config, "secret", "rm", "dbpass")
+    rm = run_docker(lab.host("m1"), docker_config, "secret", "rm", "dbpass")
     assert rm.returncode != 0
     assert "secret 'dbpass' is in use by the following service: sec" in rm.stderr
 
@@ -221,12 +207,13 @@ def test_service_secret_on_tmpfs_only_where_used(lab: LabState, docker_config: s
     task_dirs = [str(p) for p in Path("/run/shoal-files").glob(f"*/{task['ID']}")]
     assert len(task_dirs) == 1
 
-    assert run_docker(lab, docker_config, "service", "rm", "sec").returncode == 0
+    assert run_docker(lab.host("m1"), docker_config, "service", "rm", "sec").returncode == 0
     wait_until(lambda: not containers(lab, service_id, all_=True), 90, "the container gone")
     wait_until(lambda: not Path(task_dirs[0]).exists(), 30, "the task's tmpfs removed")
-    rm = run_docker(lab, docker_config, "secret", "rm", "dbpass")
+    rm = run_docker(lab.host("m1"), docker_config, "secret", "rm", "dbpass")
     assert rm.returncode == 0, rm.stderr
-    assert run_docker(lab, docker_config, "config", "rm", "appcfg", "hello").returncode == 0
+    assert run_docker(lab.host("m1"), docker_config, "config", "rm", "appcfg",
+                      "hello").returncode == 0
 
     # nowhere in clear: data roots (Raft log and snapshots included), logs. The Raft files
     # hold the store sealed (so not even the secret's ID is in clear there).
