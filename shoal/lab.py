@@ -502,9 +502,10 @@ def down(name: str) -> None:
     _remove_engine(name, state)  # after the daemons, so no agent starts a container again
     for host in hosts:  # the tmpfs of its tasks' secrets, which outlive a killed daemon
         _remove_task_files(host)
-    for ns in dict.fromkeys(host_nss + [switch]):  # the switch namespace last
-        if ns in existing:  # (a stopping shoald may have just removed its own: checked below)
-            _ip("netns", "del", ns, check=False)
+    # Listed again: a daemon may have made or removed a network's namespace while stopping.
+    now = _lab_namespaces(name)
+    for ns in [ns for ns in now if ns != switch] + [ns for ns in now if ns == switch]:
+        _ip("netns", "del", ns)  # the switch namespace last
     shutil.rmtree(sdir, ignore_errors=True)
     left = _lab_namespaces(name)
     if left or sdir.exists():
