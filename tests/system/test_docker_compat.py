@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -219,7 +220,7 @@ def test_docker_events_stream_service_and_node_changes(lab: LabState,
         nid = ok(run_docker(m1, docker_config, "network", "create", "-d", "overlay",
                             "evnet")).strip()
         ok(run_docker(m1, docker_config, "network", "rm", "evnet"))
-        data_file = docker_config / "evdata"
+        data_file = Path(docker_config) / "evdata"
         data_file.write_text("event-data\n")
         secret = ok(run_docker(m1, docker_config, "secret", "create", "evsec",
                                str(data_file))).strip()
