@@ -352,6 +352,9 @@ class TaskManager:
             status.container.pid = c.pid
             status.container.exit_code = c.exit_code
             status.health = c.health
+        if pb.STARTING <= state <= pb.RUNNING:  # Docker's PortStatus: what `service ps` shows
+            status.port_status.ports.extend(
+                p for p in self.task.endpoint.ports if p.publish_mode == pb.PortConfig.HOST)
         return status
 
     def _set(self, status: pb.TaskStatus) -> bool:

@@ -325,12 +325,6 @@ def _check_change(old: pb.ServiceSpec, new: pb.ServiceSpec) -> None:
                               "again")
 
 
-def removed_service(services: list[pb.Service], ref: str) -> pb.Service:
-    svc = find_service(services, ref)
-    svc.pending_delete = True
-    return svc
-
-
 def _copy(spec: pb.ServiceSpec) -> pb.ServiceSpec:
     out = pb.ServiceSpec()
     out.CopyFrom(spec)
@@ -363,9 +357,6 @@ class ServiceControl:
             resolve_attachments(spec, self.store.list(pb.Network))
             self._resolve_files(spec)
         return updated_service(self.services(), ref, version, spec, now_ns)
-
-    def remove(self, ref: str) -> pb.Service:
-        return removed_service(self.services(), ref)
 
     def _resolve_files(self, spec: pb.ServiceSpec) -> None:
         resolve_references(spec.task.container, self.store.list_view(pb.Secret),

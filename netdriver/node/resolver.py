@@ -3,7 +3,8 @@
 The node opens each sandbox's sockets inside the sandbox's namespace (a socket keeps the
 namespace it was made in) and serves all of them from its own event loop, answering from
 the records of the networks the sandbox is attached to (records.py). Names that are not
-ours are forwarded, from the node's own namespace, to the node's upstream resolvers.
+ours are forwarded, from the node's own namespace, to the node's upstream resolvers (or to
+the task's own, `--dns` of its service: Docker's DNSConfig.Nameservers).
 Records are replaced whole by every assignments update and never cached, so the next query
 after an update sees the new set.
 """
@@ -88,6 +89,12 @@ def nameservers(resolv_conf: str) -> list[str]:
             if not addr.is_loopback:
                 out.append(words[1])
     return out
+
+
+def task_upstreams(tasks: Sequence[pb.Task]) -> dict[str, list[Upstream]]:
+    """The tasks that name their own nameservers, by task ID."""
+    return {t.id: [parse_upstream(ns) for ns in t.spec.container.dns_config.nameservers]
+            for t in tasks if t.spec.container.dns_config.nameservers}
 
 
 def host_upstreams(paths: Sequence[str] = (RESOLV_CONF, SYSTEMD_RESOLV_CONF)) -> list[str]:
@@ -231,6 +238,7 @@ class Resolver:
         self.max_tcp_clients = max_tcp_clients  # a task must not tie up the node's loop
         self._records: dict[str, NetworkRecords] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
+        self._task_upstreams: dict[str, list[Upstream]] = {}  # by task ID (= sandbox key)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, holders and waiters
         self._forwards: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # queries waiting on an upstream, UDP and TCP
@@ -243,6 +251,7 @@ class Resolver:
 
     async def sync(self, message: cluster_pb2.AssignmentsMessage) -> None:
         self.set_networks(message.networks)
+        self._task_upstreams = task_upstreams(message.tasks)
 
     # -- sandboxes
 
@@ -407,22 +416,24 @@ class Resolver:
 
     async def _forward_udp(self, proto: _UdpProtocol, query: dns.message.Message,
                            addr: tuple[str | object, int]) -> None:
-        response = await self._forward(query, tcp=False)
+        response = await self._forward(proto.key, query, tcp=False)
         if proto.transport is not None and not proto.transport.is_closing():
             proto.transport.sendto(render(response, udp_limit(query)), addr)
 
-    async def _forward(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
+    async def _forward(self, key: str, query: dns.message.Message,
+                       tcp: bool) -> dns.message.Message:
         """The first upstream's answer; SERVFAIL when none answers within the timeout."""
         self._in_flight += 1
         try:
-            return await self._ask_upstreams(query, tcp)
+            upstreams = self._task_upstreams.get(key) or self.upstreams
+            return await self._ask_upstreams(query, tcp, upstreams)
         finally:
             self._in_flight -= 1
 
-    async def _ask_upstreams(self, query: dns.message.Message,
-                             tcp: bool) -> dns.message.Message:
+    async def _ask_upstreams(self, query: dns.message.Message, tcp: bool,
+                             upstreams: Sequence[Upstream]) -> dns.message.Message:
         deadline = time.monotonic() + self.timeout
-        for host, port in self.upstreams:
+        for host, port in upstreams:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -473,7 +484,7 @@ class Resolver:
         except Exception:  # a bug must cost one answer, not the connection
             log.exception("resolver %s: query %s", key, query.question)
             return render(error_response(query, dns.rcode.SERVFAIL), TCP_LIMIT)
-        return render(await self._forward(query, tcp=True), TCP_LIMIT)
+        return render(await self._forward(key, query, tcp=True), TCP_LIMIT)
 
 
 def _lo_is_up() -> bool:

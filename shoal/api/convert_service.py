@@ -10,6 +10,7 @@ so, never silently dropped. Writing mirrors Go's `omitempty`: unset fields are l
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -178,12 +179,12 @@ _CONTAINER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "Image": str, "Labels": dict, "Command": list, "Args": list, "Hostname": str, "Env": list,
     "Dir": str, "User": str, "Mounts": list, "StopGracePeriod": int, "StopSignal": str,
     "Healthcheck": dict, "TTY": bool, "Init": bool, "Isolation": str, "Secrets": list,
-    "Configs": list,
+    "Configs": list, "Hosts": list, "DNSConfig": dict,
     # Docker fields Shoal does not implement yet (accepted while empty):
-    "Groups": ANY, "Privileges": ANY, "Hosts": ANY, "DNSConfig": ANY, "Sysctls": ANY,
+    "Groups": ANY, "Privileges": ANY, "Sysctls": ANY,
     "CapabilityAdd": ANY, "CapabilityDrop": ANY, "Ulimits": ANY, "OomScoreAdj": ANY,
     "ReadOnly": ANY, "OpenStdin": ANY}
-_CONTAINER_UNSUPPORTED = ("Groups", "Privileges", "Hosts", "DNSConfig", "Sysctls",
+_CONTAINER_UNSUPPORTED = ("Groups", "Privileges", "Sysctls",
                           "CapabilityAdd", "CapabilityDrop", "Ulimits", "OomScoreAdj",
                           "ReadOnly", "OpenStdin")
 
@@ -202,6 +203,9 @@ def _container_spec(body: Any, w: str) -> pb.ContainerSpec:
     c.args.extend(_strings(f, "Args", w))
     c.env.extend(_strings(f, "Env", w))
     c.mounts.extend(_mount(m, f"{w}.Mounts[{i}]") for i, m in enumerate(f.get("Mounts", [])))
+    c.hosts.extend(_hosts(f, w))
+    if not _empty(f.get("DNSConfig")):
+        c.dns_config.CopyFrom(_dns_config(f["DNSConfig"], f"{w}.DNSConfig"))
     if "StopGracePeriod" in f:
         c.stop_grace_period.ns = _nonneg(f, "StopGracePeriod", w)
     if "Healthcheck" in f:
@@ -220,6 +224,36 @@ def _container_spec(body: Any, w: str) -> pb.ContainerSpec:
             config_id=r.get("ConfigID", ""), config_name=r.get("ConfigName", ""),
             file=_file_target(r.get("File"), f"{w}.Configs[{i}].File")))
     return c
+
+
+def _hosts(f: dict[str, Any], w: str) -> list[str]:
+    """Docker's "IP name [name...]" lines (the docker CLI turns `--host name:IP` into one)."""
+    lines = _strings(f, "Hosts", w)
+    for i, line in enumerate(lines):
+        parts = line.split()
+        if len(parts) < 2 or not _is_ip(parts[0]):
+            raise InvalidRequest(f"invalid {w}.Hosts[{i}] {line!r}: expected \"IP hostname\" "
+                                 "(docker service create --host hostname:IP)")
+    return lines
+
+
+def _dns_config(body: Any, w: str) -> pb.DNSConfig:
+    f = fields(body, {"Nameservers": list, "Search": list, "Options": list}, w)
+    servers = _strings(f, "Nameservers", w)
+    for i, server in enumerate(servers):
+        if not _is_ip(server):
+            raise InvalidRequest(f"invalid {w}.Nameservers[{i}] {server!r}: not an IP "
+                                 "address (docker service create --dns IP)")
+    return pb.DNSConfig(nameservers=servers, search=_strings(f, "Search", w),
+                        options=_strings(f, "Options", w))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _file_target(body: Any, w: str) -> pb.FileTarget:
@@ -423,6 +457,12 @@ def _container_json(c: pb.ContainerSpec, defaults: bool) -> dict[str, Any]:
                        ("StopSignal", c.stop_signal)):
         _put(out, key, value)
     _put(out, "Mounts", [_mount_json(m) for m in c.mounts])
+    _put(out, "Hosts", list(c.hosts))
+    if c.HasField("dns_config"):
+        d = c.dns_config
+        out["DNSConfig"] = {k: v for k, v in (("Nameservers", list(d.nameservers)),
+                                              ("Search", list(d.search)),
+                                              ("Options", list(d.options))) if v}
     _put(out, "Secrets", [{"File": _file_json(r.file), "SecretID": r.secret_id,
                            "SecretName": r.secret_name} for r in c.secrets])
     _put(out, "Configs", [{"File": _file_json(r.file), "ConfigID": r.config_id,

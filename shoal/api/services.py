@@ -112,9 +112,21 @@ async def update_service(request: web.Request) -> web.Response:
 
 
 async def remove_service(request: web.Request) -> web.Response:
+    """Not versioned (as Docker's): a write of the allocator or orchestrator that lands
+    between the read and this one is read again, not an "update out of sequence"."""
     mgr = manager_of(request)
-    svc = ServiceControl(mgr.store).remove(request.match_info["ref"])
-    await mgr.update(svc)
+    control = ServiceControl(mgr.store)
+    ref = request.match_info["ref"]
+    svc = control.get(ref)
+
+    def mark(current: pb.Service) -> bool:
+        if current.pending_delete:
+            return False
+        current.pending_delete = True
+        return True
+
+    if not await mgr.modify(pb.Service, svc.id, mark):
+        control.get(ref)  # gone meanwhile: its 404
     return web.Response(status=200)
 
 

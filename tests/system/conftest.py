@@ -6,6 +6,7 @@
   taken down at teardown, even when `up` failed half way.
 - `lab`: one lab per test, sized by `@pytest.mark.lab(managers=3, workers=2, ...)` (keyword
   arguments go to `shoal.lab.up`; default one manager, no worker).
+- `docker_config`: a private DOCKER_CONFIG directory per module, for `helpers.run_docker`.
 - `engine`: one private dockerd for the session (shoal/engine.py) with the test images
   (`make images`) loaded; stopped and deleted at the end.
 

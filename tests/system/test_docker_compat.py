@@ -92,7 +92,7 @@ def test_ping_headers_and_api_versions(lab: LabState) -> None:
 
 
 def test_docker_version_and_info_show_the_node_and_its_engine(
-        lab: LabState, docker_config: Path) -> None:
+        lab: LabState, docker_config: str) -> None:
     m1 = lab.host("m1")
     out = ok(run_docker(m1, docker_config, "version"))
     client_part, _, server_part = out.partition("Server:")
@@ -171,13 +171,13 @@ def read_events(proc: subprocess.Popen[str], until: Any, timeout: float) -> list
 
 
 def test_docker_events_stream_service_and_node_changes(lab: LabState,
-                                                       docker_config: Path) -> None:
+                                                       docker_config: str) -> None:
     # Item 7 names task events too: dockerd streams none in swarm scope (its cluster watch
     # covers nodes, services, networks, secrets and configs), so neither does Shoal; a task's
     # container events come from the engine (local scope, through the passthrough).
     m1 = lab.host("m1")
     w1_id = lab.host("w1").node_id
-    env = {"DOCKER_HOST": m1.api, "DOCKER_CONFIG": str(docker_config)}
+    env = {"DOCKER_HOST": m1.api, "DOCKER_CONFIG": docker_config}
     # --since takes whole seconds: start at one, so what came before is before it
     start = math.ceil(time.time())
     time.sleep(start - time.time())
@@ -194,7 +194,7 @@ def test_docker_events_stream_service_and_node_changes(lab: LabState,
         nid = ok(run_docker(m1, docker_config, "network", "create", "-d", "overlay",
                             "evnet")).strip()
         ok(run_docker(m1, docker_config, "network", "rm", "evnet"))
-        data_file = docker_config / "evdata"
+        data_file = Path(docker_config) / "evdata"
         data_file.write_text("event-data\n")
         secret = ok(run_docker(m1, docker_config, "secret", "create", "evsec",
                                str(data_file))).strip()
@@ -263,7 +263,7 @@ def test_docker_py_events_and_worker_refusal(lab: LabState) -> None:
 
 # -- 8. errors -----------------------------------------------------------------------------
 
-def test_errors_print_what_docker_prints(lab: LabState, docker_config: Path) -> None:
+def test_errors_print_what_docker_prints(lab: LabState, docker_config: str) -> None:
     m1, w1 = lab.host("m1"), lab.host("w1")
     expected = [
         (m1, ("service", "inspect", "nope"), "Error: no such service: nope"),  # from a 404
@@ -316,7 +316,7 @@ def test_errors_print_what_docker_prints(lab: LabState, docker_config: Path) -> 
 
 # -- the "Wrong" list ----------------------------------------------------------------------
 
-def test_attached_replicated_job_finishes(lab: LabState, docker_config: Path) -> None:
+def test_attached_replicated_job_finishes(lab: LabState, docker_config: str) -> None:
     m1 = lab.host("m1")
     try:
         out = run_docker(m1, docker_config, "service", "create", "--name", "compatjob",
@@ -335,7 +335,7 @@ def test_attached_replicated_job_finishes(lab: LabState, docker_config: Path) ->
         remove_service(m1, "compatglobaljob")
 
 
-def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: Path) -> None:
+def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: str) -> None:
     m1 = lab.host("m1")
     cluster = json.loads(ok(run_docker(m1, docker_config, "info", "--format",
                                        "{{json .Swarm.Cluster.TLSInfo}}")))
@@ -354,7 +354,7 @@ def test_nodes_tls_info_and_docker_hints(lab: LabState, docker_config: Path) -> 
 
 
 def test_swarm_init_and_leave_with_the_docker_cli(lab_factory: LabFactory,
-                                                 docker_config: Path) -> None:
+                                                 docker_config: str) -> None:
     """A node outside any swarm: `docker swarm init` prints the docker CLI's own join hints
     (from what the API answers: the node ID, the worker token, the manager's address)."""
     solo = lab_factory(managers=1, workers=0, form_swarm=False).host("m1")
@@ -383,7 +383,7 @@ def test_swarm_init_and_leave_with_the_docker_cli(lab_factory: LabFactory,
         "Node left the swarm."
 
 
-def test_without_quorum_the_error_is_dockers(lab: LabState, docker_config: Path) -> None:
+def test_without_quorum_the_error_is_dockers(lab: LabState, docker_config: str) -> None:
     """Last in the module (it takes the lab's quorum away): a manager that has lost the
     majority answers 503 "The swarm does not have a leader..." as dockerd does."""
     m1, w1 = lab.host("m1"), lab.host("w1")

@@ -104,20 +104,20 @@ class UpstreamServer:
     never answered (to time the forwarder out), anything else NXDOMAIN. UDP and TCP on port
     53 of its namespace; records every name it is asked."""
 
-    def __init__(self, netns_path: str) -> None:
+    def __init__(self, netns_path: str, address: str = UPSTREAM) -> None:
         self.asked: list[str] = []
+        self.address = address
         self.udp, self.tcp = netns.run_in_netns_sync(netns_path, self._bind)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="upstream", daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _bind() -> tuple[socket.socket, socket.socket]:
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind((UPSTREAM, 53))
+        udp.bind((self.address, 53))
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind((UPSTREAM, 53))
+        tcp.bind((self.address, 53))
         tcp.listen(8)
         return udp, tcp
 

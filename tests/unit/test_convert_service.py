@@ -69,7 +69,7 @@ CLI_BIG: dict[str, Any] = {
 
 # The parts of CLI_BIG Shoal does not implement yet, by where they sit.
 BIG_UNSUPPORTED = {"TaskTemplate": ("LogDriver",),
-                   "ContainerSpec": ("DNSConfig", "Sysctls",
+                   "ContainerSpec": ("Sysctls",
                                      "CapabilityAdd", "Ulimits")}
 
 # §2.8: docker-py `services.create(...)`: lowercase mode key, Args null, no PublishMode.
@@ -141,6 +141,27 @@ def test_cli_big_unsupported_parts_are_refused_by_name(where: str, key: str) -> 
         CLI_BIG["TaskTemplate"]["ContainerSpec"]
     target[key] = source[key]
     with pytest.raises(InvalidRequest, match=f"{where}.{key} is not supported"):
+        conv.service_spec(body)
+
+
+def test_hosts_and_dns_config_round_trip_and_are_checked() -> None:
+    body = copy.deepcopy(CLI_SIMPLE)
+    container = body["TaskTemplate"]["ContainerSpec"]
+    container |= {"Hosts": ["10.1.2.3 extra.example other"],
+                  "DNSConfig": {"Nameservers": ["10.0.0.53"], "Search": ["example.org"],
+                                "Options": ["ndots:2"]}}
+    spec = conv.service_spec(body)
+    c = spec.task.container
+    assert list(c.hosts) == ["10.1.2.3 extra.example other"]
+    assert list(c.dns_config.search) == ["example.org"]
+    out = conv.service_spec_json(spec)["TaskTemplate"]["ContainerSpec"]
+    assert out["Hosts"] == container["Hosts"] and out["DNSConfig"] == container["DNSConfig"]
+    container["Hosts"] = ["extra.example:10.1.2.3"]
+    with pytest.raises(InvalidRequest, match=r"ContainerSpec.Hosts\[0\]"):
+        conv.service_spec(body)
+    container["Hosts"] = []
+    container["DNSConfig"] = {"Nameservers": ["dns.example"]}
+    with pytest.raises(InvalidRequest, match=r"DNSConfig.Nameservers\[0\] 'dns.example'"):
         conv.service_spec(body)
 
 

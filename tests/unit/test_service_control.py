@@ -40,6 +40,13 @@ class FakeManager:
     async def update(self, obj: Any) -> int:
         return await self.write((store_pb2.UPDATE, obj))
 
+    async def modify(self, cls: type, obj_id: str, change: Any) -> bool:
+        obj = self.store.get(cls, obj_id)
+        if obj is None or not change(obj):
+            return False
+        await self.update(obj)
+        return True
+
     def put(self, *objs: Any) -> None:
         batch = store_pb2.StoreBatch(timestamp_ns=time.time_ns())
         for obj in objs:

@@ -35,13 +35,32 @@ def healthcheck(hc: pb.HealthConfig) -> Healthcheck | None:
                        start_period=hc.start_period_ns or None)
 
 
+def extra_hosts(c: pb.ContainerSpec) -> list[str] | None:
+    """Docker's "IP name [name...]" lines as the engine's "name:IP" entries."""
+    out: list[str] = []
+    for line in c.hosts:
+        ip, *names = line.split()
+        out.extend(f"{name}:{ip}" for name in names)
+    return out or None
+
+
+def resolv_params(c: pb.ContainerSpec, nameservers: Sequence[str] = ()) -> dict[str, Any]:
+    """/etc/hosts and resolv.conf keywords of create_host_config. `nameservers` replaces the
+    task's own (a sandbox keeps the node's resolver, which forwards to the task's)."""
+    d = c.dns_config
+    return {"extra_hosts": extra_hosts(c),
+            "dns": list(nameservers or d.nameservers) or None,
+            "dns_search": list(d.search) or None, "dns_opt": list(d.options) or None}
+
+
 def host_config_params(task: pb.Task, sandbox_id: str = "",
                        files: Sequence[Mount] = ()) -> dict[str, Any]:
     """Keyword arguments of APIClient.create_host_config. A task on overlay networks joins
-    its sandbox's namespace; one on none has no network. `files`: the bind mounts of its
-    secrets and configs."""
+    its sandbox's namespace (and its /etc/hosts and resolv.conf); one on none has no network
+    but its own resolv.conf. `files`: the bind mounts of its secrets and configs."""
     c, limits = task.spec.container, task.spec.resources.limits
-    return {
+    resolv = {} if sandbox_id else resolv_params(c)
+    return resolv | {
         "network_mode": f"container:{sandbox_id}" if sandbox_id else "none",
         "mounts": [mount(m) for m in c.mounts] + list(files) or None,
         "init": True if c.init else None,

@@ -209,7 +209,7 @@ class DockerExecutor(Executor):
 
             def create() -> str:
                 api = self._api()
-                host = api.create_host_config(**sb.sandbox_host_config())
+                host = api.create_host_config(**sb.sandbox_host_config(task))
                 return str(api.create_container(host_config=host, **params)["Id"])
 
             sid = await self._call(create)

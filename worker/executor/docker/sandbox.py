@@ -20,6 +20,7 @@ from typing import Any
 
 from proto import objects_pb2 as pb
 from worker.executor.base import LABEL_NODE_ID, PermanentError, task_name
+from worker.executor.docker.container import resolv_params
 
 PAUSE_REPO = "shoal/pause"
 PAUSE_TAG = "1"
@@ -71,5 +72,7 @@ def sandbox_params(task: pb.Task) -> dict[str, Any]:
     }
 
 
-def sandbox_host_config() -> dict[str, Any]:
-    return {"network_mode": "none", "dns": [RESOLVER]}
+def sandbox_host_config(task: pb.Task) -> dict[str, Any]:
+    """The task's /etc/hosts lines and resolv.conf search and options go here (its
+    container shares the sandbox's files); the nameserver is the node's resolver."""
+    return resolv_params(task.spec.container, [RESOLVER]) | {"network_mode": "none"}
