@@ -1,0 +1,186 @@
+"""Issue 10 item 3: the web dashboard in a real headless browser (Debian's chromium driven by
+Selenium and chromedriver), through `shoal dashboard`, the local read-only proxy to a
+manager's socket, on a lab of a manager and a worker. The page is loaded once; the test
+changes the cluster with the shoal CLI and waits for the page to show it without a reload:
+scaling a service grows the task grid, draining the worker moves its tasks to the manager,
+the event feed names both changes, and a task that cannot be placed shows why."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from shoal import lab as labmod
+from shoal.lab import HostState, LabState
+from tests.system.conftest import make_lab_name, teardown_lab, wait_until
+from tests.system.helpers import SHOAL, ok, request, shoal
+from tests.system.svc import IMAGE
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabState]:
+    name = make_lab_name(__name__)
+    try:
+        yield labmod.up(name, 1, 1)
+    finally:
+        teardown_lab(name)
+
+
+@pytest.fixture(scope="module")
+def proxy(lab: LabState) -> Iterator[str]:
+    """`shoal dashboard --port 0` on the manager: the URL it prints."""
+    proc = subprocess.Popen([SHOAL, "-H", lab.host("m1").api, "dashboard", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = ""
+        for line in proc.stdout:
+            if match := re.match(r"^(http://127\.0\.0\.1:\d+/dashboard/)$", line.strip()):
+                url = match.group(1)
+                break
+        assert url, (proc.poll(), proc.stderr.read() if proc.stderr else "")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def grid(browser: webdriver.Chrome, service: str) -> dict[str, list[str]]:
+    """The task grid as shown: node name -> states of `service`'s tasks in its column."""
+    return browser.execute_script("""
+        const out = {};
+        for (const col of document.querySelectorAll('#grid .node-col')) {
+          out[col.dataset.node] = [...col.querySelectorAll('.task')]
+            .filter((t) => t.dataset.service === arguments[0]).map((t) => t.dataset.state);
+        }
+        return out;""", service)
+
+
+def cell(browser: webdriver.Chrome, table: str, row: str, field: str) -> str:
+    found = browser.find_elements(By.CSS_SELECTOR,
+                                  f"#{table} tr[data-{table[:-1]}='{row}'] [data-field='{field}']")
+    return found[0].text if found else ""
+
+
+def feed(browser: webdriver.Chrome) -> list[str]:
+    return [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#events li")]
+
+
+def running_on(browser: webdriver.Chrome, service: str) -> dict[str, int]:
+    return {node: states.count("running") for node, states in grid(browser, service).items()}
+
+
+def test_the_dashboard_follows_the_cluster_live(lab: LabState, proxy: str,
+                                                browser: webdriver.Chrome) -> None:
+    m1 = lab.host("m1")
+    ok(shoal(m1, "service", "create", "-d", "--name", "web", "--replicas", "2",
+             IMAGE, "sleep", "3600"))
+    browser.get(proxy)
+    browser.execute_script("window.notReloaded = true;")
+    wait_until(lambda: running_on(browser, "web") == {"m1": 1, "w1": 1}, 60,
+               "the grid to show web's 2 tasks running, one per node")
+    assert cell(browser, "nodes", "m1", "manager") == "Leader"
+    assert cell(browser, "nodes", "w1", "role") == "worker"
+    assert {cell(browser, "nodes", n, "state") for n in ("m1", "w1")} == {"ready"}
+    wait_until(lambda: cell(browser, "services", "web", "replicas") == "2/2", 30,
+               "the services table to show web 2/2")
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "live", 30,
+               "the event stream to be connected")
+
+    ok(shoal(m1, "service", "scale", "-d", "web=4"))
+    wait_until(lambda: sum(running_on(browser, "web").values()) == 4, 60,
+               "the grid to show web scaled to 4 running tasks")
+    wait_until(lambda: cell(browser, "services", "web", "replicas") == "4/4", 30,
+               "the services table to show web 4/4")
+    wait_until(lambda: any("service update web" in e and "replicas: 2 → 4" in e
+                           for e in feed(browser)), 30, "the feed to show the scale")
+
+    ok(shoal(m1, "node", "update", "--availability", "drain", "w1"))
+    wait_until(lambda: running_on(browser, "web") == {"m1": 4, "w1": 0}, 90,
+               "the grid to show w1's tasks moved to m1")
+    assert browser.find_element(
+        By.CSS_SELECTOR, "#grid .node-col[data-node='w1']").get_attribute(
+        "data-availability") == "drain"
+    assert cell(browser, "nodes", "w1", "availability") == "drain"
+    wait_until(lambda: any("node update w1" in e and "availability: active → drain" in e
+                           for e in feed(browser)), 30, "the feed to show the drain")
+    assert browser.execute_script("return window.notReloaded === true;"), "the page reloaded"
+
+
+def test_the_dashboard_says_why_a_task_cannot_be_placed(lab: LabState, proxy: str,
+                                                       browser: webdriver.Chrome) -> None:
+    ok(shoal(lab.host("m1"), "service", "create", "-d", "--name", "nowhere",
+             "--constraint", "node.labels.zone==mars", IMAGE, "sleep", "3600"))
+    browser.get(proxy)
+    reason = wait_until(lambda: [li.text for li in browser.find_elements(
+        By.CSS_SELECTOR, "#unplaced li[data-service='nowhere']")], 60,
+        "the page to list nowhere's task as unplaceable")
+    assert "no suitable node" in reason[0] and "constraint" in reason[0], reason
+    states = grid(browser, "nowhere")
+    assert states.get("") == ["pending"], states  # the "not assigned" column
+
+
+def _get(url: str, method: str = "GET",
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_the_proxy_is_read_only_and_forwards_only_what_the_page_reads(proxy: str) -> None:
+    base = proxy.removesuffix("/dashboard/")
+    status, headers, body = _get(proxy)
+    assert status == 200 and headers["Content-Type"].startswith("text/html"), body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    status, _, body = _get(base + "/nodes")
+    assert status == 200 and {n["Description"]["Hostname"] for n in json.loads(body)} == \
+        {"m1", "w1"}
+    status, _, body = _get(base + "/services/web", method="DELETE")
+    assert status == 405 and b"read-only" in body
+    for path in ("/swarm", "/secrets", "/containers/json", "/services/web/logs"):
+        status, _, body = _get(base + path)
+        assert status == 403 and b"does not forward" in body, (path, body)
+    port = base.rsplit(":", 1)[1]
+    status, _, body = _get(base + "/nodes", headers={"Host": f"rebound.example:{port}"})
+    assert status == 403 and b"answers only to" in body
+
+
+def test_workers_serve_no_dashboard(lab: LabState) -> None:
+    w1: HostState = lab.host("w1")
+    status, _, body = request(w1, "GET", "/dashboard/")
+    assert status == 503 and b"not a swarm manager" in body, body
+    out = shoal(w1, "dashboard", "--port", "0")
+    assert out.returncode == 1 and "not a swarm manager" in out.stderr, out.stderr
+    status, _, body = request(lab.host("m1"), "GET", "/dashboard/app.js")
+    assert status == 200 and b"getReader" in body
