@@ -1,17 +1,12 @@
 """`shoal dashboard`: a browser cannot open a unix socket, so serve the dashboard on a local
-TCP port by proxying to the node's API, as `kubectl proxy` does. The proxy is read-only and
-forwards only what the page reads: GET/HEAD of the dashboard's files and of the cluster's
-nodes, services, tasks, networks and events. The swarm object (its join tokens), secrets,
-logs and the engine's own routes are never forwarded, and a Host header other than the
-proxy's own address is refused (a web page of another site cannot reach it through DNS
-rebinding)."""
+TCP port by proxying to the node's API, as `kubectl proxy` does. What it forwards is decided
+in policy.py (read-only unless the operator allows actions)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import re
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -21,43 +16,16 @@ import aiohttp
 from aiohttp import web
 
 from shoal.clienttls import ClientTLS
+from shoal.dashboard.policy import PROXY_INFO, forged, host_allowed, refusal
 
 log = logging.getLogger(__name__)
 
-_READ = re.compile(r"^/(?:v[0-9]+\.[0-9]+/)?(?:_ping|version|events|metrics"
-                   r"|(?:nodes|services|tasks|networks)(?:/[A-Za-z0-9_.-]+)?)$")
-_PAGE = re.compile(r"^/dashboard(?:/(?:[a-z][a-z0-9-]*\.[a-z]+)?)?$")
 _HEADERS = ("Content-Type", "Content-Security-Policy", "X-Content-Type-Options",
             "X-Frame-Options", "Cache-Control", "Location", "Api-Version", "Swarm")
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class ProxyError(Exception):
     """The proxy cannot serve (bad daemon address, port in use); the message says why."""
-
-
-def refusal(method: str, path: str) -> tuple[int, str] | None:
-    """Why the proxy refuses a request (status, message), or None to forward it."""
-    if method not in ("GET", "HEAD"):
-        return 405, (f"the dashboard proxy is read-only: {method} {path} is not forwarded; "
-                     "use the shoal or docker CLI on the node's socket to change the cluster")
-    if _READ.match(path) or _PAGE.match(path):
-        return None
-    return 403, (f"the dashboard proxy does not forward {path}: it serves only the dashboard "
-                 "and what it reads (nodes, services, tasks, networks, events)")
-
-
-def host_allowed(host_header: str | None, address: str, port: int) -> bool:
-    """Whether the request's Host names this proxy (its address, or localhost on loopback)."""
-    if not host_header:
-        return False
-    if host_header.startswith("["):  # [::1]:8001
-        name, _, rest = host_header[1:].partition("]")
-        given = rest.removeprefix(":")
-    else:
-        name, _, given = host_header.rpartition(":")
-    names = {address, *LOOPBACK} if address in LOOPBACK else {address}
-    return name in names and given == str(port)
 
 
 @dataclass(frozen=True)
@@ -95,7 +63,8 @@ def _error(status: int, message: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_proxy(up: Upstream, address: str, port: Callable[[], int]) -> web.Application:
+def make_proxy(up: Upstream, address: str, port: Callable[[], int],
+               actions: bool = False) -> web.Application:
     """The proxy's app; `port` gives the port it listens on (known once it is bound)."""
     session: dict[str, aiohttp.ClientSession] = {}
 
@@ -110,7 +79,11 @@ def make_proxy(up: Upstream, address: str, port: Callable[[], int]) -> web.Appli
         if not host_allowed(request.headers.get("Host"), address, port()):
             return _error(403, f"the dashboard proxy answers only to {address}:{port()}, "
                                f"not to Host {request.headers.get('Host')!r}")
-        refused = refusal(request.method, request.path)
+        if request.path == PROXY_INFO:
+            return web.json_response({"actions": actions, "daemon": up.host})
+        refused = refusal(request.method, request.path, actions)
+        if refused is None and request.method == "POST":
+            refused = forged(request.headers, _origin(address, port()))
         if refused is not None:
             return _error(*refused)
         return await _relay(session["s"], up, request)
@@ -122,11 +95,18 @@ def make_proxy(up: Upstream, address: str, port: Callable[[], int]) -> web.Appli
     return app
 
 
+def _origin(address: str, port: int) -> str:
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+
+
 async def _relay(session: aiohttp.ClientSession, up: Upstream,
                  request: web.Request) -> web.StreamResponse:
     url = up.base + request.path_qs
+    body = await request.read() if request.method == "POST" else None
+    headers = {"Content-Type": "application/json"} if body is not None else None
     try:
-        upstream_resp = await session.request(request.method, url, allow_redirects=False)
+        upstream_resp = await session.request(request.method, url, data=body, headers=headers,
+                                              allow_redirects=False)
     except (aiohttp.ClientError, OSError, ssl.SSLError) as err:
         return _error(502, f"cannot reach the Shoal daemon at {up.host}: {err}")
     async with upstream_resp:
@@ -143,11 +123,11 @@ async def _relay(session: aiohttp.ClientSession, up: Upstream,
     return response
 
 
-async def serve(up: Upstream, address: str, port: int,
-                ready: Callable[[str], None]) -> None:
+async def serve(up: Upstream, address: str, port: int, ready: Callable[[str], None],
+                actions: bool = False) -> None:
     """Serve until cancelled; `ready` gets the dashboard's URL once the port is bound."""
     bound: dict[str, int] = {"port": port}
-    runner = web.AppRunner(make_proxy(up, address, lambda: bound["port"]),
+    runner = web.AppRunner(make_proxy(up, address, lambda: bound["port"], actions),
                            handler_cancellation=True)
     await runner.setup()
     try:
@@ -158,8 +138,7 @@ async def serve(up: Upstream, address: str, port: int,
             raise ProxyError(f"cannot listen on {address}:{port}: {err.strerror or err}") \
                 from err
         bound["port"] = _bound_port(runner)
-        shown = f"[{address}]" if ":" in address else address
-        ready(f"http://{shown}:{bound['port']}/dashboard/")
+        ready(_origin(address, bound["port"]) + "/dashboard/")
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

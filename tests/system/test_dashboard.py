@@ -43,7 +43,16 @@ def lab() -> Iterator[LabState]:
 @pytest.fixture(scope="module")
 def proxy(lab: LabState) -> Iterator[str]:
     """`shoal dashboard --port 0` on the manager: the URL it prints."""
-    proc = subprocess.Popen([SHOAL, "-H", lab.host("m1").api, "dashboard", "--port", "0"],
+    yield from start_proxy(lab)
+
+
+@pytest.fixture(scope="module")
+def acting_proxy(lab: LabState) -> Iterator[str]:
+    yield from start_proxy(lab, "--allow-actions")
+
+
+def start_proxy(lab: LabState, *args: str) -> Iterator[str]:
+    proc = subprocess.Popen([SHOAL, "-H", lab.host("m1").api, "dashboard", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -133,6 +142,8 @@ def test_the_dashboard_follows_the_cluster_live(lab: LabState, proxy: str,
     wait_until(lambda: any("node update w1" in e and "availability: active → drain" in e
                            for e in feed(browser)), 30, "the feed to show the drain")
     assert browser.execute_script("return window.notReloaded === true;"), "the page reloaded"
+    assert not [b for b in browser.find_elements(By.CSS_SELECTOR, "button[data-action]")
+                if b.is_displayed()], "a read-only dashboard offers actions"
 
 
 def test_the_dashboard_says_why_a_task_cannot_be_placed(lab: LabState, proxy: str,
@@ -148,9 +159,54 @@ def test_the_dashboard_says_why_a_task_cannot_be_placed(lab: LabState, proxy: st
     assert states.get("") == ["pending"], states  # the "not assigned" column
 
 
+def test_with_actions_allowed_the_page_scales_and_drains(lab: LabState, acting_proxy: str,
+                                                        browser: webdriver.Chrome) -> None:
+    m1 = lab.host("m1")
+    ok(shoal(m1, "service", "create", "-d", "--name", "act", IMAGE, "sleep", "3600"))
+    browser.get(acting_proxy)
+    wait_until(lambda: sum(running_on(browser, "act").values()) == 1, 60,
+               "the grid to show act's task running")
+
+    def click(selector: str) -> None:
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, selector), 10, selector)[
+            0].click()
+
+    click("#services tr[data-service='act'] button[data-action='scale-up']")
+    wait_until(lambda: cell(browser, "services", "act", "replicas") == "2/2", 60,
+               "act scaled to 2 from the page")
+    click("#services tr[data-service='act'] button[data-action='scale-up']")
+    wait_until(lambda: sum(running_on(browser, "act").values()) == 3, 60,
+               "the grid to show act's 3 tasks")
+    assert m1.client().get("/services/act")["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+
+    before = cell(browser, "nodes", "w1", "availability")
+    click("#nodes tr[data-node='w1'] button[data-action]")
+    after = "active" if before == "drain" else "drain"
+    wait_until(lambda: cell(browser, "nodes", "w1", "availability") == after, 30,
+               f"w1 to become {after} from the page")
+    assert {n["Description"]["Hostname"]: n["Spec"]["Availability"]
+            for n in m1.client().get("/nodes")}["w1"] == after
+    assert "done" in browser.find_element(By.ID, "notice").text
+
+
+def test_actions_are_taken_only_from_the_page(acting_proxy: str) -> None:
+    base = acting_proxy.removesuffix("/dashboard/")
+    status, _, body = _get(base + "/services/act/update?version=1", method="POST",
+                           headers={"Content-Type": "text/plain"})
+    assert status == 403 and b"X-Shoal-Dashboard" in body, body
+    status, _, body = _get(base + "/services/act/update?version=1", method="POST",
+                           headers={"Content-Type": "application/json",
+                                    "X-Shoal-Dashboard": "1", "Origin": "http://evil.example"})
+    assert status == 403 and b"evil.example" in body, body
+    status, _, body = _get(base + "/services/create", method="POST",
+                           headers={"Content-Type": "application/json", "X-Shoal-Dashboard": "1"})
+    assert status == 405, body
+
+
 def _get(url: str, method: str = "GET",
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, method=method, headers=headers or {})
+    data = b"{}" if method == "POST" else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -167,7 +223,12 @@ def test_the_proxy_is_read_only_and_forwards_only_what_the_page_reads(proxy: str
     assert status == 200 and {n["Description"]["Hostname"] for n in json.loads(body)} == \
         {"m1", "w1"}
     status, _, body = _get(base + "/services/web", method="DELETE")
-    assert status == 405 and b"read-only" in body
+    assert status == 405 and b"--allow-actions" in body
+    status, _, body = _get(base + "/services/web/update?version=1", method="POST",
+                           headers={"Content-Type": "application/json", "X-Shoal-Dashboard": "1"})
+    assert status == 405 and b"--allow-actions" in body
+    status, _, _ = _get(base + "/dashboard/proxy.json")
+    assert status == 200
     for path in ("/swarm", "/secrets", "/containers/json", "/services/web/logs"):
         status, _, body = _get(base + path)
         assert status == 403 and b"does not forward" in body, (path, body)

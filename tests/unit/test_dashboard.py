@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from shoal.dashboard.assets import asset
-from shoal.dashboard.proxy import ProxyError, host_allowed, refusal, upstream
+from shoal.dashboard.policy import forged, host_allowed, refusal
+from shoal.dashboard.proxy import ProxyError, upstream
 
 
 @pytest.mark.parametrize("path", [
@@ -31,10 +32,49 @@ def test_the_proxy_forwards_nothing_else(path: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-def test_the_proxy_is_read_only(method: str) -> None:
-    refused = refusal(method, "/services/web")
+@pytest.mark.parametrize("path", ["/services/web", "/services/web/update", "/nodes/w1/update"])
+def test_the_proxy_is_read_only(method: str, path: str) -> None:
+    refused = refusal(method, path)
     assert refused is not None and refused[0] == 405
-    assert "read-only" in refused[1]
+    assert "--allow-actions" in refused[1]
+
+
+@pytest.mark.parametrize("path", ["/services/web/update", "/v1.41/services/abc/update",
+                                  "/nodes/w1/update"])
+def test_allowed_actions_are_service_and_node_updates(path: str) -> None:
+    assert refusal("POST", path, actions=True) is None
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/services/create"), ("DELETE", "/services/web"), ("POST", "/swarm/update"),
+    ("POST", "/nodes/w1/update/x"), ("POST", "/secrets/create"), ("PUT", "/nodes/w1/update"),
+    ("POST", "/containers/create"),
+])
+def test_actions_allow_nothing_else(method: str, path: str) -> None:
+    refused = refusal(method, path, actions=True)
+    assert refused is not None and refused[0] == 405 and "updates only" in refused[1]
+
+
+OWN = "http://127.0.0.1:8001"
+
+
+@pytest.mark.parametrize(("headers", "why"), [
+    ({"Content-Type": "application/json"}, "X-Shoal-Dashboard"),
+    ({"X-Shoal-Dashboard": "1", "Content-Type": "text/plain"}, "JSON"),
+    ({"X-Shoal-Dashboard": "1", "Content-Type": "application/json",
+      "Origin": "http://evil.example"}, "not http://evil.example"),
+    ({"X-Shoal-Dashboard": "1", "Content-Type": "application/json", "Origin": "null"},
+     "not null"),
+])
+def test_actions_come_only_from_the_page(headers: dict[str, str], why: str) -> None:
+    refused = forged(headers, OWN)
+    assert refused is not None and refused[0] == 403 and why in refused[1]
+
+
+def test_an_action_of_the_page_is_forwarded() -> None:
+    headers = {"X-Shoal-Dashboard": "1", "Content-Type": "application/json"}
+    assert forged(headers, OWN) is None
+    assert forged(headers | {"Origin": OWN}, OWN) is None
 
 
 @pytest.mark.parametrize(("header", "ok"), [

@@ -9,6 +9,8 @@ const LIVE_STATES = new Set(["new", "pending", "assigned", "accepted", "preparin
 
 let refreshing = false;
 let again = false;
+let streaming = false;
+let actions = false;   // the proxy was started with --allow-actions
 
 function $(id) { return document.getElementById(id); }
 
@@ -135,8 +137,54 @@ function renderNodes(nodes, tasks) {
       el("td", {}, `${cpus(u.cpu)} / ${cpus(res.NanoCPUs || 0)}`),
       el("td", {}, `${bytes(u.mem)} / ${bytes(res.MemoryBytes || 0)}`),
       el("td", { "data-field": "tasks" }, u.n),
-      el("td", {}, (n.Description.Engine && n.Description.Engine.EngineVersion) || ""));
+      el("td", {}, (n.Description.Engine && n.Description.Engine.EngineVersion) || ""),
+      el("td", { class: "actions" }, n.Spec.Availability === "active"
+        ? button("drain", "drain", () => setAvailability(n, "drain"))
+        : button("activate", "activate", () => setAvailability(n, "active"))));
   });
+}
+
+function button(action, text, onclick) {
+  return el("button", { type: "button", "data-action": action, onclick }, text);
+}
+
+// An action (only offered when the proxy allows them): read the object, change its spec,
+// write it back at the version read, as `docker service scale` / `docker node update` do.
+async function act(kind, id, what, change) {
+  try {
+    const obj = await get(`/${kind}/${id}`);
+    change(obj.Spec);
+    const resp = await fetch(`/${kind}/${id}/update?version=${obj.Version.Index}`, {
+      method: "POST", body: JSON.stringify(obj.Spec),
+      headers: { "Content-Type": "application/json", "X-Shoal-Dashboard": "1" } });
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => null);
+      throw new Error((body && body.message) || `${resp.status} ${resp.statusText}`);
+    }
+    notice(`${what}: done`);
+  } catch (err) {
+    notice(`${what}: ${err.message}`, true);
+  }
+  refresh();
+}
+
+function scale(service, by) {
+  const name = service.Spec.Name;
+  act("services", service.ID, `scale ${name}`, (spec) => {
+    spec.Mode.Replicated.Replicas = Math.max(0, (spec.Mode.Replicated.Replicas || 0) + by);
+  });
+}
+
+function setAvailability(node, availability) {
+  act("nodes", node.ID, `${availability} ${nodeName(node)}`, (spec) => {
+    spec.Availability = availability;
+  });
+}
+
+function notice(text, error) {
+  const n = $("notice");
+  n.textContent = text;
+  n.dataset.error = error ? "true" : "false";
 }
 
 function mode(s) {
@@ -159,7 +207,10 @@ function renderServices(services) {
     return el("tr", { "data-service": s.Spec.Name },
       el("td", {}, s.Spec.Name), el("td", {}, mode(s)),
       el("td", { "data-field": "replicas" }, `${st.RunningTasks || 0}/${st.DesiredTasks || 0}`),
-      el("td", {}, image), el("td", { "data-field": "update" }, update), el("td", {}, ports));
+      el("td", {}, image), el("td", { "data-field": "update" }, update), el("td", {}, ports),
+      el("td", { class: "actions" }, ...(s.Spec.Mode.Replicated ? [
+        button("scale-down", "−", () => scale(s, -1)),
+        button("scale-up", "+", () => scale(s, +1))] : [])));
   });
 }
 
@@ -206,7 +257,7 @@ async function refresh() {
     renderUnplaced(tasks, names);
     renderNetworks(networks);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
-    if ($("status").dataset.state !== "live") setStatus("connecting", "reading");
+    setStatus(streaming ? "live" : "connecting", streaming ? "live" : "polling");
   } catch (err) {
     setStatus("error", err.message);
   } finally {
@@ -240,6 +291,7 @@ async function followEvents() {
       const since = Math.floor(Date.now() / 1000) - 300;
       const resp = await fetch(`/events?since=${since}`);
       if (!resp.ok) throw new Error(`events: ${resp.status}`);
+      streaming = true;
       setStatus("live", "live");
       wait = 1000;
       const reader = resp.body.getReader();
@@ -258,11 +310,22 @@ async function followEvents() {
     } catch (err) {
       setStatus("error", `event stream: ${err.message}`);
     }
+    streaming = false;
     await new Promise((r) => setTimeout(r, wait));
     wait = Math.min(wait * 2, 15000);
   }
 }
 
-refresh();
-setInterval(refresh, REFRESH_MS);
-followEvents();
+async function start() {
+  try {
+    actions = (await get("/dashboard/proxy.json")).actions === true;
+  } catch (err) {
+    actions = false;   // served by the node itself, or an older proxy: read-only
+  }
+  document.body.classList.toggle("with-actions", actions);
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+  followEvents();
+}
+
+start();
