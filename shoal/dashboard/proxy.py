@@ -9,7 +9,7 @@ import json
 import logging
 import ssl
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -58,9 +58,6 @@ def upstream(host: str, tls: ClientTLS | None) -> Upstream:
 def _error(status: int, message: str) -> web.Response:
     return web.Response(body=json.dumps({"message": message}).encode(), status=status,
                         content_type="application/json")
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_proxy(up: Upstream, address: str, port: Callable[[], int],
