@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
@@ -93,14 +94,36 @@ def grid(browser: webdriver.Chrome, service: str) -> dict[str, list[str]]:
         return out;""", service)
 
 
+# Reads run as one script in the page (between two of its redraws), never element by
+# element from here: a redraw between finding an element and reading it would make it stale.
 def cell(browser: webdriver.Chrome, table: str, row: str, field: str) -> str:
-    found = browser.find_elements(By.CSS_SELECTOR,
-                                  f"#{table} tr[data-{table[:-1]}='{row}'] [data-field='{field}']")
-    return found[0].text if found else ""
+    return str(browser.execute_script(
+        "const c = document.querySelector(arguments[0]); return c ? c.textContent : '';",
+        f"#{table} tr[data-{table[:-1]}='{row}'] [data-field='{field}']"))
+
+
+def texts(browser: webdriver.Chrome, selector: str) -> list[str]:
+    return list(browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent);",
+        selector))
 
 
 def feed(browser: webdriver.Chrome) -> list[str]:
-    return [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#events li")]
+    return texts(browser, "#events li")
+
+
+def click(browser: webdriver.Chrome, selector: str) -> None:
+    """A real click (WebDriver's) on the element `selector` names, again if a redraw
+    replaced it under the pointer."""
+    def once() -> bool:
+        try:
+            found = browser.find_elements(By.CSS_SELECTOR, selector)
+            if found:
+                found[0].click()
+            return bool(found)
+        except StaleElementReferenceException:
+            return False
+    wait_until(once, 10, f"a click on {selector}")
 
 
 def running_on(browser: webdriver.Chrome, service: str) -> dict[str, int]:
@@ -121,7 +144,7 @@ def test_the_dashboard_follows_the_cluster_live(lab: LabState, proxy: str,
     assert {cell(browser, "nodes", n, "state") for n in ("m1", "w1")} == {"ready"}
     wait_until(lambda: cell(browser, "services", "web", "replicas") == "2/2", 30,
                "the services table to show web 2/2")
-    wait_until(lambda: browser.find_element(By.ID, "status").text == "live", 30,
+    wait_until(lambda: texts(browser, "#status") == ["live"], 30,
                "the event stream to be connected")
 
     ok(shoal(m1, "service", "scale", "-d", "web=4"))
@@ -135,15 +158,16 @@ def test_the_dashboard_follows_the_cluster_live(lab: LabState, proxy: str,
     ok(shoal(m1, "node", "update", "--availability", "drain", "w1"))
     wait_until(lambda: running_on(browser, "web") == {"m1": 4, "w1": 0}, 90,
                "the grid to show w1's tasks moved to m1")
-    assert browser.find_element(
-        By.CSS_SELECTOR, "#grid .node-col[data-node='w1']").get_attribute(
-        "data-availability") == "drain"
+    w1_column = browser.execute_script("return document.querySelector(arguments[0])"
+                                       ".dataset.availability", "#grid .node-col[data-node='w1']")
+    assert w1_column == "drain"
     assert cell(browser, "nodes", "w1", "availability") == "drain"
     wait_until(lambda: any("node update w1" in e and "availability: active → drain" in e
                            for e in feed(browser)), 30, "the feed to show the drain")
     assert browser.execute_script("return window.notReloaded === true;"), "the page reloaded"
-    assert not [b for b in browser.find_elements(By.CSS_SELECTOR, "button[data-action]")
-                if b.is_displayed()], "a read-only dashboard offers actions"
+    assert browser.execute_script(  # present in the page, hidden (offsetParent is null)
+        "return [...document.querySelectorAll('button[data-action]')]"
+        ".filter((b) => b.offsetParent !== null).length") == 0, "a read-only page offers actions"
 
 
 def test_the_dashboard_says_why_a_task_cannot_be_placed(lab: LabState, proxy: str,
@@ -151,8 +175,7 @@ def test_the_dashboard_says_why_a_task_cannot_be_placed(lab: LabState, proxy: st
     ok(shoal(lab.host("m1"), "service", "create", "-d", "--name", "nowhere",
              "--constraint", "node.labels.zone==mars", IMAGE, "sleep", "3600"))
     browser.get(proxy)
-    reason = wait_until(lambda: [li.text for li in browser.find_elements(
-        By.CSS_SELECTOR, "#unplaced li[data-service='nowhere']")], 60,
+    reason = wait_until(lambda: texts(browser, "#unplaced li[data-service='nowhere']"), 60,
         "the page to list nowhere's task as unplaceable")
     assert "no suitable node" in reason[0] and "constraint" in reason[0], reason
     states = grid(browser, "nowhere")
@@ -167,26 +190,22 @@ def test_with_actions_allowed_the_page_scales_and_drains(lab: LabState, acting_p
     wait_until(lambda: sum(running_on(browser, "act").values()) == 1, 60,
                "the grid to show act's task running")
 
-    def click(selector: str) -> None:
-        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, selector), 10, selector)[
-            0].click()
-
-    click("#services tr[data-service='act'] button[data-action='scale-up']")
+    click(browser, "#services tr[data-service='act'] button[data-action='scale-up']")
     wait_until(lambda: cell(browser, "services", "act", "replicas") == "2/2", 60,
                "act scaled to 2 from the page")
-    click("#services tr[data-service='act'] button[data-action='scale-up']")
+    click(browser, "#services tr[data-service='act'] button[data-action='scale-up']")
     wait_until(lambda: sum(running_on(browser, "act").values()) == 3, 60,
                "the grid to show act's 3 tasks")
     assert m1.client().get("/services/act")["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
 
     before = cell(browser, "nodes", "w1", "availability")
-    click("#nodes tr[data-node='w1'] button[data-action]")
+    click(browser, "#nodes tr[data-node='w1'] button[data-action]")
     after = "active" if before == "drain" else "drain"
     wait_until(lambda: cell(browser, "nodes", "w1", "availability") == after, 30,
                f"w1 to become {after} from the page")
     assert {n["Description"]["Hostname"]: n["Spec"]["Availability"]
             for n in m1.client().get("/nodes")}["w1"] == after
-    assert "done" in browser.find_element(By.ID, "notice").text
+    assert "done" in texts(browser, "#notice")[0]
 
 
 def test_actions_are_taken_only_from_the_page(acting_proxy: str) -> None:

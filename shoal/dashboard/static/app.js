@@ -11,6 +11,7 @@ let refreshing = false;
 let again = false;
 let streaming = false;
 let actions = false;   // the proxy was started with --allow-actions
+let lastSeen = "";
 
 function $(id) { return document.getElementById(id); }
 
@@ -250,12 +251,11 @@ async function refresh() {
       get("/nodes"), get("/services?status=true"), get("/tasks"), get("/networks")]);
     nodes.sort((a, b) => nodeName(a).localeCompare(nodeName(b)));
     services.sort((a, b) => a.Spec.Name.localeCompare(b.Spec.Name));
-    const names = serviceNames(services);
-    renderGrid(nodes, tasks, names);
-    renderNodes(nodes, tasks);
-    renderServices(services);
-    renderUnplaced(tasks, names);
-    renderNetworks(networks);
+    const seen = JSON.stringify([nodes, services, tasks, networks, actions]);
+    if (seen !== lastSeen) {   // redraw only on a change: a button stays under the pointer
+      lastSeen = seen;
+      render(nodes, services, tasks, networks);
+    }
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     setStatus(streaming ? "live" : "connecting", streaming ? "live" : "polling");
   } catch (err) {
@@ -264,6 +264,15 @@ async function refresh() {
     refreshing = false;
     if (again) { again = false; refresh(); }
   }
+}
+
+function render(nodes, services, tasks, networks) {
+  const names = serviceNames(services);
+  renderGrid(nodes, tasks, names);
+  renderNodes(nodes, tasks);
+  renderServices(services);
+  renderUnplaced(tasks, names);
+  renderNetworks(networks);
 }
 
 function describeEvent(ev) {
