@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 nftables docker.io containerd runc wireguard-go wireguard-tools busybox-static procps iperf3 tcpdump
+APT_PACKAGES := iproute2 nftables docker.io containerd runc wireguard-go wireguard-tools busybox-static procps iperf3 tcpdump \
+	chromium chromium-driver
 STAMP := $(VENV)/.installed
 
 .PHONY: deps sysdeps venv images proto test lint unit system demo bench clean

@@ -18,6 +18,7 @@ from manager.controlapi.limits import MAX_REQUEST_BYTES, MAX_SPEC_BYTES
 from shoal import apitls
 from shoal.api import (
     ca,
+    dashboard,
     events,
     logs,
     metrics,
@@ -200,7 +201,7 @@ def make_app(node: Node) -> web.Application:
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, r"/v{api_version:[0-9]+\.[0-9]+}" + path, handler)
-    for method, path, handler in metrics.ROUTES:  # Prometheus asks without a version
+    for method, path, handler in [*metrics.ROUTES, *dashboard.ROUTES]:  # no /vX.Y prefix
         app.router.add_route(method, path, handler)
     passthrough.install(app)  # last: what no route above serves goes to the engine
     return app

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from shoal.cli.ca import ca
+from shoal.cli.dashboard import dashboard
 from shoal.cli.lab_cmd import lab
 from shoal.cli.network import network
 from shoal.cli.node import node
@@ -61,6 +62,7 @@ cli.add_command(network)
 cli.add_command(secret)
 cli.add_command(config)
 cli.add_command(ca)
+cli.add_command(dashboard)
 service.add_command(service_logs)
 cli.add_command(service)
 
