@@ -200,6 +200,11 @@ def test_restart_cutoff_and_removal_converge(lab: LabState) -> None:
     wait_until(lambda: not any(network_namespaces(h) for h in (m1, w1, w2)), 120,
                "every node to drop the network's namespace")
     print(f"network rm: namespaces gone from every node in {time.monotonic() - removed:.1f} s")
+    # the tunnel goes once the node's assignments name no encrypted network, which can be
+    # after the namespaces went (those follow the tasks)
+    wait_until(lambda: all("shw" not in (snap := host_snapshot(lab, h, []))["host links"]
+                           and not snap["host wg"] for h in (m1, w1, w2)), 60,
+               "WireGuard to leave every node")
     for host in (m1, w1, w2):
         snap = host_snapshot(lab, host, [])
         links = snap["host links"]

@@ -378,8 +378,13 @@ async def test_loop_follows_updates(lab: Lab, planes: list[Dataplane]) -> None:
 
     # The task on node 2 is replaced by another: the loop follows (nothing left behind).
     planes[0].update(message(lab, [state(net, [("node1", addrs[0]), ("node2", "10.77.9.7/24")])]))
-    await eventually(lambda: fdb_is("10.77.9.7/24"), "the new remote task's FDB entry")
-    assert nl.neighbours(ns1, "vxlan0") == (nl.Neighbour("10.77.9.7", mac_of("10.77.9.7/24")),)
+    # (one round writes the FDB entry, then the neighbour: wait for both)
+    want_neigh = (nl.Neighbour("10.77.9.7", mac_of("10.77.9.7/24")),)
+
+    async def follows() -> bool:
+        return await fdb_is("10.77.9.7/24") and await asyncio.to_thread(
+            nl.neighbours, ns1, "vxlan0") == want_neigh
+    await eventually(follows, "the new remote task's FDB and neighbour entries")
 
     # A malformed address in the store spoils only its own network.
     bad = network("10.77.10", vni=9700)
