@@ -44,6 +44,11 @@ up() {
 }
 
 down() {
+  # The pool's directory keeps the uploaded box volume for the next run; its definition goes.
+  if alive libvirtd && virsh pool-info "$pool" >/dev/null 2>&1; then
+    virsh -q pool-destroy "$pool" >/dev/null 2>&1 || true
+    virsh -q pool-undefine "$pool" >/dev/null 2>&1 || true
+  fi
   for d in libvirtd virtlogd holder; do
     if alive "$d"; then
       pid=$(cat "$state/$d.pid")
