@@ -16,7 +16,10 @@ disk_size=${SHOAL_VAGRANT_DISK:-4G}
 packages=linux-image-amd64,systemd-sysv,udev,dbus,openssh-server,ifupdown,isc-dhcp-client
 packages+=,iproute2,iputils-ping,sudo,rsync,ca-certificates,procps,less,curl,netbase
 packages+=,python3,python3-venv,docker.io,containerd,runc,wireguard-tools,wireguard-go
-packages+=,nftables,iptables,busybox-static,kmod,initramfs-tools
+packages+=,nftables,iptables,busybox-static,kmod,initramfs-tools,apparmor
+# (apparmor: Debian's kernel enables AppArmor and dockerd refuses to start containers
+# without apparmor_parser to load its docker-default profile.)
+docker_json='{"iptables": false, "ip6tables": false, "bridge": "none", "ip-forward": false, "ip-masq": false, "userland-proxy": false}'
 mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null \
   || true)
 mirror=${SHOAL_VAGRANT_MIRROR:-${mirror:-http://deb.debian.org/debian}}
@@ -26,6 +29,14 @@ insecure_key=$(find /usr/share/rubygems-integration /usr/lib/ruby /usr/share/vag
 [ -n "$insecure_key" ] || { echo "Vagrant's insecure public key not found" >&2; exit 1; }
 mkdir -p "$cache"
 cd "$cache"
+
+# A changed package list or dockerd configuration rebuilds everything.
+recipe=$(printf '%s\n%s\n' "$packages" "$docker_json")
+if [ -f recipe ] && [ "$(cat recipe)" != "$recipe" ]; then
+  echo "the box's recipe changed: rebuilding"
+  rm -rf rootfs rootfs.part rootfs.part.ok box.img shoal-bookworm.box pool/*_vagrant_box_image_*
+  (cd / && vagrant box remove --force "$box_name" >/dev/null 2>&1) || true
+fi
 
 if [ ! -d rootfs ]; then
   if [ ! -f rootfs.part.ok ]; then
@@ -65,6 +76,10 @@ UNIT
   ln -sf /etc/systemd/system/ssh-hostkeys.service \
     "$r/etc/systemd/system/multi-user.target.wants/ssh-hostkeys.service"
   echo 'UseDNS no' > "$r/etc/ssh/sshd_config.d/vagrant.conf"
+  # Shoal plumbs task networking itself (as in `shoal lab`): dockerd must add no bridge and
+  # no iptables rule; its FORWARD policy DROP would block the routing mesh between VMs.
+  install -d "$r/etc/docker"
+  echo "$docker_json" > "$r/etc/docker/daemon.json"
   rm -rf "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/*
   cp -L "$r/vmlinuz" vmlinuz.part && mv vmlinuz.part vmlinuz
   cp -L "$r/initrd.img" initrd.img.part && mv initrd.img.part initrd.img
@@ -93,4 +108,5 @@ fi
 if ! vagrant box list 2>/dev/null | grep -q "^$box_name "; then
   (cd / && vagrant box add --force --name "$box_name" "$cache/shoal-bookworm.box")
 fi
+printf '%s\n' "$recipe" > recipe
 echo "box $box_name ready; kernel $cache/vmlinuz initrd $cache/initrd.img"

@@ -35,6 +35,16 @@ exec /opt/shoal/venv/bin/shoal "$@"
 SCRIPT
 chmod 0755 /usr/local/bin/shoal
 
+# Shoal plumbs task networking itself: dockerd adds no bridge and no iptables rule (the
+# offline box has this file already; debian/bookworm64's dockerd needs a restart).
+docker_json='{"iptables": false, "ip6tables": false, "bridge": "none", "ip-forward": false, "ip-masq": false, "userland-proxy": false}'
+if [ "$(cat /etc/docker/daemon.json 2>/dev/null)" != "$docker_json" ]; then
+  install -d /etc/docker
+  echo "$docker_json" > /etc/docker/daemon.json
+  systemctl restart docker || true
+  iptables -P FORWARD ACCEPT || true
+  ip link del docker0 2>/dev/null || true
+fi
 systemctl enable --now docker >/dev/null 2>&1
 for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
 [ -f "$dist/busybox.tar" ] && docker load -q -i "$dist/busybox.tar"
