@@ -27,11 +27,14 @@ up() {
     in_ns ip link set lo up
   fi
   if ! alive virtlogd; then
-    in_ns virtlogd </dev/null >>"$state/virtlogd.log" 2>&1 &
+    # nsenter execs the daemon: $! is the daemon's PID (a function would add a subshell).
+    nsenter --net="/proc/$(cat "$state/holder.pid")/ns/net" virtlogd \
+      </dev/null >>"$state/virtlogd.log" 2>&1 &
     echo $! > "$state/virtlogd.pid"
   fi
   if ! alive libvirtd; then
-    in_ns libvirtd </dev/null >>"$state/libvirtd.log" 2>&1 &
+    nsenter --net="/proc/$(cat "$state/holder.pid")/ns/net" libvirtd \
+      </dev/null >>"$state/libvirtd.log" 2>&1 &
     echo $! > "$state/libvirtd.pid"
   fi
   for _ in $(seq 60); do virsh -q version >/dev/null 2>&1 && break; sleep 0.5; done

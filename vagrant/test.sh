@@ -66,6 +66,7 @@ log "box (built only if missing) and Shoal's wheels"
 "$here/build-box.sh" "$cache" > "$run/build-box.log" 2>&1 || fail "build-box.sh: $run/build-box.log"
 "$here/build-dist.sh" > "$run/build-dist.log" 2>&1 || fail "build-dist.sh: $run/build-dist.log"
 "$here/netns.sh" up >> "$run/vagrant.log"
+daemons=$(cat "$cache"/netns/*.pid)
 
 log "vagrant up m1"
 quiet_vagrant up m1 || fail "vagrant up m1"
@@ -85,9 +86,9 @@ log "vagrant ssh m1 -c 'shoal node ls':"; sed 's/^/    /' "$run/node-ls"
 
 log "an encrypted overlay network and a service publishing port 8080"
 on m1 'shoal network create -d overlay --opt encrypted web' >/dev/null
-on m1 'shoal service create --name web --network web --replicas 3 -p 8080:8080
+on m1 'shoal service create --detach --name web --network web --replicas 3 -p 8080:8080
          shoal/busybox:latest httpd -f -p 8080 -h /etc' >/dev/null
-on m1 'shoal service create --name probe --mode global --network web
+on m1 'shoal service create --detach --name probe --mode global --network web
          shoal/busybox:latest sleep 1000000' >/dev/null
 # running SERVICE N [NODE]: N tasks desired and currently Running (none on NODE).
 running() { [ "$(on m1 "shoal service ps $1 -f desired-state=running" \
@@ -142,4 +143,5 @@ left=$(echo "$new" | grep -Ei 'virbr|vnet|vagrant|libvirt|192\.168\.(56|121)\.' 
 [ -z "$left" ] || fail "left on the machine:
 $left"
 ps -C qemu-system-x86_64 >/dev/null && fail "a qemu process is still running"
+for pid in $daemons; do kill -0 "$pid" 2>/dev/null && fail "PID $pid (libvirtd, virtlogd or the netns holder) still runs"; done
 log "PASS: nothing left on the machine (interfaces, routes, firewall rules, libvirt objects)"
