@@ -86,10 +86,10 @@ log "vagrant ssh m1 -c 'shoal node ls':"; sed 's/^/    /' "$run/node-ls"
 
 log "an encrypted overlay network and a service publishing port 8080"
 on m1 'shoal network create -d overlay --opt encrypted web' >/dev/null
-on m1 'shoal service create --detach --name web --network web --replicas 3 -p 8080:8080
-         shoal/busybox:latest httpd -f -p 8080 -h /etc' >/dev/null
-on m1 'shoal service create --detach --name probe --mode global --network web
-         shoal/busybox:latest sleep 1000000' >/dev/null
+on m1 'shoal service create --detach --name web --network web --replicas 3 -p 8080:8080 \
+  shoal/busybox:latest httpd -f -p 8080 -h /etc' >/dev/null
+on m1 'shoal service create --detach --name probe --mode global --network web \
+  shoal/busybox:latest sleep 1000000' >/dev/null
 # running SERVICE N [NODE]: N tasks desired and currently Running (none on NODE).
 running() { [ "$(on m1 "shoal service ps $1 -f desired-state=running" \
   | awk -v skip="${3:-}" '$4 != skip && $5 == "Running" && $6 == "Running"' | wc -l)" -eq "$2" ]; }
