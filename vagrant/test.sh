@@ -99,8 +99,8 @@ wait_for 300 "3 web tasks and $n_vms probe tasks running" all_running
 on m1 'shoal service ps web' | sed 's/^/    /'
 
 by_name() {  # from the probe task on VM $1, GET http://web:8080/hostname
-  on "$1" 'c=$(docker ps -q -f label=com.docker.swarm.service.name=probe | head -n1);
-           [ -n "$c" ] && docker exec "$c" sh -c "wget -O - http://web:8080/hostname 2>/dev/null"'
+  on "$1" 'c=$(sudo docker ps -q -f label=com.docker.swarm.service.name=probe | head -n1);
+           [ -n "$c" ] && sudo docker exec "$c" sh -c "wget -O - http://web:8080/hostname 2>/dev/null"'
 }
 published() { on "$1" "curl -sf -m 5 http://$2:8080/hostname"; }
 addr_of() { case $1 in m*) echo "192.168.56.$((10 + ${1#m}))" ;; w*) echo "192.168.56.$((20 + ${1#w}))" ;; esac; }
