@@ -6,7 +6,7 @@ APT_PACKAGES := iproute2 nftables docker.io containerd runc wireguard-go wiregua
 	chromium chromium-driver
 STAMP := $(VENV)/.installed
 
-.PHONY: deps sysdeps venv images proto test lint unit system demo bench clean
+.PHONY: deps sysdeps venv images proto test lint unit system demo bench clean vagrant-deps vagrant-test
 
 deps: sysdeps venv
 
@@ -69,6 +69,22 @@ bench: deps images
 	$(PY) bench/failover.py
 	$(PY) bench/scale_sim.py
 	$(PY) bench/idle_cpu.py
+
+# A real VM cluster (libvirt, QEMU) end to end: box built offline if missing, 1 manager +
+# 2 workers, overlay service, a worker VM killed, everything destroyed. Not part of `test`.
+VAGRANT_APT := qemu-system-x86 qemu-utils mmdebstrap vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base
+
+vagrant-deps:
+	@missing=""; for p in $(VAGRANT_APT); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+vagrant-test: deps images vagrant-deps
+	PYTHON=$(CURDIR)/$(PY) vagrant/test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info images/out
