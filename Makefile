@@ -10,15 +10,20 @@ STAMP := $(VENV)/.installed
 
 deps: sysdeps venv
 
-# apt packages, installed only when one is missing (idempotent, no network if all present).
-sysdeps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# $(call apt_ensure,PACKAGES,APT OPTIONS): apt packages, installed only when one is missing
+# (idempotent, no network if all present).
+define apt_ensure
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing >/dev/null; \
 	fi
+endef
+
+sysdeps:
+	$(call apt_ensure,$(APT_PACKAGES),)
 
 venv: $(STAMP)
 
@@ -75,13 +80,7 @@ bench: deps images
 VAGRANT_APT := qemu-system-x86 qemu-utils mmdebstrap vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients dnsmasq-base
 
 vagrant-deps:
-	@missing=""; for p in $(VAGRANT_APT); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call apt_ensure,$(VAGRANT_APT),--no-install-recommends)
 
 vagrant-test: deps images vagrant-deps
 	PYTHON=$(CURDIR)/$(PY) vagrant/test.sh
