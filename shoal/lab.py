@@ -16,6 +16,7 @@ shoal/engine.py) with the test images loaded, or an engine given to `up`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -25,7 +26,7 @@ import shutil
 import signal as signals
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,6 +129,13 @@ def _save(state: LabState) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(state.to_dict(), indent=2) + "\n")
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _root_lock() -> Iterator[None]:
+    with open(lab_root() / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _try_load(name: str) -> LabState | None:
@@ -449,16 +457,17 @@ def up(name: str, managers: int = 1, workers: int = 0, *, form_swarm: bool = Tru
         raise LabError(f"lab {name!r} already exists (namespaces {existing}); "
                        f"remove it with `shoal lab down --name {name}`")
     lab_root().mkdir(parents=True, exist_ok=True)
-    state = _plan(name, managers, workers, daemon_argv, form_swarm, engine)
-    if len(longest := max((h.api_socket for h in state.hosts), key=len)) > MAX_SOCKET_PATH:
-        raise LabError(f"socket path {longest} is too long for a unix socket; "
-                       "set SHOAL_LAB_ROOT to a shorter directory")
-    try:
-        os.mkdir(state.state_dir)
-    except FileExistsError:
-        raise LabError(f"lab {name!r} already exists ({state.state_dir}); "
-                       f"remove it with `shoal lab down --name {name}`") from None
-    _save(state)
+    with _root_lock():  # labs brought up at once (parallel tests) pick different subnets
+        state = _plan(name, managers, workers, daemon_argv, form_swarm, engine)
+        if len(longest := max((h.api_socket for h in state.hosts), key=len)) > MAX_SOCKET_PATH:
+            raise LabError(f"socket path {longest} is too long for a unix socket; "
+                           "set SHOAL_LAB_ROOT to a shorter directory")
+        try:
+            os.mkdir(state.state_dir)
+        except FileExistsError:
+            raise LabError(f"lab {name!r} already exists ({state.state_dir}); "
+                           f"remove it with `shoal lab down --name {name}`") from None
+        _save(state)
     try:
         _setup_engine(state, engine, lambda: _save(state))
         _create_network(state)

@@ -43,9 +43,10 @@ def test_a_container_joins_an_attachable_network(lab: LabState) -> None:
         assert out.returncode == 1 and "network closed is not attachable" in out.stderr
         out = shoal(m1, "network", "connect", "--alias", "outsider", "shared", name)
         assert out.returncode == 0, out.stderr
+        # the interface arrives first and its address a moment later: wait for both
         code, addrs = wait_until(
             lambda: (r := run(container, "ip", "-4", "-o", "addr", "show", "dev", "eth0"))
-            [0] == 0 and r, 30, "the container's interface on the network")
+            [0] == 0 and " inet " in r[1] and r, 30, "the container's address on the network")
         assert "10.0." in addrs, addrs
         for task in web:
             addr = task_addr(task, shared)
