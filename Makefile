@@ -55,12 +55,16 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit tests/integration
 
+# Tests run on two pytest-xdist workers: system tests mostly wait on daemons and networks
+# (a serial run took 34 min, two workers ~18); every lab has its own names and subnet.
+PARALLEL := -n 2 --dist worksteal
+
 system: deps images
-	$(VENV)/bin/pytest -q tests/system
+	$(VENV)/bin/pytest -q $(PARALLEL) tests/system
 
 # The whole suite. pytest exits 5 when it collects nothing; that is a failure here.
 test: deps lint images
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=30 tests; rc=$$?; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PARALLEL) --durations=30 tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 demo: deps images

@@ -7,10 +7,13 @@ containers use network mode `none`. The images come from `make images` (images/b
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -23,6 +26,15 @@ from tests.system.conftest import root_namespace_snapshot, wait_until
 pytestmark = pytest.mark.system
 
 BUILD = Path(__file__).resolve().parents[2] / "images" / "build.py"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory for an engine root: containerd's sockets under it must fit in 107
+    bytes, and pytest's tmp_path is longer under pytest-xdist."""
+    path = Path(tempfile.mkdtemp(prefix="shl-eng-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _client(eng: enginemod.Engine) -> docker.DockerClient:
@@ -46,10 +58,10 @@ def _mounts_under(path: Path) -> list[str]:
             if str(path) in line]
 
 
-def test_engine_lifecycle(tmp_path: Path) -> None:
+def test_engine_lifecycle(short_tmp: Path) -> None:
     before = root_namespace_snapshot()
     forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    root = tmp_path / "e"
+    root = short_tmp / "e"
     eng = enginemod.start_engine(root, "life")
     assert eng.running() and eng.socket == f"unix://{root}/docker.sock"
     assert enginemod.attach_engine(root) == enginemod.Engine(root, "e", eng.pid,
@@ -94,9 +106,9 @@ def test_engine_lifecycle(tmp_path: Path) -> None:
     assert not root.exists() and _mounts_under(root) == []
 
 
-def test_crashed_engine_leaves_nothing(tmp_path: Path) -> None:
+def test_crashed_engine_leaves_nothing(short_tmp: Path) -> None:
     """A SIGKILLed dockerd leaves shims and containers; stop() still ends them all."""
-    root = tmp_path / "e"
+    root = short_tmp / "e"
     eng = enginemod.start_engine(root, "crash")
     try:
         enginemod.load_image(eng, enginemod.images_dir() / "busybox.tar")
