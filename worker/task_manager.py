@@ -124,10 +124,14 @@ class TaskManager:
     def update(self, task: pb.Task) -> None:
         """A new version of the task from the manager (desired state, spec); our status wins."""
         wake = task.desired_state != self.task.desired_state or task.spec != self.task.spec
+        # The manager is behind us (a report lost with a leader or a session): say it again.
+        behind = 0 < self.status.state and task.status.state < self.status.state
         status = pb.TaskStatus()
         status.CopyFrom(self.status)
         self.task.CopyFrom(task)
         self.task.status.CopyFrom(status)
+        if behind:
+            self._send()
         if wake:
             self._changed.set()
 

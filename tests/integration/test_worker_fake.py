@@ -224,6 +224,25 @@ async def test_an_agent_whose_session_the_leader_dropped_reconnects(cluster: Clu
     await cluster.wait_state(task_id, pb.RUNNING)
 
 
+async def test_a_status_the_manager_lost_is_sent_again(cluster: Cluster) -> None:
+    """The store went back to Assigned for a running task (a report acknowledged by a leader
+    that lost it): the worker sees it in the full set of its next session (as after a leader
+    change) and reports Running again."""
+    task_id = await cluster.add_task("1")
+    running = await cluster.wait_state(task_id, pb.RUNNING)
+
+    def regress(t: pb.Task) -> bool:
+        t.status.state = pb.ASSIGNED
+        t.status.message = "assigned"
+        return True
+    await cluster.mgr.modify(pb.Task, task_id, regress)
+    dispatcher = cluster.m.manager_role.dispatcher  # type: ignore[union-attr]
+    dispatcher.sessions.pop(cluster.worker_id)  # the agent opens a new session
+    again = await cluster.wait_state(task_id, pb.RUNNING, 20)
+    assert again.status.container.container_id == running.status.container.container_id
+    assert cluster.worker_fake.calls.count(("start", task_id)) == 1  # reported, not restarted
+
+
 async def test_an_engine_that_answers_late_or_changes_shows_in_the_node(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine was not up when shoald started (slow VMs): its version and labels reach the
