@@ -152,10 +152,12 @@ class Agent:
 
     async def _assignments(self, stub: cluster_pb2_grpc.DispatcherStub, session_id: str,
                            stream: Any, worker: Worker) -> None:
+        first = True
         try:
             async for msg in stub.Assignments(  # type: ignore[attr-defined]
                     cluster_pb2.AssignmentsRequest(session_id=session_id)):
-                await worker.assign(list(msg.tasks), msg)
+                await worker.assign(list(msg.tasks), msg, resync=first)
+                first = False
             log.info("the assignments stream ended; reopening the session")
         except grpc.aio.AioRpcError as err:
             log.info("assignments stream failed: %s %s; reopening the session",

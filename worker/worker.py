@@ -99,9 +99,11 @@ class Worker:
     # -- assignments --
 
     async def assign(self, tasks: list[pb.Task],
-                     message: cluster_pb2.AssignmentsMessage | None = None) -> None:
+                     message: cluster_pb2.AssignmentsMessage | None = None,
+                     resync: bool = False) -> None:
         """The full set of this node's tasks (and the state of their networks), from the
-        dispatcher."""
+        dispatcher; `resync` for a session's first set (a status it shows behind ours is
+        reported again)."""
         if self.network is not None and message is not None:
             self.network.update(message)
         if message is not None:
@@ -115,7 +117,7 @@ class Worker:
             if tm is None:
                 self._start_manager(task)
             elif not tm.done:
-                tm.update(task)
+                tm.update(task, resync)
         for task_id, tm in list(self.managers.items()):
             if task_id not in wanted:
                 if tm.done:

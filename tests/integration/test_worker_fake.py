@@ -268,7 +268,7 @@ async def test_an_engine_that_answers_late_or_changes_shows_in_the_node(
     await until(lambda: engine().engine_version == "fake-2.0", 20, "the new engine version")
     assert cluster.node_ready(cluster.worker_id)
     after = cluster.task(task_id)
-    assert after.status.state == pb.RUNNING
+    assert after is not None and after.status.state == pb.RUNNING
     assert after.status.container.container_id == running.status.container.container_id
 
 
