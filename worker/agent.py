@@ -122,7 +122,8 @@ class Agent:
                 async for msg in stream:
                     self.connected_to = addr
                     if not helpers:
-                        helpers.append(asyncio.create_task(self._heartbeat(stub, msg, stream)))
+                        helpers.append(asyncio.create_task(
+                            self._heartbeat(stub, msg, stream, request.description)))
                         helpers.extend(self._start_tasks(stub, msg.session_id, stream))
                         if self.config.worker is not None:
                             helpers.append(asyncio.create_task(
@@ -151,10 +152,12 @@ class Agent:
 
     async def _assignments(self, stub: cluster_pb2_grpc.DispatcherStub, session_id: str,
                            stream: Any, worker: Worker) -> None:
+        first = True
         try:
             async for msg in stub.Assignments(  # type: ignore[attr-defined]
                     cluster_pb2.AssignmentsRequest(session_id=session_id)):
-                await worker.assign(list(msg.tasks), msg)
+                await worker.assign(list(msg.tasks), msg, resync=first)
+                first = False
             log.info("the assignments stream ended; reopening the session")
         except grpc.aio.AioRpcError as err:
             log.info("assignments stream failed: %s %s; reopening the session",
@@ -169,9 +172,17 @@ class Agent:
             self.managers = addrs
 
     async def _heartbeat(self, stub: cluster_pb2_grpc.DispatcherStub,
-                         first: cluster_pb2.SessionMessage, stream: object) -> None:
+                         first: cluster_pb2.SessionMessage, stream: object,
+                         described: pb.NodeDescription) -> None:
         period = first.heartbeat_period_ns / 1e9 or 5.0
         while True:
+            if self.config.description() != described:
+                # The manager learns a node's description when its session opens (as in
+                # swarmkit): an engine that answered late or changed needs a new session.
+                log.info("this node's description changed (engine %s); reopening the session",
+                         self.config.description().engine.engine_version)
+                stream.cancel()  # type: ignore[attr-defined]
+                return
             sent = time.monotonic()
             try:
                 resp = await stub.Heartbeat(  # type: ignore[misc]

@@ -121,13 +121,18 @@ class TaskManager:
         self._runner = asyncio.create_task(self.run(), name=f"task-{self.task_id}")
         return self._runner
 
-    def update(self, task: pb.Task) -> None:
-        """A new version of the task from the manager (desired state, spec); our status wins."""
+    def update(self, task: pb.Task, resync: bool = False) -> None:
+        """A new version of the task from the manager (desired state, spec); our status wins.
+        `resync`: the first set of a session, whose statuses are the store's."""
         wake = task.desired_state != self.task.desired_state or task.spec != self.task.spec
+        # The store is behind us (a report lost with a leader or a session): say it again.
+        behind = resync and 0 < self.status.state and task.status.state < self.status.state
         status = pb.TaskStatus()
         status.CopyFrom(self.status)
         self.task.CopyFrom(task)
         self.task.status.CopyFrom(status)
+        if behind:
+            self._send()
         if wake:
             self._changed.set()
 

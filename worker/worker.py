@@ -27,6 +27,9 @@ from worker.task_manager import TaskManager
 log = logging.getLogger(__name__)
 
 ENGINE_RETRY = 10.0
+# How often a described engine is asked again: a dockerd restarted with other labels or
+# version shows in `node inspect` (the agent reopens its session when the description changes).
+ENGINE_REFRESH = 30.0
 
 
 async def remove_node_containers(executor: Executor, node_id: str) -> int:
@@ -96,9 +99,11 @@ class Worker:
     # -- assignments --
 
     async def assign(self, tasks: list[pb.Task],
-                     message: cluster_pb2.AssignmentsMessage | None = None) -> None:
+                     message: cluster_pb2.AssignmentsMessage | None = None,
+                     resync: bool = False) -> None:
         """The full set of this node's tasks (and the state of their networks), from the
-        dispatcher."""
+        dispatcher; `resync` for a session's first set (a status it shows behind ours is
+        reported again)."""
         if self.network is not None and message is not None:
             self.network.update(message)
         if message is not None:
@@ -112,7 +117,7 @@ class Worker:
             if tm is None:
                 self._start_manager(task)
             elif not tm.done:
-                tm.update(task)
+                tm.update(task, resync)
         for task_id, tm in list(self.managers.items()):
             if task_id not in wanted:
                 if tm.done:
@@ -164,13 +169,13 @@ class Worker:
         while True:
             try:
                 self.engine = await self.executor.describe()
-                self._described.set()
-                return
+                wait = ENGINE_REFRESH
             except ExecutorError as err:
                 log.warning("container engine unreachable, retrying in %.0f s: %s",
                             ENGINE_RETRY, err)
-                self._described.set()  # don't hold the agent back
-            await asyncio.sleep(ENGINE_RETRY)
+                wait = ENGINE_RETRY
+            self._described.set()  # answered or not: don't hold the agent back
+            await asyncio.sleep(wait)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -17,8 +17,10 @@ from manager.identity import new_id
 from manager.manager import Manager
 from proto import objects_pb2 as pb
 from proto import store_pb2
+from shoal.description import VERSION
 from shoal.joining import JoinRequest
 from shoal.node import InitRequest, Node
+from worker import worker as worker_module
 from worker.executor.fake import FakeExecutor
 
 LOOPBACK = "127.0.0.1"
@@ -220,6 +222,54 @@ async def test_an_agent_whose_session_the_leader_dropped_reconnects(cluster: Clu
     # The new session's assignment stream carries what was assigned meanwhile and after.
     task_id = await cluster.add_task("after-reconnect")
     await cluster.wait_state(task_id, pb.RUNNING)
+
+
+async def test_a_status_the_manager_lost_is_sent_again(cluster: Cluster) -> None:
+    """The store went back to Assigned for a running task (a report acknowledged by a leader
+    that lost it): the worker sees it in the full set of its next session (as after a leader
+    change) and reports Running again."""
+    task_id = await cluster.add_task("1")
+    running = await cluster.wait_state(task_id, pb.RUNNING)
+
+    def regress(t: pb.Task) -> bool:
+        t.status.state = pb.ASSIGNED
+        t.status.message = "assigned"
+        return True
+    await cluster.mgr.modify(pb.Task, task_id, regress)
+    dispatcher = cluster.m.manager_role.dispatcher  # type: ignore[union-attr]
+    dispatcher.sessions.pop(cluster.worker_id)  # the agent opens a new session
+    again = await cluster.wait_state(task_id, pb.RUNNING, 20)
+    assert again.status.container.container_id == running.status.container.container_id
+    assert cluster.worker_fake.calls.count(("start", task_id)) == 1  # reported, not restarted
+
+
+async def test_an_engine_that_answers_late_or_changes_shows_in_the_node(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine was not up when shoald started (slow VMs): its version and labels reach the
+    manager once it answers, and a restarted engine's new version too, without disturbing the
+    node's tasks (the agent reopens its session with the new description)."""
+    monkeypatch.setattr(worker_module, "ENGINE_RETRY", 0.2)
+    monkeypatch.setattr(worker_module, "ENGINE_REFRESH", 0.2)
+    task_id = await cluster.add_task("1")
+    running = await cluster.wait_state(task_id, pb.RUNNING)
+    cluster.worker_fake.engine_down = True
+    await cluster.restart_worker()  # the first session goes without the engine's description
+    await until(lambda: cluster.node_ready(cluster.worker_id), what="the worker back")
+
+    def engine() -> pb.EngineDescription:
+        return cluster.mgr.node(cluster.worker_id).description.engine
+
+    await until(lambda: engine().engine_version == VERSION, what="the session without engine")
+    assert "executor" not in engine().labels
+    cluster.worker_fake.engine_down = False
+    await until(lambda: engine().engine_version == "fake-1.0", 20, "the late engine's version")
+    assert engine().labels["executor"] == "fake"
+    cluster.worker_fake.version = "fake-2.0"  # dockerd upgraded and restarted
+    await until(lambda: engine().engine_version == "fake-2.0", 20, "the new engine version")
+    assert cluster.node_ready(cluster.worker_id)
+    after = cluster.task(task_id)
+    assert after is not None and after.status.state == pb.RUNNING
+    assert after.status.container.container_id == running.status.container.container_id
 
 
 async def test_what_a_node_reports_shows_in_its_status_and_a_live_node_comes_back(

@@ -33,6 +33,7 @@ from worker.executor.base import (
     ContainerState,
     EngineInfo,
     Executor,
+    ExecutorError,
     LogRecord,
     PermanentError,
     TransientError,
@@ -61,11 +62,14 @@ class FakeContainer:
 class FakeExecutor(Executor):
     def __init__(self, version: str = "fake-1.0") -> None:
         self.version = version
+        self.engine_down = False  # describe() fails, as an engine that is not up yet
         self.containers: dict[str, FakeContainer] = {}  # by task id
         self.calls: list[tuple[str, str]] = []  # (operation, task id), for tests
         self.failed: dict[tuple[str, str], int] = {}  # (step, task id) -> scripted failures
 
     async def describe(self) -> EngineInfo:
+        if self.engine_down:
+            raise ExecutorError("the fake engine is down")
         return EngineInfo(self.version, {"executor": "fake"})
 
     async def prepare(self, task: pb.Task) -> ContainerState:
