@@ -263,6 +263,7 @@ class HeartbeatRequest(_message.Message):
     TUNNEL_ERROR_FIELD_NUMBER: _builtins.int
     KEY_CREATED_NS_FIELD_NUMBER: _builtins.int
     NETWORK_REPORT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     status_message: _builtins.str
     """What the node reports about itself, e.g. that renewing its certificate fails; the
@@ -278,6 +279,12 @@ class HeartbeatRequest(_message.Message):
     def network_report(self) -> _objects_pb2.NetworkReport:
         """Sent when it changed since the last heartbeat (unset otherwise)."""
 
+    @_builtins.property
+    def description(self) -> _objects_pb2.NodeDescription:
+        """The node's description when it changed since the session opened or the last heartbeat
+        that carried it (an engine that answered late, was restarted, new routes); unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -287,10 +294,11 @@ class HeartbeatRequest(_message.Message):
         tunnel_error: _builtins.str = ...,
         key_created_ns: _builtins.int = ...,
         network_report: _objects_pb2.NetworkReport | None = ...,
+        description: _objects_pb2.NodeDescription | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["network_report", b"network_report"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "network_report", b"network_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_created_ns", b"key_created_ns", "network_report", b"network_report", "public_key", b"public_key", "session_id", b"session_id", "status_message", b"status_message", "tunnel_error", b"tunnel_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "key_created_ns", b"key_created_ns", "network_report", b"network_report", "public_key", b"public_key", "session_id", b"session_id", "status_message", b"status_message", "tunnel_error", b"tunnel_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

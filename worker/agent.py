@@ -176,22 +176,22 @@ class Agent:
                          described: pb.NodeDescription) -> None:
         period = first.heartbeat_period_ns / 1e9 or 5.0
         while True:
-            if self.config.description() != described:
-                # The manager learns a node's description when its session opens (as in
-                # swarmkit): an engine that answered late or changed needs a new session.
-                log.info("this node's description changed (engine %s); reopening the session",
-                         self.config.description().engine.engine_version)
-                stream.cancel()  # type: ignore[attr-defined]
-                return
+            request = self._heartbeat_request(first.session_id)
+            # A description that changed since the session opened (an engine that answered
+            # late or was restarted) goes with the next heartbeat, the session stays.
+            current = self.config.description()
+            if current != described:
+                request.description.CopyFrom(current)
             sent = time.monotonic()
             try:
                 resp = await stub.Heartbeat(  # type: ignore[misc]
-                    self._heartbeat_request(first.session_id),
+                    request,
                     # A busy leader's slow answer is not a lost session (giving up after
                     # 5 s churned sessions under load); a new leader gives nodes 3 periods
                     # to find it, so 2 still leave a hung leader's nodes time to move.
                     timeout=2 * period)
                 period = resp.period_ns / 1e9 or period
+                described = current
                 self.last_heartbeat = time.monotonic()
                 self.heartbeat_rtt = self.last_heartbeat - sent
             except grpc.aio.AioRpcError as err:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_RETRY = 10.0
 # How often a described engine is asked again: a dockerd restarted with other labels or
-# version shows in `node inspect` (the agent reopens its session when the description changes).
+# version shows in `node inspect` (the agent sends a changed description with a heartbeat).
 ENGINE_REFRESH = 30.0
 
 

@@ -161,7 +161,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             ready = functools.partial(mark_ready_again, message=request.status_message)
             await self.mgr.modify(pb.Node, node.id, ready, fenced=True)
         if node is not None and self.mgr.epoch and reports_news(node, request):
-            news = functools.partial(take_network_news, request=request)
+            news = functools.partial(take_news, request=request)
             await self.mgr.modify(pb.Node, node.id, news, fenced=True)
         return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
 
@@ -305,16 +305,19 @@ def mark_ready_again(node: pb.Node, *, message: str) -> bool:
 
 
 def reports_news(node: pb.Node, request: cluster_pb2.HeartbeatRequest) -> bool:
-    """Whether the heartbeat changes the node's tunnel or its data-plane report (the node
-    sends its report only when it changed; its key and tunnel error every time)."""
+    """Whether the heartbeat changes the node's tunnel, its data-plane report or its
+    description (the node sends the report and the description only when they changed; its
+    key and tunnel error every time)."""
     return (node.tunnel.public_key != request.public_key
             or node.tunnel.error != request.tunnel_error
             or node.tunnel.key_created_ns != request.key_created_ns
             or (request.HasField("network_report")
-                and node.network_report != request.network_report))
+                and node.network_report != request.network_report)
+            or (request.HasField("description")
+                and node.description != request.description))
 
 
-def take_network_news(node: pb.Node, *, request: cluster_pb2.HeartbeatRequest) -> bool:
+def take_news(node: pb.Node, *, request: cluster_pb2.HeartbeatRequest) -> bool:
     if not reports_news(node, request):
         return False
     node.tunnel.public_key = request.public_key
@@ -322,6 +325,8 @@ def take_network_news(node: pb.Node, *, request: cluster_pb2.HeartbeatRequest) -
     node.tunnel.key_created_ns = request.key_created_ns
     if request.HasField("network_report"):
         node.network_report.CopyFrom(request.network_report)
+    if request.HasField("description"):
+        node.description.CopyFrom(request.description)
     return True
 
 

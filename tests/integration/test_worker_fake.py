@@ -246,8 +246,8 @@ async def test_a_status_the_manager_lost_is_sent_again(cluster: Cluster) -> None
 async def test_an_engine_that_answers_late_or_changes_shows_in_the_node(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine was not up when shoald started (slow VMs): its version and labels reach the
-    manager once it answers, and a restarted engine's new version too, without disturbing the
-    node's tasks (the agent reopens its session with the new description)."""
+    manager once it answers, and a restarted engine's new version too, with a heartbeat:
+    the session and the node's tasks are not disturbed."""
     monkeypatch.setattr(worker_module, "ENGINE_RETRY", 0.2)
     monkeypatch.setattr(worker_module, "ENGINE_REFRESH", 0.2)
     task_id = await cluster.add_task("1")
@@ -261,12 +261,15 @@ async def test_an_engine_that_answers_late_or_changes_shows_in_the_node(
 
     await until(lambda: engine().engine_version == VERSION, what="the session without engine")
     assert "executor" not in engine().labels
+    dispatcher = cluster.m.manager_role.dispatcher  # type: ignore[union-attr]
+    session = dispatcher.sessions[cluster.worker_id].session_id
     cluster.worker_fake.engine_down = False
     await until(lambda: engine().engine_version == "fake-1.0", 20, "the late engine's version")
     assert engine().labels["executor"] == "fake"
     cluster.worker_fake.version = "fake-2.0"  # dockerd upgraded and restarted
     await until(lambda: engine().engine_version == "fake-2.0", 20, "the new engine version")
     assert cluster.node_ready(cluster.worker_id)
+    assert dispatcher.sessions[cluster.worker_id].session_id == session
     after = cluster.task(task_id)
     assert after is not None and after.status.state == pb.RUNNING
     assert after.status.container.container_id == running.status.container.container_id

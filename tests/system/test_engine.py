@@ -46,11 +46,17 @@ def _run(client: docker.DockerClient, image: str, cmd: list[str]) -> str:
     return out.decode() if isinstance(out, bytes) else str(out)
 
 
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # exited meanwhile (other tests run beside this one)
+        return ""
+
+
 def _processes_naming(path: Path) -> list[int]:
     mark = str(path)
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-            and mark in (p / "cmdline").read_bytes().decode(errors="replace")
-            if (p / "cmdline").exists()]
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and mark in _cmdline(p)]
 
 
 def _mounts_under(path: Path) -> list[str]:
