@@ -58,12 +58,14 @@ class Wakeup:
                 pass
 
     def _drain(self, _fd: int, _event: int) -> None:
-        self.pending = False
         try:
             while os.read(self._read, 4096):
                 pass
         except BlockingIOError:
             pass
+        # Only now: a wake() between the reads and here skipped its write, and its command
+        # is taken by the tick that follows this poll.
+        self.pending = False
 
     def close(self) -> None:
         with self._lock:
