@@ -41,10 +41,10 @@ QUORUM_CHECK = 0.2  # seconds between quorum checks while a proposal is in fligh
 
 @dataclass(frozen=True)
 class RaftTiming:
-    """pysyncobj sends entries on its append-entries timer (batching on), so a lone commit
-    waits ~one period (22 ms p50 measured, bench/store_bench.py). Batching off gives 0.6 ms
-    but pysyncobj 0.3.17 then logs log-divergence warnings under concurrent writes, so it
-    stays on.
+    """Entries go out as they are proposed and the commit index as soon as a majority has
+    them (`PromptSyncObj`); the append-entries period only paces heartbeats to idle
+    followers. pysyncobj's batching stays on: turned off, it sends per command and after
+    every apply, and re-sends entries its followers already have (bench/README.md).
 
     A follower stands for election 0.5-1.0 s after the leader's last append-entries (25-50
     periods, so a busy leader is not deposed by a late tick): a SIGKILLed leader's
