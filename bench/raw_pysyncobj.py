@@ -35,11 +35,13 @@ _COMPARED = ("appendEntriesPeriod", "autoTickPeriod", "raftMinTimeout", "raftMax
              "appendEntriesUseBatch", "commandsQueueSize", "logCompactionMinEntries")
 
 
-def raw_conf(state_dir: str, secret: str, timing: RaftTiming | None = None) -> SyncObjConf:
-    """The SyncObjConf RaftReplica uses, for a plain SyncObj."""
+def raw_conf(state_dir: str, secret: str, timing: RaftTiming | None = None,
+             batch: bool = True) -> SyncObjConf:
+    """The SyncObjConf RaftReplica uses, for a plain SyncObj (`batch`: pysyncobj's
+    appendEntriesUseBatch, which RaftReplica leaves on)."""
     t = timing or RaftTiming()
     return SyncObjConf(
-        password=secret, dynamicMembershipChange=True,
+        password=secret, dynamicMembershipChange=True, appendEntriesUseBatch=batch,
         journalFile=os.path.join(state_dir, "journal.bin"),
         fullDumpFile=os.path.join(state_dir, "dump.bin"),
         appendEntriesPeriod=t.append_entries_period, autoTickPeriod=t.auto_tick_period,
@@ -107,10 +109,13 @@ class _RawStore(SyncObj):  # type: ignore[misc]
 class RawReplica:
     """A plain SyncObj; the writer waits for callbacks with threading primitives."""
 
+    batch = True
+
     def __init__(self, self_addr: str, peers: list[str], secret: str, state_dir: str) -> None:
         os.makedirs(state_dir, exist_ok=True)
         others = [p for p in peers if p != self_addr]
-        self._sync = _RawStore(self_addr, others, raw_conf(state_dir, secret))
+        self._sync = _RawStore(self_addr, others,
+                               raw_conf(state_dir, secret, batch=self.batch))
         self._payload = os.urandom(node_update_size())
 
     def status(self) -> dict[str, Any]:
@@ -168,6 +173,12 @@ class RawReplica:
         self._sync.destroy_synchronous()
 
 
+class RawUnbatchedReplica(RawReplica):
+    """Raw pysyncobj with appendEntriesUseBatch=False: an AppendEntries per command."""
+
+    batch = False
+
+
 class StoreReplica:
     """Our RaftReplica + MemoryStore; the writer awaits `propose` on an asyncio loop."""
 
@@ -214,7 +225,7 @@ def _check(err: int) -> None:
 
 
 KINDS: dict[str, type[RawReplica] | type[StoreReplica]] = {
-    "raw": RawReplica, "store": StoreReplica}
+    "raw": RawReplica, "raw_nobatch": RawUnbatchedReplica, "store": StoreReplica}
 
 
 def replica_main(kind: str, self_addr: str, peers: list[str], secret: str, state_dir: str,

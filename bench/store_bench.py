@@ -4,17 +4,19 @@ the HTTP API of a 3-manager lab.
 Rows:
   raw pysyncobj   3 plain SyncObj processes on 127.0.0.1, RaftReplica's SyncObjConf, one
                   @replicated method taking a payload the size of a serialized Node update
+  raw, batch off  the same with appendEntriesUseBatch=False (an AppendEntries per command)
   store direct    3 RaftReplica + MemoryStore processes; `await replica.propose(batch)` with
                   a StoreBatch that PUTs a Node
   API (leader)    `shoal.lab.up(NAME, 3, 0)`; GET /nodes/<id> then
                   POST /nodes/<id>/update?version=N (a label change) on the leader's socket
   API (follower)  the same on a follower's socket (Raft forwards the write to the leader)
 
-The writer runs in the leader's process (direct rows) or in this process (API rows).
-Sequential runs give the latency percentiles; concurrent runs keep K writes in flight
-(K=32 direct; for the API, one thread per manager node, each updating its own node with a
-read-modify-write that retries on "update out of sequence"). API latency is that of the POST
-(the commit); the GET+POST latency is in the JSON too.
+The writer runs in the leader's process (direct rows) or in this process (API rows); the
+direct rows also run the sequential writes in a follower's process (`fol_seq_*`: pysyncobj
+forwards them to the leader). Sequential runs give the latency percentiles; concurrent runs
+keep K writes in flight (K=32 direct; for the API, one thread per manager node, each
+updating its own node with a read-modify-write that retries on "update out of sequence").
+API latency is that of the POST (the commit); the GET+POST latency is in the JSON too.
 
     sudo .venv/bin/python bench/store_bench.py [--quick] [--writes N] [--api-writes N]
 
@@ -56,7 +58,7 @@ LEADER_TIMEOUT = 30.0
 WARMUP = 20
 API_K = 3  # API rows: one writer thread per manager node of the lab
 API_RETRIES = 50
-ROWS = (("raw", "raw pysyncobj"), ("store", "store direct"),
+ROWS = (("raw", "raw pysyncobj"), ("raw_nobatch", "raw, batch off"), ("store", "store direct"),
         ("api_leader", "API (leader)"), ("api_follower", "API (follower)"))
 
 
@@ -178,12 +180,15 @@ def direct_row(key: str, n_seq: int, n_conc: int, k: int) -> dict[str, Any]:
     cluster = ReplicaCluster(key)
     try:
         leader, status = cluster.wait_leader()
+        follower = (leader + 1) % len(cluster.procs)
         cluster.run(leader, "sequential", WARMUP)
         seq = cluster.run(leader, "sequential", n_seq)
         conc = cluster.run(leader, "concurrent", n_conc, k)
         same_k = cluster.run(leader, "concurrent", max(API_K * 10, n_conc // 4), API_K)
+        cluster.run(follower, "sequential", WARMUP)
+        fol = cluster.run(follower, "sequential", n_seq)
         return make_row(key, seq, conc, concurrency=k, conf=status["conf"],
-                        **summarize(same_k, f"conc_k{API_K}"))
+                        **summarize(same_k, f"conc_k{API_K}"), **summarize(fol, "fol_seq"))
     finally:
         cluster.close()
 
@@ -284,12 +289,13 @@ def api_rows(n_seq: int, n_conc: int, log: Callable[[str], None]) -> list[dict[s
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'':16} {'writes/s seq':>12} {'writes/s conc':>13} {'K':>3} {'p50 ms':>8} "
-            f"{'p99 ms':>8} {'thr/raw':>8} {'thr/raw@K':>9} {'p50/raw':>8}")
+            f"{'p99 ms':>8} {'fol p50':>8} {'thr/raw':>8} {'thr/raw@K':>9} {'p50/raw':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        fol = f"{r['fol_seq_p50_ms']:8.2f}" if "fol_seq_p50_ms" in r else f"{'':8}"
         lines.append(f"{r['label']:16} {r['seq_writes_per_s']:12.1f} "
                      f"{r['conc_writes_per_s']:13.1f} {r['concurrency']:3d} {r['p50_ms']:8.2f} "
-                     f"{r['p99_ms']:8.2f} {r['throughput_ratio']:8.3f} "
+                     f"{r['p99_ms']:8.2f} {fol} {r['throughput_ratio']:8.3f} "
                      f"{r['throughput_ratio_same_k']:9.3f} {r['p50_ratio']:8.2f}")
     return "\n".join(lines)
 
@@ -324,12 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     rows = []
-    for key in ("raw", "store"):
+    for key in ("raw", "raw_nobatch", "store"):
         log(f"{dict(ROWS)[key]}: {args.writes} sequential, {args.concurrent_writes} with "
             f"{args.concurrency} in flight")
         rows.append(direct_row(key, args.writes, args.concurrent_writes, args.concurrency))
-    if rows[0]["conf"] != rows[1]["conf"]:
-        raise BenchError(f"SyncObjConf differs: raw {rows[0]['conf']} vs store {rows[1]['conf']}")
+    raw, store = rows[0], rows[2]
+    if raw["conf"] != store["conf"]:
+        raise BenchError(f"SyncObjConf differs: raw {raw['conf']} vs store {store['conf']}")
     rows.extend(api_rows(args.api_writes, args.api_writes, log))
     add_ratios(rows)
     log("done")

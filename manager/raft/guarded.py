@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pysyncobj import SyncObj
+from manager.raft.prompt import PromptSyncObj
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class RaftFailed(Exception):
     """Raft stopped on this manager because its tick failed."""
 
 
-class GuardedSyncObj(SyncObj):  # type: ignore[misc]
+class GuardedSyncObj(PromptSyncObj):  # type: ignore[misc]
     def __init__(self, *args: Any, on_fatal: Callable[[RaftFailed], None] | None = None,
                  **kwargs: Any) -> None:
         # Set before SyncObj.__init__ so that pysyncobj counts them as its own properties

@@ -11,6 +11,8 @@ import logging
 import os
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +41,10 @@ QUORUM_CHECK = 0.2  # seconds between quorum checks while a proposal is in fligh
 
 @dataclass(frozen=True)
 class RaftTiming:
-    """pysyncobj sends entries on its append-entries timer (batching on), so a lone commit
-    waits ~one period (22 ms p50 measured, bench/store_bench.py). Batching off gives 0.6 ms
-    but pysyncobj 0.3.17 then logs log-divergence warnings under concurrent writes, so it
-    stays on.
+    """Entries go out as they are proposed and the commit index as soon as a majority has
+    them (`PromptSyncObj`); the append-entries period only paces heartbeats to idle
+    followers. pysyncobj's batching stays on: turned off, it sends per command and after
+    every apply, and re-sends entries its followers already have (bench/README.md).
 
     A follower stands for election 0.5-1.0 s after the leader's last append-entries (25-50
     periods, so a busy leader is not deposed by a late tick): a SIGKILLed leader's
@@ -131,6 +133,8 @@ class RaftReplica:
         others = [p for p in peers if p != self_addr]
         self._sync = GuardedSyncObj(self_addr, others, conf, consumers=[self._consumer],
                                     on_fatal=on_fatal)
+        self._handoffs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Handoff] = \
+            weakref.WeakKeyDictionary()
 
     # -- state --
 
@@ -257,9 +261,12 @@ class RaftReplica:
         this manager loses its quorum (a cut-off leader must not leave callers hanging)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Any, int]] = loop.create_future()
+        handoff = self._handoffs.get(loop)
+        if handoff is None:
+            handoff = self._handoffs[loop] = _Handoff(loop)
 
         def done(result: Any, reason: int) -> None:
-            loop.call_soon_threadsafe(_settle, future, (result, reason))
+            handoff.put(future, (result, reason))
 
         start(done)
         while True:
@@ -304,9 +311,31 @@ def apply_logged_tail(store: MemoryStore, state_dir: str, applied: int,
     return count
 
 
-def _settle(future: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
-    if not future.done():
-        future.set_result(value)
+class _Handoff:
+    """Hands outcomes from pysyncobj's thread to a loop: the outcomes of one tick (many
+    commits at once under load) cost one wake-up of the loop, not one each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ready: deque[tuple[asyncio.Future[tuple[Any, int]], tuple[Any, int]]] = deque()
+        self._scheduled = False
+
+    def put(self, future: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
+        self._ready.append((future, value))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._settle_all)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                self._scheduled = False
+
+    def _settle_all(self) -> None:
+        # Cleared first: an outcome put while settling schedules another round.
+        self._scheduled = False
+        while self._ready:
+            future, value = self._ready.popleft()
+            if not future.done():
+                future.set_result(value)
 
 
 def _no_commit_message(reason: int) -> str:

@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.system
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "store_bench.py"
-ROWS = ["raw", "store", "api_leader", "api_follower"]
+ROWS = ["raw", "raw_nobatch", "store", "api_leader", "api_follower"]
 NUMBERS = ["seq_writes_per_s", "conc_writes_per_s", "p50_ms", "p99_ms",
            "throughput_ratio", "throughput_ratio_same_k", "p50_ratio"]
 
@@ -33,6 +33,8 @@ def test_store_bench_quick(tmp_path: Path) -> None:
         for field in NUMBERS:
             assert row[field] > 0, (key, field, row[field])
         assert row["seq_writes"] > 0 and row["conc_writes"] > 0, row
+        if not key.startswith("api"):
+            assert row["fol_seq_writes"] > 0 and row["fol_seq_p50_ms"] > 0, row
     assert rows["raw"]["conf"] == rows["store"]["conf"]
     for row in rows.values():
         assert row["label"] in proc.stdout

@@ -1,0 +1,134 @@
+"""A SyncObj that sends entries as they come instead of on its append-entries timer.
+
+pysyncobj 0.3.17 with `appendEntriesUseBatch` (its default) sends log entries only when its
+append-entries period (20 ms) has run out, and its tick thread sleeps in its poller up to
+`autoTickPeriod` (5 ms) without being woken for a new command; a follower learns that an
+entry is committed only with the next period's append-entries. So every commit waited for
+the timer, and a write through a follower two of them. With batching off it sends one
+AppendEntries per command and another after every apply, and re-sends entries followers
+already have (below), which its followers log as "truncating already-applied log entries".
+
+Here, instead:
+- proposing a command wakes the tick thread (a pipe in its poller, one write until the
+  thread has woken);
+- after the tick moved queued commands into the leader's log, one AppendEntries per
+  follower carries all of them (what arrived meanwhile goes together);
+- as soon as the commit index moved (a majority acknowledged), the followers are told,
+  so a follower's forwarded write is answered without waiting for the timer;
+- the timer still sends heartbeats to idle followers;
+- a follower's late acknowledgement no longer moves the leader's next index for it back
+  over entries already sent, which made pysyncobj send them again: the follower then
+  dropped its log from there and appended the same entries anew.
+
+This relies on pysyncobj internals (name-mangled members); tests/unit/test_raft_prompt.py
+pins them, so an upgrade of pysyncobj that changes them fails there first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from pysyncobj import SyncObj
+from pysyncobj.poller import POLL_EVENT_TYPE
+
+
+class Wakeup:
+    """A pipe in the tick thread's poller: a write ends its poll at once. One write until
+    the thread has drained it: the tick after that poll takes every command queued before."""
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self._lock = threading.Lock()
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pending = False
+        poller.subscribe(self._read, self._drain, POLL_EVENT_TYPE.READ)
+
+    def wake(self) -> None:
+        if self.pending:
+            return
+        self.pending = True
+        with self._lock:
+            if self._write < 0:
+                return
+            try:
+                os.write(self._write, b"w")
+            except BlockingIOError:  # full: the thread has plenty to wake it
+                pass
+
+    def _drain(self, _fd: int, _event: int) -> None:
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        # Only now: a wake() between the reads and here skipped its write, and its command
+        # is taken by the tick that follows this poll.
+        self.pending = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._write < 0:
+                return
+            self._poller.unsubscribe(self._read)
+            os.close(self._read)
+            os.close(self._write)
+            self._read = self._write = -1
+
+
+class PromptSyncObj(SyncObj):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before SyncObj.__init__ so that pysyncobj counts them as its own properties
+        # and leaves them out of its full dumps.
+        self._wakeup: Wakeup | None = None
+        self._sent_index = 0
+        self._sent_commit = 0
+        super().__init__(*args, **kwargs)
+        # pysyncobj's tick thread already polls: subscribing from here is safe under the
+        # GIL, and a command proposed before this line waits at most one tick.
+        self._wakeup = Wakeup(self._poller)
+
+    def _doDestroy(self) -> None:  # noqa: N802 (pysyncobj's name)
+        super()._doDestroy()
+        if self._wakeup is not None:
+            self._wakeup.close()
+
+    # -- waking the tick thread --
+
+    def _applyCommand(self, command: bytes, callback: Any,  # noqa: N802 (pysyncobj's name)
+                      commandType: int | None = None) -> None:  # noqa: N803
+        super()._applyCommand(command, callback, commandType)
+        if self._wakeup is not None:
+            self._wakeup.wake()
+
+    # -- sending as soon as there is something to send --
+
+    def _checkCommandsToApply(self) -> None:  # noqa: N802 (pysyncobj's name)
+        super()._checkCommandsToApply()
+        if not self._isLeader():
+            return
+        if (self._SyncObj__getCurrentLogIndex() > self._sent_index
+                or self.raftCommitIndex > self._sent_commit):
+            self._SyncObj__sendAppendEntries()
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 (pysyncobj's private name)
+        self._sent_index = self._SyncObj__getCurrentLogIndex()
+        self._sent_commit = self.raftCommitIndex
+        SyncObj._SyncObj__sendAppendEntries(self)
+
+    # -- acknowledgements --
+
+    def _SyncObj__onMessageReceived(self, node: Any,  # noqa: N802 (pysyncobj's private name)
+                                    message: dict[str, Any]) -> None:
+        if not (message.get("type") == "next_node_idx" and message.get("success")
+                and not message.get("reset")):
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            return
+        next_index: dict[Any, int] = self._SyncObj__raftNextIndex
+        sent = next_index.get(node)
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        # A success only confirms what the follower had when it answered; entries sent
+        # after that are on their way and need no sending again.
+        if sent is not None and self._isLeader() and next_index.get(node, 0) < sent:
+            next_index[node] = sent
