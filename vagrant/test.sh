@@ -97,6 +97,12 @@ n_vms=$(echo "$vms" | wc -w)
 all_running() { running web 3 && running probe "$n_vms"; }
 wait_for 300 "3 web tasks and $n_vms probe tasks running" all_running
 on m1 'shoal service ps web' | sed 's/^/    /'
+# shoald's log lines, with their component and node, in each VM's journal
+for vm in $vms; do
+  line=$(on "$vm" 'sudo journalctl -u shoald --no-pager -o cat' | grep -E '^.* INFO [a-z_.]+ \[node=[a-z0-9]+' | tail -n 1)
+  [ -n "$line" ] || fail "journalctl -u shoald on $vm shows no shoald log line naming its node"
+  log "  $vm: journalctl -u shoald: $line"
+done
 
 by_name() {  # from the probe task on VM $1, GET http://web:8080/hostname
   on "$1" 'c=$(sudo docker ps -q -f label=com.docker.swarm.service.name=probe | head -n1);
