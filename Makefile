@@ -57,7 +57,8 @@ unit: venv
 
 # Tests run on two pytest-xdist workers: system tests mostly wait on daemons and networks
 # (a serial run took 34 min, two workers ~18); every lab has its own names and subnet.
-PARALLEL := -n 2 --dist worksteal
+# Whole files go to one worker: tests of a file may share a module-scoped lab in order.
+PARALLEL := -n 2 --dist loadfile
 
 system: deps images
 	$(VENV)/bin/pytest -q $(PARALLEL) tests/system

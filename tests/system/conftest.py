@@ -116,6 +116,19 @@ def lab(request: pytest.FixtureRequest, lab_factory: LabFactory) -> labmod.LabSt
     return lab_factory(**kwargs)
 
 
+def module_lab(managers: int = 1, workers: int = 1) -> Any:
+    """A module-scoped `lab` fixture (one lab for every test of the module), for a test file
+    to bind: `lab = module_lab(1, 0)`."""
+    @pytest.fixture(scope="module", name="lab")
+    def fixture(request: pytest.FixtureRequest) -> Iterator[labmod.LabState]:
+        name = make_lab_name(request.module.__name__)
+        try:
+            yield labmod.up(name, managers, workers)
+        finally:
+            teardown_lab(name)
+    return fixture
+
+
 @pytest.fixture(scope="module")
 def docker_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private DOCKER_CONFIG for `helpers.run_docker`: no user's contexts or credentials

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from shoal import lab as labmod
 from shoal.lab import HostState, LabState
-from tests.system.conftest import make_lab_name, teardown_lab, wait_until
+from tests.system.conftest import module_lab, wait_until
 from tests.system.helpers import SHOAL, shoal, try_get
 from tests.system.svc import create, running, spec
 
@@ -27,13 +26,7 @@ pytestmark = pytest.mark.system
 DOCKER = "/usr/local/bin/docker"
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LabState]:
-    name = make_lab_name(__name__)
-    try:
-        yield labmod.up(name, 1, 0)
-    finally:
-        teardown_lab(name)
+lab = module_lab(1, 0)
 
 
 @pytest.fixture(scope="module")

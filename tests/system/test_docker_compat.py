@@ -13,7 +13,6 @@ import json
 import math
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 
 from shoal import lab as labmod
 from shoal.lab import HostState, LabState
-from tests.system.conftest import LabFactory, make_lab_name, teardown_lab, wait_until
+from tests.system.conftest import LabFactory, module_lab, wait_until
 from tests.system.helpers import DOCKER, ok, request, run_docker
 from tests.system.svc import IMAGE, engine
 
@@ -35,13 +34,7 @@ ALREADY_IN_SWARM = ('This node is already part of a swarm. Use "docker swarm lea
                     "this swarm and join another one.")
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LabState]:
-    name = make_lab_name(__name__)
-    try:
-        yield labmod.up(name, 1, 1)
-    finally:
-        teardown_lab(name)
+lab = module_lab()
 
 
 

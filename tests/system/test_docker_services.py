@@ -16,7 +16,6 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ import pytest
 from docker.types import ConfigReference, EndpointSpec, SecretReference, ServiceMode
 
 from netdriver.node import netns
-from shoal import lab as labmod
 from shoal.lab import HostState, LabState
-from tests.system.conftest import make_lab_name, teardown_lab, wait_until
+from tests.system.conftest import module_lab, wait_until
 from tests.system.helpers import DOCKER, ok, run_docker
 from tests.system.svc import IMAGE, containers, engine
 from tests.system.test_resolver_netns import KNOWN_EXTERNAL, UpstreamServer
@@ -41,13 +39,7 @@ NETWORK_LS = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"]
 LOG_LINE = re.compile(r"^(\S+)\.(\d+)\.([0-9a-z]{12})@(\w+)\s+\| (.*)$")
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LabState]:
-    name = make_lab_name(__name__)
-    try:
-        yield labmod.up(name, 1, 1)
-    finally:
-        teardown_lab(name)
+lab = module_lab()
 
 
 def header(text: str) -> list[str]:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal import lab as labmod
 from shoal.lab import HostState, LabState
-from tests.system.conftest import make_lab_name, teardown_lab, wait_until
+from tests.system.conftest import module_lab, wait_until
 from tests.system.helpers import ok, run_docker
 from tests.system.svc import engine
 
@@ -88,13 +86,7 @@ configs:
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LabState]:
-    name = make_lab_name(__name__)
-    try:
-        yield labmod.up(name, 1, 1)
-    finally:
-        teardown_lab(name)
+lab = module_lab()
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,12 @@ WireGuard handshake between the two nodes."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shoal import lab as labmod
 from shoal.lab import HostState, LabState
-from tests.system.conftest import make_lab_name, teardown_lab, wait_until
+from tests.system.conftest import module_lab, wait_until
 from tests.system.helpers import request, shoal
 from tests.system.overlay import IMAGE, SERVE, http_get, network_id, task_addr, wait_running
 
@@ -23,13 +21,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LabState]:
-    name = make_lab_name(__name__)
-    try:
-        yield labmod.up(name, 1, 1)
-    finally:
-        teardown_lab(name)
+lab = module_lab()
 
 
 def scrape(host: HostState) -> tuple[Samples, set[str]]:

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -19,7 +18,7 @@ import pytest
 from shoal import lab as labmod
 from shoal.client import APIError
 from shoal.lab import LabState
-from tests.system.conftest import make_lab_name, teardown_lab, wait_until
+from tests.system.conftest import module_lab, wait_until
 from tests.system.helpers import run_docker, shoal
 from tests.system.svc import IMAGE, containers, create, node_names, running, spec
 
@@ -27,13 +26,7 @@ pytestmark = pytest.mark.system
 
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
-    name = make_lab_name(__name__)
-    try:
-        yield labmod.up(name, 1, 1)
-    finally:
-        teardown_lab(name)
+lab = module_lab()
 
 
 def test_docker_cli_secret_and_config_commands(lab: LabState, docker_config: Path,
