@@ -8,6 +8,7 @@ order rotates from one repetition to the next):
   ours             POST /services/create of N replicas of `shoal/busybox:latest sleep 3600`
                    on the manager's socket, then GET /services?status=true every POLL s
                    until ServiceStatus.RunningTasks == N
+                   (after one untimed warm-up run of ours and of docker-py)
   docker-py seq    N x (create_container + start), one after the other, network_mode none,
                    same image and command; then one listing call confirms N running
   docker-py conc   the same from a pool of THREADS threads
@@ -58,7 +59,7 @@ from shoal.client import Client  # noqa: E402
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "start_latency.json"
 IMAGE = "shoal/busybox:latest"
 COMMAND = ["sleep", "3600"]
-POLL = 0.05
+POLL = 0.01  # our API is polled this often for the running count (as fine as we can read)
 THREADS = 8
 SETTLE = 1.0  # seconds of rest after each cleanup
 BENCH_LABEL = "shoal.bench"  # on the docker-py containers, to find and remove them
@@ -149,6 +150,11 @@ def measure(state: lab.LabState, sizes: list[int], repeat: int,
     eng = docker.APIClient(base_url=state.engine, version="1.41", timeout=120)
     rows = []
     try:
+        # One untimed run of each first: connections, the engine's caches and the agents'
+        # event streams are warm for every variant alike.
+        run_ours(client, eng, 1, "warm" + secrets.token_hex(2))
+        run_direct(eng, 1, "warm" + secrets.token_hex(2), 1)
+        log("warmed up (one untimed run of each)")
         for n in sizes:
             runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in VARIANTS}
             for rep in range(repeat):

@@ -24,7 +24,8 @@ from manager.store.memory import Event, StoreView
 
 log = logging.getLogger(__name__)
 
-COALESCE = 0.05  # seconds between a controller's passes, at least (see Controller)
+COALESCE = 0.05  # seconds between a controller's passes, on average (see Controller, Pacer)
+BURST = 3  # passes a controller may make back to back after a quiet spell (Pacer)
 LEADERSHIP_CHECK = 0.1  # seconds between checks that this manager still leads
 PASS_SHARE = 1.0  # a controller rests this many times as long as its last pass took
 NO_QUORUM_RETRY = 0.5  # seconds before a pass that found no quorum runs again
@@ -38,8 +39,9 @@ class Controller(abc.ABC):
     a relevant store event (None: only on an event)."""
 
     name = "controller"
-    # At most one pass per this many seconds: a pass over the whole store costs more than
-    # one over a few changes, so a controller that reads everything runs less often.
+    # One pass per this many seconds in a stream of changes (a few back to back after a
+    # quiet spell, see Pacer): a pass over the whole store costs more than one over a few
+    # changes, so a controller that reads everything runs less often.
     coalesce = COALESCE
 
     def relevant(self, event: Event) -> bool:
@@ -142,31 +144,24 @@ class LeaderRuntime:
                 loop.call_soon_threadsafe(changed.set)
 
         cancel = self.mgr.store.watch(on_events)
+        pacer = Pacer(controller.coalesce)
         try:
             controller.begin()
             wait: float | None = 0.0
-            next_at = 0.0
+            rest_until = 0.0
             while True:
                 await _wait(changed, wait)
-                # The first change after a quiet spell is handled at once, a stream of
-                # changes in batches (see `pause`).
-                await asyncio.sleep(max(0.0, next_at - loop.time()))
+                start_at = max(rest_until, pacer.ready_at(loop.time()))
+                await asyncio.sleep(max(0.0, start_at - loop.time()))
                 changed.clear()
                 started = loop.time()
+                pacer.take(started)
                 wait = await self._pass(controller)
                 ended = loop.time()
-                next_at = ended + self.pause(controller, ended - started)
+                rest_until = ended + (ended - started) * PASS_SHARE
         finally:
             cancel()
             controller.end()
-
-    def pause(self, controller: Controller, spent: float) -> float:
-        """Seconds between the end of a controller's pass and the start of its next: its
-        `coalesce` at least, and PASS_SHARE times its own pass, so a controller whose passes
-        grow long (a big cluster in churn) takes at most half the event loop and
-        heartbeats, status reports and the API keep their turn (without it, heartbeats
-        timed out and nodes were marked down while 10,000 tasks started)."""
-        return max(controller.coalesce, spent * PASS_SHARE)
 
     async def _pass(self, controller: Controller) -> float | None:
         try:
@@ -176,6 +171,41 @@ class LeaderRuntime:
         except Unavailable as err:
             log.info("%s: no quorum (%s); trying again", controller.name, err)
             return NO_QUORUM_RETRY
+
+
+class Pacer:
+    """When a controller's next pass may start: a bucket of BURST passes, refilled by one
+    every `interval` seconds. A change after a quiet spell is handled at once, and so are
+    the few that follow it along one path (a new task: created, allocated, scheduled), while
+    a stream of changes is handled in batches, one pass per `interval`. Besides, after each
+    pass the controller rests PASS_SHARE times as long as the pass took, so one whose
+    passes grow long (a big cluster in churn) takes at most half the event loop, and
+    heartbeats, status reports and the API keep their turn (without that rest, heartbeats
+    timed out and nodes were marked down while 10,000 tasks started)."""
+
+    def __init__(self, interval: float, burst: int = BURST) -> None:
+        self.interval = interval
+        self.burst = burst
+        self.tokens = float(burst)
+        self._stamp: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self.interval <= 0:
+            self.tokens = float(self.burst)
+        elif self._stamp is not None:
+            self.tokens = min(float(self.burst),
+                              self.tokens + (now - self._stamp) / self.interval)
+        self._stamp = now
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time a pass may start."""
+        self._refill(now)
+        return now if self.tokens >= 1 else now + (1 - self.tokens) * self.interval
+
+    def take(self, now: float) -> None:
+        """A pass starts now."""
+        self._refill(now)
+        self.tokens -= 1
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]],

@@ -1,8 +1,9 @@
 """Task status reports from the worker to the dispatcher, batched.
 
 Task managers call `report()` (never blocks); the reporter keeps the newest status per task
-and sends what is pending every `interval` through the sender of the current session (set by
-the agent with `attach`). A failed send puts its statuses back unless a newer one arrived, and
+and sends what is pending through the sender of the current session (set by the agent with
+`attach`): at once when no send is on its way, else everything that arrived meanwhile as the
+next batch as soon as that send returns (no timer on a task's path to Running). A failed send puts its statuses back unless a newer one arrived, and
 they go out again over the next session: the last status of a task is never lost.
 """
 
@@ -28,8 +29,7 @@ def newer(a: pb.TaskStatus, b: pb.TaskStatus) -> bool:
 
 
 class Reporter:
-    def __init__(self, interval: float = 0.1) -> None:
-        self.interval = interval
+    def __init__(self) -> None:
         self._pending: dict[str, pb.TaskStatus] = {}
         self._sender: Sender | None = None
         self._wake = asyncio.Event()
@@ -52,7 +52,8 @@ class Reporter:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.interval)  # gather a batch
+            # One turn of the loop: reports made by the same wake-up go together.
+            await asyncio.sleep(0)
             self._wake.clear()
             sender = self._sender
             if sender is None or not self._pending:

@@ -205,7 +205,9 @@ class TaskManager:
         return self._advance(pb.READY, "prepared")
 
     async def _start(self) -> Step:
-        state = await self._executor.inspect(self.task_id)
+        state = self._container
+        if state is None or state.status != "created":  # resumed: ask the engine
+            state = await self._executor.inspect(self.task_id)
         if not (state.running or state.exited):
             try:
                 if state.missing:  # resumed at READY/STARTING without a container

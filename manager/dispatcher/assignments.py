@@ -7,9 +7,11 @@ don't echo back). Each wake sends the node its full set. Finished tasks stay in 
 they are deleted (the worker keeps their containers, and logs, until then).
 
 `StatusWriter` applies agents' reports: a status is written only if it moves the task
-forward, for a task of the reporting node; reports from all nodes are gathered for
-`BATCH_DELAY` and written in version-checked Raft batches of at most `MAX_BATCH` tasks,
-re-read and retried when another writer got there first. The RPC returns once committed.
+forward, for a task of the reporting node. A report is written at once when no write is on
+its way; reports from all nodes that arrive during a write go together in the next one, in
+version-checked Raft batches of at most `MAX_BATCH` tasks, re-read and retried when another
+writer got there first. The RPC returns once committed. Sets go out the same way: at once,
+with the changes of one commit together (no timer on a task's path to its agent).
 """
 
 from __future__ import annotations
@@ -29,11 +31,9 @@ from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-COALESCE = 0.02  # seconds to gather changes before sending a set
 # Streams wake on their node's changes and when the leadership term ends (wake_all); this
 # is only a safety net, so idle streams cost nothing.
 RECHECK = 30.0
-BATCH_DELAY = 0.05
 MAX_BATCH = 200
 RETRIES = 10
 _UNSTABLE = ("status", "meta")  # fields whose change alone does not resend the set
@@ -212,7 +212,7 @@ class AssignmentIndex:
                         await changed.wait()
                 except TimeoutError:
                     continue
-                await asyncio.sleep(COALESCE)
+                await asyncio.sleep(0)  # the other events of the same commit
                 changed.clear()
                 if alive():
                     view, tasks = self.store.view(), self.tasks_of(node_id)
@@ -263,7 +263,7 @@ class StatusWriter:
 
     async def _flush(self) -> None:
         while self._waiters:
-            await asyncio.sleep(BATCH_DELAY)
+            await asyncio.sleep(0)  # the reports that came in the same turn of the loop
             pending, self._pending = self._pending, {}
             waiters, self._waiters = self._waiters, []
             try:

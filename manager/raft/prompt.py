@@ -15,6 +15,8 @@ Here, instead:
   follower carries all of them (what arrived meanwhile goes together);
 - as soon as the commit index moved (a majority acknowledged), the followers are told,
   so a follower's forwarded write is answered without waiting for the timer;
+- a lone leader (one manager) ticks again at once after appending, as it commits at the
+  start of a tick;
 - the timer still sends heartbeats to idle followers;
 - a follower's late acknowledgement no longer moves the leader's next index for it back
   over entries already sent, which made pysyncobj send them again: the follower then
@@ -108,6 +110,11 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
         super()._checkCommandsToApply()
         if not self._isLeader():
             return
+        if not self._SyncObj__otherNodes and self._wakeup is not None \
+                and self._SyncObj__getCurrentLogIndex() > self.raftCommitIndex:
+            # A lone leader commits at the start of a tick: the commands this tick just
+            # appended would otherwise wait for the poll's timeout (autoTickPeriod).
+            self._wakeup.wake()
         if (self._SyncObj__getCurrentLogIndex() > self._sent_index
                 or self.raftCommitIndex > self._sent_commit):
             self._SyncObj__sendAppendEntries()

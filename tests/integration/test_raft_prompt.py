@@ -109,3 +109,22 @@ async def test_many_writers_through_every_replica_agree_and_lose_nothing(
                 assert mine == sorted(mine) and len(mine) == each
     truncated = [r for r in caplog.records if "truncating" in r.getMessage()]
     assert truncated == []
+
+
+async def test_a_lone_manager_commits_without_waiting_for_its_tick(tmp_path: Path) -> None:
+    """One manager commits at the start of a tick: what a tick appended waits for the next,
+    unless the tick thread is woken again (a long tick period shows the difference)."""
+    timing = RaftTiming(auto_tick_period=0.2)
+    addr = f"127.0.0.1:{free_port()}"
+    member = Member(addr, [addr], tmp_path / "lone", timing)
+    try:
+        assert await wait_for(lambda: member.replica.is_leader() and member.replica.ready(), 30)
+        start = time.monotonic()
+        for i in range(20):
+            await member.replica.propose(create(f"lone-{i}"))
+        took = time.monotonic() - start
+        # On the tick: >= 20 periods (4 s); 5 periods is far from that.
+        assert took < 5 * timing.auto_tick_period, f"20 writes took {took:.2f} s"
+        assert member.history == [f"lone-{i}" for i in range(20)]
+    finally:
+        member.replica.close()

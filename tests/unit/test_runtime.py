@@ -12,7 +12,7 @@ import pytest
 
 from manager import runtime
 from manager.manager import Manager, ManagerAddrs
-from manager.runtime import Controller, LeaderRuntime
+from manager.runtime import Controller, LeaderRuntime, Pacer
 from manager.store.memory import Event, MemoryStore, StoreView
 from proto import objects_pb2 as pb
 from proto import store_pb2
@@ -169,3 +169,28 @@ async def test_a_fenced_decision_ends_the_term() -> None:
         await until(lambda: rt.terms == 1 and mgr.epoch == 0)
         assert mgr.store.get(pb.Node, "n1") is None
         task.cancel()
+
+
+def test_pacer_lets_a_few_passes_through_at_once_then_one_per_interval() -> None:
+    pacer = Pacer(0.2, burst=3)
+    now = 100.0
+    for _ in range(3):  # after a quiet spell: back to back
+        assert pacer.ready_at(now) == now
+        pacer.take(now)
+    assert pacer.ready_at(now) == pytest.approx(now + 0.2)  # then one per interval
+    now += 0.2
+    assert pacer.ready_at(now) == pytest.approx(now)
+    pacer.take(now)
+    assert pacer.ready_at(now + 0.1) == pytest.approx(now + 0.2)
+    now += 10.0  # a quiet spell refills the bucket, never beyond the burst
+    for _ in range(3):
+        assert pacer.ready_at(now) == now
+        pacer.take(now)
+    assert pacer.ready_at(now) > now
+
+
+def test_a_pacer_without_interval_never_holds_a_pass_back() -> None:
+    pacer = Pacer(0.0)
+    for _ in range(10):
+        assert pacer.ready_at(5.0) == 5.0
+        pacer.take(5.0)

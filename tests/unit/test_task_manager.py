@@ -275,7 +275,7 @@ async def test_worker_adopts_its_containers_and_removes_orphans() -> None:
 
 
 async def test_reporter_batches_and_retries_without_losing_the_last_status() -> None:
-    reporter = Reporter(interval=0.01)
+    reporter = Reporter()
     sent: list[list[cluster_pb2.TaskStatusUpdate]] = []
     fail = [True]
 
@@ -300,4 +300,33 @@ async def test_reporter_batches_and_retries_without_losing_the_last_status() -> 
     got = {u.task_id: u.status.state for u in sent[0]}
     assert got == {"a": pb.RUNNING, "b": pb.FAILED}
     assert len(sent) == 1 and reporter.pending() == {}
+    runner.cancel()
+
+
+async def test_reporter_sends_at_once_and_gathers_what_comes_during_a_send() -> None:
+    """No timer: the first report goes out on the next turn of the loop; reports made while
+    that send is on its way go together as the next batch when it returns."""
+    reporter = Reporter()
+    sent: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def sender(updates: list[cluster_pb2.TaskStatusUpdate]) -> None:
+        sent.append([u.task_id for u in updates])
+        if len(sent) == 1:
+            await release.wait()
+
+    runner = asyncio.create_task(reporter.run())
+    reporter.attach(sender)
+    reporter.report("a", pb.TaskStatus(state=pb.RUNNING, timestamp_ns=1))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sent == [["a"]]  # sent without waiting for any interval
+    for name in ("b", "c"):
+        reporter.report(name, pb.TaskStatus(state=pb.RUNNING, timestamp_ns=1))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sent == [["a"]]  # the first send has not returned yet
+    release.set()
+    await until(lambda: len(sent) == 2)
+    assert sorted(sent[1]) == ["b", "c"]
     runner.cancel()

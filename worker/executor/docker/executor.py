@@ -136,12 +136,29 @@ class DockerExecutor(Executor):
     # -- lifecycle of a task's container --
 
     async def prepare(self, task: pb.Task) -> ContainerState:
-        existing = await self._find(task.id)
-        if existing is not None:
+        """Create the task's container; what `docker run` does first: create, and only if
+        the engine has no such image pull it and create again. A container this task
+        already has (a worker restarted) is kept: its name is taken (409)."""
+        if task.id in self._ids:
             return await self.inspect(task.id)
-        await self._ensure_image(task.spec.container.image)
         files = await self._place_files(task)
         sandbox = await self._sandbox(task) if task.networks else ""
+        try:
+            cid = await self._create(task, sandbox, files)
+        except ExecutorError as err:
+            if _status_code(err) == 409 and await self._find(task.id) is not None:
+                return await self.inspect(task.id)
+            if not isinstance(err.__cause__, docker.errors.ImageNotFound):
+                raise
+            await self._ensure_image(task.spec.container.image)
+            cid = await self._create(task, sandbox, files)
+        log.info("task %s: created container %s (image %s)", task.id, cid[:12],
+                 task.spec.container.image, extra={"task": task.id, "service": task.service_id})
+        return ContainerState(container_id=cid, status="created")
+
+    async def _create(self, task: pb.Task, sandbox: str, files: list[Mount]) -> str:
+        if not task.spec.container.image:
+            raise PermanentError("the task's container spec names no image")
         params = ct.create_params(task)
         host = ct.host_config_params(task, sandbox, files)
 
@@ -150,11 +167,9 @@ class DockerExecutor(Executor):
             return dict(api.create_container(host_config=api.create_host_config(**host),
                                              **params))
 
-        created = await self._call(create)
-        self._ids[task.id] = created["Id"]
-        log.info("task %s: created container %s (image %s)", task.id, created["Id"][:12],
-                 task.spec.container.image, extra={"task": task.id, "service": task.service_id})
-        return await self.inspect(task.id)
+        cid = str((await self._call(create))["Id"])
+        self._ids[task.id] = cid
+        return cid
 
     # -- secrets and configs --
 
@@ -487,3 +502,9 @@ def _message(err: docker.errors.APIError) -> str:
     if isinstance(explanation, bytes):
         explanation = explanation.decode(errors="replace")
     return str(explanation or err).strip()
+
+
+def _status_code(err: ExecutorError) -> int | None:
+    """The HTTP status the engine answered with, if it answered."""
+    cause = err.__cause__
+    return cause.status_code if isinstance(cause, docker.errors.APIError) else None
