@@ -3,8 +3,9 @@
 Task managers call `report()` (never blocks); the reporter keeps the newest status per task
 and sends what is pending through the sender of the current session (set by the agent with
 `attach`): at once when no send is on its way, else everything that arrived meanwhile as the
-next batch as soon as that send returns (no timer on a task's path to Running). A failed send puts its statuses back unless a newer one arrived, and
-they go out again over the next session: the last status of a task is never lost.
+next batch as soon as that send returns (no timer on a task's path to Running). A failed
+send puts its statuses back unless a newer one arrived, and they go out again over the next
+session: the last status of a task is never lost.
 """
 
 from __future__ import annotations
