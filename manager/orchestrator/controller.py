@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
@@ -19,8 +20,9 @@ from typing import Any, ClassVar
 from manager.errors import ManagerError, Unavailable
 from manager.manager import Manager
 from manager.orchestrator.snapshot import Decision, Group, Snapshot, SnapshotCache
+from manager.orchestrator.tasks import progress_only
 from manager.runtime import Controller
-from manager.store.memory import StoreView
+from manager.store.memory import Event, StoreView
 from proto import objects_pb2 as pb
 from proto import store_pb2
 
@@ -30,8 +32,7 @@ RETRY_FAILED = 0.5  # seconds before deciding again after some groups could not 
 
 MAX_ACTIONS = 200
 IN_FLIGHT = 8
-# An orchestrator's pass reads every service (those whose inputs did not change are skipped
-# by fingerprint): under a stream of changes it runs at most about this often.
+# Under a stream of changes an orchestrator's pass runs about this often (see Pacer).
 PASS_INTERVAL = 0.25
 
 
@@ -94,19 +95,25 @@ class Orchestrator(Controller):
     """Subclasses set `name` and `core`, the module's pure `decide_service(service, tasks,
     snapshot)`.
 
-    A service whose fingerprint (its version, its tasks' versions, the nodes', the
-    cluster's) did not change since a pass that decided nothing for it is skipped, until
-    the wake-up time that pass asked for."""
+    A pass decides only the services whose inputs changed since the last (their own or
+    their tasks' changes, found from store events; any node or cluster change concerns
+    them all) and those whose wake-up time came. A task's report on its way up changes no
+    decision (`progress_only`) and is not a change here; RUNNING is one only for an
+    orchestrator that sets `running_matters` (the updater waits for it)."""
 
     name = "orchestrator"
     core: ClassVar[Any] = None
+    running_matters = False
 
     coalesce = PASS_INTERVAL
 
     def __init__(self, manager: Manager, snapshots: SnapshotCache | None = None) -> None:
         self.mgr = manager
         self.snapshots = snapshots or SnapshotCache()
-        self._quiet: dict[str, tuple[tuple[int, ...], int | None]] = {}
+        self._lock = threading.Lock()  # the Raft thread marks, the loop takes
+        self._changed: set[str] = set()  # service IDs
+        self._everything = True
+        self._wakes: dict[str, int] = {}  # service ID → wake-up time its last decision asked
 
     def decide_service(self, service: pb.Service, tasks: list[pb.Task],
                        snap: Snapshot) -> Decision:
@@ -115,24 +122,54 @@ class Orchestrator(Controller):
             raise TypeError(f"{type(self).__name__} sets no decision core")
         return core(service, tasks, snap)  # type: ignore[no-any-return]
 
-    def decide(self, snap: Snapshot) -> Decision:
+    # -- what changed (relevant() runs on the Raft thread) --
+
+    def relevant(self, event: Event) -> bool:
+        objs = [o for o in (event.old, event.new) if o is not None]
+        if event.table == "task":
+            if progress_only(event.old, event.new, through_running=not self.running_matters):
+                return False
+            ids = {str(o.service_id) for o in objs}
+        elif event.table == "service":
+            ids = {str(o.id) for o in objs}
+        elif event.table in ("node", "cluster"):
+            with self._lock:
+                self._everything = True
+            return True
+        else:
+            return False  # networks, secrets, configs: no orchestrator reads them
+        with self._lock:
+            self._changed |= ids
+        return True
+
+    def _take_changed(self) -> set[str] | None:
+        """The services marked since the last take (None: every service)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            everything, self._everything = self._everything, False
+        return None if everything else changed
+
+    # -- deciding --
+
+    def decide(self, snap: Snapshot, changed: set[str] | None = None) -> Decision:
+        """Decide the services in `changed` (None: all) and those whose wake-up came."""
         decision = Decision()
-        quiet: dict[str, tuple[tuple[int, ...], int | None]] = {}
+        wakes: dict[str, int] = {}
         for service in snap.services.values():
-            key = snap.fingerprint(service)
-            before = self._quiet.get(service.id)
-            if before is not None and before[0] == key and \
-                    (before[1] is None or snap.now_ns < before[1]):
-                quiet[service.id] = before
-                decision.wake(before[1])
+            due = self._wakes.get(service.id)
+            if changed is not None and service.id not in changed and \
+                    (due is None or snap.now_ns < due):
+                if due is not None:
+                    wakes[service.id] = due
+                    decision.wake(due)
                 continue
             result = self.decide_service(service, snap.tasks_of(service.id), snap)
-            if not result.groups:
-                quiet[service.id] = (key, result.wake_at_ns)
-            else:
+            if result.wake_at_ns is not None:
+                wakes[service.id] = result.wake_at_ns
+            if result.groups:
                 self._log_decision(service, result)
             decision.merge(result)
-        self._quiet = quiet
+        self._wakes = wakes
         return decision
 
     def _log_decision(self, service: pb.Service, result: Decision) -> None:
@@ -145,18 +182,25 @@ class Orchestrator(Controller):
                 extra={"service": service.id})
 
     def begin(self) -> None:
-        self._quiet.clear()  # a new term decides everything afresh
+        with self._lock:  # a new term decides everything afresh
+            self._everything = True
+        self._wakes.clear()
 
     async def run(self, view: StoreView) -> float | None:
+        changed = self._take_changed()
+        # The view is taken after the marks: every change marked so far is in it (the
+        # store installs a view before it tells its watchers).
+        view = self.mgr.view()
         now = time.time_ns()
-        decision = self.decide(self.snapshots.get(view, now))
+        decision = self.decide(self.snapshots.get(view, now), changed)
         failed = 0
         if decision.groups:
             log.debug("%s: writing %d actions in %d groups", self.name,
                       sum(len(g) for g in decision.groups), len(decision.groups))
             failed = await write_groups(self.mgr, decision.groups)
         if failed:
-            self._quiet.clear()
+            with self._lock:
+                self._everything = True
             return RETRY_FAILED
         if decision.wake_at_ns is None:
             return None

@@ -34,7 +34,6 @@ class Snapshot:
 
     now_ns: int
     view: StoreView
-    _fingerprints: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, now_ns: int, services: Iterable[pb.Service] = (),
@@ -44,7 +43,7 @@ class Snapshot:
         return cls(now_ns, StoreView.of(objs, version))
 
     def at(self, now_ns: int) -> Snapshot:
-        """The same view at another time (fingerprints depend on the view alone)."""
+        """The same view at another time."""
         return replace(self, now_ns=now_ns)
 
     @property
@@ -65,24 +64,6 @@ class Snapshot:
 
     def tasks_of(self, service_id: str) -> list[pb.Task]:
         return self.view.tasks_of_service(service_id)
-
-    def fingerprint(self, service: pb.Service) -> tuple[int, ...]:
-        """Changes whenever anything a decision about the service reads changes: the
-        service, its tasks, any node, the cluster (store versions only grow)."""
-        found = self._fingerprints.get(service.id)
-        if found is None:
-            tasks = self.tasks_of(service.id)
-            nodes = self._fingerprints.get("")
-            if nodes is None:
-                cluster = self.cluster
-                nodes = (len(self.nodes), max((n.meta.version.index for n in
-                                               self.nodes.values()), default=0),
-                         cluster.meta.version.index if cluster is not None else 0)
-                self._fingerprints[""] = nodes
-            found = (service.meta.version.index, len(tasks),
-                     max((t.meta.version.index for t in tasks), default=0), *nodes)
-            self._fingerprints[service.id] = found
-        return found
 
     def history_limit(self) -> int:
         """Tasks kept per slot (cluster task_history_retention_limit; 0 means the default)."""
@@ -164,8 +145,8 @@ def delete(obj: Any) -> Action:
 
 
 class SnapshotCache:
-    """One Snapshot per store view, shared by the orchestrators: each pass of each reads the
-    same view (when nothing changed between them), so fingerprints are computed once."""
+    """One Snapshot per store view, shared by the orchestrators (each pass of each reads the
+    same view when nothing changed between them)."""
 
     def __init__(self) -> None:
         self._snap: Snapshot | None = None

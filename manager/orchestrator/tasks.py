@@ -50,6 +50,18 @@ def ended(task: pb.Task) -> bool:
     return bool(task.status.state >= pb.COMPLETE)
 
 
+def progress_only(old: pb.Task | None, new: pb.Task | None, through_running: bool) -> bool:
+    """The change is an agent's report of a task on its way up (ACCEPTED ... STARTING, or
+    RUNNING too when `through_running`) and nothing else an orchestrator reads changed: it
+    cannot change their decisions. Most writes of a burst of starts are such reports."""
+    if old is None or new is None or old.status.state < pb.ASSIGNED:
+        return False
+    last = pb.RUNNING if through_running else pb.STARTING
+    return bool(pb.ACCEPTED <= new.status.state <= last
+                and new.desired_state == old.desired_state <= pb.COMPLETE
+                and new.node_id == old.node_id and new.spec_version == old.spec_version)
+
+
 def live(task: pb.Task) -> bool:
     """Holds its slot and has not ended: starting, running, or on its way there."""
     return holds_slot(task) and not ended(task)

@@ -232,4 +232,5 @@ def decide(snap: Snapshot) -> Decision:
 
 class Updater(Orchestrator):
     name = "updater"
+    running_matters = True  # the next batch starts once the last one runs
     core = staticmethod(decide_service)

@@ -9,7 +9,8 @@ from manager.orchestrator.controller import batches, write_groups
 from manager.orchestrator.orchestrators import orchestrators
 from manager.orchestrator.replicated import ReplicatedOrchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, create, update
-from manager.store.memory import MemoryStore
+from manager.orchestrator.update import Updater
+from manager.store.memory import Event, MemoryStore
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from tests.unit.orchestration_world import node, service
@@ -83,9 +84,9 @@ async def test_a_stale_group_is_skipped_and_the_others_written() -> None:
 class Counting(ReplicatedOrchestrator):
     calls = 0
 
-    def decide(self, snap: Snapshot) -> Decision:
+    def decide(self, snap: Snapshot, changed: set[str] | None = None) -> Decision:
         self.calls += 1
-        decision = super().decide(snap)
+        decision = super().decide(snap, changed)
         decision.wake(self.wake_at)
         return decision
 
@@ -177,10 +178,36 @@ async def test_only_services_whose_inputs_changed_are_decided_again() -> None:
     await passes.step()  # both changed (their new tasks): decided, nothing to do
     ctl.decided.clear()
     (task_a,) = [t for t in mgr.store.list(pb.Task) if t.service_id == "svc-a"]
-    task_a.status.state = pb.RUNNING
+    task_a.node_id = "n1"
+    task_a.status.state = pb.ASSIGNED
     await mgr.update(task_a)
     await passes.step()
     assert ctl.decided == ["a"]
+    for state in (pb.ACCEPTED, pb.STARTING, pb.RUNNING):  # reports on its way up: no change
+        task_a = mgr.store.get(pb.Task, task_a.id)
+        task_a.status.state = state
+        await mgr.update(task_a)
+        assert not await passes.step()
+    assert ctl.decided == ["a"]
+    task_a = mgr.store.get(pb.Task, task_a.id)
+    task_a.status.state = pb.FAILED  # ended: the restart supervisor's, a change for all
+    await mgr.update(task_a)
+    await passes.step()
+    assert ctl.decided == ["a", "a"]
     await mgr.write((store_pb2.CREATE, node("n2")))  # a node change concerns every service
     await passes.step()
-    assert sorted(ctl.decided) == ["a", "a", "b"]
+    assert sorted(ctl.decided) == ["a", "a", "a", "b"]
+
+
+def test_running_is_a_change_for_the_updater_only() -> None:
+    mgr, _ = make_manager()
+    old = pb.Task(id="t", service_id="s", node_id="n1", desired_state=pb.RUNNING)
+    old.status.state = pb.STARTING
+    new = pb.Task()
+    new.CopyFrom(old)
+    new.status.state = pb.RUNNING
+    event = Event(store_pb2.UPDATE, "task", old, new)
+    assert Updater(mgr).relevant(event)
+    assert not ReplicatedOrchestrator(mgr).relevant(event)
+    new.desired_state = pb.SHUTDOWN  # anything besides the report: a change for all
+    assert ReplicatedOrchestrator(mgr).relevant(event)
