@@ -33,17 +33,17 @@ def is_pending(task: pb.Task) -> bool:
     return task.status.state == pb.PENDING and wants_to_run(task)
 
 
-def split_tasks(tasks: Iterable[pb.Task]) -> tuple[list[pb.Task], dict[str, list[pb.Task]]]:
-    """Pending tasks (oldest first) and the tasks holding each node."""
-    pending: list[pb.Task] = []
-    by_node: dict[str, list[pb.Task]] = {}
-    for task in tasks:
-        if is_pending(task):
-            pending.append(task)
-        elif holds_node(task):
-            by_node.setdefault(task.node_id, []).append(task)
+def pending_tasks(view: StoreView) -> list[pb.Task]:
+    """Pending tasks, oldest first: from the index of tasks on no node (pending tasks have
+    none), not a scan of every task."""
+    pending = [t for t in view.tasks_on_node("") if is_pending(t)]
     pending.sort(key=lambda t: (t.meta.created_at_ns, t.service_id, t.slot, t.id))
-    return pending, by_node
+    return pending
+
+
+def tasks_by_node(view: StoreView, nodes: Iterable[pb.Node]) -> dict[str, list[pb.Task]]:
+    """The tasks holding each node."""
+    return {n.id: [t for t in view.tasks_on_node(n.id) if holds_node(t)] for n in nodes}
 
 
 def relevant(event: Event) -> bool:
@@ -100,7 +100,7 @@ def updates(decisions: Decisions, pending: Sequence[pb.Task], now_ns: int) -> li
 
 class Scheduler(Controller):
     name = "scheduler"
-    coalesce = 0.2  # a pass reads every task
+    coalesce = 0.2  # a pass with pending tasks reads every node's tasks
 
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
@@ -110,9 +110,11 @@ class Scheduler(Controller):
         return relevant(event)
 
     async def run(self, view: StoreView) -> float | None:
-        pending, by_node = split_tasks(view.table(pb.Task).values())
-        decisions = schedule(view.list(pb.Node), by_node, pending) if pending \
-            else Decisions({}, {})
+        pending = pending_tasks(view)
+        decisions = Decisions({}, {})
+        if pending:
+            nodes = view.list(pb.Node)
+            decisions = schedule(nodes, tasks_by_node(view, nodes), pending)
         self.last = decisions
         self.mgr.metrics.decided(len(decisions.assignments), len(decisions.unplaceable))
         changed = updates(decisions, pending, time.time_ns())
