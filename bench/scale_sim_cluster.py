@@ -15,6 +15,7 @@ what the benchmark watches on them besides CPU and RSS.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -28,6 +29,7 @@ IMAGE = "shoal/busybox:latest"
 METRIC = re.compile(r"^(shoal_raft_applied_index|shoal_raft_leader|shoal_dispatcher_sessions)"
                     r" ([0-9.e+-]+)$", re.M)
 SCRAPE_TIMEOUT = 10.0
+SETTLE_TIMEOUT = 120.0  # 3 managers settle in seconds; a loaded machine slows the joins
 WRITE_TIMEOUT = 15.0  # one attempt: the API itself waits up to 10 s for a commit
 
 
@@ -45,23 +47,35 @@ class Cluster:
     def __init__(self, tmp: Any, count: int) -> None:
         names = ["manager"] if count == 1 else [f"m{i + 1}" for i in range(count)]
         self.managers = [ManagerProc(tmp, name) for name in names]
+        self._seen = ""  # what the last look at the managers showed (for a timeout)
 
     def start(self, log: Any) -> None:
         first = self.managers[0]
         first.start()
         token = first.manager_token() if len(self.managers) > 1 else ""
-        for mgr in self.managers[1:]:
+        # One join at a time, each once the group has settled: a join while the previous
+        # member is being added (or during an election) was seen to leave a manager out.
+        for count, mgr in enumerate(self.managers[1:], start=2):
             log(f"  {mgr.name} joins as a manager")
             mgr.start(join=(first.remote, token))
-        if len(self.managers) > 1:
-            wait_for(self._settled, 60.0, "every manager to see the same leader", 0.5)
+            try:
+                wait_for(functools.partial(self._settled, count), SETTLE_TIMEOUT,
+                         f"the {count} managers to see one leader", 0.5)
+            except TimeoutError as err:
+                raise TimeoutError(f"{err}; last seen: {self._seen}") from None
 
-    def _settled(self) -> bool:
-        ids = {m.node_id for m in self.managers}
+    def _settled(self, count: int) -> bool:
+        group = self.managers[:count]
+        ids = {m.node_id for m in group}
         seen = set()
-        for mgr in self.managers:
-            nodes = [n for n in mgr.client.get("/nodes") if n["ID"] in ids]
+        for mgr in group:
+            try:
+                nodes = [n for n in mgr.client.get("/nodes") if n["ID"] in ids]
+            except APIError as err:  # a joined manager catching up answers 503
+                self._seen = f"{mgr.name}: {err}"
+                return False
             status = [n.get("ManagerStatus") or {} for n in nodes]
+            self._seen = f"{mgr.name}: {status}"
             if len(nodes) != len(ids) or any(s.get("Reachability") != "reachable"
                                               for s in status):
                 return False
