@@ -129,11 +129,20 @@ class Watch(threading.Thread):
     def tick(self) -> dict[str, Any]:
         live = self.cluster.live()
         tick: dict[str, Any] = {"t": time.time(), "scrape_s": {}}
-        for mgr in live:  # the leader first would not help: it changes only at a takeover
+
+        def one(mgr: ManagerProc) -> None:
             began = time.monotonic()
             tick[mgr.name] = scrape(mgr)
             tick["scrape_s"][mgr.name] = time.monotonic() - began
-        leaders = [m for m in live if tick[m.name].get("shoal_raft_leader") == 1]
+
+        # All at once: one after the other, a follower read after the leader would have
+        # caught up with what the leader showed, and the lag would read 0.
+        scrapers = [threading.Thread(target=one, args=(m,), daemon=True) for m in live]
+        for scraper in scrapers:
+            scraper.start()
+        for scraper in scrapers:
+            scraper.join(SCRAPE_TIMEOUT + 1)
+        leaders = [m for m in live if tick.get(m.name, {}).get("shoal_raft_leader") == 1]
         reader = next((m for m in live if m not in leaders), live[0] if live else None)
         tick["leader"] = leaders[0].name if leaders else None
         tick["down"] = self.down_nodes(reader) if reader else None
