@@ -93,6 +93,7 @@ def draw(doc: dict[str, Any], svg: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     cpu = axes[1][0]
+    cpu.set_ylabel("leader CPU (% of one core)", color="tab:blue")
     per_task = cpu.twinx()  # same panel: the work per task is what should stay flat
     per_task.plot(x, [p["leader_cpu_s_per_1k_tasks"] for p in pts], marker="s",
                   linestyle="--", color="tab:orange")
@@ -108,7 +109,7 @@ def draw(doc: dict[str, Any], svg: Path) -> None:
                  f"({doc.get('date', '')})")
     fig.tight_layout()
     svg.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(svg, format="svg")
+    fig.savefig(svg)  # the format from the suffix: .svg, or .png for a quick look
     plt.close(fig)
 
 

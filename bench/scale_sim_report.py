@@ -135,7 +135,8 @@ def cluster_lines(r: dict[str, Any]) -> list[str]:
     for name, f in m["followers"].items():
         lines.append(f"follower {name}: behind the leader's applied index by p50 "
                      f"{f['lag_entries_p50']:.0f}, max {f['lag_entries_max']:.0f} entries "
-                     f"(~{f['lag_ms_est_max']:.0f} ms at the leader's apply rate)")
+                     f"(~{f['lag_ms_est_max']:.0f} ms at the leader's mean apply rate "
+                     "between two samples)")
     t = r.get("takeover")
     if t:
         lines.append(f"takeover: {t['killed']} SIGKILLed; a write acknowledged after "
