@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                 times[key] = {k: t for k, t in times[key].items() if t < killed_at}
         result = summarize(args, join, run, facts, times, mgr.scheduler_passes(), sampler,
                            idle)
-        result["managers"] = {"count": args.managers, "leader": mgr.name, **health}
+        result["managers"] = {"count": args.managers, "leader": mgr.name,
+                              "start_attempts": cluster.attempts, **health}
         if taken is not None:
             result["takeover"] = taken
     finally:

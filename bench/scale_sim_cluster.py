@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from scale_sim_procs import ManagerProc, wait_for
@@ -29,7 +31,8 @@ IMAGE = "shoal/busybox:latest"
 METRIC = re.compile(r"^(shoal_raft_applied_index|shoal_raft_leader|shoal_dispatcher_sessions)"
                     r" ([0-9.e+-]+)$", re.M)
 SCRAPE_TIMEOUT = 10.0
-SETTLE_TIMEOUT = 120.0  # 3 managers settle in seconds; a loaded machine slows the joins
+SETTLE_TIMEOUT = 45.0  # a join settles in seconds, even on a loaded machine
+START_ATTEMPTS = 3
 WRITE_TIMEOUT = 15.0  # one attempt: the API itself waits up to 10 s for a commit
 
 
@@ -44,17 +47,36 @@ def scrape(mgr: ManagerProc) -> dict[str, float]:
 
 
 class Cluster:
-    def __init__(self, tmp: Any, count: int) -> None:
-        names = ["manager"] if count == 1 else [f"m{i + 1}" for i in range(count)]
-        self.managers = [ManagerProc(tmp, name) for name in names]
+    def __init__(self, tmp: Path, count: int) -> None:
+        self.tmp = tmp
+        self.names = ["manager"] if count == 1 else [f"m{i + 1}" for i in range(count)]
+        self.managers = [ManagerProc(tmp, name) for name in self.names]
         self._seen = ""  # what the last look at the managers showed (for a timeout)
+        self.attempts = 0
 
     def start(self, log: Any) -> None:
+        """Start the managers; a group that does not settle is started again from nothing
+        (see _start_once), at most START_ATTEMPTS times."""
+        while True:
+            self.attempts += 1
+            try:
+                self._start_once(log)
+                return
+            except TimeoutError as err:
+                if self.attempts >= START_ATTEMPTS:
+                    raise
+                log(f"  the managers did not settle ({err}); starting them again")
+                self._discard()
+
+    def _start_once(self, log: Any) -> None:
         first = self.managers[0]
         first.start()
         token = first.manager_token() if len(self.managers) > 1 else ""
-        # One join at a time, each once the group has settled: a join while the previous
-        # member is being added (or during an election) was seen to leave a manager out.
+        # One join at a time, each once the group has settled. Under load a join can leave
+        # the new manager in Raft but without ManagerStatus in the store for good: the
+        # leader's add_member gives up ("lost contact with the majority") when the new
+        # member has not answered within its 0.2 s quorum check, so the store write after
+        # it never happens (manager/raftapi.py RaftMembership._add). Hence the retries.
         for count, mgr in enumerate(self.managers[1:], start=2):
             log(f"  {mgr.name} joins as a manager")
             mgr.start(join=(first.remote, token))
@@ -63,6 +85,15 @@ class Cluster:
                          f"the {count} managers to see one leader", 0.5)
             except TimeoutError as err:
                 raise TimeoutError(f"{err}; last seen: {self._seen}") from None
+
+    def _discard(self) -> None:
+        """Stop the managers and keep their logs aside; new ones with new ports."""
+        for mgr in self.managers:
+            mgr.stop()
+            if mgr.log.exists():
+                mgr.log.rename(mgr.log.with_suffix(f".failed-{self.attempts}.log"))
+            shutil.rmtree(self.tmp / mgr.name, ignore_errors=True)
+        self.managers = [ManagerProc(self.tmp, name) for name in self.names]
 
     def _settled(self, count: int) -> bool:
         group = self.managers[:count]

@@ -132,6 +132,9 @@ def cluster_lines(r: dict[str, Any]) -> list[str]:
              f"the end of the run: at most {m['max_down']} at once, {m['ever_down']} in all "
              f"({m['samples']} samples every {m['interval_s']:g} s; the leader's /metrics "
              f"took up to {m['leader_scrape_s_max']:.3f} s)"]
+    if m.get("start_attempts", 1) > 1:
+        lines.append(f"the managers were started {m['start_attempts']} times: a join left a "
+                     "manager without ManagerStatus (see scale_sim_cluster.Cluster)")
     for name, f in m["followers"].items():
         lines.append(f"follower {name}: behind the leader's applied index by p50 "
                      f"{f['lag_entries_p50']:.0f}, max {f['lag_entries_max']:.0f} entries "
