@@ -115,8 +115,8 @@ def create_services(client: Client, tasks: int, services: int) -> list[str]:
     return ids
 
 
-def run_phase(mgr: ManagerProc, agents: AgentProcs, tasks: int, services: int, poll: float,
-              timeout: float, log: Any) -> dict[str, Any]:
+def run_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, tasks: int,
+              services: int, poll: float, timeout: float, log: Any) -> dict[str, Any]:
     start = time.time()
     create_services(mgr.client, tasks, services)
     created_call_s = time.time() - start
@@ -128,7 +128,7 @@ def run_phase(mgr: ManagerProc, agents: AgentProcs, tasks: int, services: int, p
         time.sleep(poll)
         agents.check()
         running = sum(s["ServiceStatus"]["RunningTasks"]
-                      for s in mgr.client.get("/services", status="true")
+                      for s in cluster.get(mgr, "/services", status="true")
                       if s["Spec"]["Name"].startswith("sim"))
         polls += 1
         if time.time() - last_log > 5:
@@ -138,9 +138,10 @@ def run_phase(mgr: ManagerProc, agents: AgentProcs, tasks: int, services: int, p
             "create_calls_s": round(created_call_s, 3), "polls": polls}
 
 
-def task_facts(client: Client, manager_ids: set[str], start: float) -> dict[str, Any]:
+def task_facts(cluster: Cluster, mgr: ManagerProc, start: float) -> dict[str, Any]:
     """From one GET /tasks at the end: where the tasks are and when the last was created."""
-    tasks = client.get("/tasks")
+    manager_ids = cluster.ids()
+    tasks = cluster.get(mgr, "/tasks")
     per_node: dict[str, int] = {}
     for t in tasks:
         per_node[t.get("NodeID", "")] = per_node.get(t.get("NodeID", ""), 0) + 1
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     agents = AgentProcs(tmp, args.nodes, args.procs, args.join_concurrency)
     sampler: Sampler | None = None
     watch = Watch(cluster, args.nodes, args.watch)
+    failed = True  # keep the temporary directory (the logs) of a run that failed
     try:
         log(f"managers: {args.managers} shoald on {LOOPBACK}, state in {tmp}")
         cluster.start(log)
@@ -264,13 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"creating {args.services} services, {args.tasks} tasks")
         spies = start_spies(mgr.proc.pid, args)
         try:
-            run = run_phase(mgr, agents, args.tasks, args.services, args.poll, args.timeout,
-                            log)
+            run = run_phase(cluster, mgr, agents, args.tasks, args.services, args.poll,
+                            args.timeout, log)
         finally:
             for spy in spies:
                 stop_py_spy(spy)
         time.sleep(max(2 * sampler.interval, args.watch))  # a watch sample after the end
-        facts = task_facts(mgr.client, cluster.ids(), run["start"])
+        facts = task_facts(cluster, mgr, run["start"])
         end = run["start"] + run["running_s"]
         health = watch.summary(join["start"], end)
         taken = None
@@ -287,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         result = summarize(args, join, run, facts, times, mgr.scheduler_passes(), sampler,
                            idle)
         result["managers"] = {"count": args.managers, "leader": mgr.name,
-                              "start_attempts": cluster.attempts, **health}
+                              "start_attempts": cluster.attempts,
+                              "read_errors": cluster.read_errors, **health}
         if taken is not None:
             result["takeover"] = taken
+        failed = False
     finally:
         watch.stop()
         if sampler is not None:
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             agents.stop()
         finally:
             cluster.stop()
-        if args.keep:
+        if args.keep or failed:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)

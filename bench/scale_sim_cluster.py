@@ -53,6 +53,7 @@ class Cluster:
         self.managers = [ManagerProc(tmp, name) for name in self.names]
         self._seen = ""  # what the last look at the managers showed (for a timeout)
         self.attempts = 0
+        self.read_errors = 0  # reads that a manager could not answer (see get)
 
     def start(self, log: Any) -> None:
         """Start the managers; a group that does not settle is started again from nothing
@@ -129,6 +130,21 @@ class Cluster:
                     return candidate
         raise RuntimeError("no live manager names a live leader")
 
+    def get(self, first: ManagerProc, path: str, timeout: float = 60.0, **params: Any) -> Any:
+        """GET from `first`, or any live manager while it cannot answer (a leader that lost
+        its quorum answers 503 until an election ends); the errors on the way are counted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for mgr in [first, *(m for m in self.live() if m is not first)]:
+                try:
+                    return mgr.client.get(path, **params)
+                except APIError as err:
+                    self.read_errors += 1
+                    last = err
+            if time.monotonic() > deadline:
+                raise last
+            time.sleep(0.5)
+
     def remotes(self) -> list[str]:
         return [m.remote for m in self.managers]
 
@@ -197,6 +213,8 @@ class Watch(threading.Thread):
         out: dict[str, Any] = {"samples": len(inside), "interval_s": self.interval,
                                "max_down": max((t["down"] or 0 for t in inside), default=0),
                                "ever_down": len(self.ever_down), "followers": {}}
+        out["leaders_seen"] = sorted({t["leader"] for t in ticks})
+        out["ticks_without_leader"] = len(inside) - len(ticks)
         scrapes = [s for t in ticks for name, s in t["scrape_s"].items() if name == t["leader"]]
         out["leader_scrape_s_max"] = round(max(scrapes, default=0.0), 3)
         for mgr in self.cluster.managers:
