@@ -61,7 +61,7 @@ from scale_sim_procs import (  # noqa: E402
 )
 from scale_sim_report import summarize, table  # noqa: E402
 
-from shoal.client import Client  # noqa: E402
+from shoal.client import APIError, Client  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "scale_sim.json"
 IMAGE = "shoal/busybox:latest"
@@ -103,22 +103,38 @@ def join_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, sampler: 
             "failed_joins": sum(j["failed"] for j in joins)}
 
 
-def create_services(client: Client, tasks: int, services: int) -> list[str]:
+def create_services(cluster: Cluster, client: Client, tasks: int, services: int,
+                    timeout: float = 60.0) -> list[str]:
+    """Create the services; a create whose outcome was unknown (the leader lost its quorum
+    meanwhile) is sent again, and 409 then means the first one committed."""
     ids = []
     per, extra = divmod(tasks, services)
     for i in range(services):
         replicas = per + (1 if i < extra else 0)
-        resp = client.post("/services/create", {
-            "Name": f"sim{i:02d}", "TaskTemplate": {"ContainerSpec": {"Image": IMAGE}},
-            "Mode": {"Replicated": {"Replicas": replicas}}})
-        ids.append(resp["ID"])
+        name = f"sim{i:02d}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                resp = client.post("/services/create", {
+                    "Name": name, "TaskTemplate": {"ContainerSpec": {"Image": IMAGE}},
+                    "Mode": {"Replicated": {"Replicas": replicas}}})
+                ids.append(resp["ID"])
+                break
+            except APIError as err:
+                cluster.write_errors += 1
+                if err.status == 409:
+                    ids.append(client.get(f"/services/{name}")["ID"])
+                    break
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     return ids
 
 
 def run_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, tasks: int,
               services: int, poll: float, timeout: float, log: Any) -> dict[str, Any]:
     start = time.time()
-    create_services(mgr.client, tasks, services)
+    create_services(cluster, mgr.client, tasks, services)
     created_call_s = time.time() - start
     running, polls, last_log = 0, 0, 0.0
     deadline = time.monotonic() + timeout
@@ -290,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                            idle)
         result["managers"] = {"count": args.managers, "leader": mgr.name,
                               "start_attempts": cluster.attempts,
-                              "read_errors": cluster.read_errors, **health}
+                              "read_errors": cluster.read_errors,
+                              "write_errors": cluster.write_errors, **health}
         if taken is not None:
             result["takeover"] = taken
         failed = False

@@ -54,6 +54,7 @@ class Cluster:
         self._seen = ""  # what the last look at the managers showed (for a timeout)
         self.attempts = 0
         self.read_errors = 0  # reads that a manager could not answer (see get)
+        self.write_errors = 0  # service creates answered with an error (then retried)
 
     def start(self, log: Any) -> None:
         """Start the managers; a group that does not settle is started again from nothing

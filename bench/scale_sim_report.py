@@ -133,10 +133,11 @@ def cluster_lines(r: dict[str, Any]) -> list[str]:
              f"({m['samples']} samples every {m['interval_s']:g} s; the leader's /metrics "
              f"took up to {m['leader_scrape_s_max']:.3f} s)"]
     if len(m.get("leaders_seen", [])) > 1 or m.get("ticks_without_leader") or \
-            m.get("read_errors"):
+            m.get("read_errors") or m.get("write_errors"):
         lines.append(f"WARNING: leaders seen during the run {m['leaders_seen']}, "
                      f"{m['ticks_without_leader']} samples without a leader, "
-                     f"{m['read_errors']} reads a manager could not answer")
+                     f"{m['read_errors']} reads and {m['write_errors']} service creates a "
+                     "manager could not answer (its quorum lost, then retried)")
     if m.get("start_attempts", 1) > 1:
         lines.append(f"the managers were started {m['start_attempts']} times: a join left a "
                      "manager without ManagerStatus (see scale_sim_cluster.Cluster)")
