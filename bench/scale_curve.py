@@ -58,7 +58,7 @@ def run_point(args: argparse.Namespace, nodes: int, tmp: Path) -> dict[str, Any]
     argv = [sys.executable, str(BENCH / "scale_sim.py"), "--managers", "3",
             "--nodes", str(nodes), "--tasks", str(tasks), "--procs", str(procs),
             "--services", str(args.services), "--idle", str(args.idle),
-            "--timeout", str(args.timeout), "--json", str(out)]
+            "--timeout", str(args.timeout), "--watch", str(args.watch), "--json", str(out)]
     if args.takeover:
         argv.append("--takeover")
     print(f"== {nodes:,} nodes, {tasks:,} tasks, {procs} fake-node processes", flush=True)
@@ -123,6 +123,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=900.0, help="per phase of each run")
     p.add_argument("--takeover", action="store_true", help="also time a leader takeover")
+    p.add_argument("--watch", type=float, default=5.0, metavar="SECONDS",
+                   help="scale_sim's --watch: the leader's /metrics lists every task, so "
+                        "at 100,000 tasks a sample costs it more than at 1,000")
     p.add_argument("--json", type=Path, default=RESULTS / "scale_curve.json")
     p.add_argument("--svg", type=Path, default=RESULTS / "scale_curve.svg")
     p.add_argument("--from-json", action="store_true",

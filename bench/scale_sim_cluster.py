@@ -218,6 +218,8 @@ class Watch(threading.Thread):
         out["ticks_without_leader"] = len(inside) - len(ticks)
         scrapes = [s for t in ticks for name, s in t["scrape_s"].items() if name == t["leader"]]
         out["leader_scrape_s_max"] = round(max(scrapes, default=0.0), 3)
+        # What watching cost the leader (wall time in its /metrics, which lists every task)
+        out["leader_scrape_s_total"] = round(sum(scrapes), 2)
         for mgr in self.cluster.managers:
             lags, lag_ms = [], []
             for prev, tick in zip(ticks, ticks[1:], strict=False):

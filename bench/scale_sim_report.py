@@ -131,7 +131,8 @@ def cluster_lines(r: dict[str, Any]) -> list[str]:
     lines = [f"managers: {m['count']} (leader {m['leader']}); nodes seen Down from the join to "
              f"the end of the run: at most {m['max_down']} at once, {m['ever_down']} in all "
              f"({m['samples']} samples every {m['interval_s']:g} s; the leader's /metrics "
-             f"took up to {m['leader_scrape_s_max']:.3f} s)"]
+             f"took up to {m['leader_scrape_s_max']:.3f} s, "
+             f"{m['leader_scrape_s_total']:.1f} s in all)"]
     if len(m.get("leaders_seen", [])) > 1 or m.get("ticks_without_leader") or \
             m.get("read_errors") or m.get("write_errors"):
         lines.append(f"WARNING: leaders seen during the run {m['leaders_seen']}, "
