@@ -33,6 +33,7 @@ METRIC = re.compile(r"^(shoal_raft_applied_index|shoal_raft_leader|shoal_dispatc
 SCRAPE_TIMEOUT = 10.0
 SETTLE_TIMEOUT = 45.0  # a join settles in seconds, even on a loaded machine
 START_ATTEMPTS = 3
+BUSY_RATE = 100.0  # leader applies per second from which a lag in entries reads as time
 WRITE_TIMEOUT = 15.0  # one attempt: the API itself waits up to 10 s for a commit
 
 
@@ -231,12 +232,15 @@ class Watch(threading.Thread):
                 before = prev[prev["leader"]].get("shoal_raft_applied_index", lead)
                 rate = (lead - before) / max(tick["t"] - prev["t"], 1e-9)
                 lags.append(behind)
-                lag_ms.append(1000 * behind / rate if rate > 0 else 0.0)
+                # Entries over rate is a time only while entries flow steadily: at a few
+                # entries a second, one entry behind would read as hundreds of ms.
+                if rate >= BUSY_RATE:
+                    lag_ms.append(1000 * behind / rate)
             if lags:
                 lags.sort()
                 out["followers"][mgr.name] = {
                     "lag_entries_p50": lags[len(lags) // 2], "lag_entries_max": lags[-1],
-                    "lag_ms_est_max": round(max(lag_ms), 1)}
+                    "lag_ms_est_max": round(max(lag_ms), 1) if lag_ms else None}
         return out
 
 

@@ -143,10 +143,11 @@ def cluster_lines(r: dict[str, Any]) -> list[str]:
         lines.append(f"the managers were started {m['start_attempts']} times: a join left a "
                      "manager without ManagerStatus (see scale_sim_cluster.Cluster)")
     for name, f in m["followers"].items():
+        ms = f["lag_ms_est_max"]
         lines.append(f"follower {name}: behind the leader's applied index by p50 "
-                     f"{f['lag_entries_p50']:.0f}, max {f['lag_entries_max']:.0f} entries "
-                     f"(~{f['lag_ms_est_max']:.0f} ms at the leader's mean apply rate "
-                     "between two samples)")
+                     f"{f['lag_entries_p50']:.0f}, max {f['lag_entries_max']:.0f} entries" +
+                     (f" (~{ms:.0f} ms at the leader's mean apply rate between two samples, "
+                      "while busy)" if ms is not None else ""))
     t = r.get("takeover")
     if t:
         lines.append(f"takeover: {t['killed']} SIGKILLed; a write acknowledged after "
