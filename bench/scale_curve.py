@@ -48,7 +48,9 @@ def point(nodes: int, tasks: int, result: dict[str, Any]) -> dict[str, Any]:
             "max_down": managers.get("max_down"), "ever_down": managers.get("ever_down"),
             "follower_lag_entries_max": max(lags, default=None),
             "other_cpu_pct_run": result["machine"]["other_cpu_pct_run"],
-            "agent_restarts": result["fake_nodes"]["agent_restarts"]}
+            "agent_restarts": result["fake_nodes"]["agent_restarts"],
+            "takeover_write_s": result.get("takeover", {}).get("write_acked_s"),
+            "takeover_ready_s": result.get("takeover", {}).get("all_ready_s")}
 
 
 def run_point(args: argparse.Namespace, nodes: int, tmp: Path) -> dict[str, Any]:
