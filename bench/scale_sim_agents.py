@@ -6,8 +6,8 @@ port) and then holds the agent's Session/Heartbeat/Assignments/UpdateTaskStatus 
 the leader over gRPC with mTLS, like a real worker's shoald. All the nodes of this process
 share one asyncio loop.
 
-    python bench/scale_sim_agents.py --remote IP:PORT --token SWMTKN-... --first 1 --count 250
-        --data-dir DIR --out FILE [--concurrency 16]
+    python bench/scale_sim_agents.py --remote IP:PORT[,IP:PORT...] --token SWMTKN-...
+        --first 1 --count 250 --data-dir DIR --out FILE [--concurrency 16]
 
 Stdout: one JSON object per line (`{"joined": n, "failed": k, "t": wall}` as joins finish,
 then `{"joined_all": ...}`). On SIGTERM (or stdin closing) it writes FILE: for every task
@@ -94,12 +94,12 @@ async def join_one(node: Node, req: JoinRequest, limit: asyncio.Semaphore) -> bo
     return False
 
 
-async def join_all(nodes: list[Node], req: JoinRequest, concurrency: int) -> int:
+async def join_all(nodes: list[Node], reqs: list[JoinRequest], concurrency: int) -> int:
     limit = asyncio.Semaphore(concurrency)
     joined = failed = 0
     step = max(1, len(nodes) // 10)
 
-    async def one(node: Node) -> None:
+    async def one(node: Node, req: JoinRequest) -> None:
         nonlocal joined, failed
         if await join_one(node, req, limit):
             joined += 1
@@ -108,7 +108,7 @@ async def join_all(nodes: list[Node], req: JoinRequest, concurrency: int) -> int
         if (joined + failed) % step == 0:
             emit(joined=joined, failed=failed, t=time.time())
 
-    await asyncio.gather(*(one(n) for n in nodes))
+    await asyncio.gather(*(one(n, r) for n, r in zip(nodes, reqs, strict=True)))
     return failed
 
 
@@ -151,11 +151,15 @@ async def run(args: argparse.Namespace) -> None:
     nodes = [Node(os.path.join(args.data_dir, hostname(i)), hostname(i),
                   executor=RecordingExecutor(recorder))
              for i in range(args.first, args.first + args.count)]
-    req = JoinRequest(args.remote, args.token, LOOPBACK, LOOPBACK, 2377)
+    # Spread the joins over the managers: a node's session starts with the manager it
+    # joined through, so the followers' "leader=" hint is followed too.
+    remotes = args.remote.split(",")
+    reqs = [JoinRequest(remotes[i % len(remotes)], args.token, LOOPBACK, LOOPBACK, 2377)
+            for i in range(args.first, args.first + args.count)]
     supervisor = Supervisor(nodes)
     supervising = asyncio.create_task(supervisor.run())
     started = time.time()
-    failed = await join_all(nodes, req, args.concurrency)
+    failed = await join_all(nodes, reqs, args.concurrency)
     emit(joined_all=len(nodes) - failed, failed=failed, t=time.time(),
          join_s=round(time.time() - started, 3))
     await wait_stop()
@@ -170,7 +174,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--remote", required=True, help="the manager's cluster address IP:PORT")
+    p.add_argument("--remote", required=True,
+                   help="the managers' cluster addresses IP:PORT[,IP:PORT...]")
     p.add_argument("--token", required=True, help="the worker join token")
     p.add_argument("--first", type=int, required=True, help="index of the first node")
     p.add_argument("--count", type=int, required=True, help="nodes in this process")

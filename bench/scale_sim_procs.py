@@ -26,7 +26,8 @@ LOOPBACK = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1 << 20
-SCHED_LINE = re.compile(r"^(\S+ \S+),(\d{3}) .*scheduler: assigned (\d+) tasks")
+# "assigning": the scheduler's log line since its passes write as they decide
+SCHED_LINE = re.compile(r"^(\S+ \S+),(\d{3}) .*scheduler: assign(?:ed|ing) (\d+) tasks")
 
 # ---- processes -------------------------------------------------------------------------
 
@@ -96,9 +97,11 @@ def free_port_block(size: int = 3) -> int:
     raise RuntimeError("no free block of loopback ports")
 
 
-def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+def start_py_spy(pid: int, out: Path, fmt: str = "raw") -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` into `out`: "raw" (collapsed stacks, see top_self_frames) or
+    "flamegraph" (an SVG)."""
     exe = Path(sys.executable).parent / "py-spy"
-    argv = [str(exe if exe.exists() else "py-spy"), "record", "-p", str(pid), "-f", "raw",
+    argv = [str(exe if exe.exists() else "py-spy"), "record", "-p", str(pid), "-f", fmt,
             "-o", str(out), "-r", "100", "--nonblocking"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
@@ -115,6 +118,32 @@ def stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5.0)
+
+
+_LINE_NO = re.compile(r":\d+\)$")
+
+
+def top_self_frames(raw: Path, count: int = 15) -> list[tuple[str, int, float]]:
+    """The frames that were on top of the stack most often in py-spy's raw output (collapsed
+    stacks, "root;...;leaf N" per line): (frame, samples, share of all samples). Line
+    numbers are dropped so that a function's samples add up."""
+    per_frame: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = _LINE_NO.sub(")", stack.rpartition(";")[2])
+        per_frame[leaf] = per_frame.get(leaf, 0) + int(n)
+        total += int(n)
+    top = sorted(per_frame.items(), key=lambda kv: -kv[1])[:count]
+    return [(frame, n, n / total) for frame, n in top]
+
+
+def print_top_frames(raw: Path, count: int = 15) -> None:
+    print(f"top {count} self-time frames in {raw}:")
+    for frame, n, share in top_self_frames(raw, count):
+        print(f"  {100 * share:5.1f}%  {n:7d}  {frame}")
 
 
 class Sampler(threading.Thread):
@@ -163,26 +192,36 @@ class Sampler(threading.Thread):
 # ---- the manager -----------------------------------------------------------------------
 
 class ManagerProc:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.socket = tmp / "api.sock"
-        self.log = tmp / "manager.log"
+    """A drained manager's shoald: the swarm's first (init) or one that joins with the
+    manager token."""
+
+    def __init__(self, tmp: Path, name: str = "manager") -> None:
+        self.tmp, self.name = tmp, name
+        self.socket = tmp / f"{name}.sock"
+        self.log = tmp / f"{name}.log"
         self.port = free_port_block()
         self.client = Client(f"unix://{self.socket}", timeout=120.0)
         self.proc: subprocess.Popen[bytes] | None = None
         self.node_id = ""
 
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "shoal.daemon", "--data-root", str(self.tmp / "manager"),
-                "--host", f"unix://{self.socket}", "--hostname", "sim-manager",
+    def start(self, join: tuple[str, str] | None = None) -> None:
+        """`join`: (a manager's address, the manager token); None: swarm init."""
+        argv = [sys.executable, "-m", "shoal.daemon", "--data-root", str(self.tmp / self.name),
+                "--host", f"unix://{self.socket}", "--hostname", f"sim-{self.name}",
                 "--executor", "fake", "--log-level", "info"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
         wait_for(lambda: self._ping(), 30.0, "shoald to answer /_ping")
         addr = f"{LOOPBACK}:{self.port}"
-        self.node_id = self.client.post("/swarm/init", {
-            "ListenAddr": addr, "AdvertiseAddr": addr, "Availability": "drain"})
+        if join is None:
+            self.node_id = self.client.post("/swarm/init", {
+                "ListenAddr": addr, "AdvertiseAddr": addr, "Availability": "drain"})
+            return
+        self.client.post("/swarm/join", {
+            "ListenAddr": addr, "AdvertiseAddr": addr, "RemoteAddrs": [join[0]],
+            "JoinToken": join[1], "Availability": "drain"})
+        self.node_id = str(self.client.get("/info")["Swarm"]["NodeID"])
 
     def _ping(self) -> bool:
         assert self.proc is not None
@@ -200,6 +239,12 @@ class ManagerProc:
 
     def worker_token(self) -> str:
         return str(self.client.get("/swarm")["JoinTokens"]["Worker"])
+
+    def manager_token(self) -> str:
+        return str(self.client.get("/swarm")["JoinTokens"]["Manager"])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -244,10 +289,12 @@ class AgentProcs:
             self.ranges.append((first, count))
             first += count
 
-    def start(self, remote: str, token: str) -> None:
+    def start(self, remotes: list[str], token: str) -> None:
+        """Node i joins through remotes[i % len(remotes)] (the managers' addresses)."""
         for i, (first, count) in enumerate(self.ranges):
             out = self.tmp / f"agents-{i}.json"
-            argv = [sys.executable, str(AGENTS), "--remote", remote, "--token", token,
+            argv = [sys.executable, str(AGENTS), "--remote", ",".join(remotes),
+                    "--token", token,
                     "--first", str(first), "--count", str(count),
                     "--data-dir", str(self.tmp / "nodes"), "--out", str(out),
                     "--concurrency", str(self.concurrency)]
