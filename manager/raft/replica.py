@@ -247,7 +247,16 @@ class RaftReplica:
     async def _membership(self, change: Callable[..., None], addr: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            _, reason = await self._submit(lambda cb: change(addr, callback=cb))
+            # No quorum check while it is in flight: a member being added counts in the
+            # leader's majority before it has answered once (going from 1 to 2 managers, a
+            # majority is both), so the check gave up on joins that then succeeded.
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    _, reason = await self._submit(lambda cb: change(addr, callback=cb),
+                                                   check_quorum=False)
+            except TimeoutError:
+                raise Unavailable(f"Raft membership change for {addr} was not committed in "
+                                  f"{timeout:g} s: is that manager up and reachable?") from None
             if reason == FAIL_REASON.SUCCESS:
                 return
             # REQUEST_DENIED: another membership change is still being committed.
@@ -256,9 +265,11 @@ class RaftReplica:
                                   f"{_no_commit_message(reason)}")
             await asyncio.sleep(0.1)
 
-    async def _submit(self, start: Callable[[Callable[[Any, int], None]], None]) -> tuple[Any, int]:
+    async def _submit(self, start: Callable[[Callable[[Any, int], None]], None],
+                      check_quorum: bool = True) -> tuple[Any, int]:
         """Start a Raft command and wait for its outcome; while waiting, give up as soon as
-        this manager loses its quorum (a cut-off leader must not leave callers hanging)."""
+        this manager loses its quorum (a cut-off leader must not leave callers hanging),
+        unless not `check_quorum`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Any, int]] = loop.create_future()
         handoff = self._handoffs.get(loop)
@@ -269,6 +280,8 @@ class RaftReplica:
             handoff.put(future, (result, reason))
 
         start(done)
+        if not check_quorum:
+            return await future
         while True:
             try:
                 async with asyncio.timeout(QUORUM_CHECK):

@@ -128,3 +128,28 @@ async def test_a_lone_manager_commits_without_waiting_for_its_tick(tmp_path: Pat
         assert member.history == [f"lone-{i}" for i in range(20)]
     finally:
         member.replica.close()
+
+
+async def test_a_member_that_answers_late_is_added(tmp_path: Path) -> None:
+    """Going from 1 manager to 2, the new member counts in the majority before it answered:
+    adding it waits for the change to commit instead of giving up on a quorum check."""
+    first, second = (f"127.0.0.1:{free_port()}" for _ in range(2))
+    lone = Member(first, [first], tmp_path / "first", None)
+    members = [lone]
+    try:
+        assert await wait_for(lambda: lone.replica.is_leader() and lone.replica.ready(), 30)
+
+        async def start_later() -> Member:
+            await asyncio.sleep(1.0)  # well past the 0.2 s quorum checks
+            members.append(Member(second, [first, second], tmp_path / "second", None))
+            return members[-1]
+
+        late = asyncio.create_task(start_later())
+        await lone.replica.add_member(second, timeout=30.0)
+        joined = await late
+        assert lone.replica.members() == sorted([first, second])
+        await lone.replica.propose(create("after-join"))
+        assert await wait_for(lambda: "after-join" in joined.history, 10)
+    finally:
+        for member in members:
+            member.replica.close()
