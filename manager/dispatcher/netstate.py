@@ -20,6 +20,7 @@ from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
 _KEY = "network-records"
+_PUBLISHED = "publishes-ports"
 
 
 def serves(task: pb.Task) -> bool:
@@ -82,6 +83,12 @@ def _service_record(service: pb.Service, att: pb.NetworkAttachment
                                      ports=list(service.endpoint.ports))
 
 
+def publishes_ports(view: StoreView) -> bool:
+    """Some service publishes a port: its tasks are on the ingress network, which every node
+    then serves."""
+    return any(s.spec.endpoint.ports and not s.pending_delete for s in view.list(pb.Service))
+
+
 def records(view: StoreView) -> dict[str, NetworkRecords]:
     result: dict[str, NetworkRecords] = view.derived(_KEY, lambda: build_records(view))
     return result
@@ -109,6 +116,8 @@ def network_message(view: StoreView, node_id: str, tasks: list[pb.Task],
     while a service publishes a port), and the peers."""
     msg = cluster_pb2.AssignmentsMessage(tasks=tasks)
     wanted = node_networks(tasks)
+    if not wanted and not view.derived(_PUBLISHED, lambda: publishes_ports(view)):
+        return msg  # no network to describe: the records (a pass over every task) can wait
     all_records = records(view)
     mesh = next((r for r in all_records.values() if r.network.spec.ingress), None)
     if mesh is not None and mesh.services:  # a port is published: every node serves it

@@ -51,13 +51,15 @@ def ended(task: pb.Task) -> bool:
 
 
 def progress_only(old: pb.Task | None, new: pb.Task | None, through_running: bool) -> bool:
-    """The change is an agent's report of a task on its way up (ACCEPTED ... STARTING, or
-    RUNNING too when `through_running`) and nothing else an orchestrator reads changed: it
-    cannot change their decisions. Most writes of a burst of starts are such reports."""
-    if old is None or new is None or old.status.state < pb.ASSIGNED:
+    """The change moves a task that holds its slot forward on its way up (allocated:
+    PENDING; then the agent's reports ACCEPTED ... STARTING, and RUNNING too when
+    `through_running`) and nothing else an orchestrator reads changed: it cannot change
+    their decisions. Being placed on a node is not such a change (its node is read). Most
+    writes of a burst of starts are progress."""
+    if old is None or new is None:
         return False
     last = pb.RUNNING if through_running else pb.STARTING
-    return bool(pb.ACCEPTED <= new.status.state <= last
+    return bool(old.status.state < new.status.state and pb.PENDING <= new.status.state <= last
                 and new.desired_state == old.desired_state <= pb.COMPLETE
                 and new.node_id == old.node_id and new.spec_version == old.spec_version)
 
