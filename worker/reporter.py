@@ -2,10 +2,12 @@
 
 Task managers call `report()` (never blocks); the reporter keeps the newest status per task
 and sends what is pending through the sender of the current session (set by the agent with
-`attach`): at once when no send is on its way, else everything that arrived meanwhile as the
-next batch as soon as that send returns (no timer on a task's path to Running). A failed
-send puts its statuses back unless a newer one arrived, and they go out again over the next
-session: the last status of a task is never lost.
+`attach`): at once after a quiet spell, else everything that arrived meanwhile as the next
+batch, once the last send returned and at least `min_gap` after it started. So a task's path
+to Running waits for no timer, while a node starting many tasks at once sends a few batches,
+not one call per state of each (1,000 nodes sending every state at once swamped the
+leader). A failed send puts its statuses back unless a newer one arrived, and they go out
+again over the next session: the last status of a task is never lost.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 Sender = Callable[[list[cluster_pb2.TaskStatusUpdate]], Awaitable[None]]
 MAX_BATCH = 1000  # updates per UpdateTaskStatus call
 RETRY = 0.5
+MIN_GAP = 0.1  # seconds from the start of one send to the start of the next, at least
 
 
 def newer(a: pb.TaskStatus, b: pb.TaskStatus) -> bool:
@@ -30,7 +33,9 @@ def newer(a: pb.TaskStatus, b: pb.TaskStatus) -> bool:
 
 
 class Reporter:
-    def __init__(self) -> None:
+    def __init__(self, min_gap: float = MIN_GAP) -> None:
+        self.min_gap = min_gap
+        self._last_send = -min_gap
         self._pending: dict[str, pb.TaskStatus] = {}
         self._sender: Sender | None = None
         self._wake = asyncio.Event()
@@ -53,12 +58,14 @@ class Reporter:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
-            # One turn of the loop: reports made by the same wake-up go together.
-            await asyncio.sleep(0)
+            # At least one turn of the loop: reports made by the same wake-up go together.
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, self._last_send + self.min_gap - loop.time()))
             self._wake.clear()
             sender = self._sender
             if sender is None or not self._pending:
                 continue
+            self._last_send = loop.time()
             if not await self._flush(sender):
                 await asyncio.sleep(RETRY)
                 self._wake.set()
