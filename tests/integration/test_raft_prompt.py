@@ -153,3 +153,20 @@ async def test_a_member_that_answers_late_is_added(tmp_path: Path) -> None:
     finally:
         for member in members:
             member.replica.close()
+
+
+async def test_a_write_waits_out_followers_that_answer_late(tmp_path: Path) -> None:
+    """Both followers' Raft threads busy for 0.8 s (a slow watcher here; under load a long
+    apply or the GIL): a write proposed meanwhile commits once they answer, instead of being
+    reported lost after half a second of silence."""
+    async with cluster(tmp_path) as (leader, followers):
+        def stall(events: list[Event]) -> None:  # on a follower's Raft thread
+            if any(e.new is not None and e.new.id == "stall" for e in events):
+                time.sleep(0.8)
+
+        for follower in followers:
+            follower.store.watch(stall)
+        await leader.replica.propose(create("stall"))
+        await asyncio.sleep(0.1)  # the followers apply it (and stall) about now
+        await leader.replica.propose(create("during"))
+        assert await wait_for(lambda: all("during" in f.history for f in followers), 10)
