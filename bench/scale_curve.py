@@ -66,8 +66,10 @@ def run_point(args: argparse.Namespace, nodes: int, tmp: Path) -> dict[str, Any]
     print(f"== {nodes:,} nodes, {tasks:,} tasks, {procs} fake-node processes", flush=True)
     began = time.time()
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(f"scale_sim.py at {nodes} nodes exited {proc.returncode}")
+    if proc.returncode != 0:  # kept as a point that did not converge: the curve says so
+        print(f"   scale_sim.py at {nodes} nodes exited {proc.returncode}", flush=True)
+        return {"nodes": nodes, "tasks": tasks, "failed": f"scale_sim.py exited "
+                f"{proc.returncode} after {time.time() - began:.0f} s (see its output)"}
     result = json.loads(out.read_text())
     print(f"   took {time.time() - began:.0f} s", flush=True)
     return {**point(nodes, tasks, result), "result": result}
@@ -79,7 +81,8 @@ def draw(doc: dict[str, Any], svg: Path) -> None:
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
-    pts = sorted(doc["points"], key=lambda p: p["nodes"])
+    pts = sorted((p for p in doc["points"] if "failed" not in p), key=lambda p: p["nodes"])
+    failed = [p["nodes"] for p in doc["points"] if "failed" in p]
     x = [p["nodes"] for p in pts]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     panels = [
@@ -107,8 +110,10 @@ def draw(doc: dict[str, Any], svg: Path) -> None:
         ax.set_xticks(x, [f"{n:,}" for n in x])
         ax.minorticks_off()
     c = doc["config"]
+    missing = f"; did not converge at {', '.join(f'{n:,}' for n in failed)} nodes" \
+        if failed else ""
     fig.suptitle(f"Shoal on {c['managers']} managers: {c['tasks_per_node']} tasks per node "
-                 f"({doc.get('date', '')})")
+                 f"({doc.get('date', '')}){missing}")
     fig.tight_layout()
     svg.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(svg)  # the format from the suffix: .svg, or .png for a quick look
@@ -157,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'nodes':>6} {'tasks':>7} {'tasks/s':>8} {'conv s':>7} {'CPU %':>6} "
           f"{'CPU-s/1k':>8} {'RSS MiB':>8} {'down':>5}")
     for p in doc["points"]:
+        if "failed" in p:
+            print(f"{p['nodes']:>6,} {p['tasks']:>7,} did not converge: {p['failed']}")
+            continue
         print(f"{p['nodes']:>6,} {p['tasks']:>7,} {p['committed_per_s']:>8,.0f} "
               f"{p['convergence_s']:>7.1f} {p['leader_cpu_pct']:>6.0f} "
               f"{p['leader_cpu_s_per_1k_tasks']:>8.2f} {p['leader_rss_mib']:>8.0f} "
