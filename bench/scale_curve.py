@@ -57,7 +57,7 @@ def run_point(args: argparse.Namespace, nodes: int, tmp: Path) -> dict[str, Any]
     tasks = args.tasks_per_node * nodes
     procs = args.procs or max(2, -(-nodes // NODES_PER_PROC))
     out = tmp / f"scale_sim-{nodes}.json"
-    argv = [sys.executable, str(BENCH / "scale_sim.py"), "--managers", "3",
+    argv = [sys.executable, str(BENCH / "scale_sim.py"), "--managers", str(args.managers),
             "--nodes", str(nodes), "--tasks", str(tasks), "--procs", str(procs),
             "--services", str(args.services), "--idle", str(args.idle),
             "--timeout", str(args.timeout), "--watch", str(args.watch), "--json", str(out)]
@@ -112,7 +112,8 @@ def draw(doc: dict[str, Any], svg: Path) -> None:
     c = doc["config"]
     missing = f"; did not converge at {', '.join(f'{n:,}' for n in failed)} nodes" \
         if failed else ""
-    fig.suptitle(f"Shoal on {c['managers']} managers: {c['tasks_per_node']} tasks per node "
+    managers = f"{c['managers']} manager{'s' if c['managers'] != 1 else ''}"
+    fig.suptitle(f"Shoal on {managers}: {c['tasks_per_node']} tasks per node "
                  f"({doc.get('date', '')}){missing}")
     fig.tight_layout()
     svg.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="500,1000,2000,5000", help="comma-separated node counts")
     p.add_argument("--tasks-per-node", type=int, default=20)
+    p.add_argument("--managers", type=int, default=3, choices=(1, 3))
     p.add_argument("--procs", type=int, default=0,
                    help=f"fake-node processes per run (0: one per {NODES_PER_PROC} nodes, >= 2)")
     p.add_argument("--services", type=int, default=10)
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.nodes.split(",") if n.strip()]
     doc: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "config": {"managers": 3, "nodes": counts, "tasks_per_node": args.tasks_per_node,
+        "config": {"managers": args.managers, "nodes": counts,
+                   "tasks_per_node": args.tasks_per_node,
                    "procs": args.procs or f"1 per {NODES_PER_PROC} nodes",
                    "services": args.services},
         "points": []}
