@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from scale_sim import join_phase, run_phase  # noqa: E402
+from scale_sim_cluster import Cluster  # noqa: E402
 from scale_sim_procs import (  # noqa: E402
     REPO,
     AgentProcs,
-    ManagerProc,
     Sampler,
     loadavg,
     start_py_spy,
@@ -66,19 +66,20 @@ def idle_window(sampler: Sampler, keys: list[str], seconds: float) -> dict[str, 
     return out
 
 
-def measure(mgr: ManagerProc, agents: AgentProcs, sampler: Sampler, args: argparse.Namespace,
-            log: Callable[[str], None]) -> dict[str, Any]:
+def measure(cluster: Cluster, agents: AgentProcs, sampler: Sampler,
+            args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    mgr = cluster.managers[0]
     keys = ["manager", "agents"]
     log(f"manager alone: resting {args.settle:.0f} s, then {args.idle:.0f} s idle")
     time.sleep(args.settle)
     alone = idle_window(sampler, keys, args.idle)
-    join = join_phase(mgr, agents, sampler, args.timeout, log)
+    join = join_phase(cluster, mgr, agents, sampler, args.timeout, log)
     log(f"{args.nodes} nodes ready in {join['ready_s']:.1f} s; resting {args.settle:.0f} s, "
         f"then {args.idle:.0f} s idle with no task")
     time.sleep(args.settle)
     empty = idle_window(sampler, keys, args.idle)
     log(f"creating {args.tasks} tasks in {args.services} services")
-    run = run_phase(mgr, agents, args.tasks, args.services, poll=0.5, timeout=args.timeout,
+    run = run_phase(cluster, mgr, agents, args.tasks, args.services, poll=0.5, timeout=args.timeout,
                     log=log)
     log(f"{args.tasks} tasks running after {run['running_s']:.1f} s; resting "
         f"{args.settle:.0f} s, then {args.idle:.0f} s idle")
@@ -163,22 +164,23 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = loadavg()
     tmp = Path(tempfile.mkdtemp(prefix="shoal-idle-"))
-    mgr = ManagerProc(tmp)
+    cluster = Cluster(tmp, 1)  # one manager
+    mgr = cluster.managers[0]
     agents = AgentProcs(tmp, args.nodes, args.procs, concurrency=16)
     sampler: Sampler | None = None
     try:
-        mgr.start()
+        cluster.start(log)
         assert mgr.proc is not None
         sampler = Sampler({"manager": [mgr.proc.pid], "agents": []})
         sampler.start()
-        measured = measure(mgr, agents, sampler, args, log)
+        measured = measure(cluster, agents, sampler, args, log)
     finally:
         if sampler is not None:
             sampler.stop()
         try:
             agents.stop()
         finally:
-            mgr.stop()
+            cluster.stop()
         if args.keep:
             log(f"kept {tmp}")
         else:

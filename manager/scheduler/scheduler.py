@@ -34,9 +34,14 @@ def is_pending(task: pb.Task) -> bool:
 
 
 def pending_tasks(view: StoreView) -> list[pb.Task]:
-    """Pending tasks, oldest first: from the index of tasks on no node (pending tasks have
-    none), not a scan of every task."""
-    pending = [t for t in view.tasks_on_node("") if is_pending(t)]
+    """Pending tasks, oldest first, from the indexes rather than a scan of every task: the
+    tasks on no node, and those of global services (made for their node, still to be
+    checked against it)."""
+    candidates = {t.id: t for t in view.tasks_on_node("")}
+    for service in view.list(pb.Service):
+        if service.spec.WhichOneof("mode") in ("global", "global_job"):
+            candidates.update((t.id, t) for t in view.tasks_of_service(service.id))
+    pending = [t for t in candidates.values() if is_pending(t)]
     pending.sort(key=lambda t: (t.meta.created_at_ns, t.service_id, t.slot, t.id))
     return pending
 

@@ -424,3 +424,16 @@ def test_matches_a_naive_scan(seed: int) -> None:
     d = schedule(nodes, on_node, pending)
     assert d.assignments == naive_schedule(nodes, on_node, pending)
     assert set(d.assignments) | set(d.unplaceable) == {t.id for t in pending}
+
+
+async def test_a_global_services_task_made_for_its_node_is_scheduled(cluster) -> None:  # type: ignore[no-untyped-def]
+    """Global tasks are created with their node set: the scheduler finds them through their
+    service, not the index of tasks on no node, and checks them against that node."""
+    store, _, sched = cluster
+    svc = pb.Service(id="g")
+    svc.spec.annotations.name = "g"
+    getattr(svc.spec, "global").SetInParent()  # a Python keyword
+    put(store, node("a"), svc, task("g-a", "g", node_id="a"), task("r1"))
+    await sched.step(True)
+    assert state(store, "g-a") == (pb.ASSIGNED, "a", "")
+    assert state(store, "r1")[:2] == (pb.ASSIGNED, "a")
