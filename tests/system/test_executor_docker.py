@@ -225,6 +225,31 @@ async def test_a_restarted_worker_adopts_only_its_own_running_containers(
     client.remove_container(theirs.annotations.name, force=True)
 
 
+async def test_a_worker_restarted_between_create_and_start_keeps_the_created_container(
+        engine: enginemod.Engine, client: docker.APIClient) -> None:
+    """prepare creates without looking first: the engine's 409 for the task's container name
+    means this task has its container already (a worker restarted after creating it), and
+    that one is kept and started, not a second one made."""
+    first = DockerExecutor(engine.socket)
+    task = make_task("node-f", "sleep 1000")
+    created = await first.prepare(task)
+    assert created.status == "created" and created.container_id
+    await first.close()
+
+    second = DockerExecutor(engine.socket)  # no memory of the container
+    try:
+        again = await second.prepare(task)
+        assert again.container_id == created.container_id
+        await second.start(task.id)
+        assert (await second.inspect(task.id)).running
+        found = client.containers(
+            all=True, filters={"label": f"com.docker.swarm.task.id={task.id}"})
+        assert [c["Id"] for c in found] == [created.container_id]
+    finally:
+        await second.remove(task.id)
+        await second.close()
+
+
 # ---- in a lab: real shoald processes sharing the lab's dockerd ------------------------------
 
 
