@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from manager.manager import Manager
 from manager.orchestrator.controller import write_each
+from manager.orchestrator.tasks import is_global
 from manager.runtime import Controller
 from manager.scheduler.decide import Decisions, schedule
 from manager.scheduler.filters import holds_node, is_active, wants_to_run
@@ -39,7 +40,7 @@ def pending_tasks(view: StoreView) -> list[pb.Task]:
     checked against it)."""
     candidates = {t.id: t for t in view.tasks_on_node("")}
     for service in view.list(pb.Service):
-        if service.spec.WhichOneof("mode") in ("global", "global_job"):
+        if is_global(service):
             candidates.update((t.id, t) for t in view.tasks_of_service(service.id))
     pending = [t for t in candidates.values() if is_pending(t)]
     pending.sort(key=lambda t: (t.meta.created_at_ns, t.service_id, t.slot, t.id))

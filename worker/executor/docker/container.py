@@ -7,13 +7,20 @@ import calendar
 import datetime
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from docker.types import Healthcheck, Mount
 
 from proto import objects_pb2 as pb
-from worker.executor.base import ContainerState, stop_grace, swarm_labels, task_name
+from worker.executor.base import (
+    STDERR,
+    STDOUT,
+    ContainerState,
+    stop_grace,
+    swarm_labels,
+    task_name,
+)
 
 _MOUNT_TYPES = {pb.Mount.BIND: "bind", pb.Mount.VOLUME: "volume", pb.Mount.TMPFS: "tmpfs"}
 
@@ -155,3 +162,21 @@ class LineSplitter:
         left = [(s, b) for s, b in self._partial.items() if b]
         self._partial.clear()
         return left
+
+
+Frame = tuple[int, bytes]  # (STDOUT or STDERR, data)
+
+
+def frames(raw: Any, tty: bool) -> Iterator[Frame]:
+    """(stream, data) from a logs response body: raw bytes with a tty, else frames of an
+    8-byte header (stream, 0, 0, 0, big-endian length) and the data."""
+    if tty:
+        while chunk := raw.read1(65536):
+            yield STDOUT, chunk
+        return
+    while len(header := raw.read(8)) == 8:
+        length = int.from_bytes(header[4:8], "big")
+        data = raw.read(length) if length else b""
+        if len(data) < length:
+            return
+        yield (STDERR if header[0] == STDERR else STDOUT), data

@@ -1,9 +1,9 @@
 """The Docker executor: tasks as containers on a Docker Engine API socket, through docker-py.
 
 docker-py is blocking: every call runs on this executor's own thread pool (so a 10 s stop
-never starves the loop's default executor). One long-lived call follows the engine's
-container events (of task containers only) and wakes whoever observes that task; observers
-also re-inspect every `RECHECK` seconds in case events were missed.
+never starves the loop's default executor). The engine's container events (events.py) wake
+whoever observes a task; observers also re-inspect every `RECHECK` seconds in case events
+were missed.
 
 Several lab workers may share one engine: a task's container is found by its task-id label,
 and `list_tasks` only returns containers labelled with the asking node's id.
@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
-import requests
 from docker.types import Mount
 
 from proto import objects_pb2 as pb
@@ -30,8 +29,6 @@ from worker.executor.base import (
     LABEL_NODE_ID,
     LABEL_TASK_ID,
     MISSING,
-    STDERR,
-    STDOUT,
     ContainerState,
     EngineInfo,
     Executor,
@@ -41,17 +38,17 @@ from worker.executor.base import (
     TransientError,
 )
 from worker.executor.docker import container as ct
+from worker.executor.docker import errors
 from worker.executor.docker import files as fl
 from worker.executor.docker import sandbox as sb
+from worker.executor.docker.events import ContainerEvents
 from worker.files import MissingFile, TaskFiles
 from worker.network import NodeNetwork
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Frame = tuple[int, bytes]
 RECHECK = 10.0  # seconds between re-inspections of an observed container
-EVENTS_RETRY = 1.0
 API_TIMEOUT = 60
 
 
@@ -64,9 +61,7 @@ class DockerExecutor(Executor):
         self._client: docker.APIClient | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ids: dict[str, str] = {}  # task id → container id
-        self._observers: dict[str, set[asyncio.Future[None]]] = {}
-        self._events: asyncio.Task[None] | None = None
-        self._event_stream: Any = None
+        self._events = ContainerEvents(self._call, self._api)
         self._files: TaskFiles | None = None
         self.files_base = fl.BASE
 
@@ -86,22 +81,14 @@ class DockerExecutor(Executor):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-        except docker.errors.APIError as err:
-            kind = TransientError if err.is_server_error() else PermanentError
-            raise kind(_message(err)) from err
-        except (docker.errors.DockerException, requests.RequestException, OSError) as err:
-            raise TransientError(f"container engine {self.engine} unreachable: {err}") from err
+        except Exception as err:
+            translated = errors.translate(err, self.engine)
+            if translated is None:
+                raise
+            raise translated from err
 
     async def close(self) -> None:
-        stream, self._event_stream = self._event_stream, None
-        if stream is not None:
-            try:  # unblocks the pool thread reading it; its connection may be gone already
-                stream.close()
-            except (OSError, requests.RequestException) as err:
-                log.debug("closing the engine event stream: %s", err)
-        if self._events is not None:
-            self._events.cancel()
-            self._events = None
+        self._events.close()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -146,7 +133,7 @@ class DockerExecutor(Executor):
         try:
             cid = await self._create(task, sandbox, files)
         except ExecutorError as err:
-            if _status_code(err) == 409 and await self._find(task.id) is not None:
+            if errors.status_code(err) == 409 and await self._find(task.id) is not None:
                 return await self.inspect(task.id)
             if not isinstance(err.__cause__, docker.errors.ImageNotFound):
                 raise
@@ -299,19 +286,19 @@ class DockerExecutor(Executor):
         try:
             error = await self._call(pull)
         except ExecutorError as err:
-            if _engine_unreachable(err):
+            if errors.engine_unreachable(err):
                 raise
             raise PermanentError(f"{failed}: {err}") from err
         try:
             await self._call(lambda: self._api().inspect_image(ref))
         except ExecutorError as err:
-            if _engine_unreachable(err):
+            if errors.engine_unreachable(err):
                 raise
             raise PermanentError(f"{failed}: {error or err}") from err
 
     async def start(self, task_id: str) -> None:
         cid = await self._require(task_id)
-        self._watch_events()
+        self._events.follow()
         await self._call(lambda: self._api().start(cid))
 
     async def inspect(self, task_id: str) -> ContainerState:
@@ -328,10 +315,9 @@ class DockerExecutor(Executor):
         return ct.state_of(info)
 
     async def observe(self, task_id: str, last: ContainerState) -> ContainerState:
-        self._watch_events()
+        self._events.follow()
         while True:
-            waiter = asyncio.get_running_loop().create_future()
-            self._observers.setdefault(task_id, set()).add(waiter)
+            waiter = self._events.waiter(task_id)
             try:
                 state = await self.inspect(task_id)
                 if state != last:
@@ -339,10 +325,7 @@ class DockerExecutor(Executor):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter, RECHECK)
             finally:
-                observers = self._observers.get(task_id, set())
-                observers.discard(waiter)
-                if not observers:
-                    self._observers.pop(task_id, None)
+                self._events.forget(task_id, waiter)
 
     async def shutdown(self, task_id: str, grace: float) -> None:
         cid = await self._find(task_id)
@@ -393,7 +376,7 @@ class DockerExecutor(Executor):
         finally:
             response.close()
 
-    def _open_logs(self, cid: str, follow: bool, tail: int) -> tuple[Any, Iterator[Frame]]:
+    def _open_logs(self, cid: str, follow: bool, tail: int) -> tuple[Any, Iterator[ct.Frame]]:
         """The log stream, framed by stream (docker-py's logs() drops which stream)."""
         api = self._api()
         tty = bool(api.inspect_container(cid)["Config"].get("Tty"))
@@ -403,7 +386,7 @@ class DockerExecutor(Executor):
         api._raise_for_status(response)
         if follow:  # quiet for a minute is not an error
             api._disable_socket_timeout(api._get_raw_response_socket(response))
-        return response, _frames(response.raw, tty)
+        return response, ct.frames(response.raw, tty)
 
     # -- containers outside services (network connect) --
 
@@ -439,72 +422,3 @@ class DockerExecutor(Executor):
         if cid is None:
             raise PermanentError(f"no container for task {task_id}; prepare it first")
         return cid
-
-    # -- engine events --
-
-    def _watch_events(self) -> None:
-        if self._events is None or self._events.done():
-            self._events = asyncio.create_task(self._follow_events(), name="docker-events")
-
-    async def _follow_events(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await self._call(self._read_events, loop)
-            except ExecutorError as err:
-                log.info("engine events interrupted, reconnecting: %s", err)
-            for task_id in list(self._observers):  # something may have been missed
-                self._wake(task_id)
-            await asyncio.sleep(EVENTS_RETRY)
-
-    def _read_events(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On a pool thread: follow container events of task containers until closed."""
-        stream = self._api().events(decode=True,
-                                    filters={"type": "container", "label": LABEL_TASK_ID})
-        self._event_stream = stream
-        for event in stream:
-            attrs = (event.get("Actor") or {}).get("Attributes") or {}
-            task_id = attrs.get(LABEL_TASK_ID)
-            if task_id:
-                try:
-                    loop.call_soon_threadsafe(self._wake, task_id)
-                except RuntimeError:  # the loop closed
-                    return
-
-    def _wake(self, task_id: str) -> None:
-        for waiter in self._observers.get(task_id, ()):
-            if not waiter.done():
-                waiter.set_result(None)
-
-
-def _frames(raw: Any, tty: bool) -> Iterator[Frame]:
-    """(stream, data) from a logs response body: raw bytes with a tty, else frames of an
-    8-byte header (stream, 0, 0, 0, big-endian length) and the data."""
-    if tty:
-        while chunk := raw.read1(65536):
-            yield STDOUT, chunk
-        return
-    while len(header := raw.read(8)) == 8:
-        length = int.from_bytes(header[4:8], "big")
-        data = raw.read(length) if length else b""
-        if len(data) < length:
-            return
-        yield (STDERR if header[0] == STDERR else STDOUT), data
-
-
-def _engine_unreachable(err: ExecutorError) -> bool:
-    """The call never got an answer from the engine (as opposed to an error it returned)."""
-    return err.transient and not isinstance(err.__cause__, docker.errors.APIError)
-
-
-def _message(err: docker.errors.APIError) -> str:
-    explanation = err.explanation
-    if isinstance(explanation, bytes):
-        explanation = explanation.decode(errors="replace")
-    return str(explanation or err).strip()
-
-
-def _status_code(err: ExecutorError) -> int | None:
-    """The HTTP status the engine answered with, if it answered."""
-    cause = err.__cause__
-    return cause.status_code if isinstance(cause, docker.errors.APIError) else None
