@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, MutableMapping, Sequence
 
 from manager.allocator import networks as nets
 from manager.allocator.ports import resolve_endpoint
 from manager.errors import ManagerError
 from manager.manager import Manager
 from manager.orchestrator.controller import write_each
+from manager.orchestrator.tasks import unplaced
 from manager.rules.ports import PortKey, in_use_by_others
 from manager.runtime import Controller
 from manager.scheduler.filters import wants_to_run
@@ -48,26 +50,38 @@ def is_new(task: pb.Task) -> bool:
 
 def relevant(event: Event) -> bool:
     new = event.new
+    if event.table == "node":
+        return node_relevant(event.old, new)
     if new is None:
         return False
     if event.table == "service":
         return needs_endpoint(new)
     if event.table == "network":
         return not new.pending_delete and not (new.vni and new.ipam)
-    if event.table == "node":
-        return not new.tunnel.addr or not new.ingress_addr
     return event.table == "task" and is_new(new)
+
+
+def node_relevant(old: pb.Node | None, new: pb.Node | None) -> bool:
+    """A node that joined without its addresses, or lost one; a node leaving frees its own.
+    Not every status change of a node still waiting for an address (the ingress network can
+    be full): those would make a pass each."""
+    if new is None:
+        return old is not None and bool(old.ingress_addr or old.tunnel.addr)
+    if new.tunnel.addr and new.ingress_addr:
+        return False
+    return old is None or (old.tunnel.addr, old.ingress_addr) != (new.tunnel.addr,
+                                                                  new.ingress_addr)
 
 
 def allocate_services(services: Sequence[pb.Service],
                       networks: dict[str, pb.Network] | None = None,
-                      used: dict[str, set[Addr]] | None = None,
+                      used: MutableMapping[str, set[Addr]] | None = None,
                       ingress: str | None = None) -> dict[str, pb.Service]:
     """Copies of the services whose endpoint must change, with the new endpoint (pure).
     A service that can't be given its ports or VIPs is left out (and logged)."""
     changed: dict[str, pb.Service] = {}
     chosen: set[PortKey] = set()
-    used = {} if used is None else used
+    used = defaultdict(set) if used is None else used
     for service in sorted(services, key=lambda s: (s.meta.created_at_ns, s.id)):
         if service.pending_delete or not needs_endpoint(service, ingress):
             continue
@@ -88,15 +102,15 @@ def allocate_services(services: Sequence[pb.Service],
     return changed
 
 
-def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
+def pending_tasks(tasks: Sequence[pb.Task], services: Mapping[str, pb.Service],
                   now_ns: int, networks: dict[str, pb.Network] | None = None,
-                  used: dict[str, set[Addr]] | None = None,
+                  used: MutableMapping[str, set[Addr]] | None = None,
                   ingress: str | None = None) -> list[pb.Task]:
     """Copies of the NEW tasks that can move to PENDING, with their service's endpoint and
     their addresses. Tasks of a missing service, or one whose endpoint or networks are not
     allocated, stay NEW."""
     out: list[pb.Task] = []
-    used = {} if used is None else used
+    used = defaultdict(set) if used is None else used
     for task in tasks:
         if not is_new(task):
             continue
@@ -125,7 +139,7 @@ def pending_tasks(tasks: Sequence[pb.Task], services: dict[str, pb.Service],
 
 class Allocator(Controller):
     name = "allocator"
-    coalesce = 0.2  # a pass reads every task
+    coalesce = 0.2  # a pass reads every node and service
 
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
@@ -144,8 +158,7 @@ class Allocator(Controller):
             view = self.mgr.view()
         networks = dict(view.table(pb.Network))
         ingress = nets.ingress_id(networks.values())
-        used = nets.used_addresses(view.list(pb.Service), view.list(pb.Task),
-                                   view.list(pb.Node), ingress)
+        used = nets.UsedAddresses(view, ingress)
         placed = nets.ingress_addresses(view.list(pb.Node), networks.get(ingress or ""), used)
         if placed:
             if not await write_each(self.mgr, placed):
@@ -157,7 +170,7 @@ class Allocator(Controller):
                 return RETRY
             view = self.mgr.view()  # the tasks' decision reads the endpoints just written
         current = dict(view.table(pb.Service))
-        tasks = pending_tasks(view.list(pb.Task), current, time.time_ns(), networks, used,
+        tasks = pending_tasks(unplaced(view), current, time.time_ns(), networks, used,
                               ingress)
         if tasks and not await write_each(self.mgr, tasks):
             return RETRY

@@ -9,8 +9,10 @@ address is released when its task reaches a final state; a VIP when its service 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, MutableMapping, Sequence
 
+from manager.store.view import StoreView
 from netdriver import ipam
 from netdriver.attachments import is_attachment
 from netdriver.ipam import Addr, IPAMError, Net
@@ -89,21 +91,39 @@ def _is_cidr(text: str) -> bool:
 
 def used_addresses(services: Iterable[pb.Service], tasks: Iterable[pb.Task],
                    nodes: Iterable[pb.Node] = (), ingress_id: str | None = None
-                   ) -> dict[str, set[Addr]]:
+                   ) -> defaultdict[str, set[Addr]]:
     """network ID → addresses held by VIPs, by tasks that have not ended and by nodes'
     ingress namespaces."""
-    used: dict[str, set[Addr]] = {}
+    used: defaultdict[str, set[Addr]] = defaultdict(set)
     if ingress_id:
         used[ingress_id] = {ipam.host_of(n.ingress_addr) for n in nodes if n.ingress_addr}
     for service in services:
         for vip in service.endpoint.virtual_ips:
-            used.setdefault(vip.network_id, set()).add(ipam.host_of(vip.addr))
+            used[vip.network_id].add(ipam.host_of(vip.addr))
     for task in tasks:
         if holds_address(task):
             for att in task.networks:
                 for cidr in att.addresses:
-                    used.setdefault(att.network_id, set()).add(ipam.host_of(cidr))
+                    used[att.network_id].add(ipam.host_of(cidr))
     return used
+
+
+class UsedAddresses(dict[str, set[Addr]]):
+    """`used_addresses` of a store view, read one network at a time when first asked for:
+    only the tasks attached to that network (the view's index), so a pass that gives no
+    address reads no task."""
+
+    def __init__(self, view: StoreView, ingress_id: str | None) -> None:
+        super().__init__()
+        self.view, self.ingress_id = view, ingress_id
+
+    def __missing__(self, network_id: str) -> set[Addr]:
+        nodes = self.view.list(pb.Node) if network_id == self.ingress_id else []
+        found = used_addresses(self.view.list(pb.Service),
+                               self.view.tasks_on_network(network_id), nodes,
+                               self.ingress_id)[network_id]
+        self[network_id] = found
+        return found
 
 
 def has_ingress_ports(spec: pb.ServiceSpec) -> bool:
@@ -135,7 +155,7 @@ def vips_current(service: pb.Service, ingress_id: str | None) -> bool:
 
 
 def assign_vips(service: pb.Service, endpoint: pb.Endpoint, networks: dict[str, pb.Network],
-                used: dict[str, set[Addr]], ingress_id: str | None) -> bool:
+                used: MutableMapping[str, set[Addr]], ingress_id: str | None) -> bool:
     """Give `endpoint` one VIP per network the service wants one on, keeping the ones it
     had; False when a network is not allocated yet (or gone)."""
     kept = {v.network_id: v.addr for v in service.endpoint.virtual_ips}
@@ -145,14 +165,14 @@ def assign_vips(service: pb.Service, endpoint: pb.Endpoint, networks: dict[str, 
         if network is None or not network.ipam:
             return False
         addr = kept.get(net_id) or ipam.next_address(
-            network.ipam[0], used.setdefault(net_id, set()),
+            network.ipam[0], used[net_id],
             f"the VIP of service {service.spec.annotations.name}")
         endpoint.virtual_ips.append(pb.VirtualIP(network_id=net_id, addr=addr))
     return True
 
 
 def attach_task(task: pb.Task, service: pb.Service | None, networks: dict[str, pb.Network],
-                used: dict[str, set[Addr]], ingress_id: str | None) -> bool:
+                used: MutableMapping[str, set[Addr]], ingress_id: str | None) -> bool:
     """Give a NEW task its addresses on its service's networks (an attached container's
     task: on its own); False when one of them is not allocated yet."""
     if task.networks:
@@ -169,7 +189,7 @@ def attach_task(task: pb.Task, service: pb.Service | None, networks: dict[str, p
     if any(n not in networks or not networks[n].ipam for n in wanted):
         return False
     for net_id in wanted:
-        addr = ipam.next_address(networks[net_id].ipam[0], used.setdefault(net_id, set()),
+        addr = ipam.next_address(networks[net_id].ipam[0], used[net_id],
                                  f"task {task.id}")
         task.networks.append(pb.NetworkAttachment(network_id=net_id, addresses=[addr],
                                                   aliases=aliases.get(net_id, [])))
@@ -196,7 +216,7 @@ def tunnel_addresses(nodes: Sequence[pb.Node]) -> list[pb.Node]:
 
 
 def ingress_addresses(nodes: Sequence[pb.Node], ingress: pb.Network | None,
-                      used: dict[str, set[Addr]]) -> list[pb.Node]:
+                      used: MutableMapping[str, set[Addr]]) -> list[pb.Node]:
     """Copies of the nodes without an address on the ingress network (their routing-mesh
     namespace), with one."""
     if ingress is None or not ingress.ipam:
@@ -206,7 +226,7 @@ def ingress_addresses(nodes: Sequence[pb.Node], ingress: pb.Network | None,
         if node.ingress_addr:
             continue
         try:
-            addr = ipam.next_address(ingress.ipam[0], used.setdefault(ingress.id, set()),
+            addr = ipam.next_address(ingress.ipam[0], used[ingress.id],
                                      f"the ingress namespace of node {node.id}")
         except IPAMError as err:
             log.warning("allocator: %s", err)

@@ -47,8 +47,9 @@ def build_records(view: StoreView) -> dict[str, NetworkRecords]:
                     name=f"ingress-endpoint.{node.id}"))
                 ingress.nodes.add(node.id)
     services = view.table(pb.Service)
-    for task in view.list(pb.Task):
-        if not task.networks or not holds_address(task):
+    attached = {t.id: t for net_id in networks for t in view.tasks_on_network(net_id)}
+    for task in attached.values():
+        if not holds_address(task):
             continue
         for att in task.networks:
             records = networks.get(att.network_id)

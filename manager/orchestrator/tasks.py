@@ -17,6 +17,7 @@ from typing import Any
 
 from manager.identity import new_id
 from manager.rules.uptodate import is_job as rules_is_job
+from manager.store.view import StoreView
 from proto import objects_pb2 as pb
 
 SECOND = 1_000_000_000
@@ -108,6 +109,18 @@ def is_job(service: pb.Service) -> bool:
 
 def is_global(service: pb.Service) -> bool:
     return mode(service) in ("global", "global_job")
+
+
+def unplaced(view: StoreView) -> list[pb.Task]:
+    """The tasks that can still be NEW or PENDING, from the indexes rather than a scan of
+    every task: those on no node, those of global services (made for their node) and those of
+    no service (a container's network attachment, made for its node)."""
+    found = {t.id: t for t in view.tasks_on_node("")}
+    found.update((t.id, t) for t in view.tasks_of_service(""))
+    for service in view.list(pb.Service):
+        if is_global(service):
+            found.update((t.id, t) for t in view.tasks_of_service(service.id))
+    return sorted(found.values(), key=lambda t: (t.meta.created_at_ns, t.service_id, t.slot, t.id))
 
 
 def replicas(service: pb.Service) -> int:

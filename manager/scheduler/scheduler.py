@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from manager.manager import Manager
 from manager.orchestrator.controller import write_each
-from manager.orchestrator.tasks import is_global
+from manager.orchestrator.tasks import unplaced
 from manager.runtime import Controller
 from manager.scheduler.decide import Decisions, schedule
 from manager.scheduler.filters import holds_node, is_active, wants_to_run
@@ -35,16 +35,9 @@ def is_pending(task: pb.Task) -> bool:
 
 
 def pending_tasks(view: StoreView) -> list[pb.Task]:
-    """Pending tasks, oldest first, from the indexes rather than a scan of every task: the
-    tasks on no node, and those of global services (made for their node, still to be
-    checked against it)."""
-    candidates = {t.id: t for t in view.tasks_on_node("")}
-    for service in view.list(pb.Service):
-        if is_global(service):
-            candidates.update((t.id, t) for t in view.tasks_of_service(service.id))
-    pending = [t for t in candidates.values() if is_pending(t)]
-    pending.sort(key=lambda t: (t.meta.created_at_ns, t.service_id, t.slot, t.id))
-    return pending
+    """Pending tasks, oldest first (a global service's are still to be checked against
+    their node)."""
+    return [t for t in unplaced(view) if is_pending(t)]
 
 
 def tasks_by_node(view: StoreView, nodes: Iterable[pb.Node]) -> dict[str, list[pb.Task]]:

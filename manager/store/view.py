@@ -74,6 +74,7 @@ class StoreView:
     by_service: PMap[str, PMap[str, bool]] = _EMPTY
     by_node: PMap[str, PMap[str, bool]] = _EMPTY
     by_slot: PMap[tuple[str, SlotKey], PMap[str, bool]] = _EMPTY
+    by_network: PMap[str, PMap[str, bool]] = _EMPTY  # tasks with an address on the network
     names: PMap[tuple[str, str], str] = _EMPTY  # (table, name) → id
     # Lists already made from this view (it never changes): passes of several controllers
     # over one view iterate each index once.
@@ -124,6 +125,10 @@ class StoreView:
     def tasks_in_slot(self, service_id: str, key: SlotKey) -> builtins.list[objects_pb2.Task]:
         return self._tasks(self.by_slot.get((service_id, key), _EMPTY))
 
+    def tasks_on_network(self, network_id: str) -> builtins.list[objects_pb2.Task]:
+        """The tasks attached to the network (ended ones too, until they are removed)."""
+        return self._tasks(self.by_network.get(network_id, _EMPTY))
+
     @classmethod
     def of(cls, objs: Iterable[Obj], version: int = 0, epoch: int = 0) -> StoreView:
         """A view holding these objects as they are (tests, restoring a snapshot)."""
@@ -145,6 +150,7 @@ class Draft:
         self.by_service = base.by_service
         self.by_node = base.by_node
         self.by_slot = base.by_slot
+        self.by_network = base.by_network
         self.names = base.names
 
     def get(self, table: str, obj_id: str) -> Obj | None:
@@ -174,7 +180,7 @@ class Draft:
 
     def view(self, version: int) -> StoreView:
         return StoreView(version, self.epoch, self.tables, self.by_service, self.by_node,
-                         self.by_slot, self.names)
+                         self.by_slot, self.by_network, self.names)
 
     # -- indexes --
 
@@ -186,6 +192,8 @@ class Draft:
             self.by_service = _add(self.by_service, obj.service_id, obj.id)
             self.by_node = _add(self.by_node, obj.node_id, obj.id)
             self.by_slot = _add(self.by_slot, (obj.service_id, slot_key(obj)), obj.id)
+            for network_id in _networks(obj):
+                self.by_network = _add(self.by_network, network_id, obj.id)
 
     def _unindex(self, table: str, obj: Obj) -> None:
         name = unique_name(table, obj)
@@ -195,13 +203,19 @@ class Draft:
             self.by_service = _drop(self.by_service, obj.service_id, obj.id)
             self.by_node = _drop(self.by_node, obj.node_id, obj.id)
             self.by_slot = _drop(self.by_slot, (obj.service_id, slot_key(obj)), obj.id)
+            for network_id in _networks(obj):
+                self.by_network = _drop(self.by_network, network_id, obj.id)
 
 
 def _keys(table: str, obj: Obj) -> tuple[Any, ...]:
     """What the indexes of a table read from an object."""
     if table == "task":
-        return (obj.service_id, obj.node_id, obj.slot)
+        return (obj.service_id, obj.node_id, obj.slot, _networks(obj))
     return (unique_name(table, obj),)
+
+
+def _networks(task: objects_pb2.Task) -> tuple[str, ...]:
+    return tuple(att.network_id for att in task.networks)
 
 
 def _add(index: PMap[Any, PMap[str, bool]], key: Any, obj_id: str) -> PMap[Any, PMap[str, bool]]:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from manager.allocator.allocator import Allocator, allocate_services, pending_tasks
+from manager.allocator.allocator import (
+    Allocator,
+    allocate_services,
+    node_relevant,
+    pending_tasks,
+)
 from manager.allocator.ports import DYNAMIC_FIRST, DYNAMIC_LAST, resolve_endpoint
 from manager.errors import FailedPrecondition
 from manager.manager import Manager, ManagerAddrs
 from manager.rules.ports import conflicts
 from manager.store.memory import MemoryStore
+from netdriver.attachments import CONTAINER_LABEL
 from proto import objects_pb2 as pb
 from tests.unit.passes import Passes
 from tests.unit.test_scheduler import FakeReplica, put
@@ -107,3 +113,44 @@ async def test_controller_allocates_then_moves_tasks_to_pending() -> None:
     put(store, new_task("late", "a"))
     await alloc.step()
     assert store.get(pb.Task, "late").status.state == pb.PENDING
+
+
+async def test_controller_finds_the_new_tasks_made_for_their_node() -> None:
+    """A global service's task and a container's attachment are made with their node: the
+    allocator reads NEW tasks from the indexes, and must find these too."""
+    store = MemoryStore()
+    replica = FakeReplica(store)
+    mgr = Manager("m", ManagerAddrs("a:1", "a:2"), store, replica)  # type: ignore[arg-type]
+    alloc = Passes(mgr, Allocator(mgr))
+    g = service("g")
+    g.spec.CopyFrom(pb.ServiceSpec(annotations=g.spec.annotations, **{"global": {}}))
+    on_node = new_task("t-global", "g")
+    on_node.node_id = "w1"
+    attached = new_task("t-attached", "")
+    attached.node_id = "w1"
+    attached.annotations.labels[CONTAINER_LABEL] = "c0ffee"
+    put(store, g, on_node, attached)
+    await alloc.step(True)
+    assert store.get(pb.Task, "t-global").status.state == pb.PENDING
+    assert store.get(pb.Task, "t-attached").status.state == pb.ASSIGNED
+
+
+def test_a_node_waiting_for_an_address_makes_a_pass_only_when_it_joins_or_changes() -> None:
+    """With the ingress network full (254 nodes on a /24), every status change of a node
+    without an ingress address made a pass that read every task."""
+    joined = pb.Node(id="n1")
+    ready = pb.Node()
+    ready.CopyFrom(joined)
+    ready.status.state = pb.NODE_READY
+    placed = pb.Node()
+    placed.CopyFrom(ready)
+    placed.tunnel.addr, placed.ingress_addr = "100.127.0.2/16", "10.0.0.5/24"
+    assert node_relevant(None, joined)  # joined without addresses
+    assert not node_relevant(joined, ready)  # only its status changed
+    assert not node_relevant(placed, placed)  # has both
+    assert node_relevant(placed, None)  # left: its addresses are free for others
+    assert not node_relevant(joined, None)
+    lost = pb.Node()
+    lost.CopyFrom(placed)
+    lost.ingress_addr = ""
+    assert node_relevant(placed, lost)

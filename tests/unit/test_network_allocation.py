@@ -3,8 +3,6 @@ VNIs, VIPs, task addresses held until the task ends, and what a node is sent."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from manager.allocator import networks as nets
@@ -12,7 +10,7 @@ from manager.allocator.allocator import allocate_services, pending_tasks
 from manager.controlapi.networks import new_network, removed_network, resolve_attachments
 from manager.dispatcher.netstate import build_records, network_message
 from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from manager.store.view import StoreView
+from manager.store.view import Draft, StoreView
 from proto import objects_pb2 as pb
 
 
@@ -123,6 +121,31 @@ def test_vips_and_task_addresses_are_unique_and_released_when_a_task_ends() -> N
     assert [t.networks[0].addresses[0] for t in again] == ["10.7.0.3/29"]
 
 
+def test_the_view_indexes_tasks_by_network_and_reads_taken_addresses_from_it() -> None:
+    first, second = allocated(spec("a", "10.7.0.0/24"), spec("b", "10.8.0.0/24"))
+    svc = service("api", first.id)
+    services, pending = allocate_all([first, second], [svc],
+                                     [task(f"t{i}", svc) for i in range(3)])
+    pending[0].status.state = pb.COMPLETE  # ended: its address is free again
+    view = StoreView.of([first, second, *services.values(), *pending, node("w1")])
+    assert sorted(t.id for t in view.tasks_on_network(first.id)) == ["t0", "t1", "t2"]
+    assert view.tasks_on_network(second.id) == []
+    lazy = nets.UsedAddresses(view, None)
+    scanned = nets.used_addresses(services.values(), pending)
+    assert lazy[first.id] == scanned[first.id] and len(lazy[first.id]) == 3  # VIP, t1, t2
+    assert lazy[second.id] == set()
+    # A task moved to the other network (or deleted) moves in the index.
+    moved = pb.Task()
+    moved.CopyFrom(pending[1])
+    moved.networks[0].network_id = second.id
+    draft = Draft(view)
+    draft.put("task", moved)
+    draft.delete("task", "t0")
+    later = draft.view(2)
+    assert [t.id for t in later.tasks_on_network(first.id)] == ["t2"]
+    assert [t.id for t in later.tasks_on_network(second.id)] == ["t1"]
+
+
 def test_dnsrr_services_have_no_vip() -> None:
     network = allocated(spec("n"))[0]
     svc = service("api", network.id, mode=pb.EndpointSpec.DNSRR)
@@ -139,12 +162,8 @@ def test_a_node_is_sent_its_networks_records_and_peers() -> None:
     for t in pending:
         t.status.state, t.node_id = states[t.id]  # type: ignore[assignment]
     pending[2].desired_state = pb.SHUTDOWN  # told to stop: out of the records at once
-    view = StoreView()
-    tables: dict[str, dict[str, Any]] = {
-        "network": {network.id: network}, "service": dict(services),
-        "task": {t.id: t for t in pending}, "node": {n: node(n) for n in ("w1", "w2", "w3")}}
-    view = StoreView(tables=view.tables.update({k: view.tables[k].update(v)
-                                                for k, v in tables.items()}))
+    view = StoreView.of([network, *services.values(), *pending,
+                         *(node(n) for n in ("w1", "w2", "w3"))])
     records = build_records(view)[network.id]
     assert [t.task_id for t in records.services[svc.id].tasks] == ["a"]
     assert sorted(e.task_id for e in records.endpoints) == ["a", "b", "c"]
