@@ -32,6 +32,12 @@ from proto import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_NS = 5_000_000_000
+# All nodes together heartbeat at most this often (as Nomad's servers cap theirs): on this
+# 2-core VM a heartbeat costs the leader about 1.5 ms of CPU, most of it gRPC's own per-call
+# work, so 5,000 nodes at the swarm's 5 s period would take a whole core for heartbeats
+# alone. Past MAX_HEARTBEATS_PER_S x period nodes the period stretches (1,000 nodes: 10 s);
+# a crashed node's connection still resets at once, only a silent one is found later.
+MAX_HEARTBEATS_PER_S = 100.0
 GRACE_MULTIPLIER = 3
 RECONNECT_GRACE = 5.0  # seconds a node may take to reopen a dropped session (a restart)
 # Sessions wake on node changes (gathered over SESSION_COALESCE) and when the term ends;
@@ -41,11 +47,18 @@ SESSION_COALESCE = 0.3
 LIVENESS_PASS = 1.0  # seconds between checks for nodes gone silent
 
 
+def heartbeat_period(configured: float, nodes: int) -> float:
+    """The period nodes are told to heartbeat at: the swarm's, or longer in a swarm so large
+    that its nodes would together send more than MAX_HEARTBEATS_PER_S."""
+    return max(configured, nodes / MAX_HEARTBEATS_PER_S)
+
+
 @dataclass
 class NodeSession:
     session_id: str
     node_id: str
     period: float
+    jitter: float = 1.0  # this node's share of the period, spreading the nodes' heartbeats
     last_seen: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
 
@@ -106,7 +119,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
 
     def _period(self) -> float:
         ns = self.mgr.cluster().spec.dispatcher.heartbeat_period_ns or DEFAULT_HEARTBEAT_NS
-        return ns / 1e9
+        return heartbeat_period(ns / 1e9, len(self.mgr.view().table(pb.Node)))
 
     @grpcapi.streaming
     async def Session(self, request: cluster_pb2.SessionRequest,
@@ -116,7 +129,8 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         ident = grpcapi.caller(context, cluster.id, (pb.WORKER, pb.MANAGER), self.mgr.store)
         self._require_leader()
         node = self.mgr.node(ident.node_id)
-        session = NodeSession(new_id(), node.id, self._period() * (1 + random.uniform(-0.1, 0.1)))
+        jitter = 1 + random.uniform(-0.1, 0.1)
+        session = NodeSession(new_id(), node.id, self._period() * jitter, jitter)
         self.sessions[node.id] = session
         self.assignments.wake(node.id)  # a stream of the session it replaces ends
         self.assignments.node_back(node.id)
@@ -152,6 +166,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             raise NotFound(f"session {request.session_id} of node {ident.node_id} is not "
                            "known to this leader; open a new session")
         session.last_seen = time.monotonic()
+        session.period = self._period() * session.jitter  # the swarm may have grown
         node = self.mgr.view().get(pb.Node, ident.node_id)
         if node is not None and self.mgr.epoch and (
                 node.status.state != pb.NODE_READY or

@@ -3,10 +3,20 @@
 import pytest
 
 from manager.controlapi.nodes import check_remove, check_spec_change, find_node
-from manager.dispatcher.dispatcher import RECONNECT_GRACE, NodeSession, down_reason
+from manager.dispatcher.dispatcher import (
+    MAX_HEARTBEATS_PER_S,
+    RECONNECT_GRACE,
+    Dispatcher,
+    NodeSession,
+    down_reason,
+    heartbeat_period,
+)
 from manager.errors import FailedPrecondition, InvalidArgument, NotFound
+from manager.manager import Manager, ManagerAddrs
 from manager.roles import demotions, promote, sync_manager_status
+from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
+from tests.unit.test_scheduler import FakeReplica, put
 
 
 def manager(node_id: str, reachable: bool = True) -> pb.Node:
@@ -85,6 +95,22 @@ def test_down_reason() -> None:
     # A new leader judges no node before its grace, however stale a session it kept.
     assert down_reason(s, 200.0, 190.0, 5.0) is None
     assert down_reason(s, 206.0, 190.0, 5.0) is not None
+
+
+def test_the_heartbeat_period_stretches_in_a_large_swarm() -> None:
+    assert heartbeat_period(5.0, 10) == 5.0
+    assert heartbeat_period(5.0, int(5 * MAX_HEARTBEATS_PER_S)) == 5.0
+    assert heartbeat_period(5.0, 5000) == 5000 / MAX_HEARTBEATS_PER_S  # 50 s at 100/s
+    assert heartbeat_period(1.0, 300) == 300 / MAX_HEARTBEATS_PER_S
+
+
+async def test_the_dispatcher_gives_nodes_the_period_of_the_swarms_size() -> None:
+    store = MemoryStore()
+    mgr = Manager("m", ManagerAddrs("a:1", "a:2"), store, FakeReplica(store))  # type: ignore[arg-type]
+    cluster = pb.Cluster(id="c")
+    cluster.spec.dispatcher.heartbeat_period_ns = 1_000_000_000
+    put(store, cluster, *(worker(f"w{i}") for i in range(300)))
+    assert Dispatcher(mgr)._period() == 3.0  # 300 nodes at most 100 heartbeats/s
 
 
 def test_role_reconciliation() -> None:
