@@ -1,6 +1,6 @@
 """One consistent, indexed, read-only view of the store at one version.
 
-The store's state is a `StoreView` made of persistent maps (pyrsistent): applying a batch
+The store's state is a `StoreView` made of persistent maps (immutables' HAMT): applying a batch
 builds the next view from the last one, sharing everything it did not change, and swaps one
 reference. A reader takes the current view without a lock and keeps it as long as it likes;
 nothing is copied to read, and no later write can change what it sees. Objects in a view are
@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyrsistent import PMap, pmap
+from immutables import Map as PMap
 
 from manager.errors import AlreadyExists
 from proto import objects_pb2, store_pb2
@@ -31,7 +31,7 @@ _TABLE_OF: dict[type, str] = {objects_pb2.Node: "node", objects_pb2.Cluster: "cl
                                objects_pb2.Network: "network", objects_pb2.Secret: "secret",
                                objects_pb2.Config: "config"}
 TABLES = tuple(_TABLE_OF.values())
-_EMPTY: PMap[Any, Any] = pmap()
+_EMPTY: PMap[Any, Any] = PMap()
 
 
 def table_of(cls: type) -> str:
@@ -69,7 +69,7 @@ class StoreView:
     version: int = 0
     epoch: int = 0  # the leadership epoch: Raft term of the leader that last took over
     tables: PMap[str, PMap[str, Obj]] = field(
-        default_factory=lambda: pmap({t: _EMPTY for t in TABLES}))
+        default_factory=lambda: PMap({t: _EMPTY for t in TABLES}))
     # index key → the IDs of its objects (a map used as a set)
     by_service: PMap[str, PMap[str, bool]] = _EMPTY
     by_node: PMap[str, PMap[str, bool]] = _EMPTY
@@ -175,7 +175,7 @@ class Draft:
         old = self.get(table, obj_id)
         if old is not None:
             self._unindex(table, old)
-            self.tables = self.tables.set(table, self.tables[table].remove(obj_id))
+            self.tables = self.tables.set(table, self.tables[table].delete(obj_id))
         return old
 
     def view(self, version: int) -> StoreView:
@@ -198,7 +198,7 @@ class Draft:
     def _unindex(self, table: str, obj: Obj) -> None:
         name = unique_name(table, obj)
         if name is not None and self.names.get((table, name)) == obj.id:
-            self.names = self.names.remove((table, name))
+            self.names = self.names.delete((table, name))
         if table == "task":
             self.by_service = _drop(self.by_service, obj.service_id, obj.id)
             self.by_node = _drop(self.by_node, obj.node_id, obj.id)
@@ -226,5 +226,5 @@ def _drop(index: PMap[Any, PMap[str, bool]], key: Any, obj_id: str) -> PMap[Any,
     inner = index.get(key)
     if inner is None or obj_id not in inner:
         return index
-    inner = inner.remove(obj_id)
-    return index.set(key, inner) if inner else index.remove(key)
+    inner = inner.delete(obj_id)
+    return index.set(key, inner) if inner else index.delete(key)
