@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netdriver.node.wireguard import new_key_pair  # noqa: E402
+from netdriver.node.wgkeys import new_key_pair  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "wg_baseline.json"

@@ -27,241 +27,43 @@ must learn the new key before any session with it can exist.
 from __future__ import annotations
 
 import asyncio
-import base64
-import ipaddress
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-from netdriver.ipam import bare, is_ipv6, wireguard_overhead
 from netdriver.node import netns
 from netdriver.node.steering import spread_receive
+from netdriver.node.wgkeys import KeyStore, new_key_pair, rotation_due
+from netdriver.node.wgstate import (
+    PeerConfig,
+    address_changes,
+    desired_peers,
+    endpoint_host,
+    interface_changes,
+    interface_name,
+    parse_dump,
+    peer_changes,
+    peer_differences,
+    tunnel_cidr,
+    tunnel_subnet,
+    underlay_mtu,
+    wg_mtu,
+)
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN_PORT = 51820
-KEEPALIVE_S = 5
-TUNNEL_PREFIX = 16
 BLACKHOLE_METRIC = 4242  # above the connected route's 0: only used when the interface is gone
 SOCKET_DIR = "/var/run/wireguard"  # wireguard-go's UAPI sockets (fixed in wireguard-go)
 START_TIMEOUT_S = 5.0
-
-
-# --- keys ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KeyPair:
-    private_key: str  # base64, wg format
-    public_key: str
-    created_ns: int
-
-
-def new_key_pair(now_ns: int) -> KeyPair:
-    key = X25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
-    return KeyPair(base64.b64encode(private).decode(), public_key_of(private), now_ns)
-
-
-def public_key_of(private: bytes) -> str:
-    public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(public).decode()
-
-
-def rotation_due(created_ns: int, rotate_interval: float | None, now_ns: int) -> bool:
-    return rotate_interval is not None and now_ns - created_ns >= rotate_interval * 1e9
-
-
-class KeyStore:
-    """The private key file (0600, never sent anywhere) and when it was made."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.key_path = directory / "private.key"
-        self.created_path = directory / "key_created_ns"
-
-    def load(self) -> KeyPair | None:
-        try:
-            private_b64 = self.key_path.read_text().strip()
-            created = int(self.created_path.read_text().strip())
-            public = public_key_of(base64.b64decode(private_b64, validate=True))
-        except (FileNotFoundError, ValueError):
-            return None  # none yet, or unreadable: a new pair (peers learn it as usual)
-        return KeyPair(private_b64, public, created)
-
-    def save(self, pair: KeyPair) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.key_path, pair.private_key + "\n")
-        _write_private(self.created_path, f"{pair.created_ns}\n")
-
-
-def _write_private(path: Path, text: str) -> None:
-    # Made 0600 from the start (never world-readable for an instant), then renamed in place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-# --- desired and actual state (pure) ---------------------------------------------------
-
-@dataclass(frozen=True)
-class PeerConfig:
-    endpoint: str                 # "198.18.0.2:51820" ("" = none)
-    allowed_ips: frozenset[str]   # {"100.127.0.2/32"}
-    keepalive: int                # seconds, 0 = off
-
-
-@dataclass(frozen=True)
-class DumpInterface:
-    private_key: str
-    public_key: str
-    listen_port: int
-
-
-@dataclass(frozen=True)
-class DumpPeer:
-    config: PeerConfig
-    last_handshake_ns: int  # 0: never
-
-
-def interface_name(node_id: str) -> str:
-    return "shw" + re.sub(r"[^a-z0-9]", "", node_id.lower())[:8]
-
-
-def endpoint_of(addr: str, port: int) -> str:
-    ip = ipaddress.ip_address(addr)
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
-def tunnel_cidr(local_tunnel_addr: str) -> str:
-    return f"{bare(local_tunnel_addr)}/{TUNNEL_PREFIX}"
-
-
-def tunnel_subnet(local_tunnel_addr: str) -> str:
-    return str(ipaddress.ip_interface(tunnel_cidr(local_tunnel_addr)).network)
-
-
-def wg_mtu(underlay_mtu: int, endpoints: Sequence[str] = ()) -> int:
-    """The interface's MTU: the IPv6 overhead if any peer is reached over IPv6."""
-    return underlay_mtu - wireguard_overhead(any(is_ipv6(_host(e)) for e in endpoints))
-
-
-def _host(endpoint: str) -> str:
-    """"198.18.0.2" of "198.18.0.2:51820", "fd00::2" of "[fd00::2]:51820"."""
-    return endpoint.rsplit(":", 1)[0].strip("[]")
-
-
-def desired_peers(peers: Sequence[cluster_pb2.NetworkPeer], own_node_id: str,
-                  own_public_key: str, listen_port: int) -> dict[str, PeerConfig]:
-    """Public key → configuration, for every other node that has a key and a tunnel
-    address (a node without them has no tunnel yet: nothing can be sent to it)."""
-    wanted: dict[str, PeerConfig] = {}
-    for peer in peers:
-        if not (peer.public_key and peer.tunnel_addr and peer.addr):
-            continue
-        if peer.node_id == own_node_id or peer.public_key == own_public_key:
-            continue
-        wanted[peer.public_key] = PeerConfig(
-            endpoint_of(peer.addr, listen_port),
-            frozenset({f"{bare(peer.tunnel_addr)}/32"}), KEEPALIVE_S)
-    return wanted
-
-
-def parse_dump(text: str) -> tuple[DumpInterface, dict[str, DumpPeer]]:
-    """`wg show IF dump`: the interface line, then one tab-separated line per peer."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError("empty wg dump")
-    private, public, port = lines[0].split("\t")[:3]
-    iface = DumpInterface(_none(private), _none(public), int(port))
-    peers: dict[str, DumpPeer] = {}
-    for line in lines[1:]:
-        key, _psk, endpoint, allowed, handshake, _rx, _tx, keepalive = line.split("\t")[:8]
-        ips = frozenset() if allowed == "(none)" else frozenset(allowed.split(","))
-        config = PeerConfig(_none(endpoint), ips, 0 if keepalive == "off" else int(keepalive))
-        peers[key] = DumpPeer(config, int(handshake) * 1_000_000_000)
-    return iface, peers
-
-
-def _none(field: str) -> str:
-    return "" if field == "(none)" else field
-
-
-def peer_changes(wanted: Mapping[str, PeerConfig],
-                 actual: Mapping[str, PeerConfig]) -> list[str]:
-    """The `wg set IF ...` arguments that turn `actual` peers into `wanted` ones ([] when
-    they agree). `allowed-ips` given to `wg set` replaces the peer's list."""
-    args: list[str] = []
-    for key in sorted(set(actual) - set(wanted)):
-        args += ["peer", key, "remove"]
-    for key in sorted(wanted):
-        want = wanted[key]
-        if actual.get(key) == want:
-            continue
-        args += ["peer", key, "endpoint", want.endpoint,
-                 "allowed-ips", ",".join(sorted(want.allowed_ips)),
-                 "persistent-keepalive", str(want.keepalive) if want.keepalive else "off"]
-    return args
-
-
-def interface_changes(want_private_key: str, want_port: int,
-                      actual: DumpInterface) -> list[str]:
-    """`wg set IF ...` arguments for the private key and listen port ([] when right). The key
-    goes as a file path placeholder `@key` so it is never on a command line."""
-    args: list[str] = []
-    if actual.listen_port != want_port:
-        args += ["listen-port", str(want_port)]
-    if actual.private_key != want_private_key:
-        args += ["private-key", "@key"]
-    return args
-
-
-def address_changes(want_cidr: str | None, actual: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(to remove, to add) among the interface's IPv4 addresses (CIDR form)."""
-    wanted = {want_cidr} if want_cidr else set()
-    return sorted(set(actual) - wanted), sorted(wanted - set(actual))
-
-
-def peer_differences(wanted: Mapping[str, PeerConfig],
-                     actual: Mapping[str, PeerConfig]) -> list[str]:
-    """For `network doctor`: each way the actual peers differ from the wanted ones."""
-    out = [f"wireguard peer {key}: not wanted" for key in sorted(set(actual) - set(wanted))]
-    for key in sorted(wanted):
-        want, have = wanted[key], actual.get(key)
-        if have is None:
-            out.append(f"wireguard peer {key} ({want.endpoint}): missing")
-        elif have != want:
-            out.append(f"wireguard peer {key}: {_describe(have)}; want {_describe(want)}")
-    return out
-
-
-def _describe(config: PeerConfig) -> str:
-    return (f"endpoint {config.endpoint or '(none)'} allowed-ips "
-            f"{','.join(sorted(config.allowed_ips)) or '(none)'} keepalive {config.keepalive}")
-
-
-def underlay_mtu(mtus: Sequence[int], default: int = 1500) -> int:
-    """The smallest MTU of the devices that reach the peers (a packet may go to any)."""
-    return min(mtus) if mtus else default
 
 
 # --- running commands in the host namespace --------------------------------------------
@@ -532,7 +334,7 @@ class WireGuard:
     async def _underlay_mtus(self, wanted: Mapping[str, PeerConfig]) -> list[int]:
         devices: set[str] = set()
         for config in wanted.values():
-            host = _host(config.endpoint)
+            host = endpoint_host(config.endpoint)
             try:
                 routes = await self.runner.json("route", "get", host)
             except subprocess.CalledProcessError:

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from netdriver.node import netns
-from netdriver.node.wireguard import WireGuard, interface_name, parse_dump
+from netdriver.node.wgstate import interface_name, parse_dump
+from netdriver.node.wireguard import WireGuard
 from proto import cluster_pb2
 
 pytestmark = [pytest.mark.system]

@@ -1,4 +1,5 @@
-"""The pure half of netdriver/node/wireguard.py: desired peers, dump parsing, differences."""
+"""The pure half of the node's WireGuard (netdriver/node/wgstate.py: desired peers, dump
+parsing, differences) and its keys (wgkeys.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,18 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from netdriver.node.wireguard import (
+from netdriver.node.wgkeys import KeyStore, new_key_pair, rotation_due
+from netdriver.node.wgstate import (
     DumpInterface,
-    KeyStore,
     PeerConfig,
     address_changes,
     desired_peers,
     endpoint_of,
     interface_changes,
     interface_name,
-    new_key_pair,
     parse_dump,
     peer_changes,
     peer_differences,
-    rotation_due,
     tunnel_cidr,
     tunnel_subnet,
     underlay_mtu,
