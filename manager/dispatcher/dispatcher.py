@@ -45,6 +45,14 @@ RECONNECT_GRACE = 5.0  # seconds a node may take to reopen a dropped session (a 
 RECHECK = 30.0
 SESSION_COALESCE = 0.3
 LIVENESS_PASS = 1.0  # seconds between checks for nodes gone silent
+# At most this share of the nodes (and at least DOWN_PER_PASS_MIN) is marked down per check,
+# the longest silent first (as Kubernetes' node controller slows evictions when many nodes
+# look unhealthy at once): when hundreds fall silent together the likelier cause is a leader
+# too busy to read their heartbeats, and marking them all down at once (their sessions
+# dropped, their tasks replaced) is what turned such an overload into a collapse at 2,000
+# nodes. A node that really died is marked down a few seconds later.
+DOWN_PER_PASS_SHARE = 0.01
+DOWN_PER_PASS_MIN = 3
 
 
 def heartbeat_period(configured: float, nodes: int) -> float:
@@ -77,6 +85,18 @@ def down_reason(session: NodeSession | None, now: float, since_leader: float,
     if now - session.last_seen > session.period * GRACE_MULTIPLIER:
         return "heartbeat failure"
     return None
+
+
+def down_limit(nodes: int) -> int:
+    """How many nodes one liveness check may mark down."""
+    return max(DOWN_PER_PASS_MIN, int(nodes * DOWN_PER_PASS_SHARE))
+
+
+def silent_since(session: NodeSession | None) -> float:
+    """When the node was last heard of (no session: never), to mark the longest silent first."""
+    if session is None:
+        return float("-inf")
+    return session.ended_at if session.ended_at is not None else session.last_seen
 
 
 class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
@@ -278,15 +298,25 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         now = time.monotonic()
         self._credit_stall(now)
         period = self._period()
-        for node in view.list(pb.Node):
+        nodes = view.list(pb.Node)
+        silent = []
+        for node in nodes:
             if node.status.state != pb.NODE_READY:
                 continue
             reason = down_reason(self.sessions.get(node.id), now, self._leader_since, period)
             if reason:
-                log.info("node %s down: %s", node.id, reason, extra={"node": node.id})
-                self.sessions.pop(node.id, None)
-                mark = functools.partial(_mark_down, reason=reason)
-                await self.mgr.modify(pb.Node, node.id, mark, fenced=True)
+                silent.append((silent_since(self.sessions.get(node.id)), node.id, reason))
+        silent.sort()
+        limit = down_limit(len(nodes))
+        if len(silent) > limit:
+            log.warning("%d nodes silent at once; marking the %d longest silent down now, the "
+                        "others in the next checks unless they are heard from",
+                        len(silent), limit)
+        for _since, node_id, reason in silent[:limit]:
+            log.info("node %s down: %s", node_id, reason, extra={"node": node_id})
+            self.sessions.pop(node_id, None)
+            mark = functools.partial(_mark_down, reason=reason)
+            await self.mgr.modify(pb.Node, node_id, mark, fenced=True)
 
 
 class NodeLiveness(Controller):

@@ -1,5 +1,7 @@
 """Pure decision functions: quorum checks, node down detection, role reconciliation."""
 
+import time
+
 import pytest
 
 from manager.controlapi.nodes import check_remove, check_spec_change, find_node
@@ -8,6 +10,7 @@ from manager.dispatcher.dispatcher import (
     RECONNECT_GRACE,
     Dispatcher,
     NodeSession,
+    down_limit,
     down_reason,
     heartbeat_period,
 )
@@ -16,6 +19,7 @@ from manager.manager import Manager, ManagerAddrs
 from manager.roles import demotions, promote, sync_manager_status
 from manager.store.memory import MemoryStore
 from proto import objects_pb2 as pb
+from tests.unit.passes import lead
 from tests.unit.test_scheduler import FakeReplica, put
 
 
@@ -111,6 +115,27 @@ async def test_the_dispatcher_gives_nodes_the_period_of_the_swarms_size() -> Non
     cluster.spec.dispatcher.heartbeat_period_ns = 1_000_000_000
     put(store, cluster, *(worker(f"w{i}") for i in range(300)))
     assert Dispatcher(mgr)._period() == 3.0  # 300 nodes at most 100 heartbeats/s
+
+
+async def test_a_liveness_check_marks_few_nodes_down_at_once_the_longest_silent_first() -> None:
+    """400 nodes silent together (a leader too busy to read their heartbeats looks like
+    this): one check marks down only down_limit of them, those silent longest."""
+    store = MemoryStore()
+    mgr = Manager("m", ManagerAddrs("a:1", "a:2"), store, FakeReplica(store))  # type: ignore[arg-type]
+    put(store, pb.Cluster(id="c"), *(worker(f"w{i:03d}") for i in range(400)))
+    lead(mgr)
+    dispatcher = Dispatcher(mgr)
+    now = time.monotonic()
+    dispatcher._leader_since = now - 1000.0
+    dispatcher.sessions = {f"w{i:03d}": NodeSession(f"s{i}", f"w{i:03d}", 5.0,
+                                                    last_seen=now - 100.0 + i)
+                           for i in range(400)}
+    await dispatcher.check_liveness(store.view())
+    down = sorted(n.id for n in store.list(pb.Node) if n.status.state == pb.NODE_DOWN)
+    assert down_limit(400) == 4 and down_limit(10) == 3
+    assert down == ["w000", "w001", "w002", "w003"]
+    await dispatcher.check_liveness(store.view())  # the next check takes the next ones
+    assert sum(n.status.state == pb.NODE_DOWN for n in store.list(pb.Node)) == 8
 
 
 def test_role_reconciliation() -> None:
