@@ -4,7 +4,8 @@ when the node stops reporting it (a heartbeat of a node marked down brings it ba
 
 import datetime
 
-from manager.dispatcher.dispatcher import mark_ready_again
+from manager.dispatcher.dispatcher import mark_ready_again, session_opened
+from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from shoal.node import renewal_problem
 
@@ -26,3 +27,16 @@ def test_a_heartbeat_sets_the_message_and_brings_a_down_node_back() -> None:
     assert node.status.message.startswith("certificate renewal failing")
     assert not mark_ready_again(node, message=node.status.message)  # nothing to write
     assert mark_ready_again(node, message="") and node.status.message == ""
+
+
+def test_a_node_that_reconnects_as_it_was_is_not_written_again() -> None:
+    request = cluster_pb2.SessionRequest(addr="198.18.0.7")
+    request.description.hostname = "w7"
+    node = pb.Node(id="w7")
+    assert session_opened(node, request=request)  # joined: Ready with its description
+    assert node.status.state == pb.NODE_READY and node.description.hostname == "w7"
+    assert not session_opened(node, request=request)  # the same again: nothing to write
+    node.status.state = pb.NODE_DOWN
+    assert session_opened(node, request=request)  # marked down meanwhile: back to Ready
+    request.description.hostname = "w7-renamed"
+    assert session_opened(node, request=request)
