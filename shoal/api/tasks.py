@@ -3,7 +3,8 @@ desired-state, _up-to-date)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -12,8 +13,10 @@ from manager.controlapi.nodes import find_node
 from manager.controlapi.services import find_service
 from manager.errors import InvalidArgument
 from manager.rules.uptodate import is_current
+from manager.store.view import StoreView
 from proto import objects_pb2 as pb
 from shoal.api import convert_service as conv
+from shoal.api.listing import json_list, listing_of
 from shoal.api.request import bool_param, filters_param
 from shoal.api.services import label_match, manager_of
 from shoal.errors import InvalidRequest
@@ -75,21 +78,44 @@ def _jobs(services: list[pb.Service]) -> set[str]:
     return {s.id for s in services if conv.mode_name(s.spec).endswith("_job")}
 
 
+def candidates(view: StoreView, filters: dict[str, list[str]],
+               services: list[pb.Service], nodes: list[pb.Node]) -> Iterable[pb.Task]:
+    """The tasks a filter can match, from the store's indexes when it names services or
+    nodes (each still goes through the whole filter)."""
+    if "service" in filters:
+        ids = {find_service(services, ref).id for ref in filters["service"]}
+        return itertools.chain.from_iterable(view.tasks_of_service(i) for i in ids)
+    if "node" in filters:
+        node_ids = {find_node(nodes, ref).id for ref in filters["node"]}
+        return itertools.chain.from_iterable(view.tasks_on_node(i) for i in node_ids)
+    return view.list(pb.Task)
+
+
 async def list_tasks(request: web.Request) -> web.Response:
+    """From one store view, without copies; each task's JSON comes from the listing cache
+    (shoal/api/listing.py) unless the task changed."""
     mgr = manager_of(request)
-    services = mgr.store.list(pb.Service)
-    check = task_filter(filters_param(request.query.get("filters")), services,
-                        mgr.store.list(pb.Node))
-    tasks = sorted((t for t in mgr.store.list_view(pb.Task) if check(t)),
+    view = mgr.store.view()
+    services = view.list(pb.Service)
+    filters = filters_param(request.query.get("filters"))
+    nodes = view.list(pb.Node) if "node" in filters else []
+    check = task_filter(filters, services, nodes)
+    tasks = sorted((t for t in candidates(view, filters, services, nodes) if check(t)),
                    key=lambda t: (t.meta.created_at_ns, t.id))
     jobs = _jobs(services)
-    return web.json_response([conv.task_json(t, job=t.service_id in jobs) for t in tasks])
+    listing = listing_of(mgr.store)
+    parts = [listing.task(t, t.service_id in jobs) for t in tasks]
+    stored = view.table(pb.Task)
+    listing.tasks.forget_gone(len(stored), stored.keys)
+    return json_list(parts)
 
 
 async def inspect_task(request: web.Request) -> web.Response:
     mgr = manager_of(request)
-    task = resolve(mgr.store.list_view(pb.Task), request.match_info["task_id"], "task")
-    jobs = _jobs(mgr.store.list(pb.Service))
+    view = mgr.store.view()
+    ref = request.match_info["task_id"]
+    task = view.get(pb.Task, ref) or resolve(view.list(pb.Task), ref, "task")
+    jobs = _jobs(view.list(pb.Service))
     return web.json_response(conv.task_json(task, job=task.service_id in jobs))
 
 

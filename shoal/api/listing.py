@@ -1,0 +1,147 @@
+"""What the list endpoints (`GET /services`, `GET /tasks`) reuse from one request to the next,
+so that 50 clients listing a large cluster do not convert every object to JSON, or count
+every task of every service, on each request.
+
+- Encoded JSON per object. Objects in a store view are never changed in place (a write puts
+  a new object), so an object's JSON stays right for as long as the store holds that very
+  object: the cache keeps the object beside its bytes and a hit is `cached is current`.
+  Entries of objects gone from the store are dropped when the cache grows past twice what
+  was last listed.
+- ServiceStatus per service. It depends on the service and all of its tasks, so it is kept
+  with the store version it was counted at, and a store watcher notes, for every applied
+  batch, the store version at which each service or one of its tasks last changed; a count
+  is reused while nothing of its service changed after it. (The watcher runs just after the
+  new view is visible, on the applying thread: in that window a reader may be given the
+  count of the version before, as if it had read a moment earlier. A writer's own request
+  returns after the watcher ran, so it reads its own write.)
+
+Responses are byte for byte what `json.dumps` of the whole list gives (aiohttp's
+`json_response`): items joined with ", ", keys in the converters' order.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from manager.store.memory import Event, MemoryStore, StoreView
+from proto import objects_pb2 as pb
+from shoal.api import convert_service as conv
+from shoal.api.status import service_status
+
+
+def json_list(parts: Iterable[bytes]) -> web.Response:
+    """A JSON array of already encoded items, as `web.json_response(list)` would send it."""
+    return web.Response(body=b"[" + b", ".join(parts) + b"]",
+                        content_type="application/json", charset="utf-8")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+class ObjectJSON:
+    """Encoded JSON per stored object, valid while the store holds that same object."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, Any], tuple[Any, Any]] = {}
+
+    def get(self, obj: Any, variant: Any, encode: Callable[[], Any]) -> Any:
+        key = (obj.id, variant)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is obj:
+            return entry[1]
+        data = encode()
+        self._entries[key] = (obj, data)
+        return data
+
+    def forget_gone(self, stored: int, live: Callable[[], Iterable[str]]) -> None:
+        """Drop the entries of objects no longer stored once the cache holds more than
+        twice as many as the store (`stored` objects, whose IDs `live` gives)."""
+        if len(self._entries) > 2 * stored + 64:
+            ids = set(live())
+            self._entries = {k: v for k, v in self._entries.items() if k[0] in ids}
+
+
+class StatusCounts:
+    """ServiceStatus per service, counted again only after its service or a task of it
+    changed (see the module's docstring)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._changed: dict[str, int] = {}  # service ID → store version of its last change
+        self._counted: dict[str, tuple[Any, int, bytes]] = {}  # → (service, version, status)
+        store.watch(self._on_events)
+
+    def _on_events(self, events: list[Event]) -> None:
+        version = self._store.version  # at least the batch's own: later is only cautious
+        for event in events:
+            if event.table == "task":
+                for obj in (event.old, event.new):
+                    if obj is not None:
+                        self._changed[obj.service_id] = version
+            elif event.table == "service":
+                obj = event.new if event.new is not None else event.old
+                if obj is not None:
+                    self._changed[obj.id] = version
+
+    def status(self, view: StoreView, svc: pb.Service) -> bytes:
+        """The service's ServiceStatus, encoded."""
+        counted = self._counted.get(svc.id)
+        if counted is not None and counted[0] is svc and \
+                self._changed.get(svc.id, 0) <= counted[1]:
+            return counted[2]
+        status = _dumps(service_status(svc, view.tasks_of_service(svc.id)))
+        self._counted[svc.id] = (svc, view.version, status)
+        return status
+
+    def forget_gone(self, view: StoreView) -> None:
+        if len(self._counted) > 2 * len(view.table(pb.Service)) + 64:
+            live = view.table(pb.Service)
+            self._counted = {k: v for k, v in self._counted.items() if k in live}
+            self._changed = {k: v for k, v in self._changed.items() if k in live}
+
+
+class Listing:
+    """The caches of one store (one per manager the API has served)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.services = ObjectJSON()
+        self.tasks = ObjectJSON()
+        self.counts = StatusCounts(store)
+
+    def service_parts(self, svc: pb.Service) -> tuple[bytes, bytes]:
+        """The service's JSON in two: up to where ServiceStatus goes (no closing brace), and
+        the rest (JobStatus if any, and the brace)."""
+        def encode() -> tuple[bytes, bytes]:
+            whole = conv.service_json(svc)
+            job = whole.pop("JobStatus", None)
+            tail = (b", \"JobStatus\": " + _dumps(job) if job is not None else b"") + b"}"
+            return _dumps(whole)[:-1], tail
+        parts: tuple[bytes, bytes] = self.services.get(svc, None, encode)
+        return parts
+
+    def service(self, svc: pb.Service, status: bytes | None) -> bytes:
+        """The service's JSON, with its encoded ServiceStatus if given."""
+        head, tail = self.service_parts(svc)
+        if status is None:
+            return head + tail
+        return head + b", \"ServiceStatus\": " + status + tail
+
+    def task(self, task: pb.Task, job: bool) -> bytes:
+        data: bytes = self.tasks.get(task, job, lambda: _dumps(conv.task_json(task, job=job)))
+        return data
+
+
+_LISTINGS: weakref.WeakKeyDictionary[MemoryStore, Listing] = weakref.WeakKeyDictionary()
+
+
+def listing_of(store: MemoryStore) -> Listing:
+    found = _LISTINGS.get(store)
+    if found is None:
+        found = _LISTINGS[store] = Listing(store)
+    return found
