@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
@@ -54,15 +54,30 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from api_load_clients import Conn, Load, figures, q  # noqa: E402
 from scale_sim import join_phase, run_phase  # noqa: E402
 from scale_sim_cluster import Cluster  # noqa: E402
-from scale_sim_procs import LOOPBACK, REPO, AgentProcs, ManagerProc, Sampler, loadavg  # noqa: E402
+from scale_sim_procs import (  # noqa: E402
+    LOOPBACK,
+    REPO,
+    AgentProcs,
+    Sampler,
+    loadavg,
+    stop_pid,
+)
 
 from shoal.client import APIError, Client  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "api_load.json"
+SERVER = REPO / "bench" / "api_load_server.py"
 IMAGE = "shoal/busybox:latest"
 GOAL_P99_MS = 1000.0
 GOAL_CLI_S = 1.0
 REQUESTS = re.compile(r'^shoal_api_requests_total\{([^}]*)\} ([0-9.e+-]+)$', re.M)
+
+
+class Target(Protocol):
+    """Whose API is loaded: a ManagerProc, or the store-only server (StoreServer)."""
+
+    socket: Path
+    client: Client
 
 
 def log(msg: str) -> None:
@@ -101,13 +116,14 @@ def wait_running(client: Client, prefix: str, tasks: int, timeout: float) -> flo
 
 # ---- the load --------------------------------------------------------------------------
 
-def load_phase(args: argparse.Namespace, mgr: ManagerProc, sampler: Sampler,
+def load_phase(args: argparse.Namespace, mgr: Target, sampler: Sampler,
                ids: list[str], names: list[str]) -> dict[str, Any]:
     writer_id = create_one(mgr.client, "apiload-writer", 0)
     load = Load(str(mgr.socket), names, args.clients, not args.new_connections)
     update_ids = ids[:args.update_services]
-    log(f"load: {args.clients} clients, a rolling update of {len(update_ids)} service(s) "
-        f"(parallelism {args.update_parallelism}, delay {args.update_delay} s), one writer, "
+    log(f"load: {args.clients} clients, a rolling update of {args.update_services} service(s) "
+        f"(parallelism {args.update_parallelism}, delay {args.update_delay} s"
+        f"{', played by the server' if args.store_only else ''}), one writer, "
         f"{args.duration:.0f} s")
     start = time.time()
     load.start(writer_id, update_ids, args.update_parallelism, args.update_delay,
@@ -127,7 +143,7 @@ def load_phase(args: argparse.Namespace, mgr: ManagerProc, sampler: Sampler,
 
 # ---- the docker CLI --------------------------------------------------------------------
 
-def api_counts(mgr: ManagerProc) -> dict[str, float]:
+def api_counts(mgr: Target) -> dict[str, float]:
     text = mgr.client.raw("GET", "/metrics").decode(errors="replace")
     out: dict[str, float] = {}
     for m in REQUESTS.finditer(text):
@@ -151,8 +167,8 @@ def series(values: list[float]) -> dict[str, float]:
             "min_s": round(min(values), 3), "runs": len(values)}
 
 
-def cli_phase(args: argparse.Namespace, mgr: ManagerProc, existing: int) -> dict[str, Any]:
-    docker = shutil.which("docker")
+def add_services(args: argparse.Namespace, mgr: Target, existing: int) -> dict[str, Any]:
+    """Services added up to --cli-services in all, until their tasks run."""
     extra = max(0, args.cli_services - existing)
     log(f"docker CLI: adding {extra} services of {args.cli_replicas} replica(s) "
         f"({args.cli_services} in all)")
@@ -161,11 +177,16 @@ def cli_phase(args: argparse.Namespace, mgr: ManagerProc, existing: int) -> dict
         create_one(mgr.client, f"cli{i:04d}", args.cli_replicas)
     created_s = time.monotonic() - began
     running_s = wait_running(mgr.client, "cli", extra * args.cli_replicas, args.timeout)
+    return {"replicas_each": args.cli_replicas, "create_s": round(created_s, 1),
+            "running_s": round(running_s, 1)}
+
+
+def cli_phase(args: argparse.Namespace, mgr: Target) -> dict[str, Any]:
+    docker = shutil.which("docker")
     listed = len(mgr.client.get("/services"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     host = f"unix://{mgr.socket}"
-    out: dict[str, Any] = {"services": listed, "replicas_each": args.cli_replicas,
-                           "create_s": round(created_s, 1), "running_s": round(running_s, 1)}
+    out: dict[str, Any] = {"services": listed}
     conn = Conn(str(mgr.socket), True)
     server = []
     for _ in range(args.cli_runs):
@@ -195,13 +216,74 @@ def cli_phase(args: argparse.Namespace, mgr: ManagerProc, existing: int) -> dict
     return out
 
 
+# ---- the API alone at full size (--store-only) ------------------------------------------
+
+class StoreServer:
+    """bench/api_load_server.py: the real API over an in-memory store, no Raft or controllers."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.socket = tmp / "api.sock"
+        self.log = tmp / "api-server.log"
+        self.client = Client(f"unix://{self.socket}", timeout=120.0)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready: dict[str, Any] = {}
+
+    def start(self, args: argparse.Namespace) -> int:
+        argv = [sys.executable, str(SERVER), "--socket", str(self.socket),
+                "--nodes", str(args.nodes), "--tasks", str(args.tasks),
+                "--services", str(args.services),
+                "--update-services", str(args.update_services),
+                "--update-parallelism", str(args.update_parallelism),
+                "--update-delay", str(args.update_delay)]
+        with open(self.log, "wb") as log_file:
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                         stderr=log_file, stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the store-only API server exited; see {self.log}")
+        self.ready = json.loads(line)
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+
+
+def run_store_only(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    server = StoreServer(tmp)
+    sampler: Sampler | None = None
+    try:
+        log(f"store-only: filling {args.nodes} nodes, {args.services} services, "
+            f"{args.tasks} tasks")
+        pid = server.start(args)
+        sampler = Sampler({"manager": [pid], "agents": []})
+        sampler.start()
+        result: dict[str, Any] = {"config": config(args),
+                                  "cluster": {"fill_s": server.ready.get("fill_s")}}
+        names = [f"sim{i:02d}" for i in range(args.services)]
+        result["load"] = load_phase(args, server, sampler, [], names)
+        if args.cli_services:
+            result["cli"] = cli_phase(args, server)
+        return result
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        server.stop()
+
+
 # ---- main ------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nodes", type=int, default=200)
-    p.add_argument("--tasks", type=int, default=2000)
-    p.add_argument("--services", type=int, default=20, help="tasks are split over them")
+    p.add_argument("--nodes", type=int, help="default 200; --store-only 5,000")
+    p.add_argument("--tasks", type=int, help="default 2,000; --store-only 100,000")
+    p.add_argument("--services", type=int,
+                   help="tasks are split over them; default 20, --store-only 1,000")
+    p.add_argument("--store-only", action="store_true",
+                   help="the API alone over an in-memory store at full size, no Raft, no "
+                        "controllers: a rolling update played by store writes "
+                        "(bench/api_load_server.py)")
     p.add_argument("--managers", type=int, default=1, choices=(1, 3))
     p.add_argument("--procs", type=int, default=2, help="fake-node processes")
     p.add_argument("--clients", type=int, default=50)
@@ -224,11 +306,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = p.parse_args(argv)
+    sizes = (5000, 100_000, 1000) if args.store_only else (200, 2000, 20)
     if args.quick:
-        args.nodes, args.tasks, args.services, args.procs = 20, 100, 5, 1
-        args.clients, args.duration, args.cli_services, args.cli_runs = 10, 5.0, 40, 2
+        sizes = (200, 2000, 40) if args.store_only else (20, 100, 5)
+        args.procs, args.clients, args.duration, args.cli_runs = 1, 10, 5.0, 2
+        args.cli_services = 40
+    for name, size in zip(("nodes", "tasks", "services"), sizes, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, size)
     args.procs = max(1, min(args.procs, args.nodes))
     return args
+
+
+def config(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in (
+        "nodes", "tasks", "services", "managers", "store_only", "clients", "duration",
+        "update_services", "update_parallelism", "update_delay", "write_interval",
+        "cli_services", "cli_replicas", "cli_runs", "quick")} | {
+        "keep_alive": not args.new_connections, "cpus": os.cpu_count(),
+        "loadavg_at_start": loadavg()}
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -250,17 +346,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         names = [f"sim{i:02d}" for i in range(args.services)]
         ids = [str(mgr.client.get(f"/services/{n}")["ID"]) for n in names]
         result: dict[str, Any] = {
-            "config": {k: getattr(args, k) for k in (
-                "nodes", "tasks", "services", "managers", "clients", "duration",
-                "update_services", "update_parallelism", "update_delay", "write_interval",
-                "cli_services", "cli_replicas", "cli_runs", "quick")}
-            | {"keep_alive": not args.new_connections, "cpus": os.cpu_count(),
-               "loadavg_at_start": loadavg()},
+            "config": config(args),
             "cluster": {"ready_s": join["ready_s"], "running_s": converge["running_s"],
                         "leader": mgr.name}}
         result["load"] = load_phase(args, mgr, sampler, ids, names)
         if args.cli_services:
-            result["cli"] = cli_phase(args, mgr, args.services + 1)
+            added = add_services(args, mgr, args.services + 1)
+            result["cli"] = added | cli_phase(args, mgr)
         return result
     finally:
         if sampler is not None:
@@ -283,8 +375,9 @@ def goals(result: dict[str, Any]) -> dict[str, bool]:
 
 def table(result: dict[str, Any]) -> str:
     c, load = result["config"], result["load"]
+    where = "the API alone (store-only)" if c["store_only"] else f"{c['managers']} manager(s)"
     lines = [f"API under load: {c['nodes']} nodes, {c['tasks']} tasks, {c['services']} services,"
-             f" {c['managers']} manager(s), {c['clients']} clients "
+             f" {where}, {c['clients']} clients "
              f"({'kept' if c['keep_alive'] else 'new'} connections), {load['duration_s']} s",
              f"{'':28} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>8}"]
     for name, label in (("services", "GET /services?status=true"),
@@ -297,7 +390,10 @@ def table(result: dict[str, Any]) -> str:
                  f"{w['p99_ms']:8.1f} {w['max_ms']:8.1f} {w['writes_per_s']:8.1f}"
                  f"   over 1 s: {w['over_1s']}")
     u, lead = load["rolling_updates"], load["leader"]
-    lines.append(f"rolling updates: {u['started']} started, {u['completed']} completed; leader "
+    rolled = "played by the server (store-only)" if c["store_only"] else \
+        f"{u['started']} started, {u['completed']} completed" + "".join(
+            f", one at {r} tasks replaced" for r in u["unfinished_tasks_replaced"])
+    lines.append(f"rolling updates: {rolled}; leader "
                  f"{lead['cpu_pct']:.0f} % of a core, RSS {lead['rss_peak_mib']:.0f} MiB; "
                  f"errors {load['error_count']}")
     cli = result.get("cli")
@@ -318,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="shoal-apiload-"))
     try:
-        result = run(args, tmp)
+        result = run_store_only(args, tmp) if args.store_only else run(args, tmp)
     except (RuntimeError, TimeoutError, APIError, OSError) as err:
         log(f"measurement failed: {err!r}; kept {tmp}")
         return 1

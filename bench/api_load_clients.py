@@ -159,10 +159,23 @@ class Load:
         except Exception as err:  # noqa: BLE001
             self.errors.append(f"updater: {err!r}")
         finally:
-            for current in running.values():
-                current.update(state="running at the end", end=time.time())
+            for sid, current in running.items():
+                current.update(state="running at the end", end=time.time(),
+                               replaced=self._replaced(conn, sid))
                 self.updates.append(current)
             conn.close()
+
+    def _replaced(self, conn: Conn, service_id: str) -> int | None:
+        """Tasks of the service running on its current spec."""
+        filters = {"service": {service_id: True}, "_up-to-date": {"true": True},
+                   "desired-state": {"running": True}}
+        try:
+            status, body = conn.request("GET", q("/tasks", filters=json.dumps(filters)))
+        except (OSError, http.client.HTTPException):
+            return None
+        if status != 200:
+            return None
+        return sum(1 for t in json.loads(body) if t["Status"]["State"] == "running")
 
     def _force(self, conn: Conn, svc: dict[str, Any], parallelism: int,
                delay_s: float) -> dict[str, Any]:
@@ -240,6 +253,8 @@ def figures(load: Load, start: float, end: float) -> dict[str, Any]:
         "started": len(load.updates), "completed": len(done),
         "tasks_replaced_in_completed": sum(u["replicas"] for u in done),
         "duration_s": [round(u["end"] - u["start"], 1) for u in load.updates],
+        "unfinished_tasks_replaced": [f"{u['replaced']} of {u['replicas']}"
+                                      for u in load.updates if "replaced" in u],
         "states": sorted({str(u["state"]) for u in load.updates})}
     out["errors"] = load.errors[:20]
     out["error_count"] = len(load.errors)
