@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pstats
 import re
 import shutil
 import statistics
@@ -235,6 +236,8 @@ class StoreServer:
                 "--update-services", str(args.update_services),
                 "--update-parallelism", str(args.update_parallelism),
                 "--update-delay", str(args.update_delay)]
+        if args.profile:
+            argv += ["--profile", str(args.profile)]
         with open(self.log, "wb") as log_file:
             self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
                                          stderr=log_file, stdin=subprocess.DEVNULL)
@@ -303,6 +306,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
     p.add_argument("--quick", action="store_true",
                    help="20 nodes, 100 tasks, 10 clients, 5 s of load, 40 services for the CLI")
+    p.add_argument("--profile", type=Path, default=None, metavar="PATH",
+                   help="with --store-only: cProfile the API server (pstats file; its top "
+                        "functions are printed)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = p.parse_args(argv)
@@ -426,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
+    if args.profile and args.profile.exists():
+        stats = pstats.Stats(str(args.profile))
+        stats.sort_stats("tottime").print_stats(15)
     print(f"results: {args.json}")
     return 0
 

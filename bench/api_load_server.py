@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import signal
 import sys
@@ -158,7 +159,7 @@ async def replace(mgr: StoreManager, svc: pb.Service, old: list[pb.Task]) -> Non
         mgr.apply(changed)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, profiler: cProfile.Profile | None) -> None:
     node = StoreNode()
     began = time.monotonic()
     made = fill(node.mgr, args.nodes, args.services, args.tasks)
@@ -173,6 +174,8 @@ async def serve(args: argparse.Namespace) -> None:
     ids = [s.id for s in made[:args.update_services]]
     roller = asyncio.create_task(roll(node.mgr, ids, args.update_parallelism,
                                       args.update_delay)) if ids else None
+    if profiler is not None:
+        profiler.enable()
     print(json.dumps({"ready": True, "fill_s": round(filled_s, 1)}), flush=True)
     await stop.wait()
     if roller is not None:
@@ -189,7 +192,14 @@ def main() -> None:
     p.add_argument("--update-services", type=int, default=1)
     p.add_argument("--update-parallelism", type=int, default=2)
     p.add_argument("--update-delay", type=float, default=1.0)
-    asyncio.run(serve(p.parse_args()))
+    p.add_argument("--profile", type=Path, default=None, metavar="PATH",
+                   help="cProfile the process once it serves; pstats written at exit")
+    args = p.parse_args()
+    profiler = cProfile.Profile() if args.profile else None
+    asyncio.run(serve(args, profiler))
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(args.profile))
 
 
 if __name__ == "__main__":

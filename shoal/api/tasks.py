@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -28,21 +29,54 @@ _STATES = {name: value for value, name in conv.TASK_STATES.items()}
 TaskCheck = Callable[[pb.Task], bool]
 
 
-def task_filter(filters: dict[str, list[str]], services: list[pb.Service],
-                nodes: list[pb.Node]) -> TaskCheck:
-    """One predicate for all filters: values of one key are ORed, keys are ANDed (labels:
-    every one must match). Services and nodes are resolved by ID, name or ID prefix; one that
-    does not exist is a 404, as Docker's."""
+def check_keys(filters: dict[str, list[str]]) -> None:
     unknown = set(filters) - _TASK_FILTERS
     if unknown:
         raise InvalidRequest(f"invalid filter '{sorted(unknown)[0]}': tasks filter by "
                              f"{', '.join(sorted(_TASK_FILTERS - {'_up-to-date'}))}")
+
+
+def service_of(view: StoreView, services: list[pb.Service], ref: str) -> pb.Service:
+    """`find_service` (full ID, then name, then unique ID prefix), with the first two from
+    the store's table and name index."""
+    found = view.get(pb.Service, ref) or view.by_name(pb.Service, ref)
+    if found is not None and not found.pending_delete:
+        return found
+    return find_service(services, ref)
+
+
+@dataclass(frozen=True)
+class Refs:
+    """The services and nodes a filter names, resolved (None: not filtered by them)."""
+
+    services: set[str] | None
+    nodes: set[str] | None
+
+    @classmethod
+    def of(cls, view: StoreView, filters: dict[str, list[str]],
+           services: list[pb.Service]) -> Refs:
+        """Services and nodes are resolved by ID, name or ID prefix; one that does not exist
+        is a 404, as Docker's."""
+        service_ids = {service_of(view, services, ref).id for ref in filters["service"]} \
+            if "service" in filters else None
+        node_ids = None
+        if "node" in filters:
+            nodes = view.list(pb.Node)
+            node_ids = {find_node(nodes, ref).id for ref in filters["node"]}
+        return cls(service_ids, node_ids)
+
+
+def task_filter(filters: dict[str, list[str]], services: list[pb.Service],
+                refs: Refs) -> TaskCheck:
+    """One predicate for all filters: values of one key are ORed, keys are ANDed (labels:
+    every one must match)."""
+    check_keys(filters)
     checks: list[TaskCheck] = []
-    if "service" in filters:
-        ids = {find_service(services, ref).id for ref in filters["service"]}
+    if refs.services is not None:
+        ids = refs.services
         checks.append(lambda t: t.service_id in ids)
-    if "node" in filters:
-        node_ids = {find_node(nodes, ref).id for ref in filters["node"]}
+    if refs.nodes is not None:
+        node_ids = refs.nodes
         checks.append(lambda t: t.node_id in node_ids)
     if "name" in filters:
         names = filters["name"]
@@ -78,16 +112,13 @@ def _jobs(services: list[pb.Service]) -> set[str]:
     return {s.id for s in services if conv.mode_name(s.spec).endswith("_job")}
 
 
-def candidates(view: StoreView, filters: dict[str, list[str]],
-               services: list[pb.Service], nodes: list[pb.Node]) -> Iterable[pb.Task]:
+def candidates(view: StoreView, refs: Refs) -> Iterable[pb.Task]:
     """The tasks a filter can match, from the store's indexes when it names services or
     nodes (each still goes through the whole filter)."""
-    if "service" in filters:
-        ids = {find_service(services, ref).id for ref in filters["service"]}
-        return itertools.chain.from_iterable(view.tasks_of_service(i) for i in ids)
-    if "node" in filters:
-        node_ids = {find_node(nodes, ref).id for ref in filters["node"]}
-        return itertools.chain.from_iterable(view.tasks_on_node(i) for i in node_ids)
+    if refs.services is not None:
+        return itertools.chain.from_iterable(view.tasks_of_service(i) for i in refs.services)
+    if refs.nodes is not None:
+        return itertools.chain.from_iterable(view.tasks_on_node(i) for i in refs.nodes)
     return view.list(pb.Task)
 
 
@@ -98,9 +129,10 @@ async def list_tasks(request: web.Request) -> web.Response:
     view = mgr.store.view()
     services = view.list(pb.Service)
     filters = filters_param(request.query.get("filters"))
-    nodes = view.list(pb.Node) if "node" in filters else []
-    check = task_filter(filters, services, nodes)
-    tasks = sorted((t for t in candidates(view, filters, services, nodes) if check(t)),
+    check_keys(filters)
+    refs = Refs.of(view, filters, services)
+    check = task_filter(filters, services, refs)
+    tasks = sorted((t for t in candidates(view, refs) if check(t)),
                    key=lambda t: (t.meta.created_at_ns, t.id))
     jobs = _jobs(services)
     listing = listing_of(mgr.store)
