@@ -7,6 +7,8 @@ every task of every service, on each request.
   object: the cache keeps the object beside its bytes and a hit is `cached is current`.
   Entries of objects gone from the store are dropped when the cache grows past twice what
   was last listed.
+- Whole `GET /services` answers, per filter and status flag, while no service (and, with
+  ServiceStatus, no task) changed.
 - ServiceStatus per service. It depends on the service and all of its tasks, so it is kept
   with the store version it was counted at, and a store watcher notes, for every applied
   batch, the store version at which each service or one of its tasks last changed; a count
@@ -34,10 +36,18 @@ from shoal.api import convert_service as conv
 from shoal.api.status import service_status
 
 
+def json_body(parts: Iterable[bytes]) -> bytes:
+    """A JSON array of already encoded items, as `json.dumps(list)` writes it."""
+    return b"[" + b", ".join(parts) + b"]"
+
+
+def json_response(body: bytes) -> web.Response:
+    """As `web.json_response` sends it."""
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
 def json_list(parts: Iterable[bytes]) -> web.Response:
-    """A JSON array of already encoded items, as `web.json_response(list)` would send it."""
-    return web.Response(body=b"[" + b", ".join(parts) + b"]",
-                        content_type="application/json", charset="utf-8")
+    return json_response(json_body(parts))
 
 
 def _dumps(value: Any) -> bytes:
@@ -75,11 +85,14 @@ class StatusCounts:
         self._store = store
         self._changed: dict[str, int] = {}  # service ID → store version of its last change
         self._counted: dict[str, tuple[Any, int, bytes]] = {}  # → (service, version, status)
+        self.last_change = 0  # store version of the last change of any service or task
         store.watch(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
         version = self._store.version  # at least the batch's own: later is only cautious
         for event in events:
+            if event.table in ("task", "service"):
+                self.last_change = version
             if event.table == "task":
                 for obj in (event.old, event.new):
                     if obj is not None:
@@ -109,10 +122,39 @@ class StatusCounts:
 class Listing:
     """The caches of one store (one per manager the API has served)."""
 
+    BODIES = 16  # whole `GET /services` answers kept (one per filter and status flag)
+
     def __init__(self, store: MemoryStore) -> None:
         self.services = ObjectJSON()
         self.tasks = ObjectJSON()
         self.counts = StatusCounts(store)
+        # (filters, status) → (the services table, store version, body)
+        self._bodies: dict[tuple[str, bool], tuple[Any, int, bytes]] = {}
+        self._jobs: tuple[Any, set[str]] = (None, set())
+
+    def services_body(self, view: StoreView, query: tuple[str, bool],
+                      build: Callable[[], bytes]) -> bytes:
+        """A whole `GET /services` answer, made again only when a service changed (its
+        table is another object then) or, with ServiceStatus, when any task changed."""
+        table = view.tables["service"]
+        found = self._bodies.get(query)
+        if found is not None and found[0] is table and \
+                (not query[1] or self.counts.last_change <= found[1]):
+            return found[2]
+        body = build()
+        self._bodies.pop(query, None)
+        if len(self._bodies) >= self.BODIES:
+            self._bodies.pop(next(iter(self._bodies)))
+        self._bodies[query] = (table, view.version, body)
+        return body
+
+    def jobs(self, view: StoreView) -> set[str]:
+        """The IDs of the job services (made again when a service changed)."""
+        table = view.tables["service"]
+        if self._jobs[0] is not table:
+            self._jobs = (table, {s.id for s in table.values()
+                                  if conv.mode_name(s.spec).endswith("_job")})
+        return self._jobs[1]
 
     def service_parts(self, svc: pb.Service) -> tuple[bytes, bytes]:
         """The service's JSON in two: up to where ServiceStatus goes (no closing brace), and

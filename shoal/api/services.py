@@ -5,6 +5,7 @@ unpinned)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import weakref
 
@@ -15,7 +16,7 @@ from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert_service as conv
 from shoal.api.context import manager_of
-from shoal.api.listing import json_list, listing_of
+from shoal.api.listing import json_body, json_response, listing_of
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
 from shoal.errors import InvalidRequest
 
@@ -61,16 +62,21 @@ async def list_services(request: web.Request) -> web.Response:
                              f"{', '.join(sorted(_SERVICE_FILTERS))}")
     view = mgr.store.view()
     listing = listing_of(mgr.store)
-    stored = view.list(pb.Service)
-    services = [s for s in visible(stored) if service_matches(s, filters)]
-    services.sort(key=lambda s: s.spec.annotations.name)
     with_status = bool_param(request.query.get("status"))
-    parts = [listing.service(s, listing.counts.status(view, s) if with_status else None)
-             for s in services]
-    listing.services.forget_gone(len(stored), lambda: (s.id for s in stored))
-    if with_status:
-        listing.counts.forget_gone(view)
-    return json_list(parts)
+
+    def build() -> bytes:
+        stored = view.list(pb.Service)
+        services = [s for s in visible(stored) if service_matches(s, filters)]
+        services.sort(key=lambda s: s.spec.annotations.name)
+        parts = [listing.service(s, listing.counts.status(view, s) if with_status else None)
+                 for s in services]
+        listing.services.forget_gone(len(stored), lambda: (s.id for s in stored))
+        if with_status:
+            listing.counts.forget_gone(view)
+        return json_body(parts)
+
+    query = (json.dumps(filters, sort_keys=True), with_status)
+    return json_response(listing.services_body(view, query, build))
 
 
 async def inspect_service(request: web.Request) -> web.Response:

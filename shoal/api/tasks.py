@@ -134,8 +134,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     check = task_filter(filters, services, refs)
     tasks = sorted((t for t in candidates(view, refs) if check(t)),
                    key=lambda t: (t.meta.created_at_ns, t.id))
-    jobs = _jobs(services)
     listing = listing_of(mgr.store)
+    jobs = listing.jobs(view)
     parts = [listing.task(t, t.service_id in jobs) for t in tasks]
     stored = view.table(pb.Task)
     listing.tasks.forget_gone(len(stored), stored.keys)
