@@ -9,6 +9,7 @@ every task of every service, on each request.
   was last listed.
 - Whole `GET /services` answers, per filter and status flag, while no service (and, with
   ServiceStatus, no task) changed.
+- Encoded task specs, by their serialized protobuf: a service's tasks share one.
 - ServiceStatus per service. It depends on the service and all of its tasks, so it is kept
   with the store version it was counted at, and a store watcher notes, for every applied
   batch, the store version at which each service or one of its tasks last changed; a count
@@ -123,6 +124,7 @@ class Listing:
     """The caches of one store (one per manager the API has served)."""
 
     BODIES = 16  # whole `GET /services` answers kept (one per filter and status flag)
+    SPECS = 4096  # task specs' JSON kept (most services' tasks share one or two)
 
     def __init__(self, store: MemoryStore) -> None:
         self.services = ObjectJSON()
@@ -131,6 +133,7 @@ class Listing:
         # (filters, status) → (the services table, store version, body)
         self._bodies: dict[tuple[str, bool], tuple[Any, int, bytes]] = {}
         self._jobs: tuple[Any, set[str]] = (None, set())
+        self._specs: dict[bytes, bytes] = {}  # a serialized TaskSpec → its JSON
 
     def services_body(self, view: StoreView, query: tuple[str, bool],
                       build: Callable[[], bytes]) -> bytes:
@@ -175,8 +178,22 @@ class Listing:
         return head + b", \"ServiceStatus\": " + status + tail
 
     def task(self, task: pb.Task, job: bool) -> bytes:
-        data: bytes = self.tasks.get(task, job, lambda: _dumps(conv.task_json(task, job=job)))
+        def encode() -> bytes:
+            before, after = conv.task_json_parts(task, job)
+            return (_dumps(before)[:-1] + b", \"Spec\": " + self.task_spec(task.spec) + b", "
+                    + _dumps(after)[1:])
+        data: bytes = self.tasks.get(task, job, encode)
         return data
+
+    def task_spec(self, spec: pb.TaskSpec) -> bytes:
+        """A task spec's JSON, encoded once for all the tasks made from the same spec."""
+        key = spec.SerializeToString(deterministic=True)
+        found = self._specs.get(key)
+        if found is None:
+            if len(self._specs) >= self.SPECS:
+                self._specs.clear()
+            found = self._specs[key] = _dumps(conv.task_spec_json(spec))
+        return found
 
 
 _LISTINGS: weakref.WeakKeyDictionary[MemoryStore, Listing] = weakref.WeakKeyDictionary()
