@@ -11,7 +11,8 @@ import weakref
 
 from aiohttp import web
 
-from manager.controlapi.services import ServiceControl, visible
+from manager.controlapi.services import ServiceControl, find_service, visible
+from manager.store.view import StoreView
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert_service as conv
@@ -79,8 +80,18 @@ async def list_services(request: web.Request) -> web.Response:
     return json_response(listing.services_body(view, query, build))
 
 
+def service_of(view: StoreView, services: list[pb.Service], ref: str) -> pb.Service:
+    """`find_service` (full ID, then name, then unique ID prefix), with the first two from
+    the store's table and name index."""
+    found = view.get(pb.Service, ref) or view.by_name(pb.Service, ref)
+    if found is not None and not found.pending_delete:
+        return found
+    return find_service(services, ref)
+
+
 async def inspect_service(request: web.Request) -> web.Response:
-    svc = ServiceControl(manager_of(request).store).get(request.match_info["ref"])
+    view = manager_of(request).store.view()
+    svc = service_of(view, view.list(pb.Service), request.match_info["ref"])
     defaults = bool_param(request.query.get("insertDefaults"))
     return web.json_response(conv.service_json(svc, defaults=defaults))
 

@@ -11,7 +11,6 @@ from aiohttp import web
 
 from manager.controlapi.lookup import resolve
 from manager.controlapi.nodes import find_node
-from manager.controlapi.services import find_service
 from manager.errors import InvalidArgument
 from manager.rules.uptodate import is_current
 from manager.store.view import StoreView
@@ -19,7 +18,7 @@ from proto import objects_pb2 as pb
 from shoal.api import convert_service as conv
 from shoal.api.listing import json_list, listing_of
 from shoal.api.request import bool_param, filters_param
-from shoal.api.services import label_match, manager_of
+from shoal.api.services import label_match, manager_of, service_of
 from shoal.errors import InvalidRequest
 
 _TASK_FILTERS = {"service", "node", "name", "id", "label", "desired-state", "_up-to-date",
@@ -34,15 +33,6 @@ def check_keys(filters: dict[str, list[str]]) -> None:
     if unknown:
         raise InvalidRequest(f"invalid filter '{sorted(unknown)[0]}': tasks filter by "
                              f"{', '.join(sorted(_TASK_FILTERS - {'_up-to-date'}))}")
-
-
-def service_of(view: StoreView, services: list[pb.Service], ref: str) -> pb.Service:
-    """`find_service` (full ID, then name, then unique ID prefix), with the first two from
-    the store's table and name index."""
-    found = view.get(pb.Service, ref) or view.by_name(pb.Service, ref)
-    if found is not None and not found.pending_delete:
-        return found
-    return find_service(services, ref)
 
 
 @dataclass(frozen=True)
