@@ -117,7 +117,10 @@ class StatusCounts:
         if len(self._counted) > 2 * len(view.table(pb.Service)) + 64:
             live = view.table(pb.Service)
             self._counted = {k: v for k, v in self._counted.items() if k in live}
-            self._changed = {k: v for k, v in self._changed.items() if k in live}
+            # In place: the watcher writes to this dict from the applying thread (list() of
+            # a dict and pop() are atomic; a copy would lose what it wrote meanwhile).
+            for key in [k for k in list(self._changed) if k not in live]:
+                self._changed.pop(key, None)
 
 
 class Listing:
