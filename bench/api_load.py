@@ -54,7 +54,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from api_load_clients import Conn, Load, figures, q  # noqa: E402
 from scale_sim import join_phase, run_phase  # noqa: E402
-from scale_sim_cluster import Cluster  # noqa: E402
+from scale_sim_cluster import Cluster, Watch  # noqa: E402
 from scale_sim_procs import (  # noqa: E402
     LOOPBACK,
     REPO,
@@ -101,17 +101,16 @@ def create_one(client: Client, name: str, replicas: int, timeout: float = 60.0) 
             time.sleep(0.2)
 
 
-def wait_running(client: Client, prefix: str, tasks: int, timeout: float) -> float:
+def wait_running(client: Client, prefix: str, tasks: int, timeout: float) -> tuple[float, int]:
+    """Seconds until the tasks of the services named prefix* run, and how many run then (all,
+    or fewer after `timeout`)."""
     start = time.monotonic()
     while True:
         running = sum(s["ServiceStatus"]["RunningTasks"]
                       for s in client.get("/services", status="true")
                       if s["Spec"]["Name"].startswith(prefix))
-        if running >= tasks:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"only {running} of {tasks} {prefix}* tasks running after "
-                               f"{timeout:.0f} s")
+        if running >= tasks or time.monotonic() - start > timeout:
+            return time.monotonic() - start, running
         time.sleep(1.0)
 
 
@@ -134,6 +133,7 @@ def load_phase(args: argparse.Namespace, mgr: Target, sampler: Sampler,
     load.finish()
     time.sleep(2 * sampler.interval)
     out = figures(load, start, end)
+    out["window"] = [start, end]
     out["leader"] = sampler.window(start, end, "manager")
     out["others_cpu_pct"] = sampler.others(start, end)
     out["duration_s"] = round(end - start, 1)
@@ -177,9 +177,14 @@ def add_services(args: argparse.Namespace, mgr: Target, existing: int) -> dict[s
     for i in range(extra):
         create_one(mgr.client, f"cli{i:04d}", args.cli_replicas)
     created_s = time.monotonic() - began
-    running_s = wait_running(mgr.client, "cli", extra * args.cli_replicas, args.timeout)
+    running_s, running = wait_running(mgr.client, "cli", extra * args.cli_replicas,
+                                      args.timeout)
+    if running < extra * args.cli_replicas:
+        log(f"  only {running} of {extra * args.cli_replicas} tasks running after "
+            f"{running_s:.0f} s; timing the CLIs all the same")
     return {"replicas_each": args.cli_replicas, "create_s": round(created_s, 1),
-            "running_s": round(running_s, 1)}
+            "running_s": round(running_s, 1), "tasks_running": running,
+            "tasks_wanted": extra * args.cli_replicas}
 
 
 def cli_phase(args: argparse.Namespace, mgr: Target) -> dict[str, Any]:
@@ -355,7 +360,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "config": config(args),
             "cluster": {"ready_s": join["ready_s"], "running_s": converge["running_s"],
                         "leader": mgr.name}}
+        watch = Watch(cluster, args.nodes, 2.0)
+        watch.start()
         result["load"] = load_phase(args, mgr, sampler, ids, names)
+        time.sleep(2.5)  # a watch sample after the end
+        watch.stop()
+        health = watch.summary(*result["load"]["window"])
+        result["load"]["nodes"] = {k: health[k] for k in (
+            "max_down", "ever_down", "leaders_seen", "ticks_without_leader", "samples")}
         if args.cli_services:
             added = add_services(args, mgr, args.services + 1)
             result["cli"] = added | cli_phase(args, mgr)
@@ -402,6 +414,10 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"rolling updates: {rolled}; leader "
                  f"{lead['cpu_pct']:.0f} % of a core, RSS {lead['rss_peak_mib']:.0f} MiB; "
                  f"errors {load['error_count']}")
+    nodes = load.get("nodes")
+    if nodes is not None:
+        lines.append(f"fake nodes seen Down during the load: at most {nodes['max_down']} at once, "
+                     f"{nodes['ever_down']} ever; leaders seen {nodes['leaders_seen']}")
     cli = result.get("cli")
     if cli:
         lines.append(f"service ls on {cli['services']} services: "

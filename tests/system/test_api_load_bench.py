@@ -42,6 +42,7 @@ def test_api_load_bench_quick(tmp_path: Path) -> None:
     assert load["rolling_updates"]["started"] >= 1
     assert load["leader"]["rss_peak_mib"] > 0 and load["leader"]["cpu_s"] > 0
     assert load["error_count"] == 0, load["errors"]
+    assert load["nodes"]["samples"] > 0 and load["nodes"]["max_down"] >= 0
 
     cli = result["cli"]
     assert cli["services"] == 40
