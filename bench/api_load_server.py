@@ -22,6 +22,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ class StoreManager:
         await self.update(obj)
         return True
 
-    def apply(self, actions: list[tuple[int, Any]]) -> int:
+    def apply(self, actions: Sequence[tuple[Any, Any]]) -> int:
         batch = store_pb2.StoreBatch(timestamp_ns=time.time_ns())
         for kind, obj in actions:
             batch.actions.append(store_pb2.StoreAction(kind=kind, object=wrap(obj)))
@@ -120,16 +121,24 @@ def running(task: pb.Task) -> pb.Task:
     return task
 
 
+def fetch(mgr: StoreManager, cls: type, obj_id: str) -> Any:
+    """A copy of a stored object, to change."""
+    obj = mgr.store.get(cls, obj_id)
+    if obj is None:
+        raise RuntimeError(f"{cls.__name__} {obj_id} is gone")
+    return obj
+
+
 async def roll(mgr: StoreManager, service_ids: list[str], parallelism: int,
                delay: float) -> None:
     """Rolling updates of these services, one after the other, for ever."""
     while True:
         for sid in service_ids:
-            svc = mgr.store.get(pb.Service, sid)
+            svc = fetch(mgr, pb.Service, sid)
             svc.spec_version += 1
             svc.spec.task.force_update += 1
             mgr.apply([(store_pb2.UPDATE, svc)])
-            svc = mgr.store.get(pb.Service, sid)
+            svc = fetch(mgr, pb.Service, sid)
             old = sorted(mgr.store.view().tasks_of_service(sid), key=lambda t: t.slot)
             old = [t for t in old if t.desired_state == pb.RUNNING]
             for i in range(0, len(old), parallelism):
@@ -152,7 +161,7 @@ async def replace(mgr: StoreManager, svc: pb.Service, old: list[pb.Task]) -> Non
         await asyncio.sleep(0)
         changed = []
         for t in new:
-            current = mgr.store.get(pb.Task, t.id)
+            current = fetch(mgr, pb.Task, t.id)
             current.status.state = state
             current.status.timestamp_ns = time.time_ns()
             changed.append((store_pb2.UPDATE, current))
