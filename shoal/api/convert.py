@@ -29,8 +29,16 @@ DEFAULT_CERT_EXPIRY_NS = 90 * 24 * 3600 * 1_000_000_000
 def timestamp(ns: int) -> str:
     if not ns:
         return "0001-01-01T00:00:00Z"
-    dt = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns % 1_000_000_000:09d}Z"
+    return _seconds(ns // 1_000_000_000) + f"{ns % 1_000_000_000:09d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _seconds(seconds: int) -> str:
+    """The date and time to the second (objects made together share it: listing many tasks
+    formats each second once). From the whole seconds, so that a fraction of .9999999 is
+    never rounded into the next second."""
+    dt = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def _meta(obj: Any) -> dict[str, Any]:

@@ -570,6 +570,13 @@ def service_json(svc: pb.Service, defaults: bool = False,
 
 
 def task_json(task: pb.Task, job: bool = False) -> dict[str, Any]:
+    before, after = task_json_parts(task, job)
+    return before | {"Spec": task_spec_json(task.spec)} | after
+
+
+def task_json_parts(task: pb.Task, job: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A task's JSON without its Spec: the keys before it and those after it (the list
+    endpoint encodes the Spec once for every task made from the same spec)."""
     st = task.status
     status: dict[str, Any] = {"Timestamp": timestamp(st.timestamp_ns),
                               "State": TASK_STATES[st.state], "Message": st.message}
@@ -579,8 +586,9 @@ def task_json(task: pb.Task, job: bool = False) -> dict[str, Any]:
                                      "PID": st.container.pid, "ExitCode": st.container.exit_code}
     status["PortStatus"] = {"Ports": [port_json(p) for p in st.port_status.ports]} \
         if st.port_status.ports else {}
-    out = _meta(task) | {"Name": task.annotations.name, "Labels": dict(task.annotations.labels),
-                         "Spec": task_spec_json(task.spec), "ServiceID": task.service_id}
+    before = _meta(task) | {"Name": task.annotations.name,
+                            "Labels": dict(task.annotations.labels)}
+    out: dict[str, Any] = {"ServiceID": task.service_id}
     # swarmkit numbers a replicated job's slots from 0 (ours from 1, as a replicated
     # service's): the docker CLI's job progress walks slots 0..n-1, so show Docker's.
     _put(out, "Slot", task.slot - 1 if job and task.slot else task.slot)
@@ -591,4 +599,4 @@ def task_json(task: pb.Task, job: bool = False) -> dict[str, Any]:
     if task.networks:
         out["NetworksAttachments"] = [{"Network": {"ID": a.network_id},
                                        "Addresses": list(a.addresses)} for a in task.networks]
-    return out
+    return before, out

@@ -5,18 +5,20 @@ unpinned)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import weakref
 
 from aiohttp import web
 
-from manager.controlapi.services import ServiceControl, visible
+from manager.controlapi.services import ServiceControl, find_service, visible
+from manager.store.view import StoreView
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert_service as conv
 from shoal.api.context import manager_of
+from shoal.api.listing import json_body, json_response, listing_of
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
-from shoal.api.status import service_status
 from shoal.errors import InvalidRequest
 
 _SERVICE_FILTERS = {"id", "name", "label", "mode"}
@@ -51,26 +53,45 @@ def service_matches(svc: pb.Service, filters: dict[str, list[str]]) -> bool:
 
 
 async def list_services(request: web.Request) -> web.Response:
+    """From one store view, without copies; each service's JSON and ServiceStatus come from
+    the listing caches (shoal/api/listing.py) unless the service or its tasks changed."""
     mgr = manager_of(request)
     filters = filters_param(request.query.get("filters"))
     unknown = set(filters) - _SERVICE_FILTERS
     if unknown:
         raise InvalidRequest(f"invalid filter '{sorted(unknown)[0]}': services filter by "
                              f"{', '.join(sorted(_SERVICE_FILTERS))}")
-    services = [s for s in visible(mgr.store.list(pb.Service)) if service_matches(s, filters)]
+    view = mgr.store.view()
+    listing = listing_of(mgr.store)
     with_status = bool_param(request.query.get("status"))
-    by_service: dict[str, list[pb.Task]] = {}
-    if with_status:
-        for task in mgr.store.list_view(pb.Task):
-            by_service.setdefault(task.service_id, []).append(task)
-    services.sort(key=lambda s: s.spec.annotations.name)
-    return web.json_response([
-        conv.service_json(s, status=service_status(s, by_service.get(s.id, []))
-                          if with_status else None) for s in services])
+
+    def build() -> bytes:
+        stored = view.list(pb.Service)
+        services = [s for s in visible(stored) if service_matches(s, filters)]
+        services.sort(key=lambda s: s.spec.annotations.name)
+        parts = [listing.service(s, listing.counts.status(view, s) if with_status else None)
+                 for s in services]
+        listing.services.forget_gone(len(stored), lambda: (s.id for s in stored))
+        if with_status:
+            listing.counts.forget_gone(view)
+        return json_body(parts)
+
+    query = (json.dumps(filters, sort_keys=True), with_status)
+    return json_response(listing.services_body(view, query, build))
+
+
+def service_of(view: StoreView, services: list[pb.Service], ref: str) -> pb.Service:
+    """`find_service` (full ID, then name, then unique ID prefix), with the first two from
+    the store's table and name index."""
+    found = view.get(pb.Service, ref) or view.by_name(pb.Service, ref)
+    if found is not None and not found.pending_delete:
+        return found
+    return find_service(services, ref)
 
 
 async def inspect_service(request: web.Request) -> web.Response:
-    svc = ServiceControl(manager_of(request).store).get(request.match_info["ref"])
+    view = manager_of(request).store.view()
+    svc = service_of(view, view.list(pb.Service), request.match_info["ref"])
     defaults = bool_param(request.query.get("insertDefaults"))
     return web.json_response(conv.service_json(svc, defaults=defaults))
 
