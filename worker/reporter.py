@@ -80,7 +80,16 @@ class Reporter:
                 await sender(updates)
             except asyncio.CancelledError:
                 self._restore(items[start:])
-                raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the reporter itself is stopping
+                # The call was cancelled with its session (grpc.aio raises CancelledError
+                # when the channel closes under it): not our end. Re-raising here ended
+                # the reporter for good, and every later status of the node stayed unsent
+                # (its tasks shown Assigned while they ran).
+                log.info("sending %d task statuses was cancelled with the session; they "
+                         "go with the next one", len(items) - start)
+                return False
             except Exception as err:
                 log.info("sending %d task statuses failed, will retry: %s",
                          len(items) - start, _describe(err))

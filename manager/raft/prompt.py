@@ -20,7 +20,15 @@ Here, instead:
 - the timer still sends heartbeats to idle followers;
 - a follower's late acknowledgement no longer moves the leader's next index for it back
   over entries already sent, which made pysyncobj send them again: the follower then
-  dropped its log from there and appended the same entries anew.
+  dropped its log from there and appended the same entries anew;
+- a follower keeps the entries it already has (`raft_append`): pysyncobj deleted
+  everything after an AppendEntries' previous index even when nothing conflicted, so an
+  entry the follower had acknowledged could vanish from it. A leader that counted that
+  acknowledgement committed an entry a majority no longer had; when it then lost its
+  leadership (paused 2 s during a burst, in bench/scale_sim.py with 3 managers) the new
+  leader's log lacked it, the old leader logged "truncating already-applied log entries",
+  its store had diverged, and agents' acknowledged status reports were gone (tasks stuck
+  Assigned on live nodes).
 
 This relies on pysyncobj internals (name-mangled members); tests/unit/test_raft_prompt.py
 pins them, so an upgrade of pysyncobj that changes them fails there first.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pysyncobj import SyncObj
@@ -77,6 +86,45 @@ class Wakeup:
             os.close(self._read)
             os.close(self._write)
             self._read = self._write = -1
+
+
+Entry = Sequence[Any]  # pysyncobj's log entry: (command, index, term)
+
+
+def raft_append(message: dict[str, Any], log_from: Callable[[int], Sequence[Entry]],
+                last_index: int) -> dict[str, Any]:
+    """An AppendEntries message as Raft's follower rule (§5.3) would apply it, in the form
+    pysyncobj's handler applies literally: that handler deletes every entry after
+    `prevLogIdx` and appends the message's entries. Entries the follower already has with
+    the same term are taken off the front, so the deletion starts at the first conflict (or
+    nothing is deleted); when nothing conflicts and the follower has more entries of the
+    leader's term, the message is moved to the end of the log so that none is deleted.
+    `log_from(i)`: the follower's entries from index i to its end."""
+    if "prevLogIdx" not in message or message.get("transmission") is not None:
+        return message
+    prev_idx = message["prevLogIdx"]
+    if prev_idx >= last_index:
+        return message  # nothing after the previous entry: nothing to delete
+    ours = list(log_from(prev_idx))
+    if not ours or ours[0][1] != prev_idx or ours[0][2] != message["prevLogTerm"]:
+        return message  # pysyncobj refuses it (the leader steps back)
+    ours = ours[1:]
+    entries = list(message.get("entries", []))
+    same = 0
+    while same < min(len(entries), len(ours)) and ours[same][2] == entries[same][2]:
+        same += 1
+    if same < len(entries):
+        if same == 0:
+            return message
+        last = entries[same - 1]
+        return {**message, "prevLogIdx": last[1], "prevLogTerm": last[2],
+                "entries": entries[same:]}
+    if any(entry[2] != message["term"] for entry in ours[same:]):
+        # Entries after the message's of an earlier term: the leader may not have them,
+        # so they are neither kept as acknowledged nor committed (pysyncobj's handling).
+        return message
+    last = ours[-1]
+    return {**message, "prevLogIdx": last[1], "prevLogTerm": last[2], "entries": []}
 
 
 class PromptSyncObj(SyncObj):  # type: ignore[misc]
@@ -128,6 +176,10 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
 
     def _SyncObj__onMessageReceived(self, node: Any,  # noqa: N802 (pysyncobj's private name)
                                     message: dict[str, Any]) -> None:
+        if message.get("type") == "append_entries" \
+                and message.get("term", -1) >= self.raftCurrentTerm:
+            message = raft_append(message, self._SyncObj__getEntries,
+                                  self._SyncObj__getCurrentLogIndex())
         if not (message.get("type") == "next_node_idx" and message.get("success")
                 and not message.get("reset")):
             SyncObj._SyncObj__onMessageReceived(self, node, message)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import inspect
 import re
+from typing import Any
 
 from pysyncobj import SyncObj
 from pysyncobj.version import VERSION
 
 from manager.raft.guarded import GuardedSyncObj
-from manager.raft.prompt import PromptSyncObj
+from manager.raft.prompt import PromptSyncObj, raft_append
 
 
 def source(name: str) -> str:
@@ -73,3 +74,59 @@ def test_a_success_acknowledgement_sets_next_index_back() -> None:
     assert re.search(r"if success:\s+if self.__raftMatchIndex\[node\] < currentNodeIdx:\s+"
                      r"self.__raftMatchIndex\[node\] = currentNodeIdx\s+"
                      r"self.__raftNextIndex\[node\] = nextNodeIdx", ack)
+
+
+def test_the_append_entries_handler_deletes_after_the_previous_index() -> None:
+    """raft_append relies on this: pysyncobj deletes every entry after prevLogIdx whenever
+    the follower has more, then appends the message's entries."""
+    handler = source("_SyncObj__onMessageReceived")
+    assert "self.__deleteEntriesFrom(prevLogIdx + 1)" in handler
+    assert "prevEntries = self.__getEntries(prevLogIdx)" in handler
+    assert callable(SyncObj._SyncObj__getEntries)
+
+
+def log(*terms: int) -> list[tuple[bytes, int, int]]:
+    """A follower's log: entry i (from 1) of term terms[i - 1]."""
+    return [(b"c", i + 1, term) for i, term in enumerate(terms)]
+
+
+def append(prev: int, prev_term: int, term: int, *entries: tuple[int, int]) -> dict[str, Any]:
+    return {"type": "append_entries", "term": term, "commit_index": 0, "prevLogIdx": prev,
+            "prevLogTerm": prev_term, "entries": [(b"c", i, t) for i, t in entries]}
+
+
+def apply_as_pysyncobj(ours: list[tuple[bytes, int, int]], message: dict[str, Any]
+                       ) -> list[tuple[bytes, int, int]]:
+    """What pysyncobj's handler does with an accepted message (the pinned lines above)."""
+    kept = [e for e in ours if e[1] <= message["prevLogIdx"]]
+    return kept + list(message["entries"])
+
+
+def follow(ours: list[tuple[bytes, int, int]], message: dict[str, Any]
+           ) -> list[tuple[bytes, int, int]]:
+    rewritten = raft_append(message, lambda i: [e for e in ours if e[1] >= i], ours[-1][1])
+    return apply_as_pysyncobj(ours, rewritten)
+
+
+def test_a_follower_keeps_the_entries_it_already_has() -> None:
+    ours = log(1, 1, 2, 2, 2)
+    # A re-sent message for 3-4 (the leader, term 2, sent 5 since): 5 stays.
+    assert follow(ours, append(2, 1, 2, (3, 2), (4, 2))) == ours
+    # An empty heartbeat from an older next index: nothing is deleted.
+    assert follow(ours, append(3, 2, 2)) == ours
+
+
+def test_a_follower_deletes_from_the_first_conflict_only() -> None:
+    ours = log(1, 1, 2, 2, 2)
+    got = follow(ours, append(2, 1, 3, (3, 2), (4, 3)))  # 4 and 5 are of a lost term
+    assert got == log(1, 1, 2, 3)
+    # New entries after the ones it has are appended, none twice.
+    assert follow(log(1, 1, 2), append(2, 1, 2, (3, 2), (4, 2))) == log(1, 1, 2, 2)
+
+
+def test_entries_of_an_earlier_term_after_the_message_are_not_kept() -> None:
+    """The new leader (term 3) may not have entries 4-5 of term 2: pysyncobj's handling
+    (drop them, they come again if the leader has them) stays."""
+    ours = log(1, 1, 2, 2, 2)
+    message = append(2, 1, 3, (3, 2))
+    assert raft_append(message, lambda i: [e for e in ours if e[1] >= i], 5) is message

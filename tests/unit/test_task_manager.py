@@ -303,6 +303,32 @@ async def test_reporter_batches_and_retries_without_losing_the_last_status() -> 
     runner.cancel()
 
 
+async def test_a_send_cancelled_with_its_session_does_not_end_the_reporter() -> None:
+    """grpc.aio raises CancelledError out of a call whose channel closed (the session
+    ended during a leader change): the statuses go with the next session, and the reporter
+    goes on. It used to end for good, leaving the node's tasks Assigned while they ran."""
+    reporter = Reporter()
+    sent: list[str] = []
+    cancelled = [True]
+
+    async def sender(updates: list[cluster_pb2.TaskStatusUpdate]) -> None:
+        if cancelled[0]:
+            cancelled[0] = False
+            raise asyncio.CancelledError()
+        sent.extend(u.task_id for u in updates)
+
+    runner = asyncio.create_task(reporter.run())
+    reporter.attach(sender)
+    reporter.report("a", pb.TaskStatus(state=pb.RUNNING, timestamp_ns=1))
+    await until(lambda: not cancelled[0])
+    reporter.report("b", pb.TaskStatus(state=pb.RUNNING, timestamp_ns=1))
+    await until(lambda: sorted(sent) == ["a", "b"])
+    assert not runner.done()
+    runner.cancel()  # the reporter's own cancellation still ends it
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+
+
 async def test_reporter_sends_at_once_and_gathers_what_comes_during_a_send() -> None:
     """No timer: the first report goes out on the next turn of the loop; reports made while
     that send is on its way go together as the next batch when it returns."""
