@@ -36,9 +36,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -131,9 +134,28 @@ def create_services(cluster: Cluster, client: Client, tasks: int, services: int,
     return ids
 
 
+def pause_later(pid: int, after: float, pause: float, log: Any) -> threading.Thread:
+    """SIGSTOP `pid` `after` seconds from now for `pause` seconds (a leader that stalls in
+    the burst: its followers elect another while assignments and reports are in flight)."""
+    def run() -> None:
+        time.sleep(after)
+        log(f"pausing the leader (pid {pid}) for {pause:g} s")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(pause)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def run_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, tasks: int,
-              services: int, poll: float, timeout: float, log: Any) -> dict[str, Any]:
+              services: int, poll: float, timeout: float, log: Any,
+              pause_leader: float = 0.0) -> dict[str, Any]:
     start = time.time()
+    if pause_leader and mgr.proc is not None:
+        pause_later(mgr.proc.pid, 1.0, pause_leader, log)
     create_services(cluster, mgr.client, tasks, services)
     created_call_s = time.time() - start
     running, polls, last_log = 0, 0, 0.0
@@ -203,6 +225,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=4, help="fake-node processes")
     p.add_argument("--managers", type=int, default=1, choices=(1, 3),
                    help="3: one Raft group, the fake nodes join through all three")
+    p.add_argument("--pause-leader", type=float, default=0.0, metavar="SECONDS",
+                   help="SIGSTOP the leader this long, 1 s into the burst (with --managers 3)")
     p.add_argument("--takeover", action="store_true",
                    help="after the run, SIGKILL the leader and time the next leader's takeover")
     p.add_argument("--join-concurrency", type=int, default=16, help="joins in flight per proc")
@@ -283,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         spies = start_spies(mgr.proc.pid, args)
         try:
             run = run_phase(cluster, mgr, agents, args.tasks, args.services, args.poll,
-                            args.timeout, log)
+                            args.timeout, log, args.pause_leader)
         finally:
             for spy in spies:
                 stop_py_spy(spy)

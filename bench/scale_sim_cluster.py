@@ -28,7 +28,8 @@ from scale_sim_procs import ManagerProc, wait_for
 from shoal.client import APIError, Client
 
 IMAGE = "shoal/busybox:latest"
-METRIC = re.compile(r"^(shoal_raft_applied_index|shoal_raft_leader|shoal_dispatcher_sessions)"
+METRIC = re.compile(r"^(shoal_raft_applied_index|shoal_raft_leader|shoal_raft_term|"
+                    r"shoal_dispatcher_sessions)"
                     r" ([0-9.e+-]+)$", re.M)
 SCRAPE_TIMEOUT = 10.0
 SETTLE_TIMEOUT = 45.0  # a join settles in seconds, even on a loaded machine
@@ -216,6 +217,11 @@ class Watch(threading.Thread):
                                "max_down": max((t["down"] or 0 for t in inside), default=0),
                                "ever_down": len(self.ever_down), "followers": {}}
         out["leaders_seen"] = sorted({t["leader"] for t in ticks})
+        # The highest Raft term any manager showed: above the first leader's, an election
+        # took place (the same manager may have won it again).
+        terms = [t[m.name]["shoal_raft_term"] for t in inside for m in self.cluster.managers
+                 if "shoal_raft_term" in t.get(m.name, {})]
+        out["min_term"], out["max_term"] = min(terms, default=0), max(terms, default=0)
         out["ticks_without_leader"] = len(inside) - len(ticks)
         scrapes = [s for t in ticks for name, s in t["scrape_s"].items() if name == t["leader"]]
         out["leader_scrape_s_max"] = round(max(scrapes, default=0.0), 3)
