@@ -19,23 +19,12 @@ from __future__ import annotations
 import http.client
 import json
 import random
-import socket
 import threading
 import time
 import urllib.parse
 from typing import Any
 
-
-class UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+from shoal.client import UnixConnection
 
 
 class Conn:
@@ -43,14 +32,14 @@ class Conn:
 
     def __init__(self, path: str, keep_alive: bool, timeout: float = 60.0) -> None:
         self.path, self.keep_alive, self.timeout = path, keep_alive, timeout
-        self._conn: UnixHTTP | None = None
+        self._conn: UnixConnection | None = None
 
     def request(self, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = UnixHTTP(self.path, self.timeout)
+                self._conn = UnixConnection(self.path, self.timeout)
             try:
                 self._conn.request(method, url, body=data, headers=headers)
                 resp = self._conn.getresponse()

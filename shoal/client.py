@@ -37,7 +37,9 @@ class ConnectionFailed(APIError):
         )
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the API's own; also the benchmarks' and tests' raw client)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -64,7 +66,7 @@ class Client:
     def _connection(self) -> http.client.HTTPConnection:
         parsed = urllib.parse.urlparse(self.host)
         if parsed.scheme == "unix":
-            return _UnixConnection(parsed.path, self.timeout)
+            return UnixConnection(parsed.path, self.timeout)
         if parsed.scheme == "tcp" and self.tls is not None:
             if self._ssl is None:
                 try:

@@ -138,8 +138,12 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         changed.set()
 
     def _period(self) -> float:
-        ns = self.mgr.cluster().spec.dispatcher.heartbeat_period_ns or DEFAULT_HEARTBEAT_NS
-        return heartbeat_period(ns / 1e9, len(self.mgr.view().table(pb.Node)))
+        # Read from the view (shared, not copied): this runs on every heartbeat.
+        view = self.mgr.view()
+        cluster = view.cluster()
+        ns = (cluster.spec.dispatcher.heartbeat_period_ns if cluster else 0) \
+            or DEFAULT_HEARTBEAT_NS
+        return heartbeat_period(ns / 1e9, len(view.table(pb.Node)))
 
     @grpcapi.streaming
     async def Session(self, request: cluster_pb2.SessionRequest,
@@ -296,9 +300,10 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         for node in nodes:
             if node.status.state != pb.NODE_READY:
                 continue
-            reason = down_reason(self.sessions.get(node.id), now, self._leader_since, period)
+            session = self.sessions.get(node.id)
+            reason = down_reason(session, now, self._leader_since, period)
             if reason:
-                silent.append((silent_since(self.sessions.get(node.id)), node.id, reason))
+                silent.append((silent_since(session), node.id, reason))
         silent.sort()
         limit = down_limit(len(nodes))
         if len(silent) > limit:

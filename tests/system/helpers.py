@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from shoal.client import Client
+from shoal.client import Client, UnixConnection
 from shoal.lab import HostState, LabState
 
 SHOAL = str(Path(sys.executable).parent / "shoal")
@@ -75,22 +73,9 @@ def try_get(client: Client, path: str) -> Any:
         return None
 
 
-class UnixHTTP(http.client.HTTPConnection):
-    """Raw HTTP on a node's socket: to see headers and status codes as sent."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self.path)
-
-
 def request(host: HostState, method: str, path: str,
             body: Any = None) -> tuple[int, dict[str, str], bytes]:
-    conn = UnixHTTP(host.api_socket)
+    conn = UnixConnection(host.api_socket, 30)
     try:
         data = json.dumps(body).encode() if body is not None else None
         conn.request(method, path, body=data,
