@@ -25,6 +25,7 @@ from netdriver.node.desired import (
     netns_name,
     owned_netns,
     veth_peer_name,
+    withdrawn,
 )
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
@@ -64,6 +65,7 @@ class Dataplane:
         self.underlay_mtu = underlay_mtu
         self.extras: list[Extra] = []
         self._message = cluster_pb2.AssignmentsMessage()
+        self._synced = self._message  # the last message the extras were given in full
         # None until the first update: with no message yet nothing is known to be unwanted.
         self._first_update: float | None = None
         self.adopt_grace = ADOPT_GRACE
@@ -73,6 +75,8 @@ class Dataplane:
         self._checked_ns = 0
         self._lock = asyncio.Lock()        # one kernel change at a time
         self._wake = asyncio.Event()       # set by update: reconcile now
+        self._withdraw_wake = asyncio.Event()  # set by update: withdraw what left now
+        self._extras_lock = asyncio.Lock()  # a withdrawal never interleaves a full sync
         self._changed = asyncio.Event()    # set (and replaced) by each update
 
     # -- NodeNetwork --
@@ -82,6 +86,7 @@ class Dataplane:
         if self._first_update is None:
             self._first_update = time.monotonic()
         self._wake.set()
+        self._withdraw_wake.set()
         # Wake attach calls waiting for a network; later ones wait on a fresh event.
         self._changed.set()
         self._changed = asyncio.Event()
@@ -122,6 +127,20 @@ class Dataplane:
     # -- the reconcile loop --
 
     async def run(self) -> None:
+        # Withdrawals run beside the reconcile: a round can take a while (it waits for a
+        # sandbox being plumbed, and walks every network), and a leaving task is stopped
+        # BACKEND_DRAIN after it was told to, whatever this node is doing.
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._withdrawals(), name="withdrawals")
+            tg.create_task(self._reconciles(), name="reconciles")
+
+    async def _withdrawals(self) -> None:
+        while True:
+            await self._withdraw_wake.wait()
+            self._withdraw_wake.clear()
+            await self._withdraw()
+
+    async def _reconciles(self) -> None:
         while True:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             # that arrives as the event is set, and the loop would never stop.
@@ -210,9 +229,22 @@ class Dataplane:
                     "its assignments (or not allocated yet); the manager allocates them "
                     "before the task is assigned") from None
 
+    async def _withdraw(self) -> None:
+        """What the new assignments take away (a leaving task's backend and names), given
+        to the extras before the kernel reconcile adds anything."""
+        async with self._extras_lock:
+            if self._synced is self._message or not self._synced.networks:
+                return  # nothing new, or nothing given yet that could be taken away
+            await self._give_extras(withdrawn(self._synced, self._message))
+
     async def _sync_extras(self) -> None:
+        async with self._extras_lock:
+            self._synced = self._message
+            await self._give_extras(self._synced)
+
+    async def _give_extras(self, message: cluster_pb2.AssignmentsMessage) -> None:
         for extra in self.extras:
             try:
-                await extra.sync(self._message)
+                await extra.sync(message)
             except Exception:
                 log.exception("%s sync failed", type(extra).__name__)

@@ -249,3 +249,33 @@ def owned_netns(names: Sequence[str], prefix: str) -> list[str]:
     alphabet = set("0123456789abcdefghijklmnopqrstuvwxyz")
     return [name for name in names if name.startswith(prefix)
             and len(name) == len(prefix) + 12 and set(name[len(prefix):]) <= alphabet]
+
+
+def withdrawn(old: cluster_pb2.AssignmentsMessage, new: cluster_pb2.AssignmentsMessage
+              ) -> cluster_pb2.AssignmentsMessage:
+    """`new` with only what it takes away from `old`: each service keeps those of its tasks
+    that `old` listed too, and a service or network `old` did not have is left out. The
+    load balancers and resolvers apply this before the slower kernel reconcile, so a
+    leaving task stops getting connections and answers at once, while nothing is added
+    before its FDB and neighbour entries are there."""
+    before = {(state.network.id, record.service_id): {t.task_id for t in record.tasks}
+              for state in old.networks for record in state.services}
+    out = cluster_pb2.AssignmentsMessage()
+    out.CopyFrom(new)
+    del out.networks[:]
+    known = {state.network.id for state in old.networks}
+    for state in new.networks:
+        if state.network.id not in known:
+            continue
+        kept = out.networks.add()
+        kept.network.CopyFrom(state.network)
+        kept.endpoints.extend(state.endpoints)
+        for record in state.services:
+            tasks = before.get((state.network.id, record.service_id))
+            if tasks is None:
+                continue
+            copy = kept.services.add()
+            copy.CopyFrom(record)
+            del copy.tasks[:]
+            copy.tasks.extend(t for t in record.tasks if t.task_id in tasks)
+    return out

@@ -431,9 +431,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.backends: list[set[str]] = []  # the service tasks of each sync
 
     async def sync(self, message: cluster_pb2.AssignmentsMessage) -> None:
         self.calls.append(("sync", str(len(message.networks))))
+        self.backends.append({t.task_id for n in message.networks for r in n.services
+                              for t in r.tasks})
 
     async def attach(self, key: str, netns_path: str,
                      attachments: Sequence[pb.NetworkAttachment]) -> None:
@@ -462,6 +465,35 @@ async def test_extras_follow_updates_attach_and_detach(lab: Lab,
     assert [c for c in extra.calls if c[0] != "sync"] == [("attach", "k1 eth0=True"),
                                                           ("detach", "k1")]
     assert "eth0" not in {link.name for link in nl.links(box)}
+
+
+async def test_a_leaving_task_is_withdrawn_before_the_kernel_reconcile(
+        lab: Lab, planes: list[Dataplane]) -> None:
+    extra = Recorder()
+    planes[0].extras.append(extra)
+    net = network("10.77.15", vni=9400 + secrets.randbelow(90))
+    first = state(net, [("node1", "10.77.15.5/24"), ("node2", "10.77.15.6/24")])
+    leaving, staying = (t.task_id for t in first.services[0].tasks)
+
+    def seen(*tasks: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return set(tasks) in extra.backends
+        return check
+    planes[0].update(message(lab, [first]))
+    await eventually(seen(leaving, staying), "the first sync")
+    after = cluster_pb2.NetworkState()
+    after.CopyFrom(first)
+    del after.services[0].tasks[0]
+    arriving = after.services[0].tasks.add(task_id=new_id(), node_id="node2",
+                                           addr="10.77.15.7/24").task_id
+    # A sandbox being plumbed holds the kernel reconcile (as a task starting next to the
+    # client does): the leaving task must leave the load balancers and resolvers anyway,
+    # and the arriving one wait for its FDB and neighbour entries.
+    async with planes[0]._lock:
+        planes[0].update(message(lab, [after]))
+        await eventually(seen(staying), "the leaving task withdrawn while the reconcile waits")
+        assert all(arriving not in seen for seen in extra.backends)
+    await eventually(seen(staying, arriving), "the arriving task added after the reconcile")
 
 
 async def test_a_reused_namespace_path_is_not_plumbed(lab: Lab,

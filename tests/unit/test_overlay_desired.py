@@ -15,6 +15,7 @@ from netdriver.node.desired import (
     owned_netns,
     sandbox_veths,
     veth_peer_name,
+    withdrawn,
 )
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
@@ -188,3 +189,21 @@ def test_a_malformed_network_spoils_only_itself() -> None:
     box = sandbox((NET_ID, "10.0.1.5/24"), (other, "10.0.1.9/24"))
     out = desired_networks(NODE, message(state(network(), TASKS), state(bad, [])), {"k": box})
     assert list(out) == [NET_ID]
+
+
+def test_withdrawn_takes_away_and_adds_nothing() -> None:
+    def tasks(msg: cluster_pb2.AssignmentsMessage) -> dict[str, set[str]]:
+        return {f"{n.network.id}/{r.service_id}": {t.addr for t in r.tasks}
+                for n in msg.networks for r in n.services}
+    old = message(state(network(), TASKS[:2]), state(network("gone"), TASKS[:1]))
+    new_service = cluster_pb2.ServiceRecord(service_id="s2", name="api")
+    new_service.tasks.add(task_id="t-9", node_id="n2", addr="10.0.1.9/24")
+    kept = state(network(), [TASKS[1], TASKS[2]])
+    kept.services.append(new_service)
+    new = message(kept, state(network("fresh"), TASKS[:1]), port=4800)
+    out = withdrawn(old, new)
+    # The task that left is gone, the one that arrived (and the new service, and the new
+    # network) wait for the full sync; the network that left is gone too.
+    assert tasks(out) == {f"{NET_ID}/s": {"10.0.1.6/24"}}
+    assert out.data_path_port == 4800 and list(out.peers) == list(new.peers)
+    assert withdrawn(new, new) == new
