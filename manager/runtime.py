@@ -140,7 +140,8 @@ class LeaderRuntime:
         changed = asyncio.Event()
 
         def on_events(events: list[Event]) -> None:  # on the Raft thread
-            if any(controller.relevant(e) for e in events):
+            # Every event, not any(): relevant() also marks what changed.
+            if sum(controller.relevant(e) for e in events):
                 loop.call_soon_threadsafe(changed.set)
 
         cancel = self.mgr.store.watch(on_events)

@@ -14,15 +14,18 @@ import asyncio
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from manager.errors import ManagerError, Unavailable
 from manager.manager import Manager
 from manager.orchestrator.snapshot import Decision, Group, Snapshot, SnapshotCache
-from manager.orchestrator.tasks import progress_only
+from manager.orchestrator.tasks import SlotKey, progress_only
 from manager.runtime import Controller
 from manager.store.memory import Event, StoreView
+from manager.store.view import slot_key
 from proto import objects_pb2 as pb
 from proto import store_pb2
 
@@ -91,18 +94,42 @@ async def write_each(mgr: Manager, objs: Sequence[Any]) -> bool:
     return not await write_groups(mgr, [[(store_pb2.UPDATE, o)] for o in objs])
 
 
+@dataclass
+class Marks:
+    """What changed since an orchestrator's last pass."""
+    everything: bool = False
+    services: set[str] = field(default_factory=set)  # decided whole
+    slots: set[tuple[str, SlotKey]] = field(default_factory=set)  # (service ID, slot)
+    nodes: set[str] = field(default_factory=set)  # the slots of the tasks on these nodes
+
+    def slots_by_service(self, snap: Snapshot) -> dict[str, set[SlotKey]]:
+        out: dict[str, set[SlotKey]] = defaultdict(set)
+        for service_id, key in self.slots:
+            out[service_id].add(key)
+        for node_id in self.nodes:
+            for task in snap.view.tasks_on_node(node_id):
+                out[task.service_id].add(slot_key(task))
+        return out
+
+
 class Orchestrator(Controller):
     """Subclasses set `name` and `core`, the module's pure `decide_service(service, tasks,
-    snapshot)`.
+    snapshot)`, and may set `slot_core`, its `decide_slot(service, key, slot_tasks,
+    snapshot)`: the same decisions for one slot (None when the slot alone cannot say, and
+    the whole service is decided).
 
-    A pass decides only the services whose inputs changed since the last (their own or
-    their tasks' changes, found from store events; any node or cluster change concerns
-    them all) and those whose wake-up time came. A task's report on its way up changes no
+    A pass decides only what changed since the last: a service whose own object changed is
+    decided whole; a task's change concerns its slot, and a node's the slots of the tasks
+    on it (an orchestrator without `slot_core` decides their services whole, and every
+    service on a node change); a cluster change concerns everything. Services whose
+    wake-up time came are decided whole. A task's report on its way up changes no
     decision (`progress_only`) and is not a change here; RUNNING is one only for an
-    orchestrator that sets `running_matters` (the updater waits for it)."""
+    orchestrator that sets `running_matters` (the updater waits for it). Deciding slots,
+    not services, keeps a pass small in a service of thousands of replicas."""
 
     name = "orchestrator"
     core: ClassVar[Any] = None
+    slot_core: ClassVar[Any] = None
     running_matters = False
 
     coalesce = PASS_INTERVAL
@@ -111,8 +138,7 @@ class Orchestrator(Controller):
         self.mgr = manager
         self.snapshots = snapshots or SnapshotCache()
         self._lock = threading.Lock()  # the Raft thread marks, the loop takes
-        self._changed: set[str] = set()  # service IDs
-        self._everything = True
+        self._marks = Marks(everything=True)
         self._wakes: dict[str, int] = {}  # service ID → wake-up time its last decision asked
 
     def decide_service(self, service: pb.Service, tasks: list[pb.Task],
@@ -122,48 +148,78 @@ class Orchestrator(Controller):
             raise TypeError(f"{type(self).__name__} sets no decision core")
         return core(service, tasks, snap)  # type: ignore[no-any-return]
 
+    def decide_slots(self, service: pb.Service, keys: set[SlotKey],
+                     snap: Snapshot) -> Decision | None:
+        """The decisions for these slots of the service (None: decide it whole)."""
+        core = type(self).slot_core
+        if core is None:
+            return None
+        decision = Decision()
+        for key in sorted(keys, key=str):
+            result = core(service, key, snap.view.tasks_in_slot(service.id, key), snap)
+            if result is None:
+                return None
+            decision.merge(result)
+        return decision
+
     # -- what changed (relevant() runs on the Raft thread) --
 
     def relevant(self, event: Event) -> bool:
         objs = [o for o in (event.old, event.new) if o is not None]
+        by_slot = type(self).slot_core is not None
         if event.table == "task":
             if progress_only(event.old, event.new, through_running=not self.running_matters):
                 return False
-            ids = {str(o.service_id) for o in objs}
-        elif event.table == "service":
-            ids = {str(o.id) for o in objs}
-        elif event.table in ("node", "cluster"):
             with self._lock:
-                self._everything = True
+                for task in objs:
+                    if by_slot:
+                        self._marks.slots.add((str(task.service_id), slot_key(task)))
+                    else:
+                        self._marks.services.add(str(task.service_id))
             return True
-        else:
-            return False  # networks, secrets, configs: no orchestrator reads them
-        with self._lock:
-            self._changed |= ids
-        return True
+        if event.table == "service":
+            with self._lock:
+                self._marks.services |= {str(o.id) for o in objs}
+            return True
+        if event.table == "node" and by_slot:
+            with self._lock:
+                self._marks.nodes |= {str(o.id) for o in objs}
+            return True
+        if event.table in ("node", "cluster"):
+            with self._lock:
+                self._marks.everything = True
+            return True
+        return False  # networks, secrets, configs: no orchestrator reads them
 
-    def _take_changed(self) -> set[str] | None:
-        """The services marked since the last take (None: every service)."""
+    def _take_marks(self) -> Marks:
+        """What was marked since the last take."""
         with self._lock:
-            changed, self._changed = self._changed, set()
-            everything, self._everything = self._everything, False
-        return None if everything else changed
+            marks, self._marks = self._marks, Marks()
+        return marks
 
     # -- deciding --
 
-    def decide(self, snap: Snapshot, changed: set[str] | None = None) -> Decision:
-        """Decide the services in `changed` (None: all) and those whose wake-up came."""
+    def decide(self, snap: Snapshot, marks: Marks | None = None) -> Decision:
+        """Decide what `marks` name (None: everything) and the services whose wake-up came."""
         decision = Decision()
         wakes: dict[str, int] = {}
+        slots = marks.slots_by_service(snap) if marks is not None else {}
         for service in snap.services.values():
             due = self._wakes.get(service.id)
-            if changed is not None and service.id not in changed and \
-                    (due is None or snap.now_ns < due):
+            whole = marks is None or marks.everything or service.id in marks.services or \
+                (due is not None and snap.now_ns >= due)
+            result = None
+            if not whole and service.id in slots:
+                result = self.decide_slots(service, slots[service.id], snap)
+                if result is not None:
+                    result.wake(due)  # the service's other slots still want theirs
+            elif not whole:
                 if due is not None:
                     wakes[service.id] = due
                     decision.wake(due)
                 continue
-            result = self.decide_service(service, snap.tasks_of(service.id), snap)
+            if result is None:
+                result = self.decide_service(service, snap.tasks_of(service.id), snap)
             if result.wake_at_ns is not None:
                 wakes[service.id] = result.wake_at_ns
             if result.groups:
@@ -183,16 +239,16 @@ class Orchestrator(Controller):
 
     def begin(self) -> None:
         with self._lock:  # a new term decides everything afresh
-            self._everything = True
+            self._marks.everything = True
         self._wakes.clear()
 
     async def run(self, view: StoreView) -> float | None:
-        changed = self._take_changed()
+        marks = self._take_marks()
         # The view is taken after the marks: every change marked so far is in it (the
         # store installs a view before it tells its watchers).
         view = self.mgr.view()
         now = time.time_ns()
-        decision = self.decide(self.snapshots.get(view, now), changed)
+        decision = self.decide(self.snapshots.get(view, now), marks)
         failed = 0
         if decision.groups:
             log.debug("%s: writing %d actions in %d groups", self.name,
@@ -200,7 +256,7 @@ class Orchestrator(Controller):
             failed = await write_groups(self.mgr, decision.groups)
         if failed:
             with self._lock:
-                self._everything = True
+                self._marks.everything = True
             return RETRY_FAILED
         if decision.wake_at_ns is None:
             return None

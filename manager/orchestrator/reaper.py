@@ -15,11 +15,12 @@ its node is down or removed (the agent stops and removes a task that left its as
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, delete, for_each_service, update
 from manager.orchestrator.tasks import (
     SlotKey,
-    by_slot,
     ended,
     holds_slot,
     is_global,
@@ -28,6 +29,7 @@ from manager.orchestrator.tasks import (
     restart_policy,
     with_desired,
 )
+from manager.store.view import slot_key
 from proto import objects_pb2 as pb
 
 
@@ -96,15 +98,36 @@ def decide_service(service: pb.Service | None, tasks: list[pb.Task],
         if not tasks:
             decision.add(delete(service))
         return decision
+    slots: dict[SlotKey, list[pb.Task]] = defaultdict(list)
+    for task in tasks:
+        slots[slot_key(task)].append(task)
+    for key, slot_tasks in slots.items():
+        reap_slot(service, key, slot_tasks, snap, decision)
+    return decision
+
+
+def decide_one_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task],
+                    snap: Snapshot) -> Decision | None:
+    """`decide_service` for one slot (`tasks`: every task the store has in it); a removed
+    service is decided whole (it is deleted with its last task)."""
+    decision = Decision()
+    if not (mode(service) or service.pending_delete):
+        return decision
+    if service.pending_delete:
+        return None
+    reap_slot(service, key, tasks, snap, decision)
+    return decision
+
+
+def reap_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task], snap: Snapshot,
+              decision: Decision) -> None:
     for task in tasks:
         if task.desired_state == pb.REMOVE and deletable(task, snap):
             decision.add(delete(task))
     limit = history_limit(service, snap)
-    if limit < 0:
-        return decision
-    for key, slot_tasks in by_slot(service, tasks).items():
-        prune_slot(service, key, slot_tasks, limit, snap, decision)
-    return decision
+    kept = [t for t in tasks if t.desired_state != pb.REMOVE]
+    if limit >= 0 and kept:
+        prune_slot(service, key, kept, limit, snap, decision)
 
 
 def decide(snap: Snapshot) -> Decision:
@@ -114,3 +137,4 @@ def decide(snap: Snapshot) -> Decision:
 class TaskReaper(Orchestrator):
     name = "task reaper"
     core = staticmethod(decide_service)
+    slot_core = staticmethod(decide_one_slot)

@@ -29,6 +29,7 @@ from manager.orchestrator.snapshot import (
     update,
 )
 from manager.orchestrator.tasks import (
+    SlotKey,
     by_slot,
     duplicates,
     holds_slot,
@@ -82,6 +83,17 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
     return decision
 
 
+def decide_one_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task],
+                    snap: Snapshot) -> Decision:
+    """`decide_service` for one slot (`tasks`: every task the store has in it)."""
+    decision = Decision()
+    if service.pending_delete or mode(service) != "replicated":
+        return decision
+    decide_slot(service, int(key), [t for t in tasks if t.desired_state != pb.REMOVE], snap,
+                decision)
+    return decision
+
+
 def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
@@ -89,3 +101,4 @@ def decide(snap: Snapshot) -> Decision:
 class ReplicatedOrchestrator(Orchestrator):
     name = "replicated orchestrator"
     core = staticmethod(decide_service)
+    slot_core = staticmethod(decide_one_slot)

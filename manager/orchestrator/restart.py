@@ -29,6 +29,7 @@ from manager.orchestrator.controller import Orchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, create, for_each_service, update
 from manager.orchestrator.tasks import (
     ENDED_BY_ITSELF,
+    SlotKey,
     by_slot,
     ended,
     ended_at,
@@ -110,29 +111,43 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
     decision = Decision()
     if not orchestrated(service) or not any(holds_slot(t) and ended(t) for t in tasks):
         return decision
-    slots = by_slot(service, tasks)
-    for key, slot_tasks in slots.items():
-        if mode(service) == "replicated" and not 1 <= int(key) <= replicas(service):
-            continue  # scaled away: the replicated orchestrator removes it
-        for task in slot_tasks:
-            if not holds_slot(task) or not ended(task):
-                continue
-            if is_job(service) and task.spec_version != service.spec_version:
-                continue  # a previous run of the job: the jobs orchestrator stops it
-            if is_global(service) and snap.node_lost(task.node_id):
-                continue  # the global orchestrator takes it out of the node
-            if is_job(service) and task.status.state == pb.COMPLETE:
-                continue  # done
-            if any(live(t) for t in slot_tasks if t.id != task.id):
-                # Another task holds the slot (start-first update): no successor needed.
-                decision.add(update(with_desired(task, pb.SHUTDOWN)))
-                continue
-            result = check(service, task, slot_tasks, snap.now_ns)
-            if result.verdict is Verdict.RESTART:
-                decision.add(update(with_desired(task, pb.SHUTDOWN)),
-                             create(successor(service, task, snap.now_ns)))
-            decision.wake(result.at_ns)
+    for key, slot_tasks in by_slot(service, tasks).items():
+        restart_slot(service, key, slot_tasks, snap, decision)
     return decision
+
+
+def decide_one_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task],
+                    snap: Snapshot) -> Decision:
+    """`decide_service` for one slot (`tasks`: every task the store has in it)."""
+    decision = Decision()
+    if orchestrated(service):
+        restart_slot(service, key, [t for t in tasks if t.desired_state != pb.REMOVE], snap,
+                     decision)
+    return decision
+
+
+def restart_slot(service: pb.Service, key: SlotKey, slot_tasks: list[pb.Task], snap: Snapshot,
+                 decision: Decision) -> None:
+    if mode(service) == "replicated" and not 1 <= int(key) <= replicas(service):
+        return  # scaled away: the replicated orchestrator removes it
+    for task in slot_tasks:
+        if not holds_slot(task) or not ended(task):
+            continue
+        if is_job(service) and task.spec_version != service.spec_version:
+            continue  # a previous run of the job: the jobs orchestrator stops it
+        if is_global(service) and snap.node_lost(task.node_id):
+            continue  # the global orchestrator takes it out of the node
+        if is_job(service) and task.status.state == pb.COMPLETE:
+            continue  # done
+        if any(live(t) for t in slot_tasks if t.id != task.id):
+            # Another task holds the slot (start-first update): no successor needed.
+            decision.add(update(with_desired(task, pb.SHUTDOWN)))
+            continue
+        result = check(service, task, slot_tasks, snap.now_ns)
+        if result.verdict is Verdict.RESTART:
+            decision.add(update(with_desired(task, pb.SHUTDOWN)),
+                         create(successor(service, task, snap.now_ns)))
+        decision.wake(result.at_ns)
 
 
 def decide(snap: Snapshot) -> Decision:
@@ -142,3 +157,4 @@ def decide(snap: Snapshot) -> Decision:
 class RestartSupervisor(Orchestrator):
     name = "restart supervisor"
     core = staticmethod(decide_service)
+    slot_core = staticmethod(decide_one_slot)

@@ -30,7 +30,7 @@ class Passes:
         mgr.store.watch(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
-        if any(self.controller.relevant(e) for e in events):
+        if sum(self.controller.relevant(e) for e in events):  # each marks what changed
             self.dirty = True
 
     async def step(self, begin: bool = False) -> bool:

@@ -2,15 +2,19 @@
 a stale group skipped without holding back the others, ticks skipped while nothing changed,
 and a new leader carrying on an update from the store alone."""
 
+import random
 import time
 
 from manager.manager import Manager, ManagerAddrs
-from manager.orchestrator.controller import batches, write_groups
+from manager.orchestrator import reaper, replicated, restart
+from manager.orchestrator.controller import Marks, batches, write_groups
 from manager.orchestrator.orchestrators import orchestrators
 from manager.orchestrator.replicated import ReplicatedOrchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, create, update
+from manager.orchestrator.tasks import SECOND, SlotKey, new_task
 from manager.orchestrator.update import Updater
 from manager.store.memory import Event, MemoryStore
+from manager.store.view import slot_key
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from tests.unit.orchestration_world import node, service
@@ -84,9 +88,9 @@ async def test_a_stale_group_is_skipped_and_the_others_written() -> None:
 class Counting(ReplicatedOrchestrator):
     calls = 0
 
-    def decide(self, snap: Snapshot, changed: set[str] | None = None) -> Decision:
+    def decide(self, snap: Snapshot, marks: Marks | None = None) -> Decision:
         self.calls += 1
-        decision = super().decide(snap, changed)
+        decision = super().decide(snap, marks)
         decision.wake(self.wake_at)
         return decision
 
@@ -169,34 +173,99 @@ class Recording(ReplicatedOrchestrator):
         self.decided.append(service.spec.annotations.name)
         return super().decide_service(service, tasks, snap)
 
+    def decide_slots(self, service: pb.Service, keys: set[SlotKey],
+                     snap: Snapshot) -> Decision | None:
+        self.decided.append(f"{service.spec.annotations.name}:{sorted(keys)}")
+        return super().decide_slots(service, keys, snap)
 
-async def test_only_services_whose_inputs_changed_are_decided_again() -> None:
-    mgr, _ = make_manager(node("n1"), service("a", replicas=1), service("b", replicas=1))
+
+async def test_only_the_slots_whose_inputs_changed_are_decided_again() -> None:
+    mgr, _ = make_manager(node("n1"), service("a", replicas=3), service("b", replicas=1))
     ctl = Recording(mgr)
     passes = Passes(mgr, ctl)
-    await passes.step(True)  # creates a task for each
-    await passes.step()  # both changed (their new tasks): decided, nothing to do
+    await passes.step(True)  # creates the tasks
+    await passes.step()  # their slots changed (new tasks): decided, nothing to do
+    assert sorted(ctl.decided) == ["a", "a:[1, 2, 3]", "b", "b:[1]"]
     ctl.decided.clear()
-    (task_a,) = [t for t in mgr.store.list(pb.Task) if t.service_id == "svc-a"]
+    task_a = next(t for t in mgr.store.list(pb.Task) if t.service_id == "svc-a" and t.slot == 2)
     task_a.node_id = "n1"
     task_a.status.state = pb.ASSIGNED
     await mgr.update(task_a)
     await passes.step()
-    assert ctl.decided == ["a"]
+    assert ctl.decided == ["a:[2]"]
     for state in (pb.ACCEPTED, pb.STARTING, pb.RUNNING):  # reports on its way up: no change
         task_a = mgr.store.get(pb.Task, task_a.id)
         task_a.status.state = state
         await mgr.update(task_a)
         assert not await passes.step()
-    assert ctl.decided == ["a"]
+    assert ctl.decided == ["a:[2]"]
     task_a = mgr.store.get(pb.Task, task_a.id)
     task_a.status.state = pb.FAILED  # ended: the restart supervisor's, a change for all
     await mgr.update(task_a)
     await passes.step()
-    assert ctl.decided == ["a", "a"]
-    await mgr.write((store_pb2.CREATE, node("n2")))  # a node change concerns every service
+    assert ctl.decided == ["a:[2]", "a:[2]"]
+    await mgr.write((store_pb2.CREATE, node("n2")))  # no task on it: nothing to decide
     await passes.step()
-    assert sorted(ctl.decided) == ["a", "a", "a", "b"]
+    assert ctl.decided == ["a:[2]", "a:[2]"]
+    task_3 = next(t for t in mgr.store.list(pb.Task) if t.service_id == "svc-a" and t.slot == 3)
+    task_3.node_id = "n1"
+    task_3.status.state = pb.RUNNING
+    await mgr.update(task_3)
+    await passes.step()
+    assert ctl.decided[2:] == ["a:[3]"]
+    await mgr.modify(pb.Node, "n1", lambda n: setattr(n.status, "state", pb.NODE_DOWN) or True)
+    await passes.step()  # the slots of the tasks on the node that went down
+    assert ctl.decided[3:] == ["a:[2, 3]"]
+    slot_3 = {t.id: t.desired_state for t in mgr.store.list(pb.Task) if t.slot == 3}
+    assert slot_3.pop(task_3.id) == pb.SHUTDOWN and list(slot_3.values()) == [pb.RUNNING]
+    await mgr.modify(pb.Service, "svc-b", lambda s: setattr(
+        s.spec.replicated, "replicas", 2) or True)
+    await passes.step()  # a service's own change: decided whole
+    assert sorted(ctl.decided[4:]) == ["a:[3]", "b"]  # (the new task of slot 3, and b)
+
+
+CORES = [(replicated.decide_service, replicated.decide_one_slot),
+         (restart.decide_service, restart.decide_one_slot),
+         (reaper.decide_service, reaper.decide_one_slot)]
+
+
+def test_deciding_every_slot_is_deciding_the_service() -> None:
+    """Each slot core says, slot by slot, what its service core says (the same actions, the
+    same wake-up), over worlds of every task state, desired state and node state."""
+    rng = random.Random(7)
+    states = [pb.NEW, pb.ASSIGNED, pb.RUNNING, pb.COMPLETE, pb.FAILED, pb.SHUTDOWN]
+    desired = [pb.RUNNING, pb.RUNNING, pb.SHUTDOWN, pb.REMOVE]
+    now = 1_000 * SECOND
+    for _ in range(300):
+        nodes = [node("n1"), node("n2", state=pb.NODE_DOWN), node("n3", availability=pb.DRAIN)]
+        svc = service(replicas=rng.randint(0, 4), restart={"condition": pb.RestartPolicy.ANY,
+                                                           "max_attempts": rng.randint(0, 2)})
+        tasks = []
+        for i in range(rng.randint(0, 12)):
+            task = new_task(svc, now - rng.randint(0, 20) * SECOND, slot=rng.randint(1, 6))
+            task.id = f"t{i}"
+            task.node_id = rng.choice(["", "n1", "n2", "n3", "gone"])
+            task.status.state = rng.choice(states)
+            task.desired_state = rng.choice(desired)
+            task.meta.created_at_ns = task.meta.updated_at_ns = task.status.timestamp_ns
+            tasks.append(task)
+        snap = Snapshot.of(now, [svc], tasks, nodes)
+        keys = {slot_key(t) for t in tasks} | set(range(1, 5))
+        for whole, one in CORES:
+            want = whole(svc, snap.tasks_of(svc.id), snap)
+            got = Decision()
+            for key in keys:
+                part = one(svc, key, snap.view.tasks_in_slot(svc.id, key), snap)
+                assert part is not None
+                got.merge(part)
+            assert summary(got) == summary(want), (whole.__module__, tasks)
+
+
+def summary(decision: Decision) -> tuple[list[tuple[int, str, int, int]], int | None]:
+    """The actions, with new tasks by slot (their IDs are random), and the wake-up."""
+    return sorted((kind, obj.id if kind != store_pb2.CREATE else "new", getattr(obj, "slot", 0),
+                   getattr(obj, "desired_state", 0)) for kind, obj in decision.actions()), \
+        decision.wake_at_ns
 
 
 def test_running_is_a_change_for_the_updater_only() -> None:
