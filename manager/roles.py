@@ -54,6 +54,15 @@ def demotions(nodes: list[pb.Node]) -> list[pb.Node]:
     return [n for n in nodes if n.spec.desired_role == pb.WORKER and n.role == pb.MANAGER]
 
 
+def concerns_roles(event: Event) -> bool:
+    """A manager, or a node promoted or demoted: not the thousands of workers' own writes
+    (each pass reads every node)."""
+    if event.table != "node":
+        return False
+    return any(n.role == pb.MANAGER or n.spec.desired_role == pb.MANAGER or
+               n.manager_status.raft_addr for n in (event.old, event.new) if n is not None)
+
+
 class RoleController(Controller):
     name = "role manager"
 
@@ -61,7 +70,7 @@ class RoleController(Controller):
         self.mgr = manager
 
     def relevant(self, event: Event) -> bool:
-        return event.table == "node"
+        return concerns_roles(event)
 
     async def run(self, view: StoreView) -> float | None:
         replica = self.mgr.replica

@@ -7,6 +7,7 @@ continues exactly where the last one stopped and an address is never handed out 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -151,7 +152,9 @@ def bare(address: str) -> str:
     return address.split("/", 1)[0]
 
 
+@functools.lru_cache(maxsize=65536)
 def host_of(cidr: str) -> Addr:
+    # Cached: the allocator reads every node's and task's address on its passes.
     return ipaddress.IPv4Interface(cidr).ip
 
 

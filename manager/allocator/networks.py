@@ -49,6 +49,8 @@ def network_subnets(networks: Iterable[pb.Network], but: str = "") -> list[tuple
 def allocate_networks(networks: Sequence[pb.Network], cluster: pb.Cluster | None,
                       nodes: Sequence[pb.Node]) -> list[pb.Network]:
     """Copies of the networks that had no subnet or VNI yet, with them."""
+    if all(n.pending_delete or (n.vni and n.ipam) for n in networks):
+        return []  # the common case: nothing to allocate (the routes of every node unread)
     # Subnets users asked for are taken even before their network is allocated.
     asked = [(Net(n.spec.ipam[0].subnet), f"network {n.spec.annotations.name}")
              for n in networks if not n.ipam and n.spec.ipam and _is_cidr(n.spec.ipam[0].subnet)]
@@ -198,11 +200,12 @@ def attach_task(task: pb.Task, service: pb.Service | None, networks: dict[str, p
 
 def tunnel_addresses(nodes: Sequence[pb.Node]) -> list[pb.Node]:
     """Copies of the nodes without a WireGuard tunnel address, with one."""
+    missing = [n for n in nodes if not n.tunnel.addr]
+    if not missing:
+        return []
     used = {ipam.host_of(n.tunnel.addr) for n in nodes if n.tunnel.addr}
     out = []
-    for node in sorted(nodes, key=lambda n: (n.meta.created_at_ns, n.id)):
-        if node.tunnel.addr:
-            continue
+    for node in sorted(missing, key=lambda n: (n.meta.created_at_ns, n.id)):
         addr = ipam.first_free(ipam.TUNNEL_POOL, used)
         if addr is None:
             log.warning("allocator: no WireGuard tunnel address left for node %s", node.id)
@@ -219,12 +222,11 @@ def ingress_addresses(nodes: Sequence[pb.Node], ingress: pb.Network | None,
                       used: MutableMapping[str, set[Addr]]) -> list[pb.Node]:
     """Copies of the nodes without an address on the ingress network (their routing-mesh
     namespace), with one."""
-    if ingress is None or not ingress.ipam:
+    missing = [n for n in nodes if not n.ingress_addr]
+    if ingress is None or not ingress.ipam or not missing:
         return []
     out = []
-    for node in sorted(nodes, key=lambda n: (n.meta.created_at_ns, n.id)):
-        if node.ingress_addr:
-            continue
+    for node in sorted(missing, key=lambda n: (n.meta.created_at_ns, n.id)):
         try:
             addr = ipam.next_address(ingress.ipam[0], used[ingress.id],
                                      f"the ingress namespace of node {node.id}")

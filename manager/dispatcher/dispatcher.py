@@ -99,6 +99,18 @@ def silent_since(session: NodeSession | None) -> float:
     return session.ended_at if session.ended_at is not None else session.last_seen
 
 
+def changes_sessions(event: Event) -> bool:
+    """The change touches a session message: the managers' addresses or a node's role (the
+    heartbeat period follows the swarm's size through the heartbeat answers)."""
+    if event.table != "node":
+        return False
+    if event.old is None or event.new is None:
+        node = event.old if event.old is not None else event.new
+        return bool(node.manager_status.addr) or node.role == pb.MANAGER
+    return bool(event.old.manager_status.addr != event.new.manager_status.addr or
+                event.old.role != event.new.role)
+
+
 class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
@@ -107,8 +119,9 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self.assignments = AssignmentIndex(manager.store)
         self.statuses = StatusWriter(manager)
         self._managers_cache: tuple[int, list[cluster_pb2.WeightedPeer]] = (-1, [])
-        # Bumped (on the Raft thread) whenever a node changes: session messages are made
-        # from the node table only, so they are rebuilt, and sessions woken, only then.
+        # Bumped (on the Raft thread) when a node change touches what session messages
+        # carry (the managers, a node's role): they are rebuilt, and sessions woken, only
+        # then, not on each of the thousands of node writes of a large swarm joining.
         self._bumps = itertools.count(1)  # next() is atomic: two threads bump
         self._node_changes = 0
         self._nodes_changed = asyncio.Event()
@@ -119,7 +132,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         manager.store.watch(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
-        if any(e.table == "node" for e in events):
+        if any(changes_sessions(e) for e in events):
             self._node_changes = next(self._bumps)
             loop = self._loop
             if loop is not None and not loop.is_closed():

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from manager.store.memory import Event, MemoryStore, StoreView
 from proto import objects_pb2 as pb
+from shoal.api import convert
 from shoal.api import convert_service as conv
 from shoal.api.status import service_status
 
@@ -132,6 +133,7 @@ class Listing:
     def __init__(self, store: MemoryStore) -> None:
         self.services = ObjectJSON()
         self.tasks = ObjectJSON()
+        self.nodes = ObjectJSON()
         self.counts = StatusCounts(store)
         # (filters, status) → (the services table, store version, body)
         self._bodies: dict[tuple[str, bool], tuple[Any, int, bytes]] = {}
@@ -186,6 +188,13 @@ class Listing:
             return (_dumps(before)[:-1] + b", \"Spec\": " + self.task_spec(task.spec) + b", "
                     + _dumps(after)[1:])
         data: bytes = self.tasks.get(task, job, encode)
+        return data
+
+    def node(self, node: pb.Node, cluster: pb.Cluster) -> bytes:
+        """The node's JSON; its TLSInfo is the cluster's root CA (the variant)."""
+        ca_pem = cluster.root_ca.ca_cert_pem
+        data: bytes = self.nodes.get(node, ca_pem, lambda: _dumps(
+            convert.node_json(node, convert.tls_info(cluster))))
         return data
 
     def task_spec(self, spec: pb.TaskSpec) -> bytes:

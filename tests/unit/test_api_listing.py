@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from manager.ca.authority import RootCA
 from proto import objects_pb2 as pb
 from proto import store_pb2
+from shoal.api import convert
 from shoal.api import convert_service as conv
 from shoal.api.server import make_app
 from shoal.api.status import service_status
@@ -95,3 +97,25 @@ async def test_status_follows_task_and_service_changes(lists: Api) -> None:
     assert listed[0]["ServiceStatus"]["DesiredTasks"] == 5
     assert await raw(api, "/tasks", filters=json.dumps({"service": {"web": True}})) == \
         expected_tasks(api, api.service("web"), job=False)
+
+
+async def test_nodes_are_the_converters_output_and_follow_changes(lists: Api) -> None:
+    api = lists
+    cluster = pb.Cluster(id="c1")
+    cluster.root_ca.ca_cert_pem = RootCA.create().cert_pem
+    api.mgr.put(cluster, *(pb.Node(id=f"n{i}") for i in range(3)))
+
+    def expected() -> bytes:
+        tls = convert.tls_info(api.mgr.cluster())
+        return json.dumps([convert.node_json(n, tls)
+                           for n in api.mgr.store.view().list(pb.Node)]).encode()
+    first = await raw(api, "/nodes")
+    assert first == expected() and json.loads(first)
+    node = api.mgr.store.list(pb.Node)[0]
+    node.spec.annotations.labels["zone"] = "b"
+    await api.mgr.update(node)
+    changed = await raw(api, "/nodes")
+    assert changed == expected() != first
+    assert json.loads(changed)[0]["Spec"]["Labels"] == {"zone": "b"}
+    filtered = await raw(api, "/nodes", filters=json.dumps({"node.label": ["zone=a"]}))
+    assert filtered == b"[]"

@@ -10,14 +10,15 @@ from manager.dispatcher.dispatcher import (
     RECONNECT_GRACE,
     Dispatcher,
     NodeSession,
+    changes_sessions,
     down_limit,
     down_reason,
     heartbeat_period,
 )
 from manager.errors import FailedPrecondition, InvalidArgument, NotFound
 from manager.manager import Manager, ManagerAddrs
-from manager.roles import demotions, promote, sync_manager_status
-from manager.store.memory import MemoryStore
+from manager.roles import concerns_roles, demotions, promote, sync_manager_status
+from manager.store.memory import Event, MemoryStore
 from proto import objects_pb2 as pb
 from tests.unit.passes import lead
 from tests.unit.test_scheduler import FakeReplica, put
@@ -150,3 +151,37 @@ def test_role_reconciliation() -> None:
     assert promote(w) and w.role == pb.MANAGER
     m.spec.desired_role = pb.WORKER
     assert demotions([m, w]) == [m]
+
+
+def node_event(old: pb.Node | None, new: pb.Node | None) -> Event:
+    return Event(0, "node", old, new)
+
+
+def test_only_manager_and_role_changes_wake_sessions_and_the_role_manager() -> None:
+    worker = pb.Node(id="w", role=pb.WORKER)
+    worker.spec.desired_role = pb.WORKER
+    ready = pb.Node()
+    ready.CopyFrom(worker)
+    ready.status.state = pb.NODE_READY  # a worker's own writes: thousands in a join
+    assert not changes_sessions(node_event(worker, ready))
+    assert not concerns_roles(node_event(worker, ready))
+    assert not changes_sessions(node_event(None, worker))
+    assert not concerns_roles(node_event(None, worker))
+    promoted = pb.Node()
+    promoted.CopyFrom(ready)
+    promoted.spec.desired_role = pb.MANAGER
+    assert concerns_roles(node_event(ready, promoted))
+    manager = pb.Node()
+    manager.CopyFrom(promoted)
+    manager.role = pb.MANAGER
+    assert changes_sessions(node_event(promoted, manager))
+    joined = pb.Node()
+    joined.CopyFrom(manager)
+    joined.manager_status.addr = "10.0.0.2:2377"
+    assert changes_sessions(node_event(manager, joined))
+    assert changes_sessions(node_event(joined, None))  # a manager removed
+    assert concerns_roles(node_event(joined, None))
+    demoted = pb.Node()
+    demoted.CopyFrom(joined)
+    demoted.spec.desired_role = pb.WORKER
+    assert concerns_roles(node_event(joined, demoted))

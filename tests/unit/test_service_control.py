@@ -40,6 +40,10 @@ class FakeManager:
     async def update(self, obj: Any) -> int:
         return await self.write((store_pb2.UPDATE, obj))
 
+    def cluster(self) -> pb.Cluster:
+        found: pb.Cluster = self.store.list(pb.Cluster)[0]
+        return found
+
     async def modify(self, cls: type, obj_id: str, change: Any) -> bool:
         obj = self.store.get(cls, obj_id)
         if obj is None or not change(obj):
