@@ -105,8 +105,8 @@ def changes_sessions(event: Event) -> bool:
     if event.table != "node":
         return False
     if event.old is None or event.new is None:
-        node = event.old if event.old is not None else event.new
-        return bool(node.manager_status.addr) or node.role == pb.MANAGER
+        return any(bool(n.manager_status.addr) or n.role == pb.MANAGER
+                   for n in (event.old, event.new) if n is not None)
     return bool(event.old.manager_status.addr != event.new.manager_status.addr or
                 event.old.role != event.new.role)
 
