@@ -226,6 +226,20 @@ def decide_service(service: pb.Service, tasks: list[pb.Task], snap: Snapshot) ->
     return decision
 
 
+def decide_one_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task],
+                    snap: Snapshot) -> Decision | None:
+    """Nothing to do when no update is under way and the slot's tasks are of the current
+    spec (what `decide_service` finds then too); anything else is decided over the whole
+    service (batches span slots)."""
+    if not orchestrated(service) or is_job(service):
+        return Decision()
+    if service.update_status.state in ACTIVE + PAUSED:
+        return None
+    if all(t.spec_version == service.spec_version for t in tasks if holds_slot(t)):
+        return Decision()
+    return None
+
+
 def decide(snap: Snapshot) -> Decision:
     return for_each_service(snap, decide_service)
 
@@ -234,3 +248,4 @@ class Updater(Orchestrator):
     name = "updater"
     running_matters = True  # the next batch starts once the last one runs
     core = staticmethod(decide_service)
+    slot_core = staticmethod(decide_one_slot)

@@ -106,7 +106,13 @@ def schedule(nodes: Iterable[pb.Node], tasks_by_node: Mapping[str, Iterable[pb.T
              pending: Iterable[pb.Task]) -> Decisions:
     """Place `pending` (PENDING tasks, in priority order) on `nodes`, given the tasks already
     on each node (terminal ones are ignored). Inputs are not modified."""
-    run = _Pass({n.id: NodeInfo.build(n, tasks_by_node.get(n.id, ())) for n in nodes})
+    return schedule_on({n.id: NodeInfo.build(n, tasks_by_node.get(n.id, ())) for n in nodes},
+                       pending)
+
+
+def schedule_on(infos: dict[str, NodeInfo], pending: Iterable[pb.Task]) -> Decisions:
+    """`schedule` over the nodes as already built (changed as tasks are placed)."""
+    run = _Pass(infos)
     groups: dict[Requirements, list[pb.Task]] = {}
     parser = _Parser()
     for task in pending:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from manager.manager import Manager
 from manager.orchestrator.controller import write_each
 from manager.orchestrator.tasks import unplaced
 from manager.runtime import Controller
-from manager.scheduler.decide import Decisions, schedule
-from manager.scheduler.filters import holds_node, is_active, wants_to_run
+from manager.scheduler.decide import Decisions, schedule_on
+from manager.scheduler.filters import NodeInfo, holds_node, is_active, wants_to_run
 from manager.store.memory import Event, StoreView
 from proto import objects_pb2 as pb
 
@@ -40,9 +40,34 @@ def pending_tasks(view: StoreView) -> list[pb.Task]:
     return [t for t in unplaced(view) if is_pending(t)]
 
 
-def tasks_by_node(view: StoreView, nodes: Iterable[pb.Node]) -> dict[str, list[pb.Task]]:
-    """The tasks holding each node."""
-    return {n.id: [t for t in view.tasks_on_node(n.id) if holds_node(t)] for n in nodes}
+class NodeInfos:
+    """Each node as a pass starts with it, built again only when the node or one of its
+    tasks changed since the last pass (a pass read all tasks of all nodes, 15 % of the
+    leader while 20,000 tasks started on 2,000 nodes)."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, tuple[pb.Node, list[pb.Task], NodeInfo]] = {}
+
+    def fresh(self, view: StoreView) -> dict[str, NodeInfo]:
+        """Copies for one pass to change."""
+        built = {}
+        out = {}
+        for node in view.list(pb.Node):
+            tasks = view.tasks_on_node(node.id)
+            hit = self._built.get(node.id)
+            if hit is not None and hit[0] is node and _same(hit[1], tasks):
+                info = hit[2]
+            else:
+                info = NodeInfo.build(node, tasks)
+            built[node.id] = (node, tasks, info)
+            out[node.id] = info.copy()
+        self._built = built
+        return out
+
+
+def _same(old: list[pb.Task], new: list[pb.Task]) -> bool:
+    """The same stored objects (a changed task is a new object)."""
+    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
 
 
 def relevant(event: Event) -> bool:
@@ -104,6 +129,7 @@ class Scheduler(Controller):
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
         self.last: Decisions | None = None  # the latest pass's decisions (tests, metrics)
+        self.infos = NodeInfos()
 
     def relevant(self, event: Event) -> bool:
         return relevant(event)
@@ -112,8 +138,7 @@ class Scheduler(Controller):
         pending = pending_tasks(view)
         decisions = Decisions({}, {})
         if pending:
-            nodes = view.list(pb.Node)
-            decisions = schedule(nodes, tasks_by_node(view, nodes), pending)
+            decisions = schedule_on(self.infos.fresh(view), pending)
         self.last = decisions
         self.mgr.metrics.decided(len(decisions.assignments), len(decisions.unplaceable))
         changed = updates(decisions, pending, time.time_ns())

@@ -10,7 +10,8 @@ import pytest
 
 from manager.manager import Manager, ManagerAddrs
 from manager.scheduler.decide import schedule
-from manager.scheduler.scheduler import Scheduler
+from manager.scheduler.filters import Requirements
+from manager.scheduler.scheduler import NodeInfos, Scheduler
 from manager.store.memory import MemoryStore, wrap
 from proto import objects_pb2 as pb
 from proto import store_pb2
@@ -437,3 +438,24 @@ async def test_a_global_services_task_made_for_its_node_is_scheduled(cluster) ->
     await sched.step(True)
     assert state(store, "g-a") == (pb.ASSIGNED, "a", "")
     assert state(store, "r1")[:2] == (pb.ASSIGNED, "a")
+
+
+def test_node_infos_are_built_again_only_for_what_changed() -> None:
+    store = MemoryStore()
+    put(store, node("a", mem=4 * GIB), node("b", mem=4 * GIB),
+        running("t1", "a", mem=GIB), running("t2", "b", mem=GIB))
+    infos = NodeInfos()
+    first = infos.fresh(store.view())
+    first["a"].take(Requirements("web", 0, GIB, (), (), (), 0, ()))  # changes its copy only
+    built = {k: v[2] for k, v in infos._built.items()}
+    again = infos.fresh(store.view())
+    assert again["a"].free_mem == 3 * GIB and again["a"].by_service == {"web": 1}
+    assert all(infos._built[k][2] is built[k] for k in "ab")  # nothing changed: reused
+    put(store, running("t3", "b", svc="api", mem=GIB))
+    third = infos.fresh(store.view())
+    assert infos._built["a"][2] is built["a"] and infos._built["b"][2] is not built["b"]
+    assert (third["b"].free_mem, third["b"].by_service) == (2 * GIB, {"web": 1, "api": 1})
+    stopped = running("t1", "a", mem=GIB)
+    stopped.status.state = pb.SHUTDOWN  # a changed task: its node is built again
+    put(store, stopped)
+    assert infos.fresh(store.view())["a"].free_mem == 4 * GIB
