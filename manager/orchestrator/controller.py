@@ -53,30 +53,31 @@ def batches(groups: list[Group], limit: int = MAX_ACTIONS) -> Iterator[list[Grou
         yield chunk
 
 
-async def write_groups(mgr: Manager, groups: list[Group]) -> int:
+async def write_groups(mgr: Manager, groups: list[Group]) -> list[Group]:
     """Write the groups, fenced by the leadership epoch, IN_FLIGHT batches at a time (each
-    commit waits for Raft's append timer, so batches in flight share it); returns how many
-    groups could not be written."""
+    commit waits for Raft's append timer, so batches in flight share it); returns the
+    groups that could not be written."""
     limit = asyncio.Semaphore(IN_FLIGHT)
 
-    async def one(chunk: list[Group]) -> int:
+    async def one(chunk: list[Group]) -> list[Group]:
         async with limit:
             return await _write_chunk(mgr, chunk)
 
-    return sum(await asyncio.gather(*(one(chunk) for chunk in batches(groups))))
+    results = await asyncio.gather(*(one(chunk) for chunk in batches(groups)))
+    return [group for failed in results for group in failed]
 
 
-async def _write_chunk(mgr: Manager, chunk: list[Group]) -> int:
+async def _write_chunk(mgr: Manager, chunk: list[Group]) -> list[Group]:
     try:
         await mgr.write(*[a for g in chunk for a in g], fenced=True)
-        return 0
+        return []
     except Unavailable:
         raise
     except ManagerError as err:
         if len(chunk) == 1:
             log.debug("write skipped: %s", err)
-            return 1
-    failed = 0
+            return chunk
+    failed = []
     for group in chunk:  # find the groups that went stale; write the others
         try:
             await mgr.write(*group, fenced=True)
@@ -84,7 +85,7 @@ async def _write_chunk(mgr: Manager, chunk: list[Group]) -> int:
             raise
         except ManagerError as err:
             log.debug("write skipped: %s", err)
-            failed += 1
+            failed.append(group)
     return failed
 
 
@@ -191,6 +192,19 @@ class Orchestrator(Controller):
             return True
         return False  # networks, secrets, configs: no orchestrator reads them
 
+    def _mark_failed(self, groups: list[Group]) -> None:
+        """Decide again, from a fresh view, what the groups that lost a race were about."""
+        with self._lock:
+            for _, obj in (a for g in groups for a in g):
+                if isinstance(obj, pb.Task) and type(self).slot_core is not None:
+                    self._marks.slots.add((str(obj.service_id), slot_key(obj)))
+                elif isinstance(obj, pb.Task):
+                    self._marks.services.add(str(obj.service_id))
+                elif isinstance(obj, pb.Service):
+                    self._marks.services.add(str(obj.id))
+                else:
+                    self._marks.everything = True
+
     def _take_marks(self) -> Marks:
         """What was marked since the last take."""
         with self._lock:
@@ -249,14 +263,13 @@ class Orchestrator(Controller):
         view = self.mgr.view()
         now = time.time_ns()
         decision = self.decide(self.snapshots.get(view, now), marks)
-        failed = 0
+        failed: list[Group] = []
         if decision.groups:
             log.debug("%s: writing %d actions in %d groups", self.name,
                       sum(len(g) for g in decision.groups), len(decision.groups))
             failed = await write_groups(self.mgr, decision.groups)
         if failed:
-            with self._lock:
-                self._marks.everything = True
+            self._mark_failed(failed)
             return RETRY_FAILED
         if decision.wake_at_ns is None:
             return None

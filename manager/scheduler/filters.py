@@ -80,11 +80,6 @@ class NodeInfo:
                 info.by_service[task.service_id] = info.by_service.get(task.service_id, 0) + 1
         return info
 
-    def copy(self) -> NodeInfo:
-        """A copy a pass may change (a built NodeInfo is kept for the next pass)."""
-        return NodeInfo(self.node, self.id, self.free_cpu, self.free_mem, self.total,
-                        dict(self.by_service), set(self.ports))
-
     def take(self, req: Requirements) -> None:
         self.free_cpu -= req.cpu
         self.free_mem -= req.mem

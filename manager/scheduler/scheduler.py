@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from manager.manager import Manager
 from manager.orchestrator.controller import write_each
@@ -49,7 +49,7 @@ class NodeInfos:
         self._built: dict[str, tuple[pb.Node, list[pb.Task], NodeInfo]] = {}
 
     def fresh(self, view: StoreView) -> dict[str, NodeInfo]:
-        """Copies for one pass to change."""
+        """The nodes for one pass; those it places tasks on must be `spoiled` after it."""
         built = {}
         out = {}
         for node in view.list(pb.Node):
@@ -60,9 +60,15 @@ class NodeInfos:
             else:
                 info = NodeInfo.build(node, tasks)
             built[node.id] = (node, tasks, info)
-            out[node.id] = info.copy()
+            out[node.id] = info
         self._built = built
         return out
+
+    def spoil(self, node_ids: Iterable[str]) -> None:
+        """A pass placed tasks on these nodes (it changed their NodeInfo): build them again
+        next time (their tasks change anyway once the placements are written)."""
+        for node_id in node_ids:
+            self._built.pop(node_id, None)
 
 
 def _same(old: list[pb.Task], new: list[pb.Task]) -> bool:
@@ -139,6 +145,7 @@ class Scheduler(Controller):
         decisions = Decisions({}, {})
         if pending:
             decisions = schedule_on(self.infos.fresh(view), pending)
+            self.infos.spoil(set(decisions.assignments.values()))
         self.last = decisions
         self.mgr.metrics.decided(len(decisions.assignments), len(decisions.unplaceable))
         changed = updates(decisions, pending, time.time_ns())

@@ -82,9 +82,21 @@ async def test_a_stale_group_is_skipped_and_the_others_written() -> None:
     await mgr.update(b)  # someone else changed b since it was read
     a.desired_state = stale.desired_state = pb.REMOVE
     failed = await write_groups(mgr, [[update(a)], [update(stale), create(pb.Task(id="c"))]])
-    assert failed == 1
+    assert failed == [[update(stale), create(pb.Task(id="c"))]]
     assert mgr.store.get(pb.Task, "a").desired_state == pb.REMOVE
     assert mgr.store.get(pb.Task, "c") is None  # its group failed as a whole
+
+
+def test_a_lost_race_is_decided_again_for_what_it_was_about() -> None:
+    mgr, _ = make_manager()
+    task = pb.Task(id="t", service_id="svc-a", slot=2)
+    ctl = ReplicatedOrchestrator(mgr)
+    ctl._take_marks()  # the new term's "everything"
+    ctl._mark_failed([[update(task)], [update(pb.Service(id="svc-b"))]])
+    marks = ctl._take_marks()
+    assert (marks.everything, marks.slots, marks.services) == (False, {("svc-a", 2)}, {"svc-b"})
+    ctl._mark_failed([[update(pb.Node(id="n1"))]])
+    assert ctl._take_marks().everything
 
 
 class Counting(ReplicatedOrchestrator):

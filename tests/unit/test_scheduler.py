@@ -446,15 +446,17 @@ def test_node_infos_are_built_again_only_for_what_changed() -> None:
         running("t1", "a", mem=GIB), running("t2", "b", mem=GIB))
     infos = NodeInfos()
     first = infos.fresh(store.view())
-    first["a"].take(Requirements("web", 0, GIB, (), (), (), 0, ()))  # changes its copy only
-    built = {k: v[2] for k, v in infos._built.items()}
     again = infos.fresh(store.view())
-    assert again["a"].free_mem == 3 * GIB and again["a"].by_service == {"web": 1}
-    assert all(infos._built[k][2] is built[k] for k in "ab")  # nothing changed: reused
-    put(store, running("t3", "b", svc="api", mem=GIB))
+    assert all(again[k] is first[k] for k in "ab")  # nothing changed: reused
+    again["a"].take(Requirements("web", 0, GIB, (), (), (), 0, ()))  # a pass placed one
+    infos.spoil(["a"])
     third = infos.fresh(store.view())
-    assert infos._built["a"][2] is built["a"] and infos._built["b"][2] is not built["b"]
-    assert (third["b"].free_mem, third["b"].by_service) == (2 * GIB, {"web": 1, "api": 1})
+    assert third["a"] is not first["a"] and third["b"] is first["b"]
+    assert third["a"].free_mem == 3 * GIB and third["a"].by_service == {"web": 1}
+    put(store, running("t3", "b", svc="api", mem=GIB))
+    fourth = infos.fresh(store.view())
+    assert fourth["a"] is third["a"] and fourth["b"] is not first["b"]
+    assert (fourth["b"].free_mem, fourth["b"].by_service) == (2 * GIB, {"web": 1, "api": 1})
     stopped = running("t1", "a", mem=GIB)
     stopped.status.state = pb.SHUTDOWN  # a changed task: its node is built again
     put(store, stopped)
