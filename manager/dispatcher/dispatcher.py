@@ -21,7 +21,7 @@ import grpc
 
 from manager import grpcapi
 from manager.dispatcher.assignments import AssignmentIndex, StatusWriter
-from manager.errors import FailedPrecondition, NotFound
+from manager.errors import FailedPrecondition, ManagerError, NotFound
 from manager.identity import new_id
 from manager.manager import Manager
 from manager.runtime import Controller
@@ -129,6 +129,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._wake_pending: asyncio.TimerHandle | None = None
         self._last_check = 0.0  # when the liveness check last ran (monotonic)
         self.liveness = NodeLiveness(self)
+        self._node_writes: dict[str, asyncio.Task[None]] = {}  # node ID → its heartbeat's write
         manager.store.watch(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
@@ -198,24 +199,49 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
                         context: grpc.aio.ServicerContext) -> cluster_pb2.HeartbeatResponse:
         ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER),
                                self.mgr.store)
-        session = self.sessions.get(ident.node_id)
+        return self.heartbeat(ident.node_id, request)
+
+    def heartbeat(self, node_id: str, request: cluster_pb2.HeartbeatRequest
+                  ) -> cluster_pb2.HeartbeatResponse:
+        """A node's heartbeat: answered at once, whatever the leader has to write."""
+        session = self.sessions.get(node_id)
         if session is None or session.session_id != request.session_id:
-            raise NotFound(f"session {request.session_id} of node {ident.node_id} is not "
+            raise NotFound(f"session {request.session_id} of node {node_id} is not "
                            "known to this leader; open a new session")
         session.last_seen = time.monotonic()
         session.period = self._period() * session.jitter  # the swarm may have grown
-        node = self.mgr.view().get(pb.Node, ident.node_id)
+        node = self.mgr.view().get(pb.Node, node_id)
         if node is not None and self.mgr.epoch and (
                 node.status.state != pb.NODE_READY or
-                node.status.message != request.status_message):
+                node.status.message != request.status_message or
+                reports_news(node, request)):
             # A node marked down that still heartbeats is alive: bring it back; and show
-            # what it reports about itself.
-            ready = functools.partial(mark_ready_again, message=request.status_message)
-            await self.mgr.modify(pb.Node, node.id, ready, fenced=True)
-        if node is not None and self.mgr.epoch and reports_news(node, request):
-            news = functools.partial(take_news, request=request)
-            await self.mgr.modify(pb.Node, node.id, news, fenced=True)
+            # what it reports about itself. Written beside the answer, never before it: a
+            # heartbeat waiting behind a busy leader's writes timed out, the node reopened
+            # its session, and the reconnects fed the backlog (2,000 nodes stuck).
+            self._write_node(node.id, request)
         return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
+
+    def _write_node(self, node_id: str, request: cluster_pb2.HeartbeatRequest) -> None:
+        """What the node's heartbeat says, written in the background; one write per node
+        at a time (a later heartbeat repeats what is still to write)."""
+        if node_id in self._node_writes:
+            return
+
+        def ready_with_news(node: pb.Node) -> bool:
+            ready = mark_ready_again(node, message=request.status_message)
+            return take_news(node, request=request) | ready
+
+        async def write() -> None:
+            try:
+                await self.mgr.modify(pb.Node, node_id, ready_with_news, fenced=True)
+            except ManagerError as err:  # the next heartbeat tries again
+                log.info("node %s: writing what its heartbeat says failed: %s", node_id, err)
+            except Exception:
+                log.exception("node %s: writing what its heartbeat says failed", node_id)
+            finally:
+                self._node_writes.pop(node_id, None)
+        self._node_writes[node_id] = asyncio.create_task(write())
 
     @grpcapi.streaming
     async def Assignments(self, request: cluster_pb2.AssignmentsRequest,

@@ -1,5 +1,6 @@
 """Pure decision functions: quorum checks, node down detection, role reconciliation."""
 
+import asyncio
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from manager.errors import FailedPrecondition, InvalidArgument, NotFound
 from manager.manager import Manager, ManagerAddrs
 from manager.roles import concerns_roles, demotions, promote, sync_manager_status
 from manager.store.memory import Event, MemoryStore
+from proto import cluster_pb2, store_pb2
 from proto import objects_pb2 as pb
 from tests.unit.passes import lead
 from tests.unit.test_scheduler import FakeReplica, put
@@ -185,3 +187,41 @@ def test_only_manager_and_role_changes_wake_sessions_and_the_role_manager() -> N
     demoted.CopyFrom(joined)
     demoted.spec.desired_role = pb.WORKER
     assert concerns_roles(node_event(joined, demoted))
+
+
+class HeldReplica(FakeReplica):
+    """Commits only once `release` is set (a leader with a backlog of writes)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self.release = asyncio.Event()
+
+    async def propose(self, batch: store_pb2.StoreBatch, timeout: float = 10.0) -> int:
+        await self.release.wait()
+        return await super().propose(batch, timeout)
+
+
+async def test_a_heartbeat_is_answered_before_what_it_says_is_written() -> None:
+    store = MemoryStore()
+    replica = HeldReplica(store)
+    mgr = Manager("m", ManagerAddrs("a:1", "a:2"), store, replica)  # type: ignore[arg-type]
+    down = worker("w1")
+    down.status.state = pb.NODE_DOWN
+    put(store, pb.Cluster(id="c"), down)
+    replica.release.set()
+    lead(mgr)
+    replica.release.clear()
+    dispatcher = Dispatcher(mgr)
+    dispatcher.sessions["w1"] = NodeSession("s1", "w1", 5.0)
+    beat = cluster_pb2.HeartbeatRequest(session_id="s1", status_message="disk full")
+    answer = dispatcher.heartbeat("w1", beat)  # not a coroutine: it cannot wait for Raft
+    assert answer.period_ns > 0
+    dispatcher.heartbeat("w1", beat)  # one write per node in flight
+    assert len(dispatcher._node_writes) == 1
+    assert store.get(pb.Node, "w1").status.state == pb.NODE_DOWN
+    replica.release.set()
+    await asyncio.gather(*dispatcher._node_writes.values())
+    node = store.get(pb.Node, "w1")
+    assert (node.status.state, node.status.message) == (pb.NODE_READY, "disk full")
+    with pytest.raises(NotFound):
+        dispatcher.heartbeat("w1", cluster_pb2.HeartbeatRequest(session_id="old"))
