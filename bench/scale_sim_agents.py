@@ -146,7 +146,27 @@ async def wait_stop() -> None:
     await stop.wait()
 
 
+LAG_TICK = 0.5  # seconds between the lag probe's wake-ups
+LAG_REPORT = 2.0  # a wake-up this late is logged: the fake nodes, not the leader, are slow
+
+
+async def watch_lag() -> None:
+    """Log when this process's event loop wakes late: 250 agents in one process share a
+    fraction of the machine's cores with the leader, and an agent whose loop lags misses
+    its own heartbeat deadlines."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    while True:
+        before = loop.time()
+        await asyncio.sleep(LAG_TICK)
+        lag = loop.time() - before - LAG_TICK
+        if lag >= LAG_REPORT and lag > worst / 2:
+            logging.getLogger("scale_sim.agents").warning("event loop %.1f s late", lag)
+        worst = max(worst, lag)
+
+
 async def run(args: argparse.Namespace) -> None:
+    lag_probe = asyncio.create_task(watch_lag())
     recorder = Recorder()
     nodes = [Node(os.path.join(args.data_dir, hostname(i)), hostname(i),
                   executor=RecordingExecutor(recorder))
@@ -164,6 +184,7 @@ async def run(args: argparse.Namespace) -> None:
          join_s=round(time.time() - started, 3))
     await wait_stop()
     supervising.cancel()
+    lag_probe.cancel()
     Path(args.out).write_text(json.dumps({"prepared": recorder.prepared,
                                           "started": recorder.started,
                                           "agent_restarts": supervisor.restarts}))
