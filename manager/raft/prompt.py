@@ -140,6 +140,10 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
         self._wakeup = Wakeup(self._poller)
 
     def _doDestroy(self) -> None:  # noqa: N802 (pysyncobj's name)
+        # pysyncobj saves the commit index to the journal's meta file at most once a second
+        # and not on close: a manager stopped within that second, then started alone (its
+        # peers gone, `--force-new-cluster`), believed nothing it had committed was.
+        self._SyncObj__raftLog.onOneSecondTimer()
         super()._doDestroy()
         if self._wakeup is not None:
             self._wakeup.close()

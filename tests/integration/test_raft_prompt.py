@@ -170,3 +170,26 @@ async def test_a_write_waits_out_followers_that_answer_late(tmp_path: Path) -> N
         await asyncio.sleep(0.1)  # the followers apply it (and stall) about now
         await leader.replica.propose(create("during"))
         assert await wait_for(lambda: all("during" in f.history for f in followers), 10)
+
+
+async def test_a_stopped_member_keeps_what_it_knew_was_committed(tmp_path: Path) -> None:
+    """Closed right after its writes (pysyncobj writes the commit index once a second) and
+    started again alone, its peers gone: it applies what it had committed by itself."""
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    members = [Member(a, addrs, tmp_path / f"r{i}", None) for i, a in enumerate(addrs)]
+    try:
+        assert await wait_for(lambda: any(m.replica.is_leader() for m in members)
+                              and all(m.replica.ready() for m in members), 30)
+        leader = next(m for m in members if m.replica.is_leader())
+        for i in range(5):
+            await leader.replica.propose(create(f"kept-{i}"))
+    finally:
+        for m in members:
+            m.replica.close()
+    index = members.index(leader)
+    alone = Member(addrs[index], addrs, tmp_path / f"r{index}", None)
+    try:
+        assert await wait_for(lambda: alone.history[-5:] == [f"kept-{i}" for i in range(5)],
+                              10), alone.history
+    finally:
+        alone.replica.close()
