@@ -36,8 +36,10 @@ Report = Callable[[str, pb.TaskStatus], None]
 RETRY = 1.0  # seconds before retrying an engine call that failed for a reason not the task's
 # A task on overlay networks that is told to stop keeps serving this long first: the leader
 # has already taken it out of every node's load-balancer backends and resolvers, and this
-# lets those nodes apply that before its connections are refused.
-BACKEND_DRAIN = 1.0
+# lets those nodes apply that before its connections are refused. 2 s, not 1: with the
+# test suite's load on 2 cores, a node's withdrawal still came late 2 times in ~700 tries
+# (the assignments reach a node through a busy leader, then nft runs once per sandbox).
+BACKEND_DRAIN = 2.0
 
 
 @dataclass(frozen=True)
