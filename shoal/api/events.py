@@ -22,8 +22,8 @@ from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert
 from shoal.api.context import manager_of
-from shoal.api.convert_service import UPDATE_STATE
 from shoal.api.request import filters_param
+from shoal.api.service_json import UPDATE_STATE
 from shoal.errors import InvalidRequest
 
 Attributes = dict[str, str]

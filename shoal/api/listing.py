@@ -34,7 +34,7 @@ from aiohttp import web
 from manager.store.memory import Event, MemoryStore, StoreView
 from proto import objects_pb2 as pb
 from shoal.api import convert
-from shoal.api import convert_service as conv
+from shoal.api import service_json as sjson
 from shoal.api.status import service_status
 
 
@@ -161,14 +161,14 @@ class Listing:
         table = view.tables["service"]
         if self._jobs[0] is not table:
             self._jobs = (table, {s.id for s in table.values()
-                                  if conv.mode_name(s.spec).endswith("_job")})
+                                  if sjson.mode_name(s.spec).endswith("_job")})
         return self._jobs[1]
 
     def service_parts(self, svc: pb.Service) -> tuple[bytes, bytes]:
         """The service's JSON in two: up to where ServiceStatus goes (no closing brace), and
         the rest (JobStatus if any, and the brace)."""
         def encode() -> tuple[bytes, bytes]:
-            whole = conv.service_json(svc)
+            whole = sjson.service_json(svc)
             job = whole.pop("JobStatus", None)
             tail = (b", \"JobStatus\": " + _dumps(job) if job is not None else b"") + b"}"
             return _dumps(whole)[:-1], tail
@@ -184,7 +184,7 @@ class Listing:
 
     def task(self, task: pb.Task, job: bool) -> bytes:
         def encode() -> bytes:
-            before, after = conv.task_json_parts(task, job)
+            before, after = sjson.task_json_parts(task, job)
             return (_dumps(before)[:-1] + b", \"Spec\": " + self.task_spec(task.spec) + b", "
                     + _dumps(after)[1:])
         data: bytes = self.tasks.get(task, job, encode)
@@ -204,7 +204,7 @@ class Listing:
         if found is None:
             if len(self._specs) >= self.SPECS:
                 self._specs.clear()
-            found = self._specs[key] = _dumps(conv.task_spec_json(spec))
+            found = self._specs[key] = _dumps(sjson.task_spec_json(spec))
         return found
 
 

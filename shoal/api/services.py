@@ -16,6 +16,7 @@ from manager.store.view import StoreView
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert_service as conv
+from shoal.api import service_json as sjson
 from shoal.api.context import manager_of
 from shoal.api.listing import json_body, json_response, listing_of
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
@@ -46,7 +47,7 @@ def service_matches(svc: pb.Service, filters: dict[str, list[str]]) -> bool:
                                  f"{', '.join(_MODES)}")
         checks = {"id": lambda v: svc.id.startswith(v),
                   "name": lambda v: svc.spec.annotations.name.startswith(v),
-                  "mode": lambda v: conv.mode_name(svc.spec) == _MODES[v]}
+                  "mode": lambda v: sjson.mode_name(svc.spec) == _MODES[v]}
         if not any(checks[key](v) for v in values):
             return False
     return True
@@ -93,7 +94,7 @@ async def inspect_service(request: web.Request) -> web.Response:
     view = manager_of(request).store.view()
     svc = service_of(view, view.list(pb.Service), request.match_info["ref"])
     defaults = bool_param(request.query.get("insertDefaults"))
-    return web.json_response(conv.service_json(svc, defaults=defaults))
+    return web.json_response(sjson.service_json(svc, defaults=defaults))
 
 
 # Creates through one node are checked and written one at a time, so two requests for the

@@ -7,7 +7,7 @@ from collections import Counter
 
 from manager.rules.uptodate import is_current
 from proto import objects_pb2 as pb
-from shoal.api import convert_service as conv
+from shoal.api import service_json as sjson
 
 
 def service_status(svc: pb.Service, tasks: list[pb.Task]) -> dict[str, int]:
@@ -17,7 +17,7 @@ def service_status(svc: pb.Service, tasks: list[pb.Task]) -> dict[str, int]:
     states = Counter(t.status.state for t in current
                      if t.desired_state <= pb.COMPLETE)
     running, completed = states[pb.RUNNING], states[pb.COMPLETE]
-    mode = conv.mode_name(svc.spec)
+    mode = sjson.mode_name(svc.spec)
     if mode == "replicated":
         desired = svc.spec.replicated.replicas
     elif mode == "replicated_job":

@@ -15,7 +15,7 @@ from manager.errors import InvalidArgument
 from manager.rules.uptodate import is_current
 from manager.store.view import StoreView
 from proto import objects_pb2 as pb
-from shoal.api import convert_service as conv
+from shoal.api import service_json as sjson
 from shoal.api.listing import json_list, listing_of
 from shoal.api.request import bool_param, filters_param
 from shoal.api.services import label_match, manager_of, service_of
@@ -23,7 +23,7 @@ from shoal.errors import InvalidRequest
 
 _TASK_FILTERS = {"service", "node", "name", "id", "label", "desired-state", "_up-to-date",
                  "runtime"}
-_STATES = {name: value for value, name in conv.TASK_STATES.items()}
+_STATES = {name: value for value, name in sjson.TASK_STATES.items()}
 
 TaskCheck = Callable[[pb.Task], bool]
 
@@ -99,7 +99,7 @@ def _desired(values: list[str]) -> TaskCheck:
 
 
 def _jobs(services: list[pb.Service]) -> set[str]:
-    return {s.id for s in services if conv.mode_name(s.spec).endswith("_job")}
+    return {s.id for s in services if sjson.mode_name(s.spec).endswith("_job")}
 
 
 def candidates(view: StoreView, refs: Refs) -> Iterable[pb.Task]:
@@ -138,7 +138,7 @@ async def inspect_task(request: web.Request) -> web.Response:
     ref = request.match_info["task_id"]
     task = view.get(pb.Task, ref) or resolve(view.list(pb.Task), ref, "task")
     jobs = _jobs(view.list(pb.Service))
-    return web.json_response(conv.task_json(task, job=task.service_id in jobs))
+    return web.json_response(sjson.task_json(task, job=task.service_id in jobs))
 
 
 ROUTES = [

@@ -15,7 +15,7 @@ from manager.ca.authority import RootCA
 from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert
-from shoal.api import convert_service as conv
+from shoal.api import service_json as sjson
 from shoal.api.server import make_app
 from shoal.api.status import service_status
 from tests.unit.test_service_control import Api, FakeNode, task
@@ -40,7 +40,7 @@ async def raw(api: Api, path: str, **params: str) -> bytes:
 def expected_services(api: Api, status: bool) -> bytes:
     view = api.mgr.store.view()
     services = sorted(view.list(pb.Service), key=lambda s: s.spec.annotations.name)
-    return json.dumps([conv.service_json(
+    return json.dumps([sjson.service_json(
         s, status=service_status(s, view.tasks_of_service(s.id)) if status else None)
         for s in services]).encode()
 
@@ -48,7 +48,7 @@ def expected_services(api: Api, status: bool) -> bytes:
 def expected_tasks(api: Api, svc: pb.Service, job: bool) -> bytes:
     tasks = sorted(api.mgr.store.view().tasks_of_service(svc.id),
                    key=lambda t: (t.meta.created_at_ns, t.id))
-    return json.dumps([conv.task_json(t, job=job) for t in tasks]).encode()
+    return json.dumps([sjson.task_json(t, job=job) for t in tasks]).encode()
 
 
 async def status_of(api: Api, name: str) -> dict[str, int]:

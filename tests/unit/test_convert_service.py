@@ -10,6 +10,7 @@ import pytest
 
 from proto import objects_pb2 as pb
 from shoal.api import convert_service as conv
+from shoal.api import service_json as sjson
 from shoal.errors import InvalidRequest
 
 # §2.3: `docker service create --detach --name web --replicas 3 -p 8080:80 busybox sleep 1000`
@@ -101,7 +102,7 @@ def test_cli_simple_create_body() -> None:
     port = spec.endpoint.ports[0]
     assert (port.target_port, port.published_port, port.publish_mode) == (80, 8080,
                                                                            pb.PortConfig.INGRESS)
-    out = conv.service_spec_json(spec)
+    out = sjson.service_spec_json(spec)
     assert out["Mode"] == {"Replicated": {"Replicas": 3}}
     assert out["EndpointSpec"] == CLI_SIMPLE["EndpointSpec"]
     assert out["TaskTemplate"]["ContainerSpec"] == {"Image": CLI_SIMPLE["TaskTemplate"][
@@ -123,7 +124,7 @@ def test_cli_big_create_body_round_trips() -> None:
     assert spec.update.failure_action == pb.UpdateConfig.ROLLBACK
     assert spec.update.max_failure_ratio == pytest.approx(0.2)
     assert spec.endpoint.mode == pb.EndpointSpec.DNSRR
-    out = conv.service_spec_json(spec)
+    out = sjson.service_spec_json(spec)
     expected = copy.deepcopy(body)
     expected["TaskTemplate"] |= {"ForceUpdate": 0, "Runtime": "container"}
     out["UpdateConfig"]["MaxFailureRatio"] = round(out["UpdateConfig"]["MaxFailureRatio"], 6)
@@ -154,7 +155,7 @@ def test_hosts_and_dns_config_round_trip_and_are_checked() -> None:
     c = spec.task.container
     assert list(c.hosts) == ["10.1.2.3 extra.example other"]
     assert list(c.dns_config.search) == ["example.org"]
-    out = conv.service_spec_json(spec)["TaskTemplate"]["ContainerSpec"]
+    out = sjson.service_spec_json(spec)["TaskTemplate"]["ContainerSpec"]
     assert out["Hosts"] == container["Hosts"] and out["DNSConfig"] == container["DNSConfig"]
     container["Hosts"] = ["extra.example:10.1.2.3"]
     with pytest.raises(InvalidRequest, match=r"ContainerSpec.Hosts\[0\]"):
@@ -205,9 +206,9 @@ def test_modes(mode: dict[str, Any], field: str, expected: Any) -> None:
                               "Mode": mode})
     assert spec.WhichOneof("mode") == field
     assert getattr(spec, field) == expected
-    assert conv.service_spec_json(spec)["Mode"] == conv.mode_json(spec)
+    assert sjson.service_spec_json(spec)["Mode"] == sjson.mode_json(spec)
     assert conv.service_spec({"Name": "j", "TaskTemplate": {"ContainerSpec": {"Image": "a"}},
-                              "Mode": conv.mode_json(spec)}) == spec
+                              "Mode": sjson.mode_json(spec)}) == spec
 
 
 @pytest.mark.parametrize("body, message", [
@@ -242,7 +243,7 @@ def _service() -> pb.Service:
 
 def test_service_json_shape() -> None:
     svc = _service()
-    out = conv.service_json(svc, status={"RunningTasks": 1, "DesiredTasks": 3,
+    out = sjson.service_json(svc, status={"RunningTasks": 1, "DesiredTasks": 3,
                                          "CompletedTasks": 0})
     assert out["ID"] == "svc1" and out["Version"] == {"Index": 9}
     assert out["CreatedAt"] == "2023-11-14T22:13:20.000000000Z"
@@ -254,7 +255,7 @@ def test_service_json_shape() -> None:
     svc.update_status.message = "manually requested rollback"
     svc.previous_spec.CopyFrom(svc.spec)
     svc.has_previous_spec = True
-    out = conv.service_json(svc)
+    out = sjson.service_json(svc)
     assert out["UpdateStatus"]["State"] == "rollback_started"
     assert out["UpdateStatus"]["Message"] == "manually requested rollback"
     assert out["PreviousSpec"]["Name"] == "web"
@@ -262,7 +263,7 @@ def test_service_json_shape() -> None:
 
 def test_insert_defaults() -> None:
     svc = _service()
-    spec = conv.service_json(svc, defaults=True)["Spec"]
+    spec = sjson.service_json(svc, defaults=True)["Spec"]
     tt = spec["TaskTemplate"]
     assert tt["RestartPolicy"] == {"Condition": "any", "Delay": 5_000_000_000, "MaxAttempts": 0}
     assert tt["ContainerSpec"]["StopGracePeriod"] == 10_000_000_000
@@ -270,7 +271,7 @@ def test_insert_defaults() -> None:
                                     "Monitor": 5_000_000_000, "MaxFailureRatio": 0,
                                     "Order": "stop-first"}
     assert spec["RollbackConfig"] == spec["UpdateConfig"]
-    assert "UpdateConfig" not in conv.service_json(svc)["Spec"]
+    assert "UpdateConfig" not in sjson.service_json(svc)["Spec"]
     conv.service_spec(spec)  # what `inspect` shows can be sent back
 
 
@@ -281,9 +282,9 @@ def test_job_service_and_task_json() -> None:
     # The first read after a create already shows the run its tasks will carry (spec_version),
     # before the orchestrator records it: the CLI's job progress counts that run's tasks.
     svc = pb.Service(id="s", spec=spec, spec_version=3)
-    assert conv.service_json(svc)["JobStatus"]["JobIteration"] == {"Index": 3}
+    assert sjson.service_json(svc)["JobStatus"]["JobIteration"] == {"Index": 3}
     svc.job_status.job_iteration = 3
-    assert conv.service_json(svc)["JobStatus"]["JobIteration"] == {"Index": 3}
+    assert sjson.service_json(svc)["JobStatus"]["JobIteration"] == {"Index": 3}
     task = pb.Task(id="t1", service_id="s", slot=2, node_id="n1", job_iteration=3,
                    desired_state=pb.COMPLETE, spec=spec.task)
     task.annotations.name = "j.2.t1"
@@ -291,7 +292,7 @@ def test_job_service_and_task_json() -> None:
     task.status.err = "task: non-zero exit (3)"
     task.status.container.exit_code = 3
     task.status.container.container_id = "c1"
-    out = conv.task_json(task, job=True)
+    out = sjson.task_json(task, job=True)
     assert out["JobIteration"] == {"Index": 3}
     assert out["Status"]["State"] == "failed" and out["DesiredState"] == "complete"
     assert out["Status"]["ContainerStatus"] == {"ContainerID": "c1", "PID": 0, "ExitCode": 3}
@@ -299,13 +300,13 @@ def test_job_service_and_task_json() -> None:
     # Docker's replicated-job slots count from 0 (the docker CLI's job progress needs it)
     assert out["Slot"] == 1 and out["NodeID"] == "n1" and out["Name"] == "j.2.t1"
     task.slot = 1
-    assert "Slot" not in conv.task_json(task, job=True)
+    assert "Slot" not in sjson.task_json(task, job=True)
     assert out["Spec"]["ContainerSpec"]["Image"] == "a"
 
 
 def test_task_json_for_new_global_task() -> None:
     task = pb.Task(id="t", service_id="s")
-    out = conv.task_json(task)
+    out = sjson.task_json(task)
     assert out["Status"]["State"] == "new" and out["DesiredState"] == "new"
     assert "Slot" not in out and "NodeID" not in out and "JobIteration" not in out
     assert "ContainerStatus" not in out["Status"]
@@ -322,7 +323,7 @@ def test_a_stacks_named_volume_keeps_its_volume_options() -> None:
     got = spec.task.container.mounts[0]
     assert dict(got.volume_labels) == {"com.docker.stack.namespace": "app"}
     assert got.volume_no_copy
-    assert conv.service_spec_json(spec)["TaskTemplate"]["ContainerSpec"]["Mounts"] == [mount]
+    assert sjson.service_spec_json(spec)["TaskTemplate"]["ContainerSpec"]["Mounts"] == [mount]
     mount["VolumeOptions"]["DriverConfig"] = {"Name": "nfs"}
     with pytest.raises(InvalidRequest, match="VolumeOptions.DriverConfig is not supported"):
         conv.service_spec(body)
