@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 # is only a safety net, so idle streams cost nothing.
 RECHECK = 30.0
 MAX_BATCH = 200
-IN_FLIGHT = 8  # status batches committing at once
 RETRIES = 10
 _UNSTABLE = ("status", "meta")  # fields whose change alone does not resend the set
 
@@ -280,27 +279,18 @@ class StatusWriter:
                     waiter.set_result(None)
 
     async def write(self, reports: dict[str, tuple[str, pb.TaskStatus]]) -> int:
-        """Write the reports that move their task forward; the number of tasks written.
-        Batches go IN_FLIGHT at a time: written one after the other, thousands of nodes'
-        reports waited tens of seconds for the commits before theirs."""
+        """Write the reports that move their task forward; the number of tasks written."""
         todo, written = dict(reports), 0
-        limit = asyncio.Semaphore(IN_FLIGHT)
-
-        async def one(chunk: list[pb.Task]) -> bool:
-            async with limit:
-                try:
-                    await self.mgr.write(*[(store_pb2.UPDATE, t) for t in chunk])
-                except OutOfSequence:
-                    return False
-                return True
-
         for _ in range(RETRIES):
             tasks = self._changes(todo)
-            chunks = [tasks[i:i + MAX_BATCH] for i in range(0, len(tasks), MAX_BATCH)]
-            done = await asyncio.gather(*(one(chunk) for chunk in chunks))
-            written += sum(len(c) for ok, c in zip(done, chunks, strict=True) if ok)
-            conflicts = {t.id: todo[t.id] for ok, c in zip(done, chunks, strict=True)
-                         if not ok for t in c}
+            conflicts: dict[str, tuple[str, pb.TaskStatus]] = {}
+            for start in range(0, len(tasks), MAX_BATCH):
+                chunk = tasks[start:start + MAX_BATCH]
+                try:
+                    await self.mgr.write(*[(store_pb2.UPDATE, t) for t in chunk])
+                    written += len(chunk)
+                except OutOfSequence:
+                    conflicts.update({t.id: todo[t.id] for t in chunk})
             if not conflicts:
                 return written
             todo = conflicts

@@ -146,32 +146,3 @@ async def test_status_writes_are_batched_and_retried_on_conflicts() -> None:
     await writer.submit("n2", [cluster_pb2.TaskStatusUpdate(  # another node's task
         task_id="t001", status=status(pb.FAILED, 9, err="forged"))])
     assert len(mgr.writes) == before and get(store, "t001").status.state == pb.RUNNING
-
-
-class SlowCommits(StoreManager):
-    """Each write takes a while to commit, as through Raft; counts the writes in flight."""
-
-    def __init__(self, store: MemoryStore) -> None:
-        super().__init__(store)
-        self.in_flight = 0
-        self.most = 0
-
-    async def write(self, *actions: tuple[int, object]) -> int:
-        self.in_flight += 1
-        self.most = max(self.most, self.in_flight)
-        await asyncio.sleep(0.01)
-        self.in_flight -= 1
-        return await super().write(*actions)
-
-
-async def test_status_batches_commit_several_at_a_time() -> None:
-    store = MemoryStore()
-    tasks = [task(f"t{i:04}") for i in range(2000)]
-    apply(store, *[(store_pb2.CREATE, t) for t in tasks])
-    mgr = SlowCommits(store)
-    writer = StatusWriter(mgr)  # type: ignore[arg-type]
-    await writer.submit("n1", [cluster_pb2.TaskStatusUpdate(
-        task_id=t.id, status=status(pb.RUNNING, 5)) for t in tasks])
-    assert sorted(mgr.writes) == [assignments.MAX_BATCH] * 10
-    assert mgr.most == assignments.IN_FLIGHT
-    assert all(t.status.state == pb.RUNNING for t in store.list(pb.Task))
