@@ -167,22 +167,18 @@ class Orchestrator(Controller):
 
     def relevant(self, event: Event) -> bool:
         objs = [o for o in (event.old, event.new) if o is not None]
-        by_slot = type(self).slot_core is not None
         if event.table == "task":
             if progress_only(event.old, event.new, through_running=not self.running_matters):
                 return False
             with self._lock:
                 for task in objs:
-                    if by_slot:
-                        self._marks.slots.add((str(task.service_id), slot_key(task)))
-                    else:
-                        self._marks.services.add(str(task.service_id))
+                    self._mark_task(task)
             return True
         if event.table == "service":
             with self._lock:
                 self._marks.services |= {str(o.id) for o in objs}
             return True
-        if event.table == "node" and by_slot:
+        if event.table == "node" and type(self).slot_core is not None:
             with self._lock:
                 self._marks.nodes |= {str(o.id) for o in objs}
             return True
@@ -196,14 +192,19 @@ class Orchestrator(Controller):
         """Decide again, from a fresh view, what the groups that lost a race were about."""
         with self._lock:
             for _, obj in (a for g in groups for a in g):
-                if isinstance(obj, pb.Task) and type(self).slot_core is not None:
-                    self._marks.slots.add((str(obj.service_id), slot_key(obj)))
-                elif isinstance(obj, pb.Task):
-                    self._marks.services.add(str(obj.service_id))
+                if isinstance(obj, pb.Task):
+                    self._mark_task(obj)
                 elif isinstance(obj, pb.Service):
                     self._marks.services.add(str(obj.id))
                 else:
                     self._marks.everything = True
+
+    def _mark_task(self, task: pb.Task) -> None:
+        """Its slot, or its whole service without a slot core (the lock held)."""
+        if type(self).slot_core is not None:
+            self._marks.slots.add((str(task.service_id), slot_key(task)))
+        else:
+            self._marks.services.add(str(task.service_id))
 
     def _take_marks(self) -> Marks:
         """What was marked since the last take."""
@@ -217,7 +218,7 @@ class Orchestrator(Controller):
         """Decide what `marks` name (None: everything) and the services whose wake-up came."""
         decision = Decision()
         wakes: dict[str, int] = {}
-        slots = marks.slots_by_service(snap) if marks is not None else {}
+        slots = marks.slots_by_service(snap) if marks and not marks.everything else {}
         for service in snap.services.values():
             due = self._wakes.get(service.id)
             whole = marks is None or marks.everything or service.id in marks.services or \

@@ -25,6 +25,7 @@ from manager.orchestrator.tasks import (
     holds_slot,
     is_global,
     mode,
+    not_removed,
     replicas,
     restart_policy,
     with_desired,
@@ -125,7 +126,7 @@ def reap_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task], snap: Sna
         if task.desired_state == pb.REMOVE and deletable(task, snap):
             decision.add(delete(task))
     limit = history_limit(service, snap)
-    kept = [t for t in tasks if t.desired_state != pb.REMOVE]
+    kept = not_removed(tasks)
     if limit >= 0 and kept:
         prune_slot(service, key, kept, limit, snap, decision)
 

@@ -36,6 +36,7 @@ from manager.orchestrator.tasks import (
     live,
     mode,
     new_task,
+    not_removed,
     replicas,
     with_desired,
 )
@@ -89,8 +90,7 @@ def decide_one_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task],
     decision = Decision()
     if service.pending_delete or mode(service) != "replicated":
         return decision
-    decide_slot(service, int(key), [t for t in tasks if t.desired_state != pb.REMOVE], snap,
-                decision)
+    decide_slot(service, int(key), not_removed(tasks), snap, decision)
     return decision
 
 

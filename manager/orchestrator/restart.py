@@ -39,6 +39,7 @@ from manager.orchestrator.tasks import (
     live,
     mode,
     new_task,
+    not_removed,
     orchestrated,
     replicas,
     restart_policy,
@@ -121,8 +122,7 @@ def decide_one_slot(service: pb.Service, key: SlotKey, tasks: list[pb.Task],
     """`decide_service` for one slot (`tasks`: every task the store has in it)."""
     decision = Decision()
     if orchestrated(service):
-        restart_slot(service, key, [t for t in tasks if t.desired_state != pb.REMOVE], snap,
-                     decision)
+        restart_slot(service, key, not_removed(tasks), snap, decision)
     return decision
 
 

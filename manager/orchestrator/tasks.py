@@ -127,13 +127,17 @@ def replicas(service: pb.Service) -> int:
     return int(service.spec.replicated.replicas)
 
 
+def not_removed(tasks: Iterable[pb.Task]) -> list[pb.Task]:
+    """The tasks not being removed (scale-down, service removal): those a slot counts."""
+    return [t for t in tasks if t.desired_state != pb.REMOVE]
+
+
 def by_slot(service: pb.Service, tasks: Iterable[pb.Task]) -> dict[SlotKey, list[pb.Task]]:
     """Tasks grouped by slot (node for global modes), without those being removed."""
     slots: dict[SlotKey, list[pb.Task]] = defaultdict(list)
     per_node = is_global(service)
-    for task in tasks:
-        if task.desired_state != pb.REMOVE:
-            slots[task.node_id if per_node else int(task.slot)].append(task)
+    for task in not_removed(tasks):
+        slots[task.node_id if per_node else int(task.slot)].append(task)
     return slots
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from manager.dispatcher.dispatcher import NodeSession
+from manager.dispatcher.sessions import NodeSession
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 

@@ -6,10 +6,10 @@ import time
 import pytest
 
 from manager.controlapi.nodes import check_remove, check_spec_change, find_node
-from manager.dispatcher.dispatcher import (
+from manager.dispatcher.dispatcher import Dispatcher
+from manager.dispatcher.sessions import (
     MAX_HEARTBEATS_PER_S,
     RECONNECT_GRACE,
-    Dispatcher,
     NodeSession,
     changes_sessions,
     down_limit,

@@ -11,7 +11,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from manager.dispatcher.dispatcher import NodeSession
+from manager.dispatcher.sessions import NodeSession
 from manager.metrics import ManagerInstruments
 from manager.scheduler import filters
 from manager.scheduler.constraint import parse_constraints

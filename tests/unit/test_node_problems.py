@@ -4,7 +4,7 @@ when the node stops reporting it (a heartbeat of a node marked down brings it ba
 
 import datetime
 
-from manager.dispatcher.dispatcher import mark_ready_again, session_opened
+from manager.dispatcher.sessions import mark_ready_again, session_opened
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from shoal.node import renewal_problem
