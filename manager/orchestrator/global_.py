@@ -83,3 +83,4 @@ def decide(snap: Snapshot) -> Decision:
 class GlobalOrchestrator(Orchestrator):
     name = "global orchestrator"
     core = staticmethod(decide_service)
+    modes = ("global",)

@@ -133,3 +133,4 @@ def decide(snap: Snapshot) -> Decision:
 class JobsOrchestrator(Orchestrator):
     name = "jobs orchestrator"
     core = staticmethod(decide_service)
+    modes = ("replicated_job", "global_job")

@@ -101,4 +101,5 @@ def decide(snap: Snapshot) -> Decision:
 class ReplicatedOrchestrator(Orchestrator):
     name = "replicated orchestrator"
     core = staticmethod(decide_service)
+    modes = ("replicated",)
     slot_core = staticmethod(decide_one_slot)

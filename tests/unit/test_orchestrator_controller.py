@@ -9,7 +9,9 @@ from collections import Counter
 from manager.manager import Manager, ManagerAddrs
 from manager.orchestrator import reaper, replicated, restart
 from manager.orchestrator import update as updater
-from manager.orchestrator.controller import Marks, batches, write_groups
+from manager.orchestrator.controller import Marks, Orchestrator, batches, write_groups
+from manager.orchestrator.global_ import GlobalOrchestrator
+from manager.orchestrator.jobs import JobsOrchestrator
 from manager.orchestrator.orchestrators import orchestrators
 from manager.orchestrator.replicated import ReplicatedOrchestrator
 from manager.orchestrator.snapshot import Decision, Snapshot, create, update
@@ -236,6 +238,38 @@ async def test_only_the_slots_whose_inputs_changed_are_decided_again() -> None:
         s.spec.replicated, "replicas", 2) or True)
     await passes.step()  # a service's own change: decided whole
     assert sorted(ctl.decided[4:]) == ["a:[3]", "b"]  # (the new task of slot 3, and b)
+
+
+def recording(cls: type[Orchestrator]) -> type[Orchestrator]:
+    """`cls`, noting the services it decides whole (their tasks listed for it)."""
+    class Recorded(cls):  # type: ignore[valid-type, misc]
+        decided: list[str] = []
+
+        def decide_service(self, service: pb.Service, tasks: list[pb.Task],
+                           snap: Snapshot) -> Decision:
+            self.decided.append(service.spec.annotations.name)
+            return super().decide_service(service, tasks, snap)
+    return Recorded
+
+
+async def test_an_orchestrator_decides_only_the_services_of_its_modes() -> None:
+    """A node change wakes the global and jobs orchestrators for every service: they decide
+    (and list the tasks of) only the services of their modes."""
+    mgr, _ = make_manager(node("n1"), service("r", replicas=2), service("g", mode="global"),
+                          service("j", replicas=2, mode="replicated_job"))
+    for cls, wanted in ((GlobalOrchestrator, ["g"]), (JobsOrchestrator, ["j"]),
+                        (ReplicatedOrchestrator, ["r"])):
+        ctl = recording(cls)(mgr)
+        passes = Passes(mgr, ctl)
+        await passes.step(True)
+        assert sorted(set(ctl.decided)) == wanted, cls
+        ctl.decided.clear()
+        await mgr.modify(pb.Node, "n1", lambda n: n.spec.annotations.labels.update(
+            {"zone": "a"}) or True)
+        await passes.step()
+        assert set(ctl.decided) <= set(wanted), cls
+    tasks = Counter(t.service_id for t in mgr.store.list(pb.Task))
+    assert tasks == {"svc-r": 2, "svc-g": 1, "svc-j": 2}  # each decided by its own
 
 
 CORES = [(replicated.decide_service, replicated.decide_one_slot),
