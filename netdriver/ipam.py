@@ -122,24 +122,46 @@ def next_vni(used: set[int]) -> int:
     raise IPAMError("no VXLAN network identifier left")
 
 
-def first_free(net: Net, used: set[Addr], within: Net | None = None) -> Addr | None:
+class Held(set[Addr]):
+    """Addresses in use on one network during an allocator pass. It remembers where the last
+    search for a free one stopped (nothing below is free: a pass only adds addresses), so a
+    pass handing out k addresses walks the range once, not k times (2,000 nodes joining
+    made that walk a tenth of the leader's work). An address discarded lowers it again."""
+
+    def __init__(self, addrs: Iterable[Addr] = ()) -> None:
+        super().__init__(addrs)
+        self.floor = 0
+
+    def discard(self, addr: Addr) -> None:
+        super().discard(addr)
+        self.floor = min(self.floor, int(addr))
+
+
+def first_free(net: Net, used: set[Addr], within: Net | None = None,
+               skip: Addr | None = None) -> Addr | None:
     """The lowest free host address of `within` (default `net`) that isn't `net`'s network or
-    broadcast address or in `used`."""
+    broadcast address, `skip` (the gateway) or in `used`."""
     span = within or net
     low = max(int(span.network_address), int(net.network_address) + 1)
     high = min(int(span.broadcast_address), int(net.broadcast_address) - 1)
+    if isinstance(used, Held):
+        low = max(low, used.floor)
+    found = None
     for value in range(low, high + 1):
         addr = Addr(value)
-        if addr not in used:
-            return addr
-    return None
+        if addr not in used and addr != skip:
+            found = addr
+            break
+    if isinstance(used, Held):
+        used.floor = int(found) if found is not None else high + 1
+    return found
 
 
 def next_address(ipam: pb.IPAMConfig, used: set[Addr], who: str) -> str:
-    """A free address of the network (CIDR form, as Docker shows it)."""
+    """A free address of the network (CIDR form, as Docker shows it), added to `used`."""
     net = Net(ipam.subnet)
     within = Net(ipam.ip_range) if ipam.ip_range else None
-    addr = first_free(net, used | {Addr(ipam.gateway)}, within)
+    addr = first_free(net, used, within, skip=Addr(ipam.gateway) if ipam.gateway else None)
     if addr is None:
         raise IPAMError(f"no free address left in {ipam.ip_range or ipam.subnet} for {who}")
     used.add(addr)

@@ -96,9 +96,10 @@ def used_addresses(services: Iterable[pb.Service], tasks: Iterable[pb.Task],
                    ) -> defaultdict[str, set[Addr]]:
     """network ID → addresses held by VIPs, by tasks that have not ended and by nodes'
     ingress namespaces."""
-    used: defaultdict[str, set[Addr]] = defaultdict(set)
+    used: defaultdict[str, set[Addr]] = defaultdict(ipam.Held)
     if ingress_id:
-        used[ingress_id] = {ipam.host_of(n.ingress_addr) for n in nodes if n.ingress_addr}
+        used[ingress_id] = ipam.Held(ipam.host_of(n.ingress_addr) for n in nodes
+                                     if n.ingress_addr)
     for service in services:
         for vip in service.endpoint.virtual_ips:
             used[vip.network_id].add(ipam.host_of(vip.addr))
@@ -203,7 +204,7 @@ def tunnel_addresses(nodes: Sequence[pb.Node]) -> list[pb.Node]:
     missing = [n for n in nodes if not n.tunnel.addr]
     if not missing:
         return []
-    used = {ipam.host_of(n.tunnel.addr) for n in nodes if n.tunnel.addr}
+    used = ipam.Held(ipam.host_of(n.tunnel.addr) for n in nodes if n.tunnel.addr)
     out = []
     for node in sorted(missing, key=lambda n: (n.meta.created_at_ns, n.id)):
         addr = ipam.first_free(ipam.TUNNEL_POOL, used)

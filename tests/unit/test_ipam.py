@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from netdriver import ipam
@@ -52,6 +54,30 @@ def test_addresses_skip_the_gateway_and_what_is_used_and_stay_in_the_range() -> 
         ipam.next_address(config, used, "t")
     used.discard(ipam.Addr("10.1.0.129"))
     assert ipam.next_address(config, used, "t") == "10.1.0.129/24"
+
+
+def test_held_addresses_hand_out_what_a_plain_set_does() -> None:
+    """Held only skips the part of the range already searched: the same addresses, in the
+    same order, as searching from the start each time, and a discarded one comes back."""
+    rng = random.Random(7)
+    config = ipam.check_ipam(pb.IPAMConfig(subnet="10.2.0.0/22"))
+    for _ in range(20):
+        taken = {ipam.Addr(f"10.2.{rng.randrange(4)}.{rng.randrange(256)}")
+                 for _ in range(rng.randrange(900))}
+        plain, held = set(taken), ipam.Held(taken)
+        for _ in range(rng.randrange(1, 300)):
+            if rng.random() < 0.1 and held:
+                gone = rng.choice(sorted(held))
+                plain.discard(gone)
+                held.discard(gone)
+            try:
+                want = ipam.next_address(config, plain, "t")
+            except IPAMError:
+                with pytest.raises(IPAMError):
+                    ipam.next_address(config, held, "t")
+                continue
+            assert ipam.next_address(config, held, "t") == want
+        assert held == plain
 
 
 def test_unknown_driver_and_options_are_refused() -> None:
