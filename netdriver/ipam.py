@@ -132,9 +132,10 @@ class Held(set[Addr]):
         super().__init__(addrs)
         self.floor = 0
 
-    def discard(self, addr: Addr) -> None:
+    def discard(self, addr: object) -> None:
         super().discard(addr)
-        self.floor = min(self.floor, int(addr))
+        if isinstance(addr, Addr):
+            self.floor = min(self.floor, int(addr))
 
 
 def first_free(net: Net, used: set[Addr], within: Net | None = None,
