@@ -4,6 +4,7 @@ renewal (mTLS)."""
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 
 import grpc
@@ -31,7 +32,14 @@ def cert_expiry(cluster: pb.Cluster) -> datetime.timedelta:
 
 
 def signer(cluster: pb.Cluster) -> RootCA:
-    return RootCA.from_pem(cluster.root_ca.ca_cert_pem, cluster.root_ca.ca_key_pem)
+    return _root_ca(cluster.root_ca.ca_cert_pem, cluster.root_ca.ca_key_pem)
+
+
+@functools.lru_cache(maxsize=4)
+def _root_ca(cert_pem: bytes, key_pem: bytes) -> RootCA:
+    # Loaded once per CA (a rotation brings new PEMs): loading it for every certificate
+    # was a seventh of the signing while 2,000 nodes joined.
+    return RootCA.from_pem(cert_pem, key_pem)
 
 
 def sign(cluster: pb.Cluster, csr_pem: bytes, node_id: str, role: int) -> bytes:
