@@ -21,7 +21,13 @@ from pki.certs import (
     role_ou,
 )
 from pki.errors import PKIError, TokenError
-from pki.grpc_tls import channel_credentials, channel_options, peer_identity, server_credentials
+from pki.grpc_tls import (
+    channel_credentials,
+    channel_options,
+    peer_identity,
+    server_credentials,
+    server_options,
+)
 from pki.tofu import fetch_root_ca_unverified
 from pki.tokens import (
     DIGEST_LEN,
@@ -61,4 +67,5 @@ __all__ = [
     "peer_identity",
     "role_ou",
     "server_credentials",
+    "server_options",
 ]

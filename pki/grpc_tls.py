@@ -46,7 +46,27 @@ def channel_options() -> list[tuple[str, Any]]:
     ordinary (few KiB) ones. The managers' servers send without a limit (gRPC's default)."""
     return [("grpc.ssl_target_name_override", TLS_SERVER_NAME),
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-            ("grpc.max_send_message_length", 256 * 1024 * 1024)]
+            ("grpc.max_send_message_length", 256 * 1024 * 1024), *KEEPALIVE]
+
+
+# HTTP/2 pings, answered by gRPC's own threads on the manager, not by its event loop: a
+# manager that is paused, cut off or gone fails them within KEEPALIVE_S x 2 and the
+# connection closes, while one that is only busy still answers them. So a node leaves a
+# dead leader by its connection, and stays with a busy one whose heartbeat answers are late
+# (worker/agent.py): reopening sessions with a busy leader is what overloaded it further.
+KEEPALIVE_S = 5
+KEEPALIVE = [("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
+             ("grpc.keepalive_timeout_ms", KEEPALIVE_S * 1000),
+             ("grpc.keepalive_permit_without_calls", 1),
+             ("grpc.http2.max_pings_without_data", 0)]
+
+
+def server_options() -> list[tuple[str, Any]]:
+    """A manager's gRPC servers: accept the nodes' pings (gRPC's default answers pings more
+    often than every 5 minutes with GOAWAY, closing the connection)."""
+    return [("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_S * 1000 - 1000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_ping_strikes", 0)]
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:

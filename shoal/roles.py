@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import grpc
 
+import pki
 from manager.allocator.allocator import Allocator
 from manager.allocator.network_reaper import NetworkReaper
 from manager.ca.server import CAServicer, NodeCAServicer
@@ -102,7 +103,7 @@ class ManagerRole:
         self.services = ServiceGroup("manager services")
 
     async def start(self) -> None:
-        cluster = grpc.aio.server()
+        cluster = grpc.aio.server(options=pki.server_options())
         cluster_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, cluster)
         cluster_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.manager), cluster)
         cluster_pb2_grpc.add_RaftMembershipServicer_to_server(
@@ -112,7 +113,7 @@ class ManagerRole:
         cluster_pb2_grpc.add_LogsServicer_to_server(LogsServicer(self.logbroker), cluster)
         cluster.add_secure_port(f"{self._state.listen_ip}:{self._state.port}",
                                 _server_credentials(self._certs, True))
-        bootstrap = grpc.aio.server()
+        bootstrap = grpc.aio.server(options=pki.server_options())
         cluster_pb2_grpc.add_CAServicer_to_server(CAServicer(self.manager), bootstrap)
         bootstrap.add_secure_port(f"{self._state.listen_ip}:{self._state.port + 1}",
                                   _server_credentials(self._certs, False))

@@ -30,6 +30,23 @@ log = logging.getLogger(__name__)
 
 _LEADER_HINT = re.compile(r"leader=(\S+)")
 
+# A heartbeat the leader left unanswered past its deadline, or dropped after it waited 30 s
+# in gRPC's queue (CANCELLED), is a busy leader while the connection is up (keepalive pings,
+# pki/grpc_tls.py, close it when the leader is paused, cut off or gone): the next heartbeat
+# goes on the same session. Reopening it instead made the busy leader open a new session,
+# write the node and send its tasks again, and 2,000 nodes doing so kept it overloaded.
+# Only this many periods with no answer at all make the node reopen (a leader whose event
+# loop hangs while its connection stays up).
+_BUSY = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+GIVE_UP_PERIODS = 12
+RETRY_PAUSE = 1.0  # seconds before that next heartbeat (a CANCELLED can come at once)
+
+
+def keeps_session(code: grpc.StatusCode, unanswered: float, period: float) -> bool:
+    """Whether a failed heartbeat leaves the session open (`unanswered`: seconds since the
+    last answer, or since the session opened)."""
+    return code in _BUSY and unanswered < GIVE_UP_PERIODS * period
+
 
 @dataclass
 class AgentConfig:
@@ -175,6 +192,7 @@ class Agent:
                          first: cluster_pb2.SessionMessage, stream: object,
                          described: pb.NodeDescription) -> None:
         period = first.heartbeat_period_ns / 1e9 or 5.0
+        answered = time.monotonic()
         while True:
             request = self._heartbeat_request(first.session_id)
             # A description that changed since the session opened (an engine that answered
@@ -186,15 +204,21 @@ class Agent:
             try:
                 resp = await stub.Heartbeat(  # type: ignore[misc]
                     request,
-                    # A busy leader's slow answer is not a lost session (giving up after
-                    # 5 s churned sessions under load); a new leader gives nodes 3 periods
-                    # to find it, so 2 still leave a hung leader's nodes time to move.
+                    # A new leader gives nodes 3 periods to find it, so 2 leave a node time
+                    # to try again within that.
                     timeout=2 * period)
                 period = resp.period_ns / 1e9 or period
                 described = current
-                self.last_heartbeat = time.monotonic()
+                answered = self.last_heartbeat = time.monotonic()
                 self.heartbeat_rtt = self.last_heartbeat - sent
             except grpc.aio.AioRpcError as err:
+                unanswered = time.monotonic() - answered
+                if keeps_session(err.code(), unanswered, period):
+                    log.info("heartbeat not answered (%s, %.0f s since the last answer): the "
+                             "leader is busy; trying again on the same session",
+                             err.code().name, unanswered)
+                    await asyncio.sleep(RETRY_PAUSE * random.uniform(0.8, 1.2))
+                    continue
                 log.info("heartbeat failed: %s %s; reopening the session",
                          err.code().name, err.details())
                 stream.cancel()  # type: ignore[attr-defined]
