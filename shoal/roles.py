@@ -35,6 +35,12 @@ from shoal.services import ServiceGroup
 log = logging.getLogger(__name__)
 
 PEERS_CHECK = 0.5  # seconds between looks at the Raft membership, to keep it on disk
+# gRPC's asyncio server takes in one new call per turn or two of the event loop, so on a
+# busy leader calls queue there (and are CANCELLED after 30 s) while their handlers are
+# cheap: with a full loop, 1 server took in 10 calls/s and 4 took 18
+# (bench/grpc_accept.py). Several servers share the port (SO_REUSEPORT), the nodes'
+# connections spread over them, and each takes in its own.
+ACCEPTORS = 4
 
 
 def _cert_config(certs: Certificates) -> grpc.ServerCertificateConfiguration:
@@ -103,7 +109,19 @@ class ManagerRole:
         self.services = ServiceGroup("manager services")
 
     async def start(self) -> None:
-        cluster = grpc.aio.server(options=pki.server_options())
+        clusters = [self._cluster_server() for _ in range(ACCEPTORS)]
+        bootstrap = grpc.aio.server(options=pki.server_options())
+        cluster_pb2_grpc.add_CAServicer_to_server(CAServicer(self.manager), bootstrap)
+        bootstrap.add_secure_port(f"{self._state.listen_ip}:{self._state.port + 1}",
+                                  _server_credentials(self._certs, False))
+        for server in (*clusters, bootstrap):
+            await server.start()
+            self._servers.append(server)
+        await self.services.start({"leader runtime": self.runtime.run,
+                                   "raft peers": self._keep_peers})
+
+    def _cluster_server(self) -> grpc.aio.Server:
+        cluster = grpc.aio.server(options=[*pki.server_options(), ("grpc.so_reuseport", 1)])
         cluster_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, cluster)
         cluster_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.manager), cluster)
         cluster_pb2_grpc.add_RaftMembershipServicer_to_server(
@@ -113,15 +131,7 @@ class ManagerRole:
         cluster_pb2_grpc.add_LogsServicer_to_server(LogsServicer(self.logbroker), cluster)
         cluster.add_secure_port(f"{self._state.listen_ip}:{self._state.port}",
                                 _server_credentials(self._certs, True))
-        bootstrap = grpc.aio.server(options=pki.server_options())
-        cluster_pb2_grpc.add_CAServicer_to_server(CAServicer(self.manager), bootstrap)
-        bootstrap.add_secure_port(f"{self._state.listen_ip}:{self._state.port + 1}",
-                                  _server_credentials(self._certs, False))
-        for server in (cluster, bootstrap):
-            await server.start()
-            self._servers.append(server)
-        await self.services.start({"leader runtime": self.runtime.run,
-                                   "raft peers": self._keep_peers})
+        return cluster
 
     async def _keep_peers(self) -> None:
         """Keep the Raft members on disk as Raft changes them: a manager restarts with the
