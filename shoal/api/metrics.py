@@ -52,7 +52,7 @@ def metrics_middleware(api: ApiInstruments) -> Any:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = node_of(request).metrics.exposition(
+    body, content_type = await node_of(request).metrics.scrape(
         request.headers.get("Accept", ""))
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from manager.identity import new_id
 from manager.manager import Manager
@@ -300,3 +301,29 @@ async def test_what_a_node_reports_shows_in_its_status_and_a_live_node_comes_bac
 
     await cluster.mgr.modify(pb.Node, worker_id, down)
     await until(lambda: status() == (pb.NODE_READY, ""), 15, "the live node Ready again")
+
+
+async def test_a_scrape_off_the_event_loop_reads_what_the_node_shows(cluster: Cluster) -> None:
+    """`NodeMetrics.scrape` (the cluster's families and the encoding in a thread) gives the
+    same samples as reading everything on the loop, and follows the store."""
+    def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text.decode())
+                for s in fam.samples
+                # (not what moves between two reads: ages, timings, Raft's indexes)
+                if not any(w in s.name for w in ("heartbeat", "duration", "requests",
+                                                 "index"))}
+
+    metrics = cluster.m.metrics
+    task_id = await cluster.add_task("1")
+    await cluster.wait_state(task_id, pb.RUNNING)
+    scraped, content_type = await metrics.scrape()
+    assert content_type.startswith("text/plain")
+    on_loop = samples(metrics.exposition()[0])
+    assert samples(scraped) == on_loop
+    assert on_loop[("shoal_tasks", (("state", "running"),))] == 1
+    await cluster.set_desired(task_id, pb.SHUTDOWN)
+    await cluster.wait_state(task_id, pb.SHUTDOWN)
+    after = samples((await metrics.scrape())[0])
+    assert after[("shoal_tasks", (("state", "running"),))] == 0
+    assert after[("shoal_tasks", (("state", "shutdown"),))] == 1
