@@ -10,6 +10,7 @@ loop with 50 ms between calls.
 
     .venv/bin/python bench/grpc_accept.py                # servers 1 and 4, full loop 0 and 20 ms
     .venv/bin/python bench/grpc_accept.py --servers 1 2 4 8 --full-ms 20
+    .venv/bin/python bench/grpc_accept.py --quick        # 2 s per row
 
 Results: a table on stdout and bench/results/grpc_accept.json.
 """
@@ -141,7 +142,10 @@ def main() -> int:
                    help="ms of other work ready in every turn of the server's loop")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument("--quick", action="store_true", help="2 s per row")
     args = p.parse_args()
+    if args.quick:
+        args.seconds = 2.0
     rows = []
     print(f"{'servers':>7} {'full loop':>9} {'calls/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'failed':>6} {'used':>4}")
