@@ -22,11 +22,13 @@ from manager import grpcapi
 from manager.dispatcher.assignments import AssignmentIndex, StatusWriter
 from manager.dispatcher.sessions import (
     DEFAULT_HEARTBEAT_NS,
+    LIVENESS_MIN_PASS,
     NodeSession,
     changes_sessions,
     down_limit,
     down_reason,
     heartbeat_period,
+    liveness_pass,
     mark_down,
     mark_ready_again,
     reports_news,
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 # RECHECK is only a safety net.
 RECHECK = 30.0
 SESSION_COALESCE = 0.3
-LIVENESS_PASS = 1.0  # seconds between checks for nodes gone silent
 class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
@@ -66,6 +67,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_pending: asyncio.TimerHandle | None = None
         self._last_check = 0.0  # when the liveness check last ran (monotonic)
+        self.check_every = LIVENESS_MIN_PASS  # seconds between checks (liveness_pass)
         self.liveness = NodeLiveness(self)
         self._node_writes: dict[str, asyncio.Task[None]] = {}  # node ID → its heartbeat's write
         manager.store.watch(self._on_events)
@@ -254,7 +256,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         """A leader too busy to run this check on time was too busy to read heartbeats as
         well: the time it lost is not the nodes' silence, so every session gets it back."""
         last, self._last_check = self._last_check, now
-        stalled = now - last - 2 * LIVENESS_PASS if last else 0.0
+        stalled = now - last - 2 * self.check_every if last else 0.0
         if stalled > 0:
             log.warning("the leader was %.1f s late checking on nodes (busy); not counting "
                         "that time against their heartbeats", stalled)
@@ -272,6 +274,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         now = time.monotonic()
         self._credit_stall(now)
         period = self._period()
+        self.check_every = liveness_pass(period)
         nodes = view.list(pb.Node)
         silent = []
         for node in nodes:
@@ -313,6 +316,6 @@ class NodeLiveness(Controller):
 
     async def run(self, view: StoreView) -> float | None:
         await self.dispatcher.check_liveness(view)
-        return LIVENESS_PASS
+        return self.dispatcher.check_every
 
 

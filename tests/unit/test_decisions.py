@@ -15,6 +15,7 @@ from manager.dispatcher.sessions import (
     down_limit,
     down_reason,
     heartbeat_period,
+    liveness_pass,
 )
 from manager.errors import FailedPrecondition, InvalidArgument, NotFound
 from manager.manager import Manager, ManagerAddrs
@@ -109,6 +110,14 @@ def test_the_heartbeat_period_stretches_in_a_large_swarm() -> None:
     assert heartbeat_period(5.0, int(5 * MAX_HEARTBEATS_PER_S)) == 5.0
     assert heartbeat_period(5.0, 5000) == 5000 / MAX_HEARTBEATS_PER_S  # 50 s at 100/s
     assert heartbeat_period(1.0, 300) == 300 / MAX_HEARTBEATS_PER_S
+
+
+def test_silent_nodes_are_looked_for_every_second_or_ten_times_a_period() -> None:
+    assert liveness_pass(5.0) == 1.0  # the swarm's default period, up to 500 nodes
+    assert liveness_pass(heartbeat_period(5.0, 5000)) == 5.0  # 50 s periods: every 5 s
+    # Always well inside the time a silent node is given (3 periods).
+    for period in (0.5, 5.0, 20.0, 50.0, 500.0):
+        assert liveness_pass(period) <= max(1.0, 3 * period / 30)
 
 
 async def test_the_dispatcher_gives_nodes_the_period_of_the_swarms_size() -> None:
