@@ -40,6 +40,10 @@ _LEADER_HINT = re.compile(r"leader=(\S+)")
 _BUSY = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 GIVE_UP_PERIODS = 12
 RETRY_PAUSE = 1.0  # seconds before that next heartbeat (a CANCELLED can come at once)
+# A status send a busy leader has not taken in yet is waited for, not sent again (10 s made
+# 5,000 nodes send theirs again and again into the leader's queue); a dead leader fails it
+# through the keepalive pings.
+STATUS_TIMEOUT = 60.0
 
 
 def keeps_session(code: grpc.StatusCode, unanswered: float, period: float) -> bool:
@@ -162,7 +166,7 @@ class Agent:
         async def send(updates: list[cluster_pb2.TaskStatusUpdate]) -> None:
             await stub.UpdateTaskStatus(  # type: ignore[misc]
                 cluster_pb2.UpdateTaskStatusRequest(session_id=session_id, updates=updates),
-                timeout=10.0)
+                timeout=STATUS_TIMEOUT)
 
         worker.reporter.attach(send)
         return [asyncio.create_task(self._assignments(stub, session_id, stream, worker))]
