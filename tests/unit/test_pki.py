@@ -268,3 +268,12 @@ def test_fetch_root_ca_from_non_tls_port_names_address() -> None:
         with pytest.raises(pki.PKIError, match=addr):
             pki.fetch_root_ca_unverified(addr, 2.0)
         thread.join(timeout=2)
+
+
+def test_the_identity_cache_holds_every_node_of_a_large_swarm() -> None:
+    """Each call's peer certificate is parsed once per node: the cache has room for the
+    5,000 nodes of the scale goal (4,096 made such a leader parse them again and again)."""
+    from pki import grpc_tls
+
+    maxsize = grpc_tls._identity.cache_info().maxsize
+    assert maxsize is not None and maxsize >= 5000
