@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 PEERS_CHECK = 0.5  # seconds between looks at the Raft membership, to keep it on disk
 # gRPC's asyncio server takes in one new call per turn or two of the event loop, so on a
 # busy leader calls queue there (and are CANCELLED after 30 s) while their handlers are
-# cheap: with a full loop, 1 server took in 10 calls/s and 4 took 18
+# cheap: with a full loop, 1 server took in 9.5 calls/s and 4 took 23
 # (bench/grpc_accept.py). Several servers share the port (SO_REUSEPORT), the nodes'
 # connections spread over them, and each takes in its own.
 ACCEPTORS = 4
