@@ -55,13 +55,18 @@ def demotions(nodes: list[pb.Node]) -> list[pb.Node]:
     return [n for n in nodes if n.spec.desired_role == pb.WORKER and n.role == pb.MANAGER]
 
 
+def has_role_work(node: pb.Node) -> bool:
+    """A manager, or a node to promote or demote: what the role manager looks after."""
+    return bool(node.role == pb.MANAGER or node.spec.desired_role == pb.MANAGER or
+                node.manager_status.raft_addr)
+
+
 def concerns_roles(event: Event) -> bool:
-    """A manager, or a node promoted or demoted: not the thousands of workers' own writes
-    (each pass reads every node)."""
+    """A change to a node with role work: not the thousands of workers' own writes (each
+    pass reads every node)."""
     if event.table != "node":
         return False
-    return any(n.role == pb.MANAGER or n.spec.desired_role == pb.MANAGER or
-               n.manager_status.raft_addr for n in (event.old, event.new) if n is not None)
+    return any(has_role_work(n) for n in (event.old, event.new) if n is not None)
 
 
 class RoleController(Controller):
@@ -96,8 +101,7 @@ class RoleController(Controller):
         else:
             found = (view.get(pb.Node, i) for i in sorted(self._watched | marked))
             nodes = [n for n in found if n is not None]
-        nodes = [n for n in nodes if n.manager_status.raft_addr or n.role == pb.MANAGER
-                 or wants_promotion(n)]
+        nodes = [n for n in nodes if has_role_work(n)]
         self._watched = {n.id for n in nodes}
         return nodes
 
