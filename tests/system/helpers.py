@@ -84,3 +84,14 @@ def request(host: HostState, method: str, path: str,
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
+
+
+def run_bench(script: Path, tmp_path: Path, *args: str, timeout: float
+              ) -> tuple[Any, subprocess.CompletedProcess[str]]:
+    """Run a benchmark script with `args` and `--json` into `tmp_path`; its JSON result and
+    the finished process (what it printed). The run must succeed."""
+    out = tmp_path / f"{script.stem}.json"
+    proc = subprocess.run([sys.executable, str(script), *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc

@@ -8,13 +8,12 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -23,12 +22,8 @@ LATENCY = ("count", "p50_ms", "p95_ms", "p99_ms", "max_ms")
 
 
 def test_api_load_bench_quick(tmp_path: Path) -> None:
-    out = tmp_path / "api_load.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=300)
 
-    result = json.loads(out.read_text())
     assert result["config"]["nodes"] == 20 and result["config"]["tasks"] == 100
     load = result["load"]
     for name in ("services", "tasks"):

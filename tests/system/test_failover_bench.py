@@ -7,12 +7,11 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -20,12 +19,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "failover.py"
 
 
 def test_failover_bench_quick(tmp_path: Path) -> None:
-    out = tmp_path / "failover.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=280)
 
-    result = json.loads(out.read_text())
     figures = result["summary"]
     assert figures["runs"] == 2 and len(figures["all_s"]) == 2
     for field in ("p50_s", "max_s", "min_s"):

@@ -6,12 +6,11 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -19,12 +18,9 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "grpc_call_cost.py"
 
 
 def test_grpc_call_cost_quick(tmp_path: Path) -> None:
-    out = tmp_path / "grpc_call_cost.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--rate", "30",
-                           "--idle-connections", "20", "--json", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {r["kind"]: r for r in json.loads(out.read_text())["rows"]}
+    result, _ = run_bench(BENCH, tmp_path, "--quick", "--rate", "30", "--idle-connections",
+                          "20", timeout=120)
+    rows = {r["kind"]: r for r in result["rows"]}
     assert set(rows) == {"unary", "stream", "idle"}
     for kind in ("unary", "stream"):
         assert rows[kind]["calls"] > 10, rows[kind]  # ~90 at 30/s for 3 s

@@ -6,12 +6,11 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -19,12 +18,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "overlay_bench.py"
 
 
 def test_overlay_bench_quick(tmp_path: Path) -> None:
-    out = tmp_path / "overlay.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=400)
 
-    result = json.loads(out.read_text())
     gbps = result["throughput"]["gbps"]
     assert set(gbps) == {"underlay", "plain", "encrypted", "bare_wg"}
     assert all(value > 0 for value in gbps.values()), gbps

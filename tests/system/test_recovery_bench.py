@@ -6,12 +6,11 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -19,12 +18,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "recovery.py"
 
 
 def test_recovery_bench_quick(tmp_path: Path) -> None:
-    out = tmp_path / "recovery.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=280)
 
-    result = json.loads(out.read_text())
     assert [row["key"] for row in result["rows"]] == ["down_s", "recovered_s"]
     for row in result["rows"]:
         for field in ("median_s", "min_s", "max_s", "ratio"):

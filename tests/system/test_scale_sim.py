@@ -7,12 +7,11 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -20,12 +19,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "scale_sim.py"
 
 
 def test_scale_sim_quick(tmp_path: Path) -> None:
-    out = tmp_path / "scale_sim.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=240)
 
-    result = json.loads(out.read_text())
     config, run, join = result["config"], result["run"], result["join"]
     assert config["nodes"] == 50 and config["tasks"] == 500
     for field in ("assigned_s", "running_s", "assigned_per_s", "running_per_s"):
@@ -51,15 +46,10 @@ def test_a_leader_paused_in_a_burst_loses_nothing(tmp_path: Path) -> None:
     tasks running: pysyncobj's followers dropped entries they had acknowledged (the old
     leader then logged "truncating already-applied log entries"), and an agent whose status
     send was cancelled with its session stopped reporting for good."""
-    out = tmp_path / "scale_sim.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--managers", "3", "--nodes", "100",
-                           "--tasks", "1000", "--services", "5", "--procs", "2",
-                           "--idle", "1", "--pause-leader", "2", "--timeout", "150",
-                           "--json", str(out)],
-                          capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result, proc = run_bench(BENCH, tmp_path, "--managers", "3", "--nodes", "100", "--tasks",
+                             "1000", "--services", "5", "--procs", "2", "--idle", "1",
+                             "--pause-leader", "2", "--timeout", "150", timeout=420)
     assert "pausing the leader" in proc.stdout + proc.stderr
-    result = json.loads(out.read_text())
     placement = result["placement"]
     assert placement["running"] == 1000 and placement["on_manager"] == 0
     assert result["run"]["tasks_seen_by_nodes"] == 1000  # every task reached its node

@@ -5,12 +5,11 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -20,12 +19,8 @@ NUMBERS = ["ours_s", "seq_s", "conc_s", "baseline_s", "ratio", "ours_create_call
 
 
 def test_start_latency_bench_quick(tmp_path: Path) -> None:
-    out = tmp_path / "start_latency.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=240)
 
-    result = json.loads(out.read_text())
     rows = result["rows"]
     assert [row["n"] for row in rows] == [1, 5]
     for row in rows:

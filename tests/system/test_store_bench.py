@@ -5,12 +5,11 @@ No timing assertions: the numbers depend on the machine.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
 
@@ -21,12 +20,8 @@ NUMBERS = ["seq_writes_per_s", "conc_writes_per_s", "p50_ms", "p99_ms",
 
 
 def test_store_bench_quick(tmp_path: Path) -> None:
-    out = tmp_path / "store_bench.json"
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=240)
 
-    result = json.loads(out.read_text())
     rows = {row["key"]: row for row in result["rows"]}
     assert list(rows) == ROWS
     for key, row in rows.items():
