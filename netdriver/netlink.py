@@ -25,7 +25,9 @@ T = TypeVar("T")
 Ns = str | None
 NETNS_DIR = "/run/netns"
 NUD_PERMANENT = ndmsg.states["permanent"]
+NUD_NOARP = ndmsg.states["noarp"]  # a bridge FDB entry added as "static"
 NTF_SELF = ndmsg.flags["self"]
+NTF_MASTER = ndmsg.flags["master"]
 
 
 class LinkMissing(LookupError):
@@ -67,6 +69,7 @@ class Snapshot:
     links: tuple[Link, ...]
     addresses: dict[str, tuple[str, ...]]   # ifname -> IPv4 CIDRs
     fdb: dict[str, tuple[Fdb, ...]]         # vxlan ifname -> remote entries (with a dst)
+    bridge_fdb: dict[str, tuple[str, ...]]  # port ifname -> MACs of the bridge's static entries
     neighbours: dict[str, tuple[Neighbour, ...]]  # ifname -> permanent IPv4 entries
 
     def link(self, name: str) -> Link | None:
@@ -287,11 +290,24 @@ def routes(ns: Ns) -> list[tuple[str, str]]:
 
 # -- FDB and neighbours --
 
-def _fdb(ipr: Any, index: int) -> tuple[Fdb, ...]:
+def _port_entries(ipr: Any, index: int) -> list[Any]:
+    """The AF_BRIDGE entries of one device: its own (VXLAN's) and its bridge's for it."""
+    return [m for m in ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=index)
+            if m["ifindex"] == index]
+
+
+def _fdb(entries: list[Any]) -> tuple[Fdb, ...]:
     # Only entries with a remote dst: the kernel's own entries for local ports have none.
-    entries = ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=index)
     return tuple(sorted(Fdb(m.get("NDA_LLADDR"), m.get("NDA_DST")) for m in entries
-                        if m["ifindex"] == index and m.get("NDA_DST")))
+                        if m.get("NDA_DST")))
+
+
+def _bridge_fdb(entries: list[Any]) -> tuple[str, ...]:
+    # The bridge's static entries on the port: not its own address (permanent), nor the
+    # VXLAN device's own entries (no NDA_MASTER).
+    return tuple(sorted(m.get("NDA_LLADDR") for m in entries
+                        if m.get("NDA_MASTER") and m["state"] == NUD_NOARP
+                        and not m.get("NDA_DST")))
 
 
 def _neighbours(ipr: Any, index: int) -> tuple[Neighbour, ...]:
@@ -301,7 +317,7 @@ def _neighbours(ipr: Any, index: int) -> tuple[Neighbour, ...]:
 
 
 def fdb(ns: Ns, ifname: str) -> tuple[Fdb, ...]:
-    return _run(ns, lambda ipr: _fdb(ipr, _index(ipr, ifname)))
+    return _run(ns, lambda ipr: _fdb(_port_entries(ipr, _index(ipr, ifname))))
 
 
 def add_fdb(ns: Ns, ifname: str, entry: Fdb) -> None:
@@ -312,6 +328,22 @@ def add_fdb(ns: Ns, ifname: str, entry: Fdb) -> None:
 def delete_fdb(ns: Ns, ifname: str, entry: Fdb) -> None:
     _run(ns, lambda ipr: ipr.fdb("del", ifindex=_index(ipr, ifname), lladdr=entry.mac,
                                  dst=entry.dst, flags=NTF_SELF))
+
+
+def bridge_fdb(ns: Ns, ifname: str) -> tuple[str, ...]:
+    """MACs the bridge sends to its port `ifname` by a static entry."""
+    return _run(ns, lambda ipr: _bridge_fdb(_port_entries(ipr, _index(ipr, ifname))))
+
+
+def add_bridge_fdb(ns: Ns, ifname: str, mac: str) -> None:
+    # "replace" so an entry the bridge learnt on another port becomes ours.
+    _run(ns, lambda ipr: ipr.fdb("replace", ifindex=_index(ipr, ifname), lladdr=mac,
+                                 state=NUD_NOARP, flags=NTF_MASTER))
+
+
+def delete_bridge_fdb(ns: Ns, ifname: str, mac: str) -> None:
+    _run(ns, lambda ipr: ipr.fdb("del", ifindex=_index(ipr, ifname), lladdr=mac,
+                                 flags=NTF_MASTER))
 
 
 def neighbours(ns: Ns, ifname: str) -> tuple[Neighbour, ...]:
@@ -339,7 +371,9 @@ def snapshot(ns: Ns, fdb_of: Iterable[str] = ()) -> Snapshot:
     def body(ipr: Any) -> Snapshot:
         found = tuple(_link_of(m) for m in ipr.get_links())
         tables = [link for link in found if link.name in wanted]
+        entries = {link.name: _port_entries(ipr, link.index) for link in tables}
         return Snapshot(links=found, addresses=_addresses(ipr),
-                        fdb={link.name: _fdb(ipr, link.index) for link in tables},
+                        fdb={name: _fdb(rows) for name, rows in entries.items()},
+                        bridge_fdb={name: _bridge_fdb(rows) for name, rows in entries.items()},
                         neighbours={link.name: _neighbours(ipr, link.index) for link in tables})
     return _run(ns, body)

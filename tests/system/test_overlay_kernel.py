@@ -180,6 +180,7 @@ async def test_two_hosts_reach_each_other_and_converge(lab: Lab,
     assert nl.addresses(boxes[0])["eth0"] == (addrs[0],)
     assert [dst for dst, _ in nl.routes(boxes[0])] == ["10.77.3.0/24"]  # no way out
     assert nl.fdb(ns1, "vxlan0") == (nl.Fdb(mac_of(addrs[1]), lab.underlay[1]),)
+    assert nl.bridge_fdb(ns1, "vxlan0") == (mac_of(addrs[1]),)
     assert nl.neighbours(ns1, "vxlan0") == (nl.Neighbour("10.77.3.6", mac_of(addrs[1])),)
     # Docker's layout: the VXLAN socket lives in the host namespace, on the underlay.
     sockets = subprocess.run(["nsenter", f"--net=/run/netns/{lab.host(0)}", "ss", "-uln"],
@@ -203,11 +204,58 @@ async def test_two_hosts_reach_each_other_and_converge(lab: Lab,
     assert planes[0].last_report() == [(net.id, report[net.id])]
     assert nl.fdb(ns1, "vxlan0") == (nl.Fdb(mac_of(addrs[1]), lab.underlay[1]),)
     assert await asyncio.to_thread(ping, boxes[0], "10.77.3.6")
+    # The same for the bridge's entry sending that MAC to the VXLAN port.
+    subprocess.run(["nsenter", f"--net=/run/netns/{ns1}", "bridge", "fdb", "del",
+                    mac_of(addrs[1]), "dev", "vxlan0", "master"], check=True)
+    assert nl.bridge_fdb(ns1, "vxlan0") == ()
+    report = await planes[0].reconcile()
+    assert report == {net.id: [f"bridge fdb {mac_of(addrs[1])} dev vxlan0: missing"]}
+    assert nl.bridge_fdb(ns1, "vxlan0") == (mac_of(addrs[1]),)
 
     # attach again (a task adopted after a restart): nothing duplicated, still reachable.
     await attach_both(planes, boxes, net, addrs)
     assert [link.name for link in nl.links(boxes[0])].count("eth0") == 1
     assert await planes[0].reconcile() == {net.id: []}
+
+
+def rx_packets(path: str, ifname: str) -> int:
+    """The interface's received-packets counter, read inside its namespace."""
+    text = subprocess.run(["nsenter", f"--net={path}", "cat", "/proc/net/dev"],
+                          capture_output=True, text=True, check=True).stdout
+    line = next(line for line in text.splitlines() if line.strip().startswith(f"{ifname}:"))
+    return int(line.split(":", 1)[1].split()[1])
+
+
+def send_datagrams(path: str, ip: str, count: int) -> None:
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _ in range(count):
+                sock.sendto(b"shoal-unicast", (ip, 9))
+    run_in_netns_sync(path, send)
+
+
+async def test_unicast_to_a_remote_task_is_not_flooded_to_local_tasks(
+        lab: Lab, planes: list[Dataplane]) -> None:
+    # Two tasks on host 1 (s1, s3), one on host 2 (s2): s1's frames for s2 go to the VXLAN
+    # port only; s3 must not get a copy of them (a bridge that does not know s2's MAC would
+    # flood each frame to every port).
+    net = network("10.77.8", vni=7400 + secrets.randbelow(500))
+    addrs = ["10.77.8.5/24", "10.77.8.6/24", "10.77.8.7/24"]
+    msg = message(lab, [state(net, [("node1", addrs[0]), ("node2", addrs[1]),
+                                    ("node1", addrs[2])])])
+    boxes = [make_sandbox(lab, "s1"), make_sandbox(lab, "s2"), make_sandbox(lab, "s3")]
+    for plane in planes:
+        plane.update(msg)
+    await attach_both(planes, boxes[:2], net, addrs[:2])
+    await planes[0].attach(boxes[2], boxes[2], [pb.NetworkAttachment(network_id=net.id,
+                                                                     addresses=[addrs[2]])])
+    assert await asyncio.to_thread(ping, boxes[0], "10.77.8.6")
+    assert await asyncio.to_thread(ping, boxes[2], "10.77.8.6")
+
+    before = rx_packets(boxes[2], "eth0")
+    await asyncio.to_thread(send_datagrams, boxes[0], "10.77.8.6", 2000)
+    assert await asyncio.to_thread(ping, boxes[0], "10.77.8.6")  # they went out
+    assert rx_packets(boxes[2], "eth0") - before < 20
 
 
 async def test_big_transfer_fits_the_mtu(lab: Lab, planes: list[Dataplane]) -> None:
@@ -298,6 +346,7 @@ async def test_encrypted_network_uses_tunnel_addresses(lab: Lab,
     report = await planes[0].reconcile()
     mac = mac_of(addrs[1])
     assert report[net.id] == ["vxlan0: missing", f"fdb {mac} dst {lab.tunnel[1]}: missing",
+                              f"bridge fdb {mac} dev vxlan0: missing",
                               f"neigh 10.77.6.6 lladdr {mac}: missing"]
     assert await asyncio.to_thread(ping, boxes[0], "10.77.6.6")
 
