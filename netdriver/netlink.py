@@ -9,6 +9,7 @@ wrap these in asyncio.to_thread.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import subprocess
@@ -17,6 +18,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # type: ignore[attr-defined]
+from pyroute2.ethtool.ioctl import (  # type: ignore[import-untyped]
+    ETHTOOL_GGRO,
+    ETHTOOL_SGRO,
+    EthtoolValue,
+    IoctlEthtool,
+)
 from pyroute2.netlink.rtnl import ndmsg
 
 from netdriver.node.netns import run_in_netns_sync
@@ -225,6 +232,29 @@ def set_link(ns: Ns, name: str, *, mtu: int | None = None, up: bool | None = Non
 def set_port_learning(ns: Ns, name: str, on: bool) -> None:
     """The bridge's MAC learning on its port `name` (the device must be enslaved)."""
     _run(ns, lambda ipr: ipr.brport("set", index=_index(ipr, name), learning=int(on)))
+
+
+def _ethtool_value(ns: Ns, name: str, cmd: int, data: int = 0) -> int:
+    """One ethtool get/set ioctl on the device, from a socket of its namespace."""
+    def body() -> int:
+        eth = IoctlEthtool(name)
+        try:
+            value = EthtoolValue(cmd=cmd, data=data)
+            eth.ifreq.value = ctypes.pointer(value)
+            eth.ioctl()
+            return int(value.data)
+        finally:
+            eth.close()
+    return body() if ns is None else run_in_netns_sync(netns_path(ns), body)
+
+
+def gro(ns: Ns, name: str) -> bool:
+    """Whether the device does generic receive offload."""
+    return bool(_ethtool_value(ns, name, ETHTOOL_GGRO))
+
+
+def set_gro(ns: Ns, name: str, on: bool) -> None:
+    _ethtool_value(ns, name, ETHTOOL_SGRO, int(on))
 
 
 def move_link(ns: Ns, name: str, target: str) -> None:

@@ -211,6 +211,11 @@ async def test_two_hosts_reach_each_other_and_converge(lab: Lab,
     report = await planes[0].reconcile()
     assert report == {net.id: [f"bridge fdb {mac_of(addrs[1])} dev vxlan0: missing"]}
     assert nl.bridge_fdb(ns1, "vxlan0") == (mac_of(addrs[1]),)
+    # GRO is the underlay's job; the VXLAN device's own pass is turned off, and back off.
+    assert not nl.gro(ns1, "vxlan0")
+    nl.set_gro(ns1, "vxlan0", True)
+    assert await planes[0].reconcile() == {net.id: ["vxlan0: gro on"]}
+    assert not nl.gro(ns1, "vxlan0")
 
     # attach again (a task adopted after a restart): nothing duplicated, still reachable.
     await attach_both(planes, boxes, net, addrs)
