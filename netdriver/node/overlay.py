@@ -260,9 +260,13 @@ def reconcile_network(desired: NetworkDesired, host_netns: nl.Ns,
     ensure_netns(ns, diffs)
     desired = tunnel_guard(desired, host_netns, diffs)
     vx = desired.vxlan.name if desired.vxlan else "vxlan0"
-    sync_bridge(ns, desired, nl.snapshot(ns, [vx]), diffs)
-    sync_vxlan(ns, desired, nl.snapshot(ns, [vx]), host_netns, diffs)
     snap = nl.snapshot(ns, [vx])
+    for step in (lambda s: sync_bridge(ns, desired, s, diffs),
+                 lambda s: sync_vxlan(ns, desired, s, host_netns, diffs)):
+        seen = len(diffs)
+        step(snap)
+        if len(diffs) > seen:  # it changed something (each change is said): read again
+            snap = nl.snapshot(ns, [vx])
     sync_tables(ns, desired, snap, diffs)
     if key is None:
         remove_stale_veths(ns, desired, snap, diffs, prune)
