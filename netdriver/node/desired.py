@@ -50,6 +50,9 @@ class Vxlan:
     local: str
     port: int
     mtu: int
+    # The device's own GRO pass: only over WireGuard, whose TUN device hands packets over
+    # one by one; a plain network's underlay merged the stream already (see overlay.py).
+    gro: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ def desired_network(node: Node, state: cluster_pb2.NetworkState,
     local = (bare(own.tunnel_addr) if own else "") if encrypted else node.underlay_ip
     vxlan = None
     if local:
-        vxlan = Vxlan(VXLAN, network.vni, local, data_path_port or DEFAULT_VXLAN_PORT, mtu)
+        vxlan = Vxlan(VXLAN, network.vni, local, data_path_port or DEFAULT_VXLAN_PORT, mtu,
+                      gro=encrypted)
     else:
         # Never fall back to clear text: no tunnel address, no VXLAN device.
         problems = ["no tunnel address yet", *problems]

@@ -82,6 +82,7 @@ def test_plain_network_fdb_and_neighbours_for_remote_tasks_only() -> None:
     assert net.vxlan is not None
     assert (net.vxlan.vni, net.vxlan.local, net.vxlan.port, net.vxlan.mtu) == (
         4097, "198.18.0.11", 4789, 1450)
+    assert not net.vxlan.gro  # the underlay merged the stream already
     assert net.fdb == (FdbEntry("02:42:0a:00:01:06", "198.18.0.12"),
                        FdbEntry("02:42:0a:00:01:07", "198.18.0.12"))
     assert net.neighbours == (NeighEntry("10.0.1.6", "02:42:0a:00:01:06"),
@@ -101,6 +102,7 @@ def test_encrypted_network_uses_tunnel_addresses() -> None:
     net = desired_networks(NODE, message(state(network(encrypted=True), TASKS)), LOCAL)[NET_ID]
     assert net.encrypted and net.bridge.mtu == 1390
     assert net.vxlan is not None and (net.vxlan.local, net.vxlan.mtu) == ("10.255.0.1", 1390)
+    assert net.vxlan.gro  # WireGuard's TUN device hands packets over one by one
     assert {entry.dst for entry in net.fdb} == {"10.255.0.2"}
 
 
