@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,11 +25,11 @@ from pyroute2.ethtool.ioctl import (  # type: ignore[import-untyped]
 )
 from pyroute2.netlink.rtnl import ndmsg
 
+from netdriver.node import netns
 from netdriver.node.netns import run_in_netns_sync
 
 T = TypeVar("T")
 Ns = str | None
-NETNS_DIR = "/run/netns"
 NUD_PERMANENT = ndmsg.states["permanent"]
 NUD_NOARP = ndmsg.states["noarp"]  # a bridge FDB entry added as "static"
 NTF_SELF = ndmsg.flags["self"]
@@ -77,80 +76,33 @@ class Snapshot:
     addresses: dict[str, tuple[str, ...]]   # ifname -> IPv4 CIDRs
     fdb: dict[str, tuple[Fdb, ...]]         # vxlan ifname -> remote entries (with a dst)
     bridge_fdb: dict[str, tuple[str, ...]]  # port ifname -> MACs of the bridge's static entries
+    gro: dict[str, bool]                    # ifname -> generic receive offload on
     neighbours: dict[str, tuple[Neighbour, ...]]  # ifname -> permanent IPv4 entries
 
     def link(self, name: str) -> Link | None:
         return next((link for link in self.links if link.name == name), None)
 
 
-def netns_path(ns: str) -> str:
-    return ns if "/" in ns else f"{NETNS_DIR}/{ns}"
+def _in(ns: Ns, fn: Callable[[], T]) -> T:
+    """`fn()` inside the namespace (None: this thread's own)."""
+    return fn() if ns is None else run_in_netns_sync(netns.netns_path(ns), fn)
 
 
 def _run(ns: Ns, fn: Callable[[Any], T]) -> T:
     def body() -> T:
         with IPRoute() as ipr:
             return fn(ipr)
-    if ns is None:
-        return body()
-    return run_in_netns_sync(netns_path(ns), body)
+    return _in(ns, body)
 
 
 # -- namespaces --
 
-def list_netns() -> list[str]:
-    try:
-        return sorted(os.listdir(NETNS_DIR))
-    except FileNotFoundError:
-        return []
-
-
 def create_netns(name: str) -> None:
     """A named namespace with lo up; nothing if it exists. Made by `ip netns add`: pyroute2
     forks a Python child for it, which aborts in a process that runs gRPC (shoald)."""
-    if name not in list_netns():
-        _ip("netns", "add", name)
+    if name not in netns.list_netns():
+        netns.add_netns(name)
     set_link(name, "lo", up=True)
-
-
-# With br_netfilter loaded (dockerd loads it), bridged frames in a namespace go through its
-# netfilter hooks and conntrack unless these are off there; an overlay's namespace has no
-# rules for them, so they only cost (measured: plain overlay throughput 0.63 -> 0.80 of the
-# underlay).
-BRIDGE_NF = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
-
-
-def bridge_netfilter_on(ns: str) -> list[str]:
-    """The bridge-netfilter switches that are on in the namespace ([] without br_netfilter)."""
-    def read() -> list[str]:
-        on = []
-        for key in BRIDGE_NF:
-            try:
-                with open(f"/proc/sys/net/bridge/{key}") as f:
-                    if f.read().strip() != "0":
-                        on.append(key)
-            except FileNotFoundError:
-                pass
-        return on
-    return run_in_netns_sync(netns_path(ns), read)
-
-
-def set_bridge_netfilter_off(ns: str, key: str) -> None:
-    def write() -> None:
-        with open(f"/proc/sys/net/bridge/{key}", "w") as f:
-            f.write("0")
-    run_in_netns_sync(netns_path(ns), write)
-
-
-def delete_netns(name: str) -> None:
-    if name in list_netns():
-        _ip("netns", "delete", name)
-
-
-def _ip(*argv: str) -> None:
-    done = subprocess.run(["ip", *argv], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise OSError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
 
 
 # -- links --
@@ -234,33 +186,31 @@ def set_port_learning(ns: Ns, name: str, on: bool) -> None:
     _run(ns, lambda ipr: ipr.brport("set", index=_index(ipr, name), learning=int(on)))
 
 
-def _ethtool_value(ns: Ns, name: str, cmd: int, data: int = 0) -> int:
-    """One ethtool get/set ioctl on the device, from a socket of its namespace."""
-    def body() -> int:
-        eth = IoctlEthtool(name)
-        try:
-            value = EthtoolValue(cmd=cmd, data=data)
-            eth.ifreq.value = ctypes.pointer(value)
-            eth.ioctl()
-            return int(value.data)
-        finally:
-            eth.close()
-    return body() if ns is None else run_in_netns_sync(netns_path(ns), body)
+def _ethtool(name: str, cmd: int, data: int = 0) -> int:
+    """One ethtool get/set ioctl on a device of this thread's namespace."""
+    eth = IoctlEthtool(name)
+    try:
+        value = EthtoolValue(cmd=cmd, data=data)
+        eth.ifreq.value = ctypes.pointer(value)
+        eth.ioctl()
+        return int(value.data)
+    finally:
+        eth.close()
 
 
 def gro(ns: Ns, name: str) -> bool:
     """Whether the device does generic receive offload."""
-    return bool(_ethtool_value(ns, name, ETHTOOL_GGRO))
+    return _in(ns, lambda: bool(_ethtool(name, ETHTOOL_GGRO)))
 
 
 def set_gro(ns: Ns, name: str, on: bool) -> None:
-    _ethtool_value(ns, name, ETHTOOL_SGRO, int(on))
+    _in(ns, lambda: _ethtool(name, ETHTOOL_SGRO, int(on)))
 
 
 def move_link(ns: Ns, name: str, target: str) -> None:
     """Into the namespace `target` (name or path); a vxlan device keeps its socket in the
     namespace it was created in."""
-    fd = os.open(netns_path(target), os.O_RDONLY)
+    fd = os.open(netns.netns_path(target), os.O_RDONLY)
     try:
         _run(ns, lambda ipr: ipr.link("set", index=_index(ipr, name), net_ns_fd=fd))
     finally:
@@ -394,8 +344,8 @@ def delete_neighbour(ns: Ns, ifname: str, entry: Neighbour) -> None:
 # -- one read of everything --
 
 def snapshot(ns: Ns, fdb_of: Iterable[str] = ()) -> Snapshot:
-    """Links, addresses, and the FDB and neighbour tables of the links named in `fdb_of`
-    (those that exist)."""
+    """Links, addresses, and the FDB and neighbour tables and GRO setting of the links named
+    in `fdb_of` (those that exist)."""
     wanted = set(fdb_of)
 
     def body(ipr: Any) -> Snapshot:
@@ -405,5 +355,7 @@ def snapshot(ns: Ns, fdb_of: Iterable[str] = ()) -> Snapshot:
         return Snapshot(links=found, addresses=_addresses(ipr),
                         fdb={name: _fdb(rows) for name, rows in entries.items()},
                         bridge_fdb={name: _bridge_fdb(rows) for name, rows in entries.items()},
+                        gro={link.name: bool(_ethtool(link.name, ETHTOOL_GGRO))
+                             for link in tables},
                         neighbours={link.name: _neighbours(ipr, link.index) for link in tables})
     return _run(ns, body)

@@ -27,6 +27,7 @@ from netdriver.node.desired import (
     veth_peer_name,
     withdrawn,
 )
+from netdriver.node.netns import list_netns
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
@@ -200,7 +201,7 @@ class Dataplane:
 
     def _unwanted(self, desired: dict[str, NetworkDesired]) -> list[str]:
         keep = {net.netns for net in desired.values()}
-        return [name for name in owned_netns(nl.list_netns(), self.netns_prefix)
+        return [name for name in owned_netns(list_netns(), self.netns_prefix)
                 if name not in keep]
 
     async def _desired(self) -> dict[str, NetworkDesired]:

@@ -57,8 +57,69 @@ async def run_in_netns(netns_path: str, fn: Callable[[], T]) -> T:
     return await asyncio.to_thread(run_in_netns_sync, netns_path, fn)
 
 
+NETNS_DIR = "/run/netns"
+
+
 def named_netns_path(name: str) -> str:
-    return f"/run/netns/{name}"
+    return f"{NETNS_DIR}/{name}"
+
+
+def netns_path(ns: str) -> str:
+    """A namespace's path from its name under /run/netns, or the path itself."""
+    return ns if "/" in ns else named_netns_path(ns)
+
+
+# -- named namespaces (made and removed by `ip netns`) --
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def add_netns(name: str) -> None:
+    _ip("netns", "add", name)
+
+
+def delete_netns(name: str) -> None:
+    if name in list_netns():
+        _ip("netns", "delete", name)
+
+
+def _ip(*argv: str) -> None:
+    done = subprocess.run(["ip", *argv], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
+
+
+# With br_netfilter loaded (dockerd loads it), bridged frames in a namespace go through its
+# netfilter hooks and conntrack unless these are off there; an overlay's namespace has no
+# rules for them, so they only cost (measured: plain overlay throughput 0.63 -> 0.80 of the
+# underlay).
+BRIDGE_NF = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
+
+
+def bridge_netfilter_on(ns: str) -> list[str]:
+    """The bridge-netfilter switches that are on in the namespace ([] without br_netfilter)."""
+    def read() -> list[str]:
+        on = []
+        for key in BRIDGE_NF:
+            try:
+                with open(f"/proc/sys/net/bridge/{key}") as f:
+                    if f.read().strip() != "0":
+                        on.append(key)
+            except FileNotFoundError:
+                pass
+        return on
+    return run_in_netns_sync(netns_path(ns), read)
+
+
+def set_bridge_netfilter_off(ns: str, key: str) -> None:
+    def write() -> None:
+        with open(f"/proc/sys/net/bridge/{key}", "w") as f:
+            f.write("0")
+    run_in_netns_sync(netns_path(ns), write)
 
 
 async def nsenter(netns_path: str, *argv: str, stdin: str | None = None) -> str:

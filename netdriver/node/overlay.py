@@ -17,6 +17,12 @@ from typing import Any, TypeVar
 
 from netdriver import netlink as nl
 from netdriver.node.desired import NetworkDesired, Veth, Vxlan
+from netdriver.node.netns import (
+    bridge_netfilter_on,
+    delete_netns,
+    list_netns,
+    set_bridge_netfilter_off,
+)
 
 E = TypeVar("E", bound=Any)  # an FDB or neighbour entry (ordered, hashable)
 
@@ -24,12 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def ensure_netns(name: str, diffs: list[str]) -> None:
-    if name not in nl.list_netns():
+    if name not in list_netns():
         diffs.append(f"namespace {name}: missing")
     nl.create_netns(name)  # also brings lo up
-    for key in nl.bridge_netfilter_on(name):
+    for key in bridge_netfilter_on(name):
         diffs.append(f"{key}: 1, want 0")
-        nl.set_bridge_netfilter_off(name, key)
+        set_bridge_netfilter_off(name, key)
 
 
 def sync_bridge(ns: str, desired: NetworkDesired, snap: nl.Snapshot, diffs: list[str]) -> None:
@@ -119,7 +125,7 @@ def sync_vxlan(ns: str, desired: NetworkDesired, snap: nl.Snapshot, host_netns: 
     # packet: off, the plain overlay moved 8.7 % more (median of 8 paired iperf3 rounds,
     # every round faster). WireGuard's TUN device merges nothing, so an encrypted network
     # keeps it (off there: -2.7 %, median of 10 paired rounds).
-    if nl.gro(ns, name) != want.gro:
+    if snap.gro.get(name) != want.gro:
         diffs.append(f"{name}: gro {'off' if want.gro else 'on'}")
         nl.set_gro(ns, name, want.gro)
 
@@ -279,16 +285,16 @@ def reconcile_network(desired: NetworkDesired, host_netns: nl.Ns,
 
 def remove_network(netns: str) -> None:
     """The whole namespace: its VXLAN device (closing its socket), bridge and veths go."""
-    if netns in nl.list_netns():
+    if netns in list_netns():
         for link in nl.links(netns):
             if link.kind == "vxlan":
                 nl.delete_link(netns, link.name)
-        nl.delete_netns(netns)
+        delete_netns(netns)
 
 
 def remove_veth(netns: str, peer: str) -> None:
     """A sandbox's leg (both ends go: deleting one end of a veth deletes the pair)."""
-    if netns in nl.list_netns():
+    if netns in list_netns():
         nl.delete_link(netns, peer)
 
 
@@ -301,7 +307,7 @@ def wanted_counts(desired: NetworkDesired) -> dict[str, int]:
 
 def found_counts(desired: NetworkDesired) -> dict[str, int]:
     """Per kind, how many the namespace holds now (before a round repairs it)."""
-    if desired.netns not in nl.list_netns():
+    if desired.netns not in list_netns():
         return {"interfaces": 0, "fdb": 0, "neighbours": 0}
     vx = desired.vxlan.name if desired.vxlan else "vxlan0"
     snap = nl.snapshot(desired.netns, [vx])

@@ -16,7 +16,7 @@ import pytest
 from netdriver import netlink as nl
 from netdriver.node.dataplane import Dataplane, SandboxGone
 from netdriver.node.desired import mac_of, veth_peer_name
-from netdriver.node.netns import run_in_netns_sync
+from netdriver.node.netns import delete_netns, list_netns, run_in_netns_sync
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
@@ -62,9 +62,9 @@ def lab() -> Iterator[Lab]:
         link_hosts(lab.host(0), lab.host(1), ("tn0", "tn1"), lab.tunnel)
         yield lab
     finally:
-        for name in nl.list_netns():
+        for name in list_netns():
             if name.startswith(tag + "-"):
-                nl.delete_netns(name)
+                delete_netns(name)
 
 
 @pytest.fixture
@@ -299,7 +299,7 @@ async def test_networks_are_isolated_and_removed(lab: Lab, planes: list[Dataplan
     await planes[0].detach(b_boxes[0])
     planes[0].update(message(lab, [states[0]]))
     await planes[0].reconcile()
-    names = nl.list_netns()
+    names = list_netns()
     assert ns_of(planes[0], net_b) not in names and ns_of(planes[0], net_a) in names
     assert "eth0" not in {link.name for link in nl.links(b_boxes[0])}
     assert [link.name for link in nl.links(lab.host(0)) if link.kind == "vxlan"] == []
@@ -307,7 +307,7 @@ async def test_networks_are_isolated_and_removed(lab: Lab, planes: list[Dataplan
     await planes[0].detach(a_boxes[0])
     planes[0].update(message(lab, []))
     await planes[0].reconcile()
-    assert [n for n in nl.list_netns() if n.startswith(planes[0].netns_prefix)] == []
+    assert [n for n in list_netns() if n.startswith(planes[0].netns_prefix)] == []
 
 
 async def test_encrypted_network_uses_tunnel_addresses(lab: Lab,
@@ -396,14 +396,14 @@ async def test_restart_adopts_running_sandboxes_and_drops_leftovers(
     # shoald restarts on host 1 (a new Dataplane); meanwhile the task on `old` ended.
     fresh = Dataplane("node1", lab.underlay[0], planes[0].netns_prefix, host_netns=lab.host(0))
     assert await fresh.reconcile() == {}  # no message yet: nothing is known to be unwanted
-    assert old_ns in nl.list_netns()
+    assert old_ns in list_netns()
     fresh.update(with_local_tasks(message(lab, states[:1]), "node1", net, addrs[0]))
     report = await fresh.reconcile()
     # The running task's leg is kept until the worker adopts it; the ended one's network goes.
     peer = veth_peer_name(boxes[0])
     assert report[net.id] == [f"veth {peer}: no sandbox attached (kept for now)"]
     assert report[old_ns] == [f"namespace {old_ns}: not wanted, removed"]
-    assert old_ns not in nl.list_netns()
+    assert old_ns not in list_netns()
     assert await asyncio.to_thread(ping, boxes[0], "10.77.7.6")
 
     await fresh.attach(boxes[0], boxes[0], [pb.NetworkAttachment(network_id=net.id,
@@ -470,7 +470,7 @@ async def test_loop_retries_until_the_underlay_is_there(
         ns = ns_of(late, net)
 
         async def programmed() -> bool:
-            names = await asyncio.to_thread(nl.list_netns)
+            names = await asyncio.to_thread(list_netns)
             return ns in names and "vxlan0" in {
                 link.name for link in await asyncio.to_thread(nl.links, ns)}
         await eventually(programmed, "the network's namespace after the address appeared")
@@ -560,7 +560,7 @@ async def test_a_reused_namespace_path_is_not_plumbed(lab: Lab,
                                                             addresses=["10.77.12.5/24"])])
     # The sandbox ends and its path now names another namespace (as /proc/PID after PID
     # reuse): the data plane must not put a leg into it.
-    nl.delete_netns(f"{lab.tag}-p1")
+    delete_netns(f"{lab.tag}-p1")
     nl.create_netns(f"{lab.tag}-p1")
     report = await planes[0].reconcile()
     assert report[net.id] == [f"sandbox k1: namespace {box} gone"]
