@@ -36,7 +36,6 @@ table and JSON say); nonzero only when a measurement could not be made.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
@@ -46,21 +45,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import dns.exception  # noqa: E402
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rdatatype  # noqa: E402
 import docker  # noqa: E402
 
-from bench.resolver_latency import percentile, query_loop  # noqa: E402
+from bench.overlay_lab import (  # noqa: E402
+    WEB_REPLICAS,
+    by_node,
+    hostname,
+    ip_netns,
+    sandbox_pid,
+    scale,
+    setup,
+    task_addr,
+    vip_of,
+    wait_running,
+)
+from bench.overlay_probes import (  # noqa: E402
+    nsenter_pid,
+    probe_result,
+    probing,
+    run_probe,
+)
+from bench.resolver_latency import percentile  # noqa: E402
 from bench.waiting import (  # noqa: E402
     BenchError,
     progress_log,
@@ -69,168 +81,12 @@ from bench.waiting import (  # noqa: E402
     wall,
 )
 from bench.wg_baseline import bare_tunnel, iperf3_between, iperf3_bps  # noqa: E402
-from netdriver.node.nft import listed_backends  # noqa: E402
 from shoal import lab  # noqa: E402
-from shoal.cli.service import post_update  # noqa: E402
 from shoal.client import Client  # noqa: E402
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "overlay.json"
-IMAGE = "shoal/busybox:latest"
-SERVE = ["sh", "-c", "exec httpd -f -p 8080 -h /etc"]  # GET /hostname: the task's hostname
-PORT = 8080
-WEB_REPLICAS = 2
 GOALS = {"plain_ratio": 0.75, "encrypted_ratio": 0.70, "resolver_p99_ms": 1.0,
          "gone_s": 2.0}
-PROBE_TIMEOUT = 60.0  # seconds a probe waits for what it watches
-POLL = 0.01
-
-
-# ---- probes: run inside a task's network namespace ---------------------------------------
-
-def probe_vip_new(vip: str, known: list[str]) -> dict[str, Any]:
-    """Loop GET http://VIP/hostname; "ready" after the first answer; returns when a hostname
-    not in `known` answers."""
-    requests = failures = 0
-    ready = False
-    deadline = time.monotonic() + PROBE_TIMEOUT
-    while time.monotonic() < deadline:
-        requests += 1
-        name = http_hostname(vip)
-        if name is None:
-            failures += 1
-            time.sleep(POLL)
-            continue
-        if not ready:
-            print("ready", flush=True)
-            ready = True
-        if name not in known:
-            return {"t": time.monotonic(), "name": name, "requests": requests,
-                    "failures": failures}
-    raise SystemExit(f"no new hostname through {vip} in {PROBE_TIMEOUT:.0f} s "
-                     f"({requests} requests, {failures} failed)")
-
-
-def http_hostname(vip: str) -> str | None:
-    conn = http.client.HTTPConnection(vip, PORT, timeout=1.0)
-    try:
-        conn.request("GET", "/hostname")
-        reply = conn.getresponse()
-        return reply.read().decode().strip() if reply.status == 200 else None
-    except OSError:
-        return None
-    finally:
-        conn.close()
-
-
-def probe_gone(service: str, vip: str, expected: int) -> dict[str, Any]:
-    """Watch `tasks.<service>` (this sandbox's resolver) and the VIP's backends (this
-    sandbox's nftables); "ready" after the first look; returns when each has `expected`
-    addresses (the time of the first such look, and which addresses left)."""
-    first = {"dns": dns_addrs(service), "nft": nft_backends(vip)}
-    print("ready", flush=True)
-    done: dict[str, Any] = {}
-    deadline = time.monotonic() + PROBE_TIMEOUT
-    while len(done) < 2 and time.monotonic() < deadline:
-        for kind, look in (("dns", lambda: dns_addrs(service)), ("nft", lambda: nft_backends(vip))):
-            if kind in done:
-                continue
-            now = look()
-            if len(now) == expected:
-                done[kind] = {"t": time.monotonic(), "gone": sorted(first[kind] - now),
-                              "first": sorted(first[kind])}
-        time.sleep(POLL)
-    if len(done) < 2:
-        raise SystemExit(f"still {first} (expected {expected}) after {PROBE_TIMEOUT:.0f} s")
-    return done
-
-
-def dns_addrs(service: str) -> set[str]:
-    query = dns.message.make_query(f"tasks.{service}", "A")
-    try:
-        reply = dns.query.udp(query, "127.0.0.11", timeout=0.5)
-    except (OSError, dns.exception.Timeout):
-        return set()
-    return {r.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A
-            for r in rrset}
-
-
-def nft_backends(vip: str) -> set[str]:
-    done = subprocess.run(["nft", "list", "table", "ip", "shoal"], capture_output=True,
-                          text=True, check=False)
-    return set(listed_backends(done.stdout).get(vip, []))
-
-
-def probe_main(kind: str, arg: dict[str, Any]) -> int:
-    if kind == "vip-new":
-        result = probe_vip_new(arg["vip"], arg["known"])
-    elif kind == "gone":
-        result = probe_gone(arg["service"], arg["vip"], arg["expected"])
-    elif kind == "dns-latency":
-        result = query_loop([tuple(q) for q in arg["asked"]], arg["n"])
-    else:
-        raise SystemExit(f"unknown probe {kind}")
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-# ---- the lab's tasks ---------------------------------------------------------------------
-
-def nsenter_pid(pid: int) -> list[str]:
-    return ["nsenter", f"--net=/proc/{pid}/ns/net"]
-
-
-def ip_netns(ns: str) -> list[str]:
-    return ["ip", "netns", "exec", ns]
-
-
-def running(client: Client, service: str) -> list[dict[str, Any]]:
-    tasks = client.get("/tasks", filters={"service": [service], "desired-state": ["running"]})
-    return [t for t in tasks if t["Status"]["State"] == "running"]
-
-
-def wait_running(client: Client, service: str, count: int) -> list[dict[str, Any]]:
-    return list(wait_for(lambda: (r := running(client, service)) and len(r) == count and r,
-                         120, f"{count} running tasks of {service}", interval=0.2))
-
-
-def task_addr(task: dict[str, Any]) -> str:
-    return str(task["NetworksAttachments"][0]["Addresses"][0].split("/")[0])
-
-
-def sandbox_pid(eng: docker.APIClient, task: dict[str, Any]) -> int:
-    """The PID of the task's sandbox container (its namespace is the task's)."""
-    cid = task["Status"]["ContainerStatus"]["ContainerID"]
-    name = eng.inspect_container(cid)["Name"].lstrip("/")
-    return int(eng.inspect_container(f"{name}.sandbox")["State"]["Pid"])
-
-
-def hostname(eng: docker.APIClient, task: dict[str, Any]) -> str:
-    return str(eng.inspect_container(task["Status"]["ContainerStatus"]["ContainerID"])
-               ["Config"]["Hostname"])
-
-
-def vip_of(client: Client, service: str) -> str:
-    return str(client.get(f"/services/{service}")["Endpoint"]["VirtualIPs"][0]["Addr"]
-               .split("/")[0])
-
-
-def setup(client: Client) -> None:
-    nets = {}
-    for name, options in (("plain", {}), ("enc", {"encrypted": ""})):
-        nets[name] = client.post("/networks/create", {
-            "Name": name, "Driver": "overlay", "Options": options})["Id"]
-    for name, net, mode in (("pa", "plain", {"Global": {}}), ("ea", "enc", {"Global": {}}),
-                            ("web", "plain", {"Replicated": {"Replicas": WEB_REPLICAS}})):
-        client.post("/services/create", {
-            "Name": name, "Mode": mode,
-            "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": SERVE},
-                             "Networks": [{"Target": nets[net]}]}})
-
-
-def by_node(client: Client, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Tasks keyed by their node's hostname (m1, w1)."""
-    names = {n["ID"]: n["Description"]["Hostname"] for n in client.get("/nodes")}
-    return {names[t["NodeID"]]: t for t in tasks}
 
 
 # ---- the measurements --------------------------------------------------------------------
@@ -267,27 +123,6 @@ def throughput(state: lab.LabState, pids: dict[str, dict[str, int]],
                                  for key, (num, den) in paired.items()}}
 
 
-def run_probe(pid: int, kind: str, arg: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen([*nsenter_pid(pid), sys.executable, str(Path(__file__).resolve()),
-                             "--probe", kind, json.dumps(arg)],
-                            stdout=subprocess.PIPE, text=True)
-
-
-def probe_ready(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.kill()
-        raise BenchError(f"probe did not get ready: {line!r}")
-
-
-def probe_result(proc: subprocess.Popen[str]) -> Any:
-    out, _ = proc.communicate(timeout=PROBE_TIMEOUT + 30)
-    if proc.returncode != 0:
-        raise BenchError(f"probe failed ({proc.returncode}): {out}")
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def resolver_latency(pid: int, n: int) -> dict[str, Any]:
     asked = [("web", 1), ("tasks.web", WEB_REPLICAS), ("pa", 1), ("tasks.pa", 2)]
     times = probe_result(run_probe(pid, "dns-latency", {"asked": asked, "n": n}))
@@ -306,26 +141,6 @@ def resolver_control(n: int) -> dict[str, Any]:
             raise BenchError("bench/resolver_latency.py wrote no result")
         found = json.loads(path.read_text())
     return {transport: found[transport] for transport in ("udp", "tcp")}
-
-
-def scale(client: Client, service: str, replicas: int) -> None:
-    """What `shoal service scale -d SERVICE=REPLICAS` does."""
-    svc = client.get(f"/services/{service}", insertDefaults=False)
-    svc["Spec"]["Mode"] = {"Replicated": {"Replicas": replicas}}
-    post_update(client, svc, svc["Spec"])
-
-
-@contextmanager
-def probing(procs: list[subprocess.Popen[str]]) -> Iterator[list[subprocess.Popen[str]]]:
-    try:
-        for proc in procs:
-            probe_ready(proc)
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def scale_up(client: Client, eng: docker.APIClient, pid: int, vip: str) -> dict[str, Any]:
@@ -500,7 +315,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 s iperf3 once, 300 queries, 1 cycle")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
-    parser.add_argument("--probe", nargs=2, metavar=("KIND", "ARG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeat, args.cycles, args.n = 1.0, 1, 1, 300
@@ -509,8 +323,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.probe:
-        return probe_main(args.probe[0], json.loads(args.probe[1]))
     started = time.monotonic()
     load_before = os.getloadavg()
     log = progress_log(started)
@@ -528,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "kernel": platform.release(),
                        "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]}},
-           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                    if k != "probe"},
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "goals": GOALS, "goals_met": met, "duration_s": time.monotonic() - started,
            **result}
     args.json.parent.mkdir(parents=True, exist_ok=True)
