@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import ipaddress
 import logging
 import socket
 import struct
@@ -22,7 +21,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import cast
 
 import dns.asyncquery
@@ -36,166 +34,27 @@ import dns.rdatatype
 import dns.rrset
 
 from netdriver.node import netns
-from netdriver.node.records import Answer, NetworkRecords, answer, build_records, may_forward
+from netdriver.node.dnswire import (
+    address_response,
+    error_response,
+    formerr,
+    local_response,
+    render,
+    udp_limit,
+)
+from netdriver.node.records import NetworkRecords, answer, build_records, may_forward
+from netdriver.node.upstreams import PORT, Upstream, host_upstreams, parse_upstream, task_upstreams
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 ADDRESS = "127.0.0.11"
-PORT = 53
-RESOLV_CONF = "/etc/resolv.conf"
-# systemd-resolved's list of real upstreams, used when resolv.conf names only its stub.
-SYSTEMD_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
-UDP_LIMIT = 512  # without EDNS (RFC 1035)
 TCP_LIMIT = 65535
-EDNS_PAYLOAD = 1232  # what we tell EDNS clients we take (DNS flag day 2020)
 SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
 MAX_FORWARDS = 100  # queries waiting on upstreams at once; more get SERVFAIL (Docker's cap)
 MAX_TCP_CLIENTS = 32  # open TCP connections per sandbox; more are closed at once
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent between queries
-
-Upstream = tuple[str, int]
-
-
-# --- pure: configuration ---------------------------------------------------------------
-
-def parse_upstream(text: str) -> Upstream:
-    """"10.0.0.2" / "10.0.0.2:5353" / "[fd00::1]:53" / "fd00::1" → (address, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else PORT
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = int(port_text)
-    else:
-        host, port = text, PORT
-    ipaddress.ip_address(host)  # a name here would need a resolver to find the resolver
-    return host, port
-
-
-def nameservers(resolv_conf: str) -> list[str]:
-    """The `nameserver` lines of a resolv.conf, without loopback ones: they name a stub on
-    the host (127.0.0.53 and the like) that sandboxes and lab hosts don't share."""
-    out: list[str] = []
-    for line in resolv_conf.splitlines():
-        words = line.split("#", 1)[0].split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            try:
-                addr = ipaddress.ip_address(words[1].split("%", 1)[0])
-            except ValueError:
-                continue
-            if not addr.is_loopback:
-                out.append(words[1])
-    return out
-
-
-def task_upstreams(tasks: Sequence[pb.Task]) -> dict[str, list[Upstream]]:
-    """The tasks that name their own nameservers, by task ID."""
-    return {t.id: [parse_upstream(ns) for ns in t.spec.container.dns_config.nameservers]
-            for t in tasks if t.spec.container.dns_config.nameservers}
-
-
-def host_upstreams(paths: Sequence[str] = (RESOLV_CONF, SYSTEMD_RESOLV_CONF)) -> list[str]:
-    """The node's upstreams: the first of `paths` that names a non-loopback server."""
-    for path in paths:
-        try:
-            found = nameservers(Path(path).read_text())
-        except OSError:
-            continue
-        if found:
-            return found
-    return []
-
-
-# --- pure: wire format -------------------------------------------------------------------
-
-def udp_limit(query: dns.message.Message) -> int:
-    return max(query.payload, UDP_LIMIT) if query.edns >= 0 else UDP_LIMIT
-
-
-def render(response: dns.message.Message, limit: int) -> bytes:
-    """Wire form within `limit` bytes; when too big, TC set and as many records of a single
-    answer set as fit (so a client that never retries over TCP still gets some), else none."""
-    try:
-        return response.to_wire(max_size=limit)
-    except dns.exception.TooBig:
-        pass
-    response.flags |= dns.flags.TC
-    response.authority, response.additional = [], []
-    full = list(response.answer[0]) if len(response.answer) == 1 else []
-    rrset = response.answer[0] if full else None
-    response.answer = []
-    best = response.to_wire(max_size=limit)
-    low, high = 1, len(full)
-    while rrset is not None and low <= high:  # the largest record count that still fits
-        mid = (low + high) // 2
-        part = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
-        part.update_ttl(rrset.ttl)
-        for rdata in full[:mid]:
-            part.add(rdata)
-        response.answer = [part]
-        try:
-            best = response.to_wire(max_size=limit)
-            low = mid + 1
-        except dns.exception.TooBig:
-            high = mid - 1
-    return best
-
-
-def address_response(query: dns.message.Message, found: Answer, limit: int) -> bytes | None:
-    """The wire form of an A/AAAA answer, written directly: building dnspython rdata
-    objects costs ~20 µs a record, and this is what every lookup of a service takes.
-    The same message as `render(local_response(...))` (a unit test compares them); None for
-    anything else (PTR, EDNS versions above 0, classes other than IN, too big), which
-    goes the dnspython way."""
-    question = query.question[0]
-    if (found.names or question.rdclass != dns.rdataclass.IN or query.edns > 0
-            or question.rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA)):
-        return None
-    family, size = ((socket.AF_INET, 4) if question.rdtype == dns.rdatatype.A
-                    else (socket.AF_INET6, 16))
-    flags = dns.flags.QR | dns.flags.AA | dns.flags.RA | (query.flags & dns.flags.RD)
-    opt = (b"\0" + struct.pack("!HHIH", dns.rdatatype.OPT, EDNS_PAYLOAD, 0, 0)
-           if query.edns == 0 else b"")
-    head = struct.pack("!6H", query.id, flags, 1, len(found.addresses), 0, 1 if opt else 0)
-    # Each record's owner is a pointer to the question's name at offset 12.
-    record = struct.pack("!HHHIH", 0xC00C, question.rdtype, dns.rdataclass.IN, found.ttl, size)
-    wire = b"".join([head, cast(bytes, question.name.to_wire()),
-                     struct.pack("!HH", question.rdtype, question.rdclass),
-                     *(record + socket.inet_pton(family, a) for a in found.addresses), opt])
-    return wire if len(wire) <= limit else None
-
-
-def local_response(query: dns.message.Message, found: Answer) -> dns.message.Message:
-    response = dns.message.make_response(query, our_payload=EDNS_PAYLOAD)
-    response.flags |= dns.flags.RA | dns.flags.AA
-    question = query.question[0]
-    if found.addresses:
-        response.answer.append(dns.rrset.from_text_list(
-            question.name, found.ttl, dns.rdataclass.IN, question.rdtype,
-            list(found.addresses)))
-    elif found.names:
-        response.answer.append(dns.rrset.from_text_list(
-            question.name, found.ttl, dns.rdataclass.IN, dns.rdatatype.PTR, list(found.names)))
-    return response
-
-
-def error_response(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
-    response = dns.message.make_response(query, our_payload=EDNS_PAYLOAD)
-    response.flags |= dns.flags.RA
-    response.set_rcode(rcode)
-    return response
-
-
-def formerr(wire: bytes) -> bytes | None:
-    """A FORMERR for a query dnspython cannot parse, when at least its id is readable."""
-    if len(wire) < 2:
-        return None
-    (qid,) = struct.unpack("!H", wire[:2])
-    flags = dns.flags.QR | dns.flags.RA
-    return struct.pack("!HHHHHH", qid, flags | dns.rcode.FORMERR, 0, 0, 0, 0)
 
 
 # --- serving ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from netdriver.node.dnswire import address_response, formerr, local_response, render, udp_limit
 from netdriver.node.records import (
     TTL,
     Answer,
@@ -23,17 +24,8 @@ from netdriver.node.records import (
     host_address,
     may_forward,
 )
-from netdriver.node.resolver import (
-    Resolver,
-    address_response,
-    formerr,
-    host_upstreams,
-    local_response,
-    nameservers,
-    parse_upstream,
-    render,
-    udp_limit,
-)
+from netdriver.node.resolver import Resolver
+from netdriver.node.upstreams import host_upstreams, nameservers, parse_upstream
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 
