@@ -1,6 +1,7 @@
 """`shoal service ...`: create, scale, update, rollback, rm (Docker's names, flags and
-output). ls / ps / inspect live in service_show.py, flag parsing in service_opts.py, the
-convergence wait in service_progress.py."""
+output). ls / ps / inspect live in service_show.py, the flags and the spec they build in
+service_opts.py, one flag value's parsing in service_values.py, the convergence wait in
+service_progress.py."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from typing import Any
 import click
 
 from shoal.cli.output import CommandFailed, describe_api_error, pass_client
-from shoal.cli.service_opts import (
-    MODES,
-    SPEC_OPTIONS,
-    apply_common,
-    create_spec,
+from shoal.cli.service_opts import MODES, SPEC_OPTIONS, apply_common, create_spec
+from shoal.cli.service_progress import wait
+from shoal.cli.service_show import inspect, ls, ps, service_path
+from shoal.cli.service_values import (
     parse_env,
     parse_kv,
     parse_mount,
@@ -23,8 +23,6 @@ from shoal.cli.service_opts import (
     parse_publish,
     update_file_refs,
 )
-from shoal.cli.service_progress import wait
-from shoal.cli.service_show import inspect, ls, ps, service_path
 from shoal.client import APIError, Client
 
 _BOOL_FLAGS = {"--detach": "detach", "-d": "detach", "--init": "init", "--tty": "tty",

@@ -16,7 +16,7 @@ import pytest
 
 from shoal.api import convert_service as conv
 from shoal.cli import service_progress as progress
-from shoal.cli.service_opts import parse_cpus, parse_mount, parse_publish, parse_size
+from shoal.cli.service_values import parse_cpus, parse_mount, parse_publish, parse_size
 from tests.unit.test_cli import NODES, FakeDaemon
 from tests.unit.test_convert_service import _supported_big
 

@@ -193,7 +193,8 @@ def test_secret_flags_send_references() -> None:
     import click
 
     from shoal.api import convert_service as conv
-    from shoal.cli.service_opts import create_spec, parse_file_ref, update_file_refs
+    from shoal.cli.service_opts import create_spec
+    from shoal.cli.service_values import parse_file_ref, update_file_refs
     assert parse_file_ref("db", "--secret", "secret") == {
         "File": {"Name": "db", "UID": "0", "GID": "0", "Mode": 0o444}, "SecretName": "db"}
     assert parse_file_ref("source=cfg,target=/etc/a.cfg,mode=0440,uid=5", "--config",
