@@ -38,7 +38,7 @@ def take_down(name: str, log: Callable[[str], None]) -> None:
     try:
         lab.down(name)
     except lab.LabError as exc:
-        if lab.state_dir(name).exists() or lab._lab_namespaces(name):
+        if lab.state_dir(name).exists() or lab.lab_namespaces(name):
             raise
         log(f"lab {name}: {exc}")
 

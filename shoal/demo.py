@@ -117,7 +117,7 @@ def networks(state: labmod.LabState, m1: labmod.HostState) -> None:
 
 
 def main() -> None:
-    if labmod._try_load(NAME) is not None or labmod._lab_namespaces(NAME):
+    if labmod.try_load(NAME) is not None or labmod.lab_namespaces(NAME):
         print(f"removing the previous '{NAME}' lab")
         labmod.down(NAME)
     print("bringing up lab 'demo': 3 managers, 2 workers (network namespaces, one shoald each)")

@@ -74,13 +74,13 @@ def print_logs(state: labmod.LabState, lines: int = 40) -> None:
 
 def teardown_lab(name: str) -> None:
     """`down` the lab; nothing of it may remain (an `up` that never started is fine)."""
-    state = labmod._try_load(name)
+    state = labmod.try_load(name)
     if state is not None:
         print_logs(state)
     try:
         labmod.down(name)
     except labmod.LabError:
-        if labmod.state_dir(name).exists() or labmod._lab_namespaces(name):
+        if labmod.state_dir(name).exists() or labmod.lab_namespaces(name):
             raise
 
 

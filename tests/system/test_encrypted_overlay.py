@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 
 from shoal.client import Client
-from shoal.lab import HostState, LabState, _shoald
+from shoal.lab import HostState, LabState
+from shoal.lab_state import shoald
 from tests.system.conftest import wait_until
 from tests.system.helpers import shoal
 from tests.system.overlay import (
@@ -52,7 +53,7 @@ SERVE_BIG = ["sh", "-c", "ip -4 -o addr show dev eth0; mkdir -p /www; hostname >
              " dd if=/dev/urandom of=/www/big bs=1M count=10 2>/dev/null;"
              " exec httpd -f -p 8080 -h /www"]
 # The lab's own shoald command line (lab.py `_host_state`) plus a key rotation every 5 s.
-ROTATING = [_shoald(), "--data-root", "{data_root}", "--host", "unix://{socket}",
+ROTATING = [shoald(), "--data-root", "{data_root}", "--host", "unix://{socket}",
             "--hostname", "{hostname}", "--engine", "{engine}", "--netns-prefix",
             "{netns_prefix}", "--key-rotation", "5"]
 

@@ -126,7 +126,7 @@ def test_namespace_plumbing(lab_factory: LabFactory) -> None:
     # A process the lab did not record, left inside a host namespace: down must end it too.
     stray = subprocess.Popen(["ip", "netns", "exec", state.hosts[2].namespace, *SLEEPER],
                              start_new_session=True)
-    wait_until(lambda: stray.pid in labmod._netns_pids(state.hosts[2].namespace), 5,
+    wait_until(lambda: stray.pid in labmod.netns_pids(state.hosts[2].namespace), 5,
                "the stray process to enter the namespace")
     pids = [h.pid for h in state.hosts if h.pid] + [stray.pid]
     labmod.down(state.name)

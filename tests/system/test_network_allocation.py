@@ -13,6 +13,7 @@ from typing import TypeVar
 import pytest
 
 from shoal import lab as labmod
+from shoal import lab_state
 from shoal.client import APIError, Client
 from shoal.lab import LabState
 from tests.system.conftest import wait_until
@@ -39,7 +40,7 @@ def test_allocations_survive_a_leader_change(lab: LabState) -> None:
     ingress = client.get("/networks/ingress")
     assert ingress["Ingress"] is True and ingress["IPAM"]["Config"][0]["Subnet"]
 
-    lab_subnet = str(labmod.LAB_NET)  # every lab host has a route into its lab /24
+    lab_subnet = str(lab_state.LAB_NET)  # every lab host has a route into its lab /24
     out = shoal(leader, "network", "create", "--subnet", lab_subnet, "clash")
     assert out.returncode == 1
     assert "overlaps route" in out.stderr and "dev lab0 on node" in out.stderr, out.stderr
