@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shoal import engine as enginemod
-from shoal import procs
+from shoal import engine_api, procs
 from shoal.client import APIError
 from shoal.lab_procs import (
     STOP_TIMEOUT,
@@ -112,10 +112,10 @@ def _setup_engine(state: LabState, given: str | None, save: Callable[[], None]) 
             engine = enginemod.start_engine(Path(state.state_dir) / "engine", state.name)
             state.engine_pid = engine.pid
             save()
-        elif not enginemod.ping(url):
+        elif not engine_api.ping(url):
             raise LabError(f"engine {url} does not answer GET /_ping; start it, or leave out "
                            "the engine to have the lab start its own dockerd")
-        enginemod.ensure_images(url)
+        engine_api.ensure_images(url)
     except enginemod.EngineError as exc:
         raise LabError(str(exc)) from exc
 
@@ -133,7 +133,7 @@ def _remove_engine(name: str, state: LabState | None) -> None:
         return
     for node_id in filter(None, (host.node_id for host in state.hosts)):
         with contextlib.suppress(enginemod.EngineError):  # an engine gone has none left
-            enginemod.remove_containers(state.engine, f"{enginemod.SWARM_NODE_LABEL}={node_id}")
+            engine_api.remove_containers(state.engine, f"{engine_api.SWARM_NODE_LABEL}={node_id}")
 
 
 def _wait_ping(hosts: Sequence[HostState], timeout: float = PING_TIMEOUT) -> None:

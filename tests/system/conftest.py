@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 
 from shoal import engine as enginemod
+from shoal import engine_api
 from shoal import lab as labmod
 
 T = TypeVar("T")
@@ -141,8 +142,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[enginemod.Engin
     """A bare private dockerd with the test images loaded, shared by the session's tests."""
     eng = enginemod.start_engine(tmp_path_factory.mktemp("eng"), "tests")
     try:
-        for tarball in enginemod.image_tarballs():
-            enginemod.load_image(eng, tarball)
+        for tarball in engine_api.image_tarballs():
+            engine_api.load_image(eng, tarball)
         yield eng
     finally:
         eng.purge()

@@ -20,7 +20,7 @@ import docker
 import pytest
 
 from shoal import engine as enginemod
-from shoal import procs
+from shoal import engine_api, procs
 from tests.system.conftest import root_namespace_snapshot, wait_until
 
 pytestmark = pytest.mark.system
@@ -72,15 +72,15 @@ def test_engine_lifecycle(short_tmp: Path) -> None:
     assert eng.running() and eng.socket == f"unix://{root}/docker.sock"
     assert enginemod.attach_engine(root) == enginemod.Engine(root, "e", eng.pid,
                                                              eng.storage_driver)
-    info = enginemod.api(eng.socket, "GET", "/info")
+    info = engine_api.api(eng.socket, "GET", "/info")
     assert info["Driver"] == eng.storage_driver in ("overlay2", "vfs")
     assert info["DockerRootDir"] == str(root / "data")
     assert "org.shoal.engine=life" in info["Labels"]
 
-    assert not enginemod.has_image(eng.socket, "shoal/busybox:latest")
-    loaded = enginemod.load_image(eng, enginemod.images_dir() / "busybox.tar")
+    assert not engine_api.has_image(eng.socket, "shoal/busybox:latest")
+    loaded = engine_api.load_image(eng, engine_api.images_dir() / "busybox.tar")
     assert loaded == ["shoal/busybox:latest", "shoal/busybox:v1", "shoal/busybox:v2"]
-    assert enginemod.has_image(eng.socket, "shoal/busybox:latest")
+    assert engine_api.has_image(eng.socket, "shoal/busybox:latest")
 
     client = _client(eng)
     assert _run(client, "shoal/busybox:latest", ["echo", "hello"]) == "hello\n"
@@ -93,7 +93,7 @@ def test_engine_lifecycle(short_tmp: Path) -> None:
     names = _run(client, "shoal/busybox:latest", ["sh", "-c", "id -un; grep -c . /etc/group"])
     assert names.split() == ["root", "3"]
     client.containers.run("shoal/busybox:latest", ["sleep", "600"], network_mode="none",
-                          detach=True, labels={enginemod.SWARM_NODE_LABEL: "n1"})
+                          detach=True, labels={engine_api.SWARM_NODE_LABEL: "n1"})
     client.close()
 
     started = time.monotonic()
@@ -107,7 +107,7 @@ def test_engine_lifecycle(short_tmp: Path) -> None:
 
     # The same root starts again with its images; purge deletes everything.
     again = enginemod.start_engine(root, "life")
-    assert enginemod.has_image(again.socket, "shoal/busybox:v2")
+    assert engine_api.has_image(again.socket, "shoal/busybox:v2")
     again.purge()
     assert not root.exists() and _mounts_under(root) == []
 
@@ -117,7 +117,7 @@ def test_crashed_engine_leaves_nothing(short_tmp: Path) -> None:
     root = short_tmp / "e"
     eng = enginemod.start_engine(root, "crash")
     try:
-        enginemod.load_image(eng, enginemod.images_dir() / "busybox.tar")
+        engine_api.load_image(eng, engine_api.images_dir() / "busybox.tar")
         client = _client(eng)
         box = client.containers.run("shoal/busybox:latest", ["sleep", "600"],
                                     network_mode="none", detach=True)
@@ -148,10 +148,10 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(enginemod.EngineError, match="too long"):
         enginemod.start_engine(tmp_path / ("x" * 100), "long")
     with pytest.raises(enginemod.EngineError, match="make images"):
-        enginemod.load_image("unix:///nonexistent.sock", tmp_path / "none.tar")
+        engine_api.load_image("unix:///nonexistent.sock", tmp_path / "none.tar")
     with pytest.raises(enginemod.EngineError, match="is its dockerd running"):
-        enginemod.api("unix:///nonexistent.sock", "GET", "/info")
-    assert not enginemod.ping("unix:///nonexistent.sock")
+        engine_api.api("unix:///nonexistent.sock", "GET", "/info")
+    assert not engine_api.ping("unix:///nonexistent.sock")
 
 
 def test_image_build_is_deterministic(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from shoal import engine as enginemod
+from shoal import engine_api, procs
 from shoal import lab as labmod
-from shoal import procs
 from shoal.cli.lab_cmd import lab as lab_cli
 from tests.system.conftest import LabFactory, root_namespace_snapshot, teardown_lab, wait_until
 
@@ -241,7 +241,7 @@ def _docker(url: str) -> docker.DockerClient:
 
 
 def _start_box(client: docker.DockerClient, node_id: str | None) -> str:
-    labels = {enginemod.SWARM_NODE_LABEL: node_id} if node_id else {}
+    labels = {engine_api.SWARM_NODE_LABEL: node_id} if node_id else {}
     box = client.containers.run("shoal/busybox:latest", ["sleep", "600"], network_mode="none",
                                 detach=True, labels=labels)
     return str(box.id)
@@ -254,10 +254,10 @@ def test_lab_engine(lab_factory: LabFactory, fake_shoald: list[str]) -> None:
     assert state.engine == f"unix://{state.state_dir}/engine/docker.sock"
     assert all(h.engine == state.engine and h.argv[-1] == state.engine for h in state.hosts)
     assert state.engine_pid and procs.alive(state.engine_pid)
-    info = enginemod.api(state.engine, "GET", "/info")
+    info = engine_api.api(state.engine, "GET", "/info")
     assert info["DockerRootDir"] == f"{state.state_dir}/engine/data"
     for tag in ("latest", "v1", "v2"):
-        assert enginemod.has_image(state.engine, f"shoal/busybox:{tag}")
+        assert engine_api.has_image(state.engine, f"shoal/busybox:{tag}")
     client = _docker(state.engine)
     _start_box(client, state.hosts[1].node_id)
     _start_box(client, None)
@@ -268,7 +268,7 @@ def test_lab_engine(lab_factory: LabFactory, fake_shoald: list[str]) -> None:
 
     labmod.down(state.name)
     _assert_gone(state, [h.pid for h in state.hosts if h.pid])
-    assert not enginemod.ping(state.engine)
+    assert not engine_api.ping(state.engine)
     assert root_namespace_snapshot() == before
 
 
@@ -306,7 +306,7 @@ def test_full_swarm(lab_factory: LabFactory) -> None:
     assert {n["ID"] for n in nodes} == {h.node_id for h in state.hosts}
     assert sorted(n["Description"]["Hostname"] for n in nodes) == ["m1", "m2", "m3", "w1", "w2"]
     pids = [h.pid for h in state.hosts if h.pid]
-    assert enginemod.ping(state.engine or "") and all(h.engine == state.engine
+    assert engine_api.ping(state.engine or "") and all(h.engine == state.engine
                                                       for h in state.hosts)
     assert all(h.argv[h.argv.index("--engine") + 1] == state.engine for h in state.hosts)
 

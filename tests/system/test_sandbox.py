@@ -20,6 +20,7 @@ import pytest
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
 from shoal import engine as enginemod
+from shoal import engine_api
 from tests.system.test_executor_docker import Reports, make_task, until
 from worker.executor.docker import sandbox as sb
 from worker.executor.docker.executor import DockerExecutor
@@ -97,7 +98,7 @@ def test_task_process_starts_with_its_address_resolver_and_hostname(
             assert task.id in net.detached
             label = urllib.parse.quote(json.dumps({"label": [f"{sb.LABEL_SANDBOX}={task.id}"]}))
             found = await asyncio.to_thread(
-                enginemod.api, engine.socket, "GET", f"/containers/json?all=1&filters={label}")
+                engine_api.api, engine.socket, "GET", f"/containers/json?all=1&filters={label}")
             assert found == [], "the sandbox must go with the task"
         finally:
             await tm.stop()
