@@ -42,7 +42,7 @@ from worker.executor.docker import errors
 from worker.executor.docker import files as fl
 from worker.executor.docker import sandbox as sb
 from worker.executor.docker.events import ContainerEvents
-from worker.files import MissingFile, TaskFiles
+from worker.files import TaskFiles
 from worker.network import NodeNetwork
 
 log = logging.getLogger(__name__)
@@ -164,38 +164,13 @@ class DockerExecutor(Executor):
         self._files = files
 
     async def _place_files(self, task: pb.Task) -> list[Mount]:
-        container = task.spec.container
-        if not container.secrets and not container.configs:
-            return []
-        try:
-            wanted = (self._files or TaskFiles()).for_task(task)
-        except MissingFile as err:
-            raise PermanentError(str(err)) from None
-        directory = fl.task_dir(self.files_base, task.node_id, task.id)
-        try:
-            return await asyncio.to_thread(fl.mount_files, directory, wanted)
-        except OSError as err:
-            await asyncio.to_thread(fl.unmount_files, directory)
-            raise PermanentError(f"placing the task's secrets and configs failed: {err}") \
-                from None
+        return await fl.place(self._files, self.files_base, task)
 
     async def release_files(self, task_id: str) -> None:
-        await self._remove_files(task_id)
+        await fl.release(self.files_base, task_id)
 
     async def prune_files(self, node_id: str, keep: set[str]) -> None:
-        try:
-            await asyncio.to_thread(fl.prune_node, self.files_base, node_id, keep)
-        except OSError as err:
-            log.warning("removing secrets' tmpfs of finished tasks failed: %s", err)
-
-    async def _remove_files(self, task_id: str) -> None:
-        directory = await asyncio.to_thread(fl.find_task_dir, self.files_base, task_id)
-        if directory is not None:
-            try:
-                await asyncio.to_thread(fl.unmount_files, directory)
-            except OSError as err:
-                log.warning("task %s: removing its secrets' tmpfs failed: %s", task_id, err,
-                            extra={"task": task_id})
+        await fl.prune(self.files_base, node_id, keep)
 
     # -- sandboxes (tasks on overlay networks) --
 
@@ -342,7 +317,7 @@ class DockerExecutor(Executor):
         cid = await self._find(task_id)
         if cid is None:
             await self.release_network(task_id)
-            await self._remove_files(task_id)
+            await fl.release(self.files_base, task_id)
             return
         try:
             await self._call(lambda: self._api().remove_container(cid, v=True, force=True))
@@ -352,7 +327,7 @@ class DockerExecutor(Executor):
                 raise
         self._ids.pop(task_id, None)
         await self.release_network(task_id)
-        await self._remove_files(task_id)
+        await fl.release(self.files_base, task_id)
 
     # -- logs --
 

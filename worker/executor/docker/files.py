@@ -7,6 +7,8 @@ touches a disk.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -14,7 +16,11 @@ from collections.abc import Sequence
 
 from docker.types import Mount
 
-from worker.files import TaskFile
+from proto import objects_pb2 as pb
+from worker.executor.base import PermanentError
+from worker.files import MissingFile, TaskFile, TaskFiles
+
+log = logging.getLogger(__name__)
 
 BASE = "/run/shoal-files"
 SLACK = 64 * 1024  # the tmpfs holds the files and its own bookkeeping
@@ -91,3 +97,41 @@ def _run(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise OSError(f"{' '.join(argv[:3])} ... failed: {done.stderr.strip()}")
+
+
+# -- for the executor: off the event loop, failures said as the task's or logged --
+
+async def place(files: TaskFiles | None, base: str, task: pb.Task) -> list[Mount]:
+    """The task's secrets and configs on a tmpfs of its own; their bind mounts ([] when it
+    has none). PermanentError when one is missing or the tmpfs can't be made."""
+    container = task.spec.container
+    if not container.secrets and not container.configs:
+        return []
+    try:
+        wanted = (files or TaskFiles()).for_task(task)
+    except MissingFile as err:
+        raise PermanentError(str(err)) from None
+    directory = task_dir(base, task.node_id, task.id)
+    try:
+        return await asyncio.to_thread(mount_files, directory, wanted)
+    except OSError as err:
+        await asyncio.to_thread(unmount_files, directory)
+        raise PermanentError(f"placing the task's secrets and configs failed: {err}") \
+            from None
+
+
+async def release(base: str, task_id: str) -> None:
+    directory = await asyncio.to_thread(find_task_dir, base, task_id)
+    if directory is not None:
+        try:
+            await asyncio.to_thread(unmount_files, directory)
+        except OSError as err:
+            log.warning("task %s: removing its secrets' tmpfs failed: %s", task_id, err,
+                        extra={"task": task_id})
+
+
+async def prune(base: str, node_id: str, keep: set[str]) -> None:
+    try:
+        await asyncio.to_thread(prune_node, base, node_id, keep)
+    except OSError as err:
+        log.warning("removing secrets' tmpfs of finished tasks failed: %s", err)
