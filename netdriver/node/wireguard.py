@@ -3,7 +3,8 @@
 One interface per node (`shw` + the node id's start) in the node's host namespace, with the
 node's tunnel address (/16 of the tunnel pool) and one peer per other node (endpoint = the
 peer's underlay address and the cluster's listen port, allowed-ips = its tunnel address/32).
-The kernel module is used when `ip link add X type wireguard` works, `wireguard-go` otherwise.
+The kernel module is used when `ip link add X type wireguard` works, `wireguard-go` otherwise;
+making sure the device exists, and that process, are wgdevice.py's.
 
 Like the rest of the node half, `sync` computes the desired state, reads the actual one
 (`wg show IF dump`, `ip -j ...`) and applies the difference, so it serves start-up, restarts
@@ -27,18 +28,14 @@ must learn the new key before any session with it can exist.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from netdriver.node import netns
 from netdriver.node.steering import spread_receive
+from netdriver.node.wgdevice import Runner, TunnelDown, TunnelStatus, WireGuardDevice
 from netdriver.node.wgkeys import KeyStore, new_key_pair, rotation_due
 from netdriver.node.wgstate import (
     PeerConfig,
@@ -62,40 +59,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN_PORT = 51820
 BLACKHOLE_METRIC = 4242  # above the connected route's 0: only used when the interface is gone
-SOCKET_DIR = "/var/run/wireguard"  # wireguard-go's UAPI sockets (fixed in wireguard-go)
-START_TIMEOUT_S = 5.0
-
-
-# --- running commands in the host namespace --------------------------------------------
-
-class Runner:
-    """`ip`/`wg` in the node's host namespace (the current one when `netns_path` is None)."""
-
-    def __init__(self, netns_path: str | None) -> None:
-        self.netns_path = netns_path
-
-    async def run(self, *argv: str) -> str:
-        if self.netns_path:
-            return await netns.nsenter(self.netns_path, *argv)
-        return await asyncio.to_thread(_run_here, list(argv))
-
-    async def json(self, *argv: str) -> list[dict[str, object]]:
-        out = await self.run("ip", "-j", *argv)
-        data = json.loads(out) if out.strip() else []
-        return data if isinstance(data, list) else []
-
-    def command(self, *argv: str) -> list[str]:
-        """argv of a long-running process started in the namespace."""
-        if self.netns_path:
-            return ["nsenter", f"--net={self.netns_path}", *argv]
-        return list(argv)
-
-
-def _run_here(argv: list[str]) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
-    return done.stdout
 
 
 def why(err: BaseException) -> str:
@@ -108,10 +71,6 @@ def why(err: BaseException) -> str:
 
 
 # --- the interface ----------------------------------------------------------------------
-
-class TunnelDown(Exception):
-    """The tunnel cannot be brought up; the message says why (it becomes `error`)."""
-
 
 class WireGuard:
     """The node's WireGuard interface, kept at the state the latest `sync` asked for."""
@@ -130,14 +89,10 @@ class WireGuard:
         self._pair = loaded or new_key_pair(time.time_ns())
         if loaded is None:
             self._keys.save(self._pair)
-        self._error = ""
-        self._kernel: bool | None = None  # None: not probed yet
-        self._proc: asyncio.subprocess.Process | None = None
-        self._watch: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._status = TunnelStatus()
+        self._device = WireGuardDevice(self.runner, self.ifname, self._dir, self._status)
         self._lock = asyncio.Lock()
         self.mtu = 0  # the interface's MTU after the last sync (0: not set yet)
-        self._steered = False  # receive steering asked for on the current device
 
     # public state
 
@@ -152,18 +107,16 @@ class WireGuard:
     @property
     def error(self) -> str:
         """Why the tunnel is not up; "" when it is."""
-        return self._error
+        return self._status.error
 
     @property
     def pid(self) -> int | None:
         """wireguard-go's process id (None with the kernel module or when not running)."""
-        if self._proc is None or self._proc.returncode is not None:
-            return None
-        return self._proc.pid
+        return self._device.pid
 
     @property
     def socket_path(self) -> str:
-        return f"{SOCKET_DIR}/{self.ifname}.sock"
+        return self._device.socket_path
 
     # operations
 
@@ -177,11 +130,11 @@ class WireGuard:
             try:
                 await self._converge(message, local_tunnel_addr)
             except TunnelDown as err:
-                self._error = str(err)
+                self._status.error = str(err)
             except (subprocess.CalledProcessError, OSError, ValueError) as err:
-                self._error = why(err)
+                self._status.error = why(err)
             else:
-                self._error = ""
+                self._status.error = ""
 
     async def rotate(self) -> str:
         """A new key pair now; the new public key (apply it with the next `sync`)."""
@@ -205,7 +158,7 @@ class WireGuard:
         try:
             iface, peers = parse_dump(await self.runner.run("wg", "show", self.ifname, "dump"))
         except (subprocess.CalledProcessError, OSError, ValueError):
-            reason = f" ({self._error})" if self._error else ""
+            reason = f" ({self._status.error})" if self._status.error else ""
             return [f"wireguard interface {self.ifname}: missing{reason}"]
         out: list[str] = []
         if iface.public_key != self.public_key:
@@ -250,9 +203,7 @@ class WireGuard:
         """Stop wireguard-go and remove the interface (and the blackhole route unless
         `keep_blackhole`: keep it while VXLAN devices aimed at tunnel addresses remain)."""
         async with self._lock:
-            await self._stop()
-            await self._delete_link()
-            _remove_stale_socket(self.socket_path)  # left behind by a wireguard-go killed hard
+            await self._device.remove()
             if not keep_blackhole:
                 await self._set_blackhole(None)
 
@@ -267,7 +218,7 @@ class WireGuard:
         # The blackhole first: from here on, nothing for a tunnel address leaves in clear.
         await self._set_blackhole(tunnel_subnet(local_tunnel_addr) if local_tunnel_addr
                                   else None)
-        await self._ensure_device()
+        await self._device.ensure()
         iface, peers = parse_dump(await self.runner.run("wg", "show", self.ifname, "dump"))
         await self._apply_wg(interface_changes(self._pair.private_key, self.listen_port, iface))
         wanted = desired_peers(message.peers, self.node_id, self.public_key, self.listen_port)
@@ -314,9 +265,10 @@ class WireGuard:
         actual_mtu, up = await self._link_state()
         if actual_mtu != mtu or not up:
             await self.runner.run("ip", "link", "set", "dev", self.ifname, "mtu", str(mtu), "up")
-        if not self._steered:
-            self._steered = True  # once per device: a failure is said once, not every pass
-            if not self._kernel:  # the kernel module decrypts on every CPU already
+        device = self._device
+        if not device.steered:
+            device.steered = True  # once per device: a failure is said once, not every pass
+            if not device.kernel_module:  # the kernel module decrypts on every CPU already
                 await self._spread_receive()
         self.mtu = mtu
 
@@ -355,126 +307,6 @@ class WireGuard:
         if subnet and subnet not in ours:
             await self.runner.run("ip", "route", "add", "blackhole", subnet,
                                   "metric", str(BLACKHOLE_METRIC))
-
-    # the device
-
-    async def _ensure_device(self) -> None:
-        if await self._device_alive():
-            return
-        if self._proc is not None and self._proc.returncode is not None and not self._error:
-            self._error = f"wireguard-go exited (code {self._proc.returncode})"
-        await self._stop()
-        await self._delete_link()
-        self._steered = False
-        if self._kernel is None:
-            self._kernel = await self._try_kernel()
-            if self._kernel:
-                return
-        if self._kernel:
-            await self.runner.run("ip", "link", "add", self.ifname, "type", "wireguard")
-            return
-        await self._start_userspace()
-
-    async def _device_alive(self) -> bool:
-        if self._proc is not None and self._proc.returncode is not None:
-            return False
-        try:
-            await self.runner.run("wg", "show", self.ifname, "dump")
-        except (subprocess.CalledProcessError, OSError):
-            return False
-        return True
-
-    async def _try_kernel(self) -> bool:
-        try:
-            await self.runner.run("ip", "link", "add", self.ifname, "type", "wireguard")
-        except subprocess.CalledProcessError:
-            return False  # "Unknown device type": no module, wireguard-go it is
-        return True
-
-    async def _start_userspace(self) -> None:
-        binary = shutil.which("wireguard-go")
-        if binary is None:
-            raise TunnelDown("no WireGuard: the kernel has no wireguard module and "
-                             "wireguard-go is not installed")
-        if shutil.which("wg") is None:
-            raise TunnelDown("wg (wireguard-tools) is not installed")
-        _remove_stale_socket(self.socket_path)
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        log_path = self._dir / "wireguard-go.log"
-        with open(log_path, "ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.runner.command(binary, "-f", self.ifname),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                env={**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"},
-                start_new_session=True)  # a ^C to shoald's terminal is shoald's to handle
-        self._stopping = False
-        self._watch = asyncio.create_task(self._watch_process(self._proc, log_path))
-        await self._wait_started(self._proc, log_path)
-
-    async def _wait_started(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise TunnelDown(_exit_reason(proc.returncode, log_path))
-            if os.path.exists(self.socket_path) and await self._device_alive():
-                return
-            await asyncio.sleep(0.05)
-        raise TunnelDown(f"wireguard-go did not open {self.socket_path} in "
-                         f"{START_TIMEOUT_S:.0f} s")
-
-    async def _watch_process(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        code = await proc.wait()
-        if not self._stopping and proc is self._proc:
-            # Said at once (heartbeats carry it); the next sync restarts it.
-            self._error = _exit_reason(code, log_path)
-
-    async def _stop(self) -> None:
-        proc, self._proc = self._proc, None
-        self._stopping = True
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self._watch is not None:
-            await self._watch
-            self._watch = None
-
-    async def _delete_link(self) -> None:
-        if await self._link_exists():
-            await self.runner.run("ip", "link", "del", "dev", self.ifname)
-
-    async def _link_exists(self) -> bool:
-        try:
-            await self.runner.run("ip", "link", "show", "dev", self.ifname)
-        except subprocess.CalledProcessError:
-            return False
-        return True
-
-
-def _remove_stale_socket(path: str) -> None:
-    """A socket file left by a dead wireguard-go would make the new one refuse to start; a
-    live one (an earlier shoald's wireguard-go still running) is left alone."""
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-    finally:
-        probe.close()
-
-
-def _exit_reason(code: int, log_path: Path) -> str:
-    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-    try:
-        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        lines = []
-    return f"wireguard-go exited ({how})" + (f": {lines[-1].strip()}" if lines else "")
 
 
 def _dicts(value: object) -> list[dict[str, object]]:
