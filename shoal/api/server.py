@@ -20,6 +20,7 @@ from shoal.api import (
     ca,
     dashboard,
     events,
+    fairness,
     logs,
     metrics,
     networks,
@@ -190,7 +191,8 @@ def _arch() -> str:
 def make_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[metrics.metrics_middleware(node.metrics.api),
                                        headers_middleware(node), errors_middleware,
-                                       apitls.peer_middleware, version_middleware],
+                                       apitls.peer_middleware, version_middleware,
+                                       fairness.gate_middleware(fairness.ReadGate())],
                           client_max_size=MAX_REQUEST_BYTES)
     app[NODE] = node
     routes: list[tuple[str, str, Handler]] = [
