@@ -63,6 +63,7 @@ from scale_sim_procs import (  # noqa: E402
     stop_pid,
 )
 
+from manager.dispatcher.sessions import DEFAULT_HEARTBEAT_NS, heartbeat_period  # noqa: E402
 from shoal.client import APIError, Client  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "api_load.json"
@@ -244,7 +245,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         watch.stop()
         health = watch.summary(*result["load"]["window"])
         result["load"]["nodes"] = {k: health[k] for k in (
-            "max_down", "ever_down", "leaders_seen", "ticks_without_leader", "samples")}
+            "max_down", "ever_down", "leaders_seen", "ticks_without_leader", "samples",
+            "heartbeat_age_max_s")}
+        # What a node's heartbeat period is at this size (each node's is within ±10 %).
+        result["load"]["nodes"]["heartbeat_period_s"] = heartbeat_period(
+            DEFAULT_HEARTBEAT_NS / 1e9, args.nodes + args.managers)
         if args.cli_services:
             added = add_services(args, mgr, args.services + 1)
             result["cli"] = added | cli_phase(args, mgr)
@@ -294,7 +299,9 @@ def table(result: dict[str, Any]) -> str:
     nodes = load.get("nodes")
     if nodes is not None:
         lines.append(f"fake nodes seen Down during the load: at most {nodes['max_down']} at once, "
-                     f"{nodes['ever_down']} ever; leaders seen {nodes['leaders_seen']}")
+                     f"{nodes['ever_down']} ever; leaders seen {nodes['leaders_seen']}; longest "
+                     f"a node went unheard by the leader {nodes['heartbeat_age_max_s']} s "
+                     f"(heartbeat period {nodes['heartbeat_period_s']} s)")
     cli = result.get("cli")
     if cli:
         lines.append(f"service ls on {cli['services']} services: "

@@ -31,6 +31,8 @@ IMAGE = "shoal/busybox:latest"
 METRIC = re.compile(r"^(shoal_raft_applied_index|shoal_raft_leader|shoal_raft_term|"
                     r"shoal_dispatcher_sessions)"
                     r" ([0-9.e+-]+)$", re.M)
+# Per node on the leader: seconds since it last heard that node's heartbeat.
+HEARTBEAT_AGE = re.compile(r'^shoal_dispatcher_heartbeat_age_seconds\{[^}]*\} ([0-9.e+-]+)$', re.M)
 SCRAPE_TIMEOUT = 10.0
 SETTLE_TIMEOUT = 45.0  # a join settles in seconds, even on a loaded machine
 START_ATTEMPTS = 3
@@ -45,7 +47,11 @@ def scrape(mgr: ManagerProc) -> dict[str, float]:
         text = client.raw("GET", "/metrics").decode(errors="replace")
     except APIError:
         return {}
-    return {m.group(1): float(m.group(2)) for m in METRIC.finditer(text)}
+    found = {m.group(1): float(m.group(2)) for m in METRIC.finditer(text)}
+    ages = [float(m.group(1)) for m in HEARTBEAT_AGE.finditer(text)]
+    if ages:  # the longest a node has gone unheard (a heartbeat queued behind the loop)
+        found["heartbeat_age_max"] = max(ages)
+    return found
 
 
 class Cluster:
@@ -217,6 +223,9 @@ class Watch(threading.Thread):
                                "max_down": max((t["down"] or 0 for t in inside), default=0),
                                "ever_down": len(self.ever_down), "followers": {}}
         out["leaders_seen"] = sorted({t["leader"] for t in ticks})
+        ages = [t[t["leader"]]["heartbeat_age_max"] for t in ticks
+                if "heartbeat_age_max" in t[t["leader"]]]
+        out["heartbeat_age_max_s"] = round(max(ages, default=0.0), 2)
         # The highest Raft term any manager showed: above the first leader's, an election
         # took place (the same manager may have won it again).
         terms = [t[m.name]["shoal_raft_term"] for t in inside for m in self.cluster.managers

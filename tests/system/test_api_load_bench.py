@@ -38,6 +38,8 @@ def test_api_load_bench_quick(tmp_path: Path) -> None:
     assert load["leader"]["rss_peak_mib"] > 0 and load["leader"]["cpu_s"] > 0
     assert load["error_count"] == 0, load["errors"]
     assert load["nodes"]["samples"] > 0 and load["nodes"]["max_down"] >= 0
+    # The leader heard every node within the load (it reports each node's heartbeat age).
+    assert load["nodes"]["heartbeat_age_max_s"] > 0 and load["nodes"]["heartbeat_period_s"] > 0
 
     cli = result["cli"]
     assert cli["services"] == 40
