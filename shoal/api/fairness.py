@@ -8,8 +8,10 @@ every turn, the loop turned a dozen times a second, and heartbeats queued in gRP
 they timed out (bench/api_load.py: 126 of 200 live nodes marked Down). So the reads that
 only compute from the store take turns: at most READS_AT_ONCE hold a slot, each lets the
 loop turn once before it runs, and the others wait for a slot, in order, outside the loop's
-ready queue. Writes, streams (logs, events) and what is forwarded to the engine wait on
-I/O, not on the loop, and are not gated.
+ready queue. The longest of them, listing every task or node, also let the loop turn
+between chunks of their conversion (listing.parts_in_turns), holding their slot. Writes,
+streams (logs, events) and what is forwarded to the engine wait on I/O, not on the loop,
+and are not gated.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.api import convert
 from shoal.api.context import manager_of
-from shoal.api.listing import json_list, listing_of
+from shoal.api.listing import json_list, listing_of, parts_in_turns
 from shoal.api.request import bool_param, filters_param, int_param, parse_json
 from shoal.errors import InvalidRequest
 
@@ -46,7 +46,8 @@ async def list_nodes(request: web.Request) -> web.Response:
     stored = view.table(pb.Node)
     cluster = mgr.cluster()
     listing = listing_of(mgr.store)
-    parts = [listing.node(n, cluster) for n in view.list(pb.Node) if node_matches(n, filters)]
+    matching = [n for n in view.list(pb.Node) if node_matches(n, filters)]
+    parts = await parts_in_turns(matching, lambda n: listing.node(n, cluster))
     listing.nodes.forget_gone(len(stored), stored.keys)
     return json_list(parts)
 

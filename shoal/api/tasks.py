@@ -16,7 +16,7 @@ from manager.rules.uptodate import is_current
 from manager.store.view import StoreView
 from proto import objects_pb2 as pb
 from shoal.api import service_json as sjson
-from shoal.api.listing import json_list, listing_of
+from shoal.api.listing import json_list, listing_of, parts_in_turns
 from shoal.api.request import bool_param, filters_param
 from shoal.api.services import label_match, manager_of, service_of
 from shoal.errors import InvalidRequest
@@ -126,7 +126,7 @@ async def list_tasks(request: web.Request) -> web.Response:
                    key=lambda t: (t.meta.created_at_ns, t.id))
     listing = listing_of(mgr.store)
     jobs = listing.jobs(view)
-    parts = [listing.task(t, t.service_id in jobs) for t in tasks]
+    parts = await parts_in_turns(tasks, lambda t: listing.task(t, t.service_id in jobs))
     stored = view.table(pb.Task)
     listing.tasks.forget_gone(len(stored), stored.keys)
     return json_list(parts)

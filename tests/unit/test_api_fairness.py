@@ -8,12 +8,13 @@ import asyncio
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
-from shoal.api import fairness, nodes, secrets, services, swarm, tasks
+from proto import objects_pb2 as pb
+from shoal.api import fairness, listing, nodes, secrets, services, swarm, tasks
 from shoal.api import networks as network_routes
 from shoal.api.server import make_app
-from tests.unit.test_service_control import FakeNode
+from tests.unit.test_service_control import Api, FakeNode, task
 
 CLIENTS = 30
 REQUESTS_EACH = 10
@@ -90,3 +91,49 @@ def test_every_gated_route_is_a_read_the_api_serves() -> None:
                *secrets.ROUTES, *swarm.ROUTES]}
     assert fairness.GATED <= served, fairness.GATED - served
     assert all(method == "GET" for method, _ in fairness.GATED)
+
+
+async def test_a_long_list_lets_the_loop_turn_while_it_converts() -> None:
+    """Two and a half chunks of tasks: the loop turns between chunks of the conversion (at
+    least twice), and the answer is the whole list, once converted and once from the
+    caches."""
+    count = 2 * listing.CHUNK + listing.CHUNK // 2
+    node = FakeNode()
+    app = make_app(node)  # type: ignore[arg-type]
+    turns = [0]
+    inside: list[int] = []
+
+    @web.middleware
+    async def turns_inside(request: web.Request,
+                           handler: fairness.Handler) -> web.StreamResponse:
+        before = turns[0]
+        response = await handler(request)
+        inside.append(turns[0] - before)
+        return response
+
+    app.middlewares.append(turns_inside)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    done = False
+
+    async def probe() -> None:
+        while not done:
+            await asyncio.sleep(0)
+            turns[0] += 1
+
+    watching = asyncio.create_task(probe())
+    try:
+        api = Api(client, node.mgr)
+        await api.create(replicas=count)
+        svc = api.service("web")
+        node.mgr.put(*(task(f"t{i:05d}", svc, i, "n1", pb.RUNNING) for i in range(count)))
+        inside.clear()
+        for _ in range(2):
+            resp = await client.get("/v1.44/tasks")
+            assert resp.status == 200
+            assert len(await resp.json()) == count
+    finally:
+        done = True
+        await watching
+        await client.close()
+    assert len(inside) == 2 and all(n >= 2 for n in inside), inside
