@@ -20,6 +20,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
 from manager.errors import NO_LEADER, ManagerError, Unavailable
+from manager.raft.dumps import write_dumps_uncompressed
 from manager.raft.guarded import GuardedSyncObj, RaftFailed
 from manager.raft.journal import check_raft_state, commands_after
 from manager.store.memory import ApplyResult, MemoryStore
@@ -27,6 +28,8 @@ from pki import sealing
 from proto import store_pb2
 
 log = logging.getLogger(__name__)
+
+write_dumps_uncompressed()
 
 # Failures after which the same batch is proposed again. After LEADER_CHANGED it may have
 # been committed all the same: its request ID makes the store apply it once and hand the

@@ -1,5 +1,6 @@
 from manager.errors import AlreadyExists, NotFound, OutOfSequence
 from manager.store.memory import MemoryStore, wrap
+from manager.store.view import TABLES
 from proto import objects_pb2 as pb
 from proto import store_pb2
 
@@ -72,3 +73,28 @@ def test_reads_are_copies() -> None:
     store.apply(batch((store_pb2.CREATE, pb.Node(id="n1"))))
     store.get(pb.Node, "n1").spec.annotations.name = "changed"
     assert store.get(pb.Node, "n1").spec.annotations.name == ""
+
+
+def test_a_snapshot_is_the_message_of_every_object() -> None:
+    """snapshot() frames each object itself; it parses as the one StoreSnapshot message
+    holding every object of every table, with the version, epoch and applied requests."""
+    store = MemoryStore()
+    svc = pb.Service(id="s1")
+    svc.spec.annotations.name = "web"
+    svc.spec.annotations.labels["a"] = "b" * 300  # a length over one varint byte
+    first = batch((store_pb2.CREATE, pb.Node(id="n1")), (store_pb2.PUT, pb.Cluster(id="c1")),
+                  (store_pb2.CREATE, svc),
+                  *((store_pb2.CREATE, pb.Task(id=f"t{i}", service_id="s1", slot=i))
+                    for i in range(200)))
+    first.request_id = "r1"
+    assert store.apply(first).error is None
+    expected = store_pb2.StoreSnapshot(version=store.version, epoch=store.view().epoch)
+    expected.applied.add(request_id="r1", version=store.version)
+    view = store.view()
+    for table in TABLES:
+        expected.objects.extend(wrap(o) for o in view.tables[table].values())
+    got = store_pb2.StoreSnapshot.FromString(store.snapshot())
+    assert got.version == expected.version and got.epoch == expected.epoch
+    assert list(got.applied) == list(expected.applied)
+    assert list(got.objects) == list(expected.objects)
+    assert len(got.objects) == 203
