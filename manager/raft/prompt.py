@@ -44,6 +44,8 @@ from typing import Any
 from pysyncobj import SyncObj
 from pysyncobj.poller import POLL_EVENT_TYPE
 
+from manager.raft.prevote import PreVoteSyncObj
+
 
 class Wakeup:
     """A pipe in the tick thread's poller: a write ends its poll at once. One write until
@@ -127,7 +129,7 @@ def raft_append(message: dict[str, Any], log_from: Callable[[int], Sequence[Entr
     return {**message, "prevLogIdx": last[1], "prevLogTerm": last[2], "entries": []}
 
 
-class PromptSyncObj(SyncObj):  # type: ignore[misc]
+class PromptSyncObj(PreVoteSyncObj):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Set before SyncObj.__init__ so that pysyncobj counts them as its own properties
         # and leaves them out of its full dumps.
@@ -186,11 +188,11 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
                                   self._SyncObj__getCurrentLogIndex())
         if not (message.get("type") == "next_node_idx" and message.get("success")
                 and not message.get("reset")):
-            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            super()._SyncObj__onMessageReceived(node, message)
             return
         next_index: dict[Any, int] = self._SyncObj__raftNextIndex
         sent = next_index.get(node)
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        super()._SyncObj__onMessageReceived(node, message)
         # A success only confirms what the follower had when it answered; entries sent
         # after that are on their way and need no sending again.
         if sent is not None and self._isLeader() and next_index.get(node, 0) < sent:
