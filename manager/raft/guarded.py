@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from manager.raft.dumps import DumpWriter
 from manager.raft.prompt import PromptSyncObj
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,12 @@ class RaftFailed(Exception):
 
 class GuardedSyncObj(PromptSyncObj):  # type: ignore[misc]
     def __init__(self, *args: Any, on_fatal: Callable[[RaftFailed], None] | None = None,
-                 **kwargs: Any) -> None:
+                 dumps: DumpWriter | None = None, **kwargs: Any) -> None:
         # Set before SyncObj.__init__ so that pysyncobj counts them as its own properties
         # and leaves them out of its full dumps.
         self._on_fatal = on_fatal
+        if dumps is not None:
+            dumps.sync = self  # before the tick thread starts: it may load a dump at once
         self.failure: RaftFailed | None = None
         super().__init__(*args, **kwargs)
 

@@ -20,7 +20,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, replicated
 
 from manager.errors import NO_LEADER, ManagerError, Unavailable
-from manager.raft.dumps import write_dumps_uncompressed
+from manager.raft.dumps import DumpWriter, Encode
 from manager.raft.guarded import GuardedSyncObj, RaftFailed
 from manager.raft.journal import check_raft_state, commands_after
 from manager.store.memory import ApplyResult, MemoryStore
@@ -28,8 +28,6 @@ from pki import sealing
 from proto import store_pb2
 
 log = logging.getLogger(__name__)
-
-write_dumps_uncompressed()
 
 # Failures after which the same batch is proposed again. After LEADER_CHANGED it may have
 # been committed all the same: its request ID makes the store apply it once and hand the
@@ -99,6 +97,11 @@ class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
     def _serialize(self) -> bytes:
         return self.seal(self._store.snapshot())
 
+    def take(self) -> Encode:
+        """On Raft's tick thread, at once: what a dump will hold, encoded later."""
+        view, applied = self._store.capture()
+        return lambda: self.seal(MemoryStore.encode(view, applied))
+
     def _deserialize(self, data: bytes) -> None:
         self._store.restore(self._open(data))
 
@@ -115,11 +118,15 @@ class RaftReplica:
         os.makedirs(state_dir, exist_ok=True)
         check_raft_state(state_dir)  # raises RaftStateDamaged: never start on damaged files
         t = timing or RaftTiming()
+        self._consumer = _StoreConsumer(store, dek)
+        dump_file = os.path.join(state_dir, "dump.bin")
+        self._dumps = dumps = DumpWriter(dump_file, self._consumer.take,
+                                         self._consumer._deserialize)
         conf = SyncObjConf(
             password=secret,
             dynamicMembershipChange=True,
             journalFile=os.path.join(state_dir, "journal.bin"),
-            fullDumpFile=os.path.join(state_dir, "dump.bin"),
+            fullDumpFile=dump_file,
             appendEntriesPeriod=t.append_entries_period,
             autoTickPeriod=t.auto_tick_period,
             raftMinTimeout=t.election_min,
@@ -128,16 +135,18 @@ class RaftReplica:
             connectionTimeout=t.connection_timeout,
             leaderFallbackTimeout=t.leader_fallback,
             # Log compaction in a forked child froze the gRPC process for up to a minute and
-            # sometimes aborted the child (gRPC is not fork-safe); dump in-thread instead.
+            # sometimes aborted the child (gRPC is not fork-safe); on pysyncobj's tick thread
+            # it silenced heartbeats (dumps.py): a thread of ours writes them.
             useFork=False,
+            serializer=dumps.write, serializeChecker=dumps.check, deserializer=dumps.read,
             logCompactionMinEntries=DEFAULT_SNAPSHOT_INTERVAL,
             onStateChanged=(lambda _old, _new: on_leader_change()) if on_leader_change else None,
         )
         self.timing = t
         self._conf = conf
-        self._consumer = _StoreConsumer(store, dek)
         others = [p for p in peers if p != self_addr]
         self._sync = GuardedSyncObj(self_addr, others, conf, consumers=[self._consumer],
+                                    dumps=dumps,
                                     on_fatal=on_fatal)
         self._handoffs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Handoff] = \
             weakref.WeakKeyDictionary()
@@ -304,6 +313,7 @@ class RaftReplica:
 
     def close(self) -> None:
         self._sync.destroy_synchronous()
+        self._dumps.wait(10.0)  # a dump being written: the next start reads it
 
     async def dump(self, timeout: float = 10.0) -> None:
         """Write a full dump of the store now (after a forced new cluster, the store came
