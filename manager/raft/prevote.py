@@ -24,6 +24,7 @@ from pysyncobj import SyncObj
 
 PRE_VOTE = "shoal_pre_vote"
 PRE_VOTE_GRANTED = "shoal_pre_vote_granted"
+ASK_AGAIN = 0.2  # of the election timeout's minimum: a refused asker asks again after that
 
 
 class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
@@ -56,9 +57,12 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
             return
         if not self._SyncObj__connectedToAnyone():
             return  # pysyncobj does not stand either
-        # Not yet: pysyncobj's deadline moves on while the others answer.
+        # Not yet: pysyncobj's deadline moves on while the others answer. Asked again soon
+        # if they refuse: a member that heard the leader a little later than this one
+        # refuses for that little while (under load, a whole timeout more kept a paused
+        # leader's followers from electing within 2 s).
         self._SyncObj__raftElectionDeadline = \
-            time.monotonic() + self._SyncObj__generateRaftTimeout()
+            time.monotonic() + self._SyncObj__conf.raftMinTimeout * ASK_AGAIN
         self._asking_for = self.raftCurrentTerm + 1
         self._granted = 1  # its own
         for node in self._SyncObj__otherNodes:

@@ -73,9 +73,10 @@ class RaftTiming:
 
 
 class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
-    """Binds the store to pysyncobj: the one replicated method, and protobuf dumps. Both
-    are sealed with the Raft data key, so the journal and dumps on disk hold no clear store
-    data (secrets, the root CA key); data of an older data root, in clear, still loads."""
+    """Binds the store to pysyncobj: the one replicated method, and protobuf dumps (written
+    and read through dumps.DumpWriter: `take`, `_deserialize`). Both are sealed with the
+    Raft data key, so the journal and dumps on disk hold no clear store data (secrets, the
+    root CA key); data of an older data root, in clear, still loads."""
 
     def __init__(self, store: MemoryStore, dek: bytes | None) -> None:
         super().__init__()
@@ -93,9 +94,6 @@ class _StoreConsumer(SyncObjConsumer):  # type: ignore[misc]
     @replicated  # type: ignore[misc]
     def apply_batch(self, data: bytes) -> ApplyResult:
         return self._store.apply(store_pb2.StoreBatch.FromString(self._open(data)))
-
-    def _serialize(self) -> bytes:
-        return self.seal(self._store.snapshot())
 
     def take(self) -> Encode:
         """On Raft's tick thread, at once: what a dump will hold, encoded later."""
