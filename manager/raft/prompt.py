@@ -44,8 +44,6 @@ from typing import Any
 from pysyncobj import SyncObj
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from manager.raft.prevote import PreVoteSyncObj
-
 
 class Wakeup:
     """A pipe in the tick thread's poller: a write ends its poll at once. One write until
@@ -129,7 +127,7 @@ def raft_append(message: dict[str, Any], log_from: Callable[[int], Sequence[Entr
     return {**message, "prevLogIdx": last[1], "prevLogTerm": last[2], "entries": []}
 
 
-class PromptSyncObj(PreVoteSyncObj):
+class PromptSyncObj(SyncObj):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Set before SyncObj.__init__ so that pysyncobj counts them as its own properties
         # and leaves them out of its full dumps.

@@ -131,22 +131,3 @@ def test_entries_of_an_earlier_term_after_the_message_are_not_kept() -> None:
     message = append(2, 1, 3, (3, 2))
     assert raft_append(message, lambda i: [e for e in ours if e[1] >= i], 5) is message
 
-
-def test_what_pre_vote_relies_on() -> None:
-    """manager/raft/prevote.py: pysyncobj stands in its tick once the election deadline
-    passed (unless a transfer is pending, it first drops it), and the members it reads."""
-    for name in ("_SyncObj__connectedToAnyone", "_SyncObj__generateRaftTimeout",
-                 "_SyncObj__getCurrentLogTerm", "_onTick"):
-        assert callable(getattr(SyncObj, name)), name
-    assert isinstance(SyncObj.raftCurrentTerm, property)
-    tick = source("_onTick")
-    assert "if self.__raftElectionDeadline < monotonicTime() and self.__connectedToAnyone():" \
-        in tick
-    assert "self.__setCurrentTerm(self.__raftCurrentTerm + 1, self.__selfNode.id)" in tick
-    init = source("__init__")
-    for member in ("self.__transferInProgress = False", "self.__otherNodes = set()",
-                   "self.__conf = ", "self.__selfNode = "):
-        assert member in init, member
-    handler = source("_SyncObj__onMessageReceived")
-    assert "if message['type'] == 'timeout_now'" in handler
-    assert "self.__raftElectionDeadline = 0" in handler  # a transfer: stand at once
