@@ -22,9 +22,11 @@ from shoal.api.server import make_app
 from shoal.api.swarm import addresses
 from shoal.client import DEFAULT_HOST
 from shoal.errors import InvalidRequest
-from shoal.node import NetworkOptions, Node, RestoreRequest
+from shoal.newcluster import RestoreRequest
+from shoal.node import Node
 from shoal.nodestate import DataRoot
 from shoal.restore import RestoreRefused
+from shoal.worker_role import NetworkOptions
 from worker.executor import DEFAULT_ENGINE, KINDS, make_executor
 
 log = logging.getLogger("shoald")

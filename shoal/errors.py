@@ -1,5 +1,7 @@
 """Errors of the node itself (not of the cluster state). shoal/api maps them to HTTP."""
 
+import grpc
+
 
 class NodeError(Exception):
     status = 500
@@ -67,3 +69,25 @@ class InvalidUnlockKey(NodeError):
 
     def __init__(self) -> None:
         super().__init__("swarm could not be unlocked: invalid key provided")
+
+
+def leave_refusal(reachable: int, members: int) -> str:
+    """Docker's words for `swarm leave` without --force on a manager (moby's Leave)."""
+    msg = ("You are attempting to leave the swarm on a node that is participating as a "
+           "manager. ")
+    if members <= 1:
+        return msg + ("Removing the last manager erases all current state of the swarm. Use "
+                      "`--force` to ignore this message. ")
+    msg += f"Removing this node leaves {reachable - 1} managers out of {members}. "
+    if reachable - 1 <= members // 2:
+        msg += ("Removing this node would make the swarm lose its quorum: without a Raft "
+                "quorum your swarm will be inaccessible. The only way to restore a swarm that "
+                "has lost consensus is to reinitialize it with `--force-new-cluster`. ")
+    return msg + "Use `--force` to suppress this message. "
+
+
+def rpc_message(err: Exception) -> str:
+    """A failed call to a manager, as a user reads it inside a message of ours."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name.lower()}: {err.details()}"
+    return str(err) or type(err).__name__

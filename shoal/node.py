@@ -4,32 +4,22 @@ the worker role (agent) always and the manager role when its certificate says so
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
-import random
-import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import grpc
 
 import pki
-from manager import backup
-from manager.ca.authority import BACKDATE, RootCA
-from manager.ca.server import cert_expiry
+from manager.ca.authority import RootCA
 from manager.errors import NotFound, Unavailable
 from manager.grpcapi import role_name
-from manager.identity import new_id
 from manager.manager import Manager
 from manager.raft.guarded import RaftFailed
-from manager.raft.journal import set_aside
-from manager.raft.replica import apply_logged_tail
 from netdriver.node.plane import NodePlane
 from pki import sealing
 from proto import cluster_pb2, cluster_pb2_grpc
 from proto import objects_pb2 as pb
-from shoal import joining
-from shoal.description import describe
+from shoal import joining, newcluster, renewal
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidUnlockKey,
@@ -39,12 +29,16 @@ from shoal.errors import (
     NotInSwarm,
     NotLocked,
     SwarmLocked,
+    leave_refusal,
+    rpc_message,
 )
 from shoal.metrics.registry import NodeMetrics
+from shoal.newcluster import InitRequest, RestoreRequest
 from shoal.nodestate import Certificates, DataRoot, SwarmState
 from shoal.roles import ManagerRole, cluster_kek
-from shoal.services import Service, ServiceGroup
-from worker.agent import Agent, AgentConfig
+from shoal.services import ServiceGroup
+from shoal.worker_role import NetworkOptions, WorkerRole, make_plane
+from worker.agent import Agent
 from worker.executor import make_executor
 from worker.executor.base import Executor
 from worker.executor.docker.executor import DockerExecutor
@@ -52,52 +46,19 @@ from worker.worker import Worker, remove_node_containers
 
 log = logging.getLogger(__name__)
 
-RENEW_RETRY = 5.0  # seconds between attempts to renew the certificate after a failure
-
-
-@dataclass
-class NetworkOptions:
-    """How this node's data plane is set up (shoald flags)."""
-    netns_prefix: str = "shl-n"
-    dns_upstreams: list[str] | None = None  # None: the host's resolv.conf
-    wg_port: int = 51820
-    key_rotation: float | None = None  # seconds between WireGuard key rotations
-
-
-@dataclass
-class RestoreRequest:
-    snapshot: bytes  # the backup's StoreSnapshot, opened (manager/backup.py)
-    advertise_ip: str
-    listen_ip: str
-    port: int
-
-
-@dataclass
-class InitRequest:
-    advertise_ip: str
-    listen_ip: str
-    port: int
-    spec: pb.ClusterSpec
-    availability: int = pb.ACTIVE
-    default_addr_pool: list[str] = field(default_factory=list)
-    subnet_size: int = 0
-    data_path_port: int = 0
-
 
 class Node:
     def __init__(self, data_root: str, hostname: str, executor: Executor | None = None,
                  network: NetworkOptions | None = None) -> None:
         self.data = DataRoot(data_root)
         self.network_options = network or NetworkOptions()
-        self.plane: NodePlane | None = None
+        self.plane: NodePlane | None = None  # set when the worker role starts, kept after
         self.hostname = hostname
         self.executor = executor if executor is not None else make_executor()
-        self.worker: Worker | None = None
         self.state: SwarmState | None = None
         self.certs: Certificates | None = None
         self.manager_role: ManagerRole | None = None
-        self.agent: Agent | None = None
-        self.services: ServiceGroup | None = None  # agent, worker, certificate renewal
+        self.worker_role: WorkerRole | None = None
         self._role_change: asyncio.Task[None] | None = None
         # Why renewing the certificate fails (reported in heartbeats: `node inspect`).
         self.renewal_problem = ""
@@ -108,6 +69,19 @@ class Node:
         self.on_fatal: Callable[[RaftFailed], None] | None = None
         self.metrics = NodeMetrics()  # this node's registry: GET /metrics
         self.metrics.watch(self)
+
+    @property
+    def worker(self) -> Worker | None:
+        return self.worker_role.worker if self.worker_role else None
+
+    @property
+    def agent(self) -> Agent | None:
+        return self.worker_role.agent if self.worker_role else None
+
+    @property
+    def services(self) -> ServiceGroup | None:
+        """The worker role's services: agent, worker, certificate renewal, data plane."""
+        return self.worker_role.services if self.worker_role else None
 
     # -- what the API asks --
 
@@ -197,44 +171,26 @@ class Node:
         async with self._lock:
             if self.state is not None:
                 raise AlreadyInSwarm()
-            root = RootCA.create()
-            cluster = pb.Cluster(id=new_id(), spec=req.spec, root_ca=root.to_proto(),
-                                 raft_secret=secrets.token_urlsafe(32),
-                                 default_addr_pool=req.default_addr_pool,
-                                 subnet_size=req.subnet_size,
-                                 data_path_port=req.data_path_port,
-                                 raft_dek=sealing.new_key())
-            if req.spec.encryption_config.auto_lock_managers:
-                cluster.unlock_key = sealing.new_key()
-            self.data.kek = cluster_kek(cluster)  # sealed from the first write on
-            cluster.spec.annotations.name = "default"
-            node_id = new_id()
-            key = pki.new_key()
-            cert = root.sign_node_certificate(pki.make_csr(key), node_id, pb.MANAGER, cluster.id,
-                                              cert_expiry(cluster))
-            state = SwarmState(node_id, cluster.id, req.advertise_ip, req.listen_ip, req.port)
-            state.managers = [state.addr]
-            state.raft_peers = [state.raft_addr]
-            self._adopt(state, Certificates(pki.key_pem(key), cert, root.cert_pem))
-            role = await self._start_manager([state.raft_addr], cluster.raft_secret,
-                                             cluster.raft_dek)
-            await role.wait_leader(15.0)
-            await role.manager.put(cluster, self._first_node(state, req.availability),
-                                   ingress_network())
+            root, cluster = newcluster.new_cluster(req)
+            state, role = await self._first_manager(root, cluster, req)
+            await role.manager.put(cluster, newcluster.first_node(state, self.hostname,
+                                                                  req.availability),
+                                   newcluster.ingress_network())
             await self._start_worker()
-            return node_id
+            return state.node_id
 
-    def _first_node(self, state: SwarmState, availability: int) -> pb.Node:
-        node = pb.Node(id=state.node_id, role=pb.MANAGER)
-        node.spec.desired_role = pb.MANAGER
-        node.spec.availability = availability  # type: ignore[assignment]
-        node.description.CopyFrom(describe(self.hostname))
-        node.status.addr = state.advertise_ip
-        node.manager_status.addr = state.addr
-        node.manager_status.raft_addr = state.raft_addr
-        node.manager_status.leader = True
-        node.manager_status.reachability = pb.REACHABLE
-        return node
+    async def _first_manager(self, root: RootCA, cluster: pb.Cluster,
+                             req: InitRequest | RestoreRequest,
+                             restore: bytes | None = None) -> tuple[SwarmState, ManagerRole]:
+        """This host as the only manager of a new cluster, once it leads."""
+        self.data.kek = cluster_kek(cluster)  # sealed from the first write on
+        state, certs = newcluster.first_manager(root, cluster, req.advertise_ip,
+                                                req.listen_ip, req.port)
+        self._adopt(state, certs)
+        role = await self._start_manager([state.raft_addr], cluster.raft_secret,
+                                         cluster.raft_dek, restore=restore)
+        await role.wait_leader(15.0)
+        return state, role
 
     async def join(self, req: joining.JoinRequest) -> None:
         async with self._lock:
@@ -252,7 +208,7 @@ class Node:
                     self.data.wipe()
                     self.state = self.certs = None
                     raise JoinFailed(f"could not join the managers' Raft group via "
-                                     f"{req.remote}: {_rpc_message(err)}") from err
+                                     f"{req.remote}: {rpc_message(err)}") from err
             await self._start_worker()
 
     async def leave(self, force: bool) -> None:
@@ -294,26 +250,13 @@ class Node:
         async with self._lock:
             if self.state is not None:
                 raise AlreadyInSwarm()
-            snapshot = backup.for_new_cluster(req.snapshot, secrets.token_urlsafe(32))
-            cluster = backup.cluster_of(snapshot)
-            root = RootCA.from_pem(cluster.root_ca.ca_cert_pem, cluster.root_ca.ca_key_pem)
-            self.data.kek = cluster_kek(cluster)  # sealed from the first write on
-            node_id, key = new_id(), pki.new_key()
-            cert = root.sign_node_certificate(pki.make_csr(key), node_id, pb.MANAGER, cluster.id,
-                                              cert_expiry(cluster))
-            state = SwarmState(node_id, cluster.id, req.advertise_ip, req.listen_ip, req.port)
-            state.managers, state.raft_peers = [state.addr], [state.raft_addr]
-            self._adopt(state, Certificates(pki.key_pem(key), cert, root.cert_pem))
-            role = await self._start_manager([state.raft_addr], cluster.raft_secret,
-                                             cluster.raft_dek, restore=snapshot)
-            await role.wait_leader(15.0)
-            for node in role.store.list(pb.Node):
-                if node.role == pb.MANAGER:
-                    await role.manager.modify(pb.Node, node.id, _lost_manager)
-            await role.manager.put(self._first_node(state, pb.ACTIVE))
+            snapshot, root, cluster = newcluster.restored_cluster(req.snapshot)
+            state, role = await self._first_manager(root, cluster, req, restore=snapshot)
+            await newcluster.leave_behind(role, keep=state.node_id)
+            await role.manager.put(newcluster.first_node(state, self.hostname, pb.ACTIVE))
             await role.replica.dump()  # until dumped, the restored store is only in memory
             await self._start_worker()
-            return node_id
+            return state.node_id
 
     async def force_new_cluster(self) -> str:
         """`swarm init --force-new-cluster` on a manager (or `shoald --force-new-cluster`):
@@ -328,30 +271,16 @@ class Node:
             role = self.manager_role
             if role is None:
                 raise NotAManager(self.state.managers)
-            try:  # a manager just started may not have applied its own log yet
-                old = role
-                await old.wait_store(lambda: old.replica.applied_all_committed() and
-                                     bool(old.store.list(pb.Cluster)), 30.0)
-            except TimeoutError:
-                raise Unavailable("can't force a new cluster: this manager's store did not "
-                                  "load its Raft log within 30 s; nothing was changed") from None
-            applied = int(role.replica.status()["last_applied"])
+            applied = await newcluster.settled_store(role)
             secret, dek = self.data.load_raft_keys()
             await self._stop_manager()
-            tail = apply_logged_tail(role.store, self.data.raft_dir, applied, dek)
-            log.warning("forcing a new cluster: kept %d logged entries beyond the last "
-                        "known commit", tail)
-            snapshot = role.store.snapshot()
-            aside, _ = set_aside(self.data.raft_dir)
-            log.warning("forcing a new cluster: the old Raft files are in %s", aside)
+            snapshot = newcluster.forced_snapshot(role.store, self.data.raft_dir, applied, dek)
             state = self.state
             state.raft_peers, state.managers = [state.raft_addr], [state.addr]
             self.data.save_state(state)
             role = await self._start_manager([state.raft_addr], secret, dek, restore=snapshot)
             await role.wait_leader(15.0)
-            for node in role.store.list(pb.Node):
-                if node.id != state.node_id and node.role == pb.MANAGER:
-                    await role.manager.modify(pb.Node, node.id, _lost_manager)
+            await newcluster.leave_behind(role, keep=state.node_id)
             await role.replica.dump()
             return state.node_id
 
@@ -401,62 +330,17 @@ class Node:
 
     async def _start_worker(self) -> None:
         assert self.state is not None
-        certs = self._current_certs
-        plane = self.plane = self._make_plane()
-        worker = self.worker = Worker(self.state.node_id, self.executor, network=plane)
-        config = AgentConfig(
-            addr=self.state.advertise_ip,
-            credentials=lambda: pki.channel_credentials(
-                certs().ca_pem, certs().key_pem, certs().cert_pem),
-            channel_options=pki.channel_options(),
-            description=self._describe,
-            on_message=self._on_session_message,
-            worker=worker,
-            problems=lambda: self.renewal_problem,
-            network=plane.heartbeat if plane is not None else lambda _: None,
-        )
-        self.agent = agent = Agent(config, self.state.managers)
-        if plane is not None:
-            plane.on_tunnel_change = agent.beat_now
-
-        async def run() -> None:
-            await worker.wait_engine(3.0)  # so the first session reports the engine version
-            await agent.run()
-
-        self.services = ServiceGroup("node services")
-        services: dict[str, Service] = {"worker": worker.run, "agent": run,
-                                        "certificate renewal": self._renew_loop}
-        if plane is not None:
-            services["data plane"] = plane.run
-        await self.services.start(services)
-
-    def _make_plane(self) -> NodePlane | None:
-        """The data plane, for an executor that runs sandboxes (the fake one runs none)."""
-        if not isinstance(self.executor, DockerExecutor):
-            return None
-        assert self.state is not None
-        opts = self.network_options
-        plane = NodePlane(self.state.node_id, self.state.advertise_ip, opts.netns_prefix,
-                          self.data.path, upstreams=opts.dns_upstreams, wg_port=opts.wg_port,
-                          rotate_interval=opts.key_rotation,
-                          container_netns=self.executor.container_netns)
-        self.executor.network = plane
-        return plane
-
-    def _describe(self) -> pb.NodeDescription:
-        engine = self.worker.engine if self.worker else None
-        if engine is None:
-            return describe(self.hostname)
-        return describe(self.hostname, engine.version, engine.labels)
+        self.plane = make_plane(self.executor, self.state, self.data.path, self.network_options)
+        role = WorkerRole(self.state, self.hostname, self.executor, self.plane,
+                          self._current_certs, self._on_session_message,
+                          lambda: self.renewal_problem)
+        self.worker_role = role
+        await role.start(self._renew_loop)
 
     async def _stop_worker(self) -> None:
-        services, self.services = self.services, None
-        if services is not None:
-            await services.stop()
-        self.agent = None
-        if self.worker is not None:
-            await self.worker.stop()  # containers keep running: a restart adopts them
-            self.worker = None
+        role, self.worker_role = self.worker_role, None
+        if role is not None:
+            await role.stop()
 
     async def _on_session_message(self, msg: cluster_pb2.SessionMessage) -> None:
         state = self.state
@@ -491,79 +375,20 @@ class Node:
     # -- certificate renewal --
 
     async def _renew_loop(self) -> None:
-        failing_since: datetime.datetime | None = None
-        while True:
-            ident = self.identity()
-            # Certificates are back-dated against clock skew; count from when it was issued.
-            issued = ident.not_before + BACKDATE
-            lifetime = (ident.not_after - issued).total_seconds()
-            renew_at = issued + datetime.timedelta(seconds=lifetime * random.uniform(0.5, 0.8))
-            delay = (renew_at - datetime.datetime.now(datetime.UTC)).total_seconds()
-            await asyncio.sleep(max(delay, 1.0))
-            try:
-                async with self._lock:
-                    await self._renew()
-                self.renewal_problem, failing_since = "", None
-            except (grpc.aio.AioRpcError, Unavailable) as err:
-                failing_since = failing_since or datetime.datetime.now(datetime.UTC)
-                self.renewal_problem = renewal_problem(failing_since, ident.not_after,
-                                                       _rpc_message(err))
-                log.warning("%s; retrying in %g s", self.renewal_problem, RENEW_RETRY)
-                await asyncio.sleep(RENEW_RETRY)
+        async def renew() -> None:
+            async with self._lock:
+                await self._renew()
+
+        def report(problem: str) -> None:
+            self.renewal_problem = problem
+
+        await renewal.renew_loop(self.identity, renew, report)
 
     async def _renew(self) -> None:
         assert self.state is not None and self.certs is not None
-        key = pki.new_key()
         via = (self.agent.connected_to if self.agent else None) or self.state.managers[0]
         async with self._channel(via) as channel:
-            resp = await cluster_pb2_grpc.NodeCAStub(channel).RenewCertificate(
-                cluster_pb2.RenewCertificateRequest(csr_pem=pki.make_csr(key)), timeout=10.0)
-        self._adopt(self.state, Certificates(pki.key_pem(key), resp.cert_pem, self.certs.ca_pem))
+            certs, role = await renewal.new_certificate(channel, self.certs.ca_pem)
+        self._adopt(self.state, certs)
         log.info("renewed the node certificate (role %s, valid until %s)",
-                 role_name(resp.role), self.identity().not_after)
-
-
-def leave_refusal(reachable: int, members: int) -> str:
-    """Docker's words for `swarm leave` without --force on a manager (moby's Leave)."""
-    msg = ("You are attempting to leave the swarm on a node that is participating as a "
-           "manager. ")
-    if members <= 1:
-        return msg + ("Removing the last manager erases all current state of the swarm. Use "
-                      "`--force` to ignore this message. ")
-    msg += f"Removing this node leaves {reachable - 1} managers out of {members}. "
-    if reachable - 1 <= members // 2:
-        msg += ("Removing this node would make the swarm lose its quorum: without a Raft "
-                "quorum your swarm will be inaccessible. The only way to restore a swarm that "
-                "has lost consensus is to reinitialize it with `--force-new-cluster`. ")
-    return msg + "Use `--force` to suppress this message. "
-
-
-def _lost_manager(node: pb.Node) -> bool:
-    """A manager left behind by a forced new cluster: no longer a Raft member, so a worker
-    (and down until it connects again)."""
-    node.role = pb.WORKER
-    node.spec.desired_role = pb.WORKER
-    node.ClearField("manager_status")
-    node.status.state = pb.NODE_DOWN
-    node.status.message = "left behind by a forced new cluster"
-    return True
-
-
-def ingress_network() -> pb.Network:
-    """The routing mesh's network, made with the swarm (as Docker's `ingress`); the
-    allocator gives it the first subnet of the pool."""
-    spec = pb.NetworkSpec(driver="overlay", ingress=True)
-    spec.annotations.name = "ingress"
-    return pb.Network(id=new_id(), spec=spec)
-
-
-def renewal_problem(since: datetime.datetime, not_after: datetime.datetime, error: str) -> str:
-    """What `node inspect` shows while renewal fails: since when, why, and the deadline."""
-    return (f"certificate renewal failing since {since:%Y-%m-%dT%H:%M:%SZ} ({error}); the "
-            f"node certificate expires at {not_after:%Y-%m-%dT%H:%M:%SZ}")
-
-
-def _rpc_message(err: Exception) -> str:
-    if isinstance(err, grpc.aio.AioRpcError):
-        return f"{err.code().name.lower()}: {err.details()}"
-    return str(err) or type(err).__name__
+                 role_name(role), self.identity().not_after)

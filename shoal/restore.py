@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from manager import backup
 from pki import sealing
-from shoal.node import RestoreRequest
+from shoal.newcluster import RestoreRequest
 
 
 class RestoreRefused(Exception):

@@ -23,7 +23,8 @@ from shoal.api.context import node_of
 from shoal.api.request import bool_param, fields, int_param, parse_json
 from shoal.description import VERSION, host_routes
 from shoal.errors import InvalidRequest, NotAManager
-from shoal.node import InitRequest, Node
+from shoal.newcluster import InitRequest
+from shoal.node import Node
 from worker.executor.base import ExecutorError
 from worker.executor.docker.executor import DockerExecutor
 

@@ -20,7 +20,8 @@ from proto import objects_pb2 as pb
 from proto import store_pb2
 from shoal.description import VERSION
 from shoal.joining import JoinRequest
-from shoal.node import InitRequest, Node
+from shoal.newcluster import InitRequest
+from shoal.node import Node
 from worker import worker as worker_module
 from worker.executor.fake import FakeExecutor
 

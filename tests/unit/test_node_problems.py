@@ -4,10 +4,12 @@ when the node stops reporting it (a heartbeat of a node marked down brings it ba
 
 import datetime
 
+import pki
+from manager.ca.authority import BACKDATE
 from manager.dispatcher.sessions import mark_ready_again, session_opened
 from proto import cluster_pb2
 from proto import objects_pb2 as pb
-from shoal.node import renewal_problem
+from shoal.renewal import renew_at, renewal_problem
 
 
 def test_renewal_problem_names_the_error_and_the_deadline() -> None:
@@ -16,6 +18,14 @@ def test_renewal_problem_names_the_error_and_the_deadline() -> None:
     text = renewal_problem(since, expires, "unavailable: no leader")
     assert text == ("certificate renewal failing since 2026-12-04T10:00:00Z (unavailable: no "
                     "leader); the node certificate expires at 2026-12-05T09:30:00Z")
+
+
+def test_renewal_counts_the_lifetime_from_issue_not_from_the_backdated_start() -> None:
+    issued = datetime.datetime(2026, 12, 4, 10, 0, 0, tzinfo=datetime.UTC)
+    ident = pki.Identity("n1", pb.WORKER, "c1", issued - BACKDATE,
+                         issued + datetime.timedelta(hours=10))
+    assert renew_at(ident, 0.5) == issued + datetime.timedelta(hours=5)
+    assert renew_at(ident, 0.8) == issued + datetime.timedelta(hours=8)
 
 
 def test_a_heartbeat_sets_the_message_and_brings_a_down_node_back() -> None:
