@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from scale_sim_cluster import Cluster, Watch, takeover  # noqa: E402
+from scale_sim_cluster import Cluster, Watch, scrape, takeover  # noqa: E402
 from scale_sim_procs import (  # noqa: E402
     LOOPBACK,
     REPO,
@@ -68,6 +68,7 @@ from shoal.client import APIError, Client  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "scale_sim.json"
 IMAGE = "shoal/busybox:latest"
+ELECTION_WAIT = 15.0  # seconds a paused leader stays paused, past --pause-leader, for an election
 
 # ---- the phases ------------------------------------------------------------------------
 
@@ -134,20 +135,39 @@ def create_services(cluster: Cluster, client: Client, tasks: int, services: int,
     return ids
 
 
-def pause_later(pid: int, after: float, pause: float, log: Any) -> threading.Thread:
+def pause_later(pid: int, after: float, pause: float, log: Any,
+                elected: Any = None) -> threading.Thread:
     """SIGSTOP `pid` `after` seconds from now for `pause` seconds (a leader that stalls in
-    the burst: its followers elect another while assignments and reports are in flight)."""
+    the burst: its followers elect another while assignments and reports are in flight).
+    `elected()`, if given, says whether another manager took a newer term: the pause then
+    lasts until it did (at most ELECTION_WAIT s more), so that the fault always includes
+    the election it is meant to cause, however loaded the machine."""
     def run() -> None:
         time.sleep(after)
         log(f"pausing the leader (pid {pid}) for {pause:g} s")
         os.kill(pid, signal.SIGSTOP)
+        began = time.monotonic()
         try:
             time.sleep(pause)
+            deadline = time.monotonic() + ELECTION_WAIT
+            while elected is not None and not elected() and time.monotonic() < deadline:
+                time.sleep(0.2)
         finally:
             os.kill(pid, signal.SIGCONT)
+            log(f"resumed the leader after {time.monotonic() - began:.1f} s")
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def elected_after(cluster: Cluster, mgr: ManagerProc) -> Any:
+    """Whether a manager other than `mgr` shows a Raft term above `mgr`'s current one."""
+    term = scrape(mgr).get("shoal_raft_term", 0.0)
+
+    def elected() -> bool:
+        return any(scrape(m).get("shoal_raft_term", 0.0) > term
+                   for m in cluster.live() if m is not mgr)
+    return elected
 
 
 def run_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, tasks: int,
@@ -155,7 +175,7 @@ def run_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, tasks: int
               pause_leader: float = 0.0) -> dict[str, Any]:
     start = time.time()
     if pause_leader and mgr.proc is not None:
-        pause_later(mgr.proc.pid, 1.0, pause_leader, log)
+        pause_later(mgr.proc.pid, 1.0, pause_leader, log, elected_after(cluster, mgr))
     create_services(cluster, mgr.client, tasks, services)
     created_call_s = time.time() - start
     running, polls, last_log = 0, 0, 0.0
