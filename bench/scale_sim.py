@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def create_services(cluster: Cluster, client: Client, tasks: int, services: int,
 
 
 def pause_later(pid: int, after: float, pause: float, log: Any,
-                elected: Any = None) -> threading.Thread:
+                elected: Callable[[], bool] | None = None) -> threading.Thread:
     """SIGSTOP `pid` `after` seconds from now for `pause` seconds (a leader that stalls in
     the burst: its followers elect another while assignments and reports are in flight).
     `elected()`, if given, says whether another manager took a newer term: the pause then
@@ -160,7 +161,7 @@ def pause_later(pid: int, after: float, pause: float, log: Any,
     return thread
 
 
-def elected_after(cluster: Cluster, mgr: ManagerProc) -> Any:
+def elected_after(cluster: Cluster, mgr: ManagerProc) -> Callable[[], bool]:
     """Whether a manager other than `mgr` shows a Raft term above `mgr`'s current one."""
     term = scrape(mgr).get("shoal_raft_term", 0.0)
 

@@ -186,11 +186,11 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
                                   self._SyncObj__getCurrentLogIndex())
         if not (message.get("type") == "next_node_idx" and message.get("success")
                 and not message.get("reset")):
-            super()._SyncObj__onMessageReceived(node, message)
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
             return
         next_index: dict[Any, int] = self._SyncObj__raftNextIndex
         sent = next_index.get(node)
-        super()._SyncObj__onMessageReceived(node, message)
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
         # A success only confirms what the follower had when it answered; entries sent
         # after that are on their way and need no sending again.
         if sent is not None and self._isLeader() and next_index.get(node, 0) < sent:
