@@ -21,6 +21,11 @@ Here, instead:
 - a follower's late acknowledgement no longer moves the leader's next index for it back
   over entries already sent, which made pysyncobj send them again: the follower then
   dropped its log from there and appended the same entries anew;
+- a follower whose election deadline has passed reads what has arrived before it stands:
+  pysyncobj checks the deadline at the start of a tick and polls its sockets at the end, so
+  a tick thread held up after a poll that found nothing (on a busy manager: waiting for the
+  interpreter while the event loop runs) stood for election with the leader's heartbeats
+  unread in its socket, and the leadership moved for nothing;
 - a follower keeps the entries it already has (`raft_append`): pysyncobj deleted
   everything after an AppendEntries' previous index even when nothing conflicted, so an
   entry the follower had acknowledged could vanish from it. A leader that counted that
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -147,6 +153,11 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
         super()._doDestroy()
         if self._wakeup is not None:
             self._wakeup.close()
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
+        if not self._isLeader() and self._SyncObj__raftElectionDeadline < time.monotonic():
+            self._poller.poll(0)  # a heartbeat read here moves the deadline
+        super()._onTick(timeToWait)
 
     # -- waking the tick thread --
 

@@ -55,6 +55,14 @@ def test_a_tick_moves_commands_into_the_log_after_committing_and_before_polling(
     assert "'commit_index': self.__raftCommitIndex" in send
 
 
+def test_a_tick_checks_the_election_deadline_before_it_polls() -> None:
+    tick = source("_onTick")
+    assert tick.index("if self.__raftElectionDeadline < monotonicTime()") \
+        < tick.index("self._poller.poll(timeToWait)")
+    assert "self.__raftElectionDeadline = monotonicTime() + self.__generateRaftTimeout()" \
+        in source("_SyncObj__onMessageReceived")
+
+
 def test_commands_are_queued_then_taken_on_the_tick_thread() -> None:
     apply = source("_applyCommand")
     assert "self.__commandsQueue.put_nowait(" in apply

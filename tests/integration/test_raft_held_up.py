@@ -1,0 +1,48 @@
+"""A follower's tick thread held up for longer than the election timeout while the leader
+went on heartbeating (on a busy manager: waiting for the interpreter while the event loop
+runs) reads what arrived meanwhile before it decides the leader is gone: no election."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pysyncobj.poller import POLL_EVENT_TYPE
+
+from tests.integration.test_raft_compaction import wait_for
+from tests.integration.test_raft_prompt import cluster, create
+
+HOLD = 1.5  # seconds: over the election timeout's maximum (1.0 s)
+
+
+def hold_up_after_a_poll(poller: Any) -> Any:
+    """A pipe in the tick thread's poller whose handler sleeps HOLD seconds: the thread is
+    held after its poll returned, as when it waits for the interpreter, and what the leader
+    sends meanwhile lies unread in its socket. Returns the function that triggers one."""
+    read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def held(_fd: int, _event: int) -> None:
+        os.read(read, 4096)
+        time.sleep(HOLD)
+
+    poller.subscribe(read, held, POLL_EVENT_TYPE.READ)
+    return lambda: os.write(write, b"x")
+
+
+async def test_a_held_up_follower_reads_the_heartbeats_before_standing(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (leader, followers):
+        members = [leader, *followers]
+        term = leader.replica.term()
+        hold = hold_up_after_a_poll(followers[0].replica._sync._poller)
+        for round_ in range(3):
+            hold()
+            for i in range(int(HOLD / 0.1) + 5):  # writing all along, through the leader
+                await leader.replica.propose(create(f"r{round_}-{i}"))
+                await asyncio.sleep(0.1)
+        assert leader.replica.is_leader()
+        assert [m.replica.term() for m in members] == [term] * 3
+        total = 3 * (int(HOLD / 0.1) + 5)
+        assert await wait_for(lambda: all(len(m.history) == total for m in members), 10)
