@@ -41,6 +41,7 @@ pins them, so an upgrade of pysyncobj that changes them fails there first.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -49,6 +50,8 @@ from typing import Any
 
 from pysyncobj import SyncObj
 from pysyncobj.poller import POLL_EVENT_TYPE
+
+log = logging.getLogger(__name__)
 
 
 class Wakeup:
@@ -140,6 +143,7 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
         self._wakeup: Wakeup | None = None
         self._sent_index = 0
         self._sent_commit = 0
+        self._tick_at = self._held_up_logged = 0.0
         super().__init__(*args, **kwargs)
         # pysyncobj's tick thread already polls: subscribing from here is safe under the
         # GIL, and a command proposed before this line waits at most one tick.
@@ -155,9 +159,23 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
             self._wakeup.close()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
+        self._note_held_up()
         if not self._isLeader() and self._SyncObj__raftElectionDeadline < time.monotonic():
             self._poller.poll(0)  # a heartbeat read here moves the deadline
         super()._onTick(timeToWait)
+
+    def _note_held_up(self) -> None:
+        """Says when this tick comes over half an election timeout after the last (at most
+        once a second): a leader's heartbeats, or a follower's patience, were held up that
+        long, which is what moves the leadership on an overloaded manager."""
+        now, last = time.monotonic(), self._tick_at
+        self._tick_at = now
+        gap, limit = now - last, self._SyncObj__conf.raftMinTimeout / 2
+        if last and gap > limit and now - self._held_up_logged > 1.0:
+            self._held_up_logged = now
+            log.warning("Raft's tick thread was held up %.2f s as %s (election timeout from "
+                        "%.2f s): this manager is short of CPU", gap,
+                        "leader" if self._isLeader() else "follower", 2 * limit)
 
     # -- waking the tick thread --
 

@@ -1,15 +1,18 @@
 """A follower's tick thread held up for longer than the election timeout while the leader
 went on heartbeating (on a busy manager: waiting for the interpreter while the event loop
-runs) reads what arrived meanwhile before it decides the leader is gone: no election."""
+runs) reads what arrived meanwhile before it decides the leader is gone: no election. And
+the manager says its tick thread was held up."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pysyncobj.poller import POLL_EVENT_TYPE
 
 from tests.integration.test_raft_compaction import wait_for
@@ -32,7 +35,9 @@ def hold_up_after_a_poll(poller: Any) -> Any:
     return lambda: os.write(write, b"x")
 
 
-async def test_a_held_up_follower_reads_the_heartbeats_before_standing(tmp_path: Path) -> None:
+async def test_a_held_up_follower_reads_the_heartbeats_before_standing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="manager.raft.prompt")
     async with cluster(tmp_path) as (leader, followers):
         members = [leader, *followers]
         term = leader.replica.term()
@@ -46,3 +51,6 @@ async def test_a_held_up_follower_reads_the_heartbeats_before_standing(tmp_path:
         assert [m.replica.term() for m in members] == [term] * 3
         total = 3 * (int(HOLD / 0.1) + 5)
         assert await wait_for(lambda: all(len(m.history) == total for m in members), 10)
+        held = [r.getMessage() for r in caplog.records if "held up" in r.getMessage()]
+        assert len(held) == 3, held
+        assert all(" as follower " in m and "short of CPU" in m for m in held), held
