@@ -22,6 +22,7 @@ from shoal.api.server import make_app
 from shoal.api.swarm import addresses
 from shoal.client import DEFAULT_HOST
 from shoal.errors import InvalidRequest
+from shoal.gcwatch import GcWatch
 from shoal.newcluster import RestoreRequest
 from shoal.node import Node
 from shoal.nodestate import DataRoot
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     context = logformat.setup(args.log_format, args.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    GcWatch().install()
     if args.reset_raft_state:
         print(reset_raft_state(args.data_root))
         return

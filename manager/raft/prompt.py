@@ -143,7 +143,7 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
         self._wakeup: Wakeup | None = None
         self._sent_index = 0
         self._sent_commit = 0
-        self._tick_at = self._held_up_logged = 0.0
+        self._tick_at = self._tick_cpu = self._held_up_logged = 0.0
         super().__init__(*args, **kwargs)
         # pysyncobj's tick thread already polls: subscribing from here is safe under the
         # GIL, and a command proposed before this line waits at most one tick.
@@ -167,15 +167,19 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
     def _note_held_up(self) -> None:
         """Says when this tick comes over half an election timeout after the last (at most
         once a second): a leader's heartbeats, or a follower's patience, were held up that
-        long, which is what moves the leadership on an overloaded manager."""
+        long, which is what moves the leadership on an overloaded manager. The thread's own
+        CPU time in that gap tells its own work (applying entries) from waiting for the
+        interpreter or a CPU."""
         now, last = time.monotonic(), self._tick_at
-        self._tick_at = now
+        cpu, last_cpu = time.thread_time(), self._tick_cpu
+        self._tick_at, self._tick_cpu = now, cpu
         gap, limit = now - last, self._SyncObj__conf.raftMinTimeout / 2
         if last and gap > limit and now - self._held_up_logged > 1.0:
             self._held_up_logged = now
-            log.warning("Raft's tick thread was held up %.2f s as %s (election timeout from "
-                        "%.2f s): this manager is short of CPU", gap,
-                        "leader" if self._isLeader() else "follower", 2 * limit)
+            log.warning("Raft's tick thread was held up %.2f s as %s, %.2f s of it its own "
+                        "work (election timeout from %.2f s): this manager is short of CPU",
+                        gap, "leader" if self._isLeader() else "follower", cpu - last_cpu,
+                        2 * limit)
 
     # -- waking the tick thread --
 

@@ -53,4 +53,4 @@ async def test_a_held_up_follower_reads_the_heartbeats_before_standing(
         assert await wait_for(lambda: all(len(m.history) == total for m in members), 10)
         held = [r.getMessage() for r in caplog.records if "held up" in r.getMessage()]
         assert len(held) == 3, held
-        assert all(" as follower " in m and "short of CPU" in m for m in held), held
+        assert all(" as follower, " in m and "short of CPU" in m for m in held), held
