@@ -89,7 +89,9 @@ def join_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, sampler: 
         nonlocal ready
         agents.check()
         ready = count_ready(mgr.client, cluster.ids())
-        return ready >= agents.nodes
+        # A node that gave up joining is never ready: counted in failed_joins, not waited for.
+        gave_up = sum(j["failed"] for j in agents.joined())
+        return ready >= agents.nodes - gave_up
 
     last = -1
     deadline = time.monotonic() + timeout

@@ -44,7 +44,7 @@ from shoal.node import Node  # noqa: E402
 from worker.executor.fake import FakeExecutor  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
-JOIN_ATTEMPTS = 5
+JOIN_ATTEMPTS = 10  # a real node is retried by its operator; here, up to 10 times
 STOP_TIMEOUT = 10.0
 SUPERVISE_EVERY = 1.0
 
@@ -90,7 +90,7 @@ async def join_one(node: Node, req: JoinRequest, limit: asyncio.Semaphore) -> bo
             except JoinFailed as err:
                 logging.warning("%s: join attempt %d failed: %s", node.hostname, attempt + 1,
                                 err)
-                await asyncio.sleep(0.5 * (attempt + 1))
+                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
     return False
 
 
