@@ -75,6 +75,14 @@ def run_point(args: argparse.Namespace, nodes: int, tmp: Path) -> dict[str, Any]
     return {**point(nodes, tasks, result), "result": result}
 
 
+def added_point(path: Path) -> dict[str, Any]:
+    """A point from a scale_sim.py result written by a run of its own."""
+    result = json.loads(path.read_text())
+    config = result["config"]
+    return {**point(config["nodes"], config["tasks"], result), "result": result,
+            "added_from": str(path)}
+
+
 def draw(doc: dict[str, Any], svg: Path) -> None:
     import matplotlib
 
@@ -139,6 +147,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--svg", type=Path, default=RESULTS / "scale_curve.svg")
     p.add_argument("--from-json", action="store_true",
                    help="only redraw the SVG from --json, running nothing")
+    p.add_argument("--add-point", type=Path, action="append", default=[], metavar="JSON",
+                   help="a scale_sim.py result run on its own (e.g. the largest size, with "
+                        "options of its own), taken as a point of the curve (repeatable)")
     return p.parse_args(argv)
 
 
@@ -161,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             doc["points"].append(run_point(args, nodes, Path(tmp)))
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(doc, indent=2) + "\n")  # a point at a time
+    for path in args.add_point:
+        doc["points"].append(added_point(path))
+    doc["points"].sort(key=lambda p: p["nodes"])
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
     draw(doc, args.svg)
     print(f"{'nodes':>6} {'tasks':>7} {'tasks/s':>8} {'conv s':>7} {'CPU %':>6} "
           f"{'CPU-s/1k':>8} {'RSS MiB':>8} {'down':>5}")

@@ -291,6 +291,9 @@ def start_spies(pid: int, args: argparse.Namespace) -> list[Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a stopped run) unwinds like an error, so the managers and fake nodes are stopped
+    # (they outlived a run stopped with the default action).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.top_frames:
         print_top_frames(args.top_frames)
         return 0

@@ -26,6 +26,8 @@ Here, instead:
   a tick thread held up after a poll that found nothing (on a busy manager: waiting for the
   interpreter while the event loop runs) stood for election with the leader's heartbeats
   unread in its socket, and the leadership moved for nothing;
+- a leader whose tick thread has recently been held up asks its followers to wait that
+  much longer before they stand (`patience.py`);
 - a follower keeps the entries it already has (`raft_append`): pysyncobj deleted
   everything after an AppendEntries' previous index even when nothing conflicted, so an
   entry the follower had acknowledged could vanish from it. A leader that counted that
@@ -50,6 +52,8 @@ from typing import Any
 
 from pysyncobj import SyncObj
 from pysyncobj.poller import POLL_EVENT_TYPE
+
+from manager.raft import patience
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,9 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
         self._sent_index = 0
         self._sent_commit = 0
         self._tick_at = self._tick_cpu = self._held_up_logged = 0.0
+        self._gaps = patience.RecentMax()
+        self._asked = self._asked_at = 0.0  # the patience this leader last asked, and when
+        self._patience: tuple[Any, float] = (None, 0.0)  # (leader, seconds) asked of us
         super().__init__(*args, **kwargs)
         # pysyncobj's tick thread already polls: subscribing from here is safe under the
         # GIL, and a command proposed before this line waits at most one tick.
@@ -160,8 +167,12 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
         self._note_held_up()
-        if not self._isLeader() and self._SyncObj__raftElectionDeadline < time.monotonic():
-            self._poller.poll(0)  # a heartbeat read here moves the deadline
+        if self._isLeader():
+            self._ask_patience()
+        else:
+            self._asked = 0.0
+            if self._SyncObj__raftElectionDeadline < time.monotonic():
+                self._poller.poll(0)  # a heartbeat read here moves the deadline
         super()._onTick(timeToWait)
 
     def _note_held_up(self) -> None:
@@ -174,12 +185,37 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
         cpu, last_cpu = time.thread_time(), self._tick_cpu
         self._tick_at, self._tick_cpu = now, cpu
         gap, limit = now - last, self._SyncObj__conf.raftMinTimeout / 2
+        if last:
+            self._gaps.add(gap, now)
         if last and gap > limit and now - self._held_up_logged > 1.0:
             self._held_up_logged = now
             log.warning("Raft's tick thread was held up %.2f s as %s, %.2f s of it its own "
                         "work (election timeout from %.2f s): this manager is short of CPU",
                         gap, "leader" if self._isLeader() else "follower", cpu - last_cpu,
                         2 * limit)
+
+    # -- a leader short of CPU asks its followers for patience (patience.py) --
+
+    def _ask_patience(self) -> None:
+        now = time.monotonic()
+        wanted = patience.patience_for(self._gaps.get(now), self._SyncObj__conf.raftMinTimeout)
+        if wanted == self._asked and (wanted == 0 or now - self._asked_at < 1.0):
+            return  # said already (again each second while it is not 0: a lost message)
+        self._asked, self._asked_at = wanted, now
+        message = {"type": patience.MESSAGE, "term": self.raftCurrentTerm, "seconds": wanted}
+        for node in self._SyncObj__otherNodes:
+            self._SyncObj__transport.send(node, message)
+
+    def _heed_patience(self, node: Any, message: dict[str, Any]) -> None:
+        if message.get("term", -1) >= self.raftCurrentTerm:
+            self._patience = (node, float(message.get("seconds", 0.0)))
+
+    def _extend_deadline(self, node: Any) -> None:
+        """After an AppendEntries pysyncobj took: the wait its leader asked for, on top."""
+        leader, extra = self._patience
+        if extra and node == leader and node == self._SyncObj__raftLeader \
+                and not self._isLeader() and not self._SyncObj__transferInProgress:
+            self._SyncObj__raftElectionDeadline += extra
 
     # -- waking the tick thread --
 
@@ -213,11 +249,17 @@ class PromptSyncObj(SyncObj):  # type: ignore[misc]
 
     def _SyncObj__onMessageReceived(self, node: Any,  # noqa: N802 (pysyncobj's private name)
                                     message: dict[str, Any]) -> None:
-        if message.get("type") == "append_entries" \
-                and message.get("term", -1) >= self.raftCurrentTerm:
+        kind = message.get("type")
+        if kind == patience.MESSAGE:
+            self._heed_patience(node, message)
+            return
+        if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             message = raft_append(message, self._SyncObj__getEntries,
                                   self._SyncObj__getCurrentLogIndex())
-        if not (message.get("type") == "next_node_idx" and message.get("success")
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            self._extend_deadline(node)
+            return
+        if not (kind == "next_node_idx" and message.get("success")
                 and not message.get("reset")):
             SyncObj._SyncObj__onMessageReceived(self, node, message)
             return

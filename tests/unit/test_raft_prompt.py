@@ -63,6 +63,17 @@ def test_a_tick_checks_the_election_deadline_before_it_polls() -> None:
         in source("_SyncObj__onMessageReceived")
 
 
+def test_what_the_patience_of_followers_relies_on() -> None:
+    init = source("__init__")
+    for member in ("self.__otherNodes = set()", "self.__transferInProgress = False",
+                   "self.__transport = transport"):
+        assert member in init, member
+    handler = source("_SyncObj__onMessageReceived")
+    # The deadline is set (and our patience added) only outside a leadership transfer.
+    assert "if not self.__transferInProgress:\n" in handler
+    assert "self.__raftLeader = node" in handler
+
+
 def test_commands_are_queued_then_taken_on_the_tick_thread() -> None:
     apply = source("_applyCommand")
     assert "self.__commandsQueue.put_nowait(" in apply
