@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from manager.errors import Fenced, Unavailable
 from manager.manager import Manager
@@ -31,6 +32,7 @@ PASS_SHARE = 1.0  # a controller rests this many times as long as its last pass 
 NO_QUORUM_RETRY = 0.5  # seconds before a pass that found no quorum runs again
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
 CRASH_WINDOW, CRASHES_TO_STEP_DOWN = 60.0, 5
+STUCK_AFTER = 10.0  # seconds a term's tasks may take to stop once its leadership is lost
 
 
 class Controller(abc.ABC):
@@ -106,26 +108,33 @@ class LeaderRuntime:
         self.terms += 1
         log.info("leading the swarm in epoch %d with %d controllers", epoch,
                  len(self.controllers))
+        ending = asyncio.Event()  # set when the term's leadership is lost
+        tasks: list[asyncio.Task[None]] = []
+        watchdog = asyncio.create_task(_report_stuck(epoch, ending, tasks))
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._watch(epoch), name="leadership")
+                tasks.append(group.create_task(self._watch(epoch, ending), name="leadership"))
                 for controller in self.controllers:
-                    group.create_task(self._supervise(controller), name=controller.name)
+                    tasks.append(group.create_task(self._supervise(controller, ending),
+                                                   name=controller.name))
         except* LeadershipLost:
             log.info("leadership of epoch %d ended; controllers stopped", epoch)
         finally:
             self.mgr.epoch = 0
+            watchdog.cancel()
 
-    async def _watch(self, epoch: int) -> None:
+    async def _watch(self, epoch: int, ending: asyncio.Event) -> None:
         await self._until(lambda: not self._still_leads(epoch))
+        ending.set()
         raise LeadershipLost()
 
-    async def _supervise(self, controller: Controller) -> None:
+    async def _supervise(self, controller: Controller, ending: asyncio.Event) -> None:
         try:
             await supervise(controller.name, lambda: self._drive(controller),
                             on_crashing=lambda: self._step_down(controller))
         except Fenced as err:
             log.info("%s: %s", controller.name, err)
+            ending.set()
             raise LeadershipLost() from err
 
     def _step_down(self, controller: Controller) -> None:
@@ -232,6 +241,34 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]],
         if len(crashes) >= CRASHES_TO_STEP_DOWN and on_crashing is not None:
             on_crashing()
         await asyncio.sleep(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (len(crashes) - 1)))
+
+
+async def _report_stuck(epoch: int, ending: asyncio.Event,
+                        tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Once a term's leadership is lost its tasks are cancelled, and the next term can only
+    start when all have stopped: one that does not (it swallows the cancellation, or waits on
+    something that ignores it) would leave this manager leading with no controllers. Says
+    which, and where each waits, if any is still running STUCK_AFTER seconds on."""
+    await ending.wait()
+    await asyncio.sleep(STUCK_AFTER)
+    stuck = [t for t in tasks if not t.done()]
+    if stuck:
+        log.error("leadership of epoch %d ended %g s ago but %d of its tasks have not stopped, "
+                  "so no new term can start here: %s", epoch, STUCK_AFTER, len(stuck),
+                  "; ".join(f"{t.get_name()} at {_where(t)}" for t in stuck))
+
+
+def _where(task: asyncio.Task[None]) -> str:
+    """The task's chain of awaits, outermost first (its own get_stack() shows only the
+    outermost coroutine)."""
+    places = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
+        frame = awaited.cr_frame
+        places.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}"
+                      f":{frame.f_lineno})")
+        awaited = awaited.cr_await
+    return " -> ".join(places) or "(no frame)"
 
 
 async def _wait(event: asyncio.Event, timeout: float | None) -> None:

@@ -171,6 +171,44 @@ async def test_a_fenced_decision_ends_the_term() -> None:
         task.cancel()
 
 
+async def test_a_task_that_will_not_stop_after_the_term_is_named(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(runtime, "STUCK_AFTER", 0.2)
+    mgr, raft = cluster()
+    release = asyncio.Event()
+
+    class Stubborn(Recorder):
+        name = "stubborn"
+
+        async def run(self, view: StoreView) -> float | None:
+            self.passes.append(view.version)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:  # held up: the term cannot end meanwhile
+                await release.wait()
+                raise
+            return None
+
+    stubborn = Stubborn()
+    rt = LeaderRuntime(mgr, [Recorder(), stubborn])
+    with caplog.at_level(logging.ERROR, logger="manager.runtime"):
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(rt.run())
+            try:
+                await until(lambda: stubborn.passes)
+                raft.leading = False
+                await until(lambda: "have not stopped" in caplog.text)
+                assert mgr.epoch == 1  # the term has not ended
+            finally:
+                release.set()
+            await until(lambda: mgr.epoch == 0)
+            task.cancel()
+    stuck = [r.getMessage() for r in caplog.records if "have not stopped" in r.getMessage()]
+    assert len(stuck) == 1
+    assert "1 of its tasks" in stuck[0] and "stubborn at " in stuck[0]
+    assert "run (test_runtime.py:" in stuck[0]
+
+
 def test_pacer_lets_a_few_passes_through_at_once_then_one_per_interval() -> None:
     pacer = Pacer(0.2, burst=3)
     now = 100.0
