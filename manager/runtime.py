@@ -136,6 +136,9 @@ class LeaderRuntime:
             log.info("%s: %s", controller.name, err)
             ending.set()
             raise LeadershipLost() from err
+        except LeadershipLost:  # it kept crashing: this manager stepped down
+            ending.set()
+            raise
 
     def _step_down(self, controller: Controller) -> None:
         log.error("%s crashed %d times in %g s: stepping down so another manager leads",
