@@ -11,6 +11,7 @@ import time
 import pytest
 
 from manager import runtime
+from manager.errors import Unavailable
 from manager.manager import Manager, ManagerAddrs
 from manager.runtime import Controller, LeaderRuntime, Pacer
 from manager.store.memory import Event, MemoryStore, StoreView
@@ -168,6 +169,36 @@ async def test_a_fenced_decision_ends_the_term() -> None:
         task = group.create_task(rt.run())
         await until(lambda: rt.terms == 1 and mgr.epoch == 0)
         assert mgr.store.get(pb.Node, "n1") is None
+        task.cancel()
+
+
+async def test_a_pass_that_swallowed_its_cancellation_still_ends_the_term() -> None:
+    mgr, raft = cluster()
+
+    async def refused_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(3600)  # a write in flight
+        except asyncio.CancelledError:
+            raise Unavailable("no quorum") from None  # as a write can end when the term does
+
+    class Gathering(Recorder):
+        name = "gathering"
+
+        async def run(self, view: StoreView) -> float | None:
+            self.passes.append(view.version)
+            if len(self.passes) == 1:
+                # asyncio.gather gives this pass the child's Unavailable, not CancelledError.
+                await asyncio.gather(refused_when_cancelled(), asyncio.sleep(3600))
+            return 0.01
+
+    gathering = Gathering()
+    rt = LeaderRuntime(mgr, [gathering])
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(rt.run())
+        await until(lambda: gathering.passes)
+        raft.leading = False
+        await until(lambda: mgr.epoch == 0, timeout=2.0)  # the term ended
+        assert len(gathering.passes) == 1
         task.cancel()
 
 
