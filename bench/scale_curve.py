@@ -167,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                    "procs": args.procs or f"1 per {NODES_PER_PROC} nodes",
                    "services": args.services},
         "points": []}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shoal-curve-") as tmp:
         for nodes in counts:
             doc["points"].append(run_point(args, nodes, Path(tmp)))
-            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(doc, indent=2) + "\n")  # a point at a time
     for path in args.add_point:
         doc["points"].append(added_point(path))

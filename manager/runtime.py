@@ -108,37 +108,31 @@ class LeaderRuntime:
         self.terms += 1
         log.info("leading the swarm in epoch %d with %d controllers", epoch,
                  len(self.controllers))
-        ending = asyncio.Event()  # set when the term's leadership is lost
-        tasks: list[asyncio.Task[None]] = []
-        watchdog = asyncio.create_task(_report_stuck(epoch, ending, tasks))
+        watchdog: asyncio.Task[None] | None = None
         try:
             async with asyncio.TaskGroup() as group:
-                tasks.append(group.create_task(self._watch(epoch, ending), name="leadership"))
-                for controller in self.controllers:
-                    tasks.append(group.create_task(self._supervise(controller, ending),
-                                                   name=controller.name))
+                tasks = [group.create_task(self._watch(epoch), name="leadership"),
+                         *(group.create_task(self._supervise(c), name=c.name)
+                           for c in self.controllers)]
+                watchdog = asyncio.create_task(_report_stuck(epoch, tasks))
         except* LeadershipLost:
             log.info("leadership of epoch %d ended; controllers stopped", epoch)
         finally:
             self.mgr.epoch = 0
-            watchdog.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
 
-    async def _watch(self, epoch: int, ending: asyncio.Event) -> None:
+    async def _watch(self, epoch: int) -> None:
         await self._until(lambda: not self._still_leads(epoch))
-        ending.set()
         raise LeadershipLost()
 
-    async def _supervise(self, controller: Controller, ending: asyncio.Event) -> None:
+    async def _supervise(self, controller: Controller) -> None:
         try:
             await supervise(controller.name, lambda: self._drive(controller),
                             on_crashing=lambda: self._step_down(controller))
         except Fenced as err:
             log.info("%s: %s", controller.name, err)
-            ending.set()
             raise LeadershipLost() from err
-        except LeadershipLost:  # it kept crashing: this manager stepped down
-            ending.set()
-            raise
 
     def _step_down(self, controller: Controller) -> None:
         log.error("%s crashed %d times in %g s: stepping down so another manager leads",
@@ -260,13 +254,13 @@ def _stop_if_cancelled() -> None:
         raise asyncio.CancelledError()
 
 
-async def _report_stuck(epoch: int, ending: asyncio.Event,
-                        tasks: Sequence[asyncio.Task[None]]) -> None:
+async def _report_stuck(epoch: int, tasks: Sequence[asyncio.Task[None]]) -> None:
     """Once a term's leadership is lost its tasks are cancelled, and the next term can only
     start when all have stopped: one that does not (it swallows the cancellation, or waits on
     something that ignores it) would leave this manager leading with no controllers. Says
-    which, and where each waits, if any is still running STUCK_AFTER seconds on."""
-    await ending.wait()
+    which, and where each waits, if any is still running STUCK_AFTER seconds on. A term's
+    tasks run until it ends, so the first of them to end is where its ending starts."""
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     await asyncio.sleep(STUCK_AFTER)
     stuck = [t for t in tasks if not t.done()]
     if stuck:

@@ -31,7 +31,6 @@ class GcWatch:
 
     def __init__(self, slow: float = SLOW, thaw: float = THAW) -> None:
         self.slow, self.thaw = slow, thaw
-        self.longest = 0.0
         self._started = 0.0
         self._frozen_at = 0.0  # 0: nothing frozen by us
 
@@ -41,7 +40,6 @@ class GcWatch:
             self._started = now
             return
         took = now - self._started
-        self.longest = max(self.longest, took)
         if info["generation"] != 2:
             return
         if self._frozen_at and now - self._frozen_at >= self.thaw:

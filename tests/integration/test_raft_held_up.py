@@ -57,17 +57,14 @@ async def test_a_held_up_follower_reads_the_heartbeats_before_standing(
 
 
 async def test_followers_wait_for_a_leader_that_said_it_is_short_of_cpu(tmp_path: Path) -> None:
-    async with cluster(tmp_path) as (first, _):
+    async with cluster(tmp_path) as (first, others):
+        members = [first, *others]
         # Control: a leader with no hold-ups behind it asks for nothing, and a 1.1 s
         # silence (over the 1.0 s maximum timeout) is an election.
         term = first.replica.term()
         hold_up_after_a_poll(first.replica._sync._poller, 1.1)()
         assert await wait_for(lambda: first.replica.term() > term, 10)
-
-        def one_leader() -> bool:
-            return sum(m.replica.is_leader() for m in members) == 1
-        members = [first, *_]
-        assert await wait_for(one_leader, 10)
+        assert await wait_for(lambda: sum(m.replica.is_leader() for m in members) == 1, 10)
         leader = next(m for m in members if m.replica.is_leader())
         hold = hold_up_after_a_poll(leader.replica._sync._poller, 0.4)
         hold()  # under the 0.5 s minimum: no election, but the leader has been late 0.4 s

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -92,12 +94,20 @@ async def until(check: object, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
+@asynccontextmanager
+async def running(rt: LeaderRuntime) -> AsyncIterator[None]:
+    """The runtime runs for the body, as for a manager's whole life; then it is stopped."""
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(rt.run())
+        yield
+        task.cancel()
+
+
 async def test_a_term_commits_its_epoch_and_passes_follow_relevant_events() -> None:
     mgr, raft = cluster()
     rec = Recorder()
     rt = LeaderRuntime(mgr, [rec])
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(rt.run())
+    async with running(rt):
         await until(lambda: rec.passes)
         assert mgr.store.epoch == 1 and mgr.epoch == 1
         await mgr.write((store_pb2.CREATE, pb.Node(id="n1")), fenced=True)
@@ -105,7 +115,6 @@ async def test_a_term_commits_its_epoch_and_passes_follow_relevant_events() -> N
         await mgr.write((store_pb2.CREATE, pb.Service(id="s1")))  # not relevant: no pass
         await asyncio.sleep(0.05)
         assert len(rec.passes) == 2
-        task.cancel()
 
 
 async def test_a_crash_is_logged_and_the_controller_restarted(
@@ -114,10 +123,8 @@ async def test_a_crash_is_logged_and_the_controller_restarted(
     rec = Recorder(crashes=2)
     rt = LeaderRuntime(mgr, [rec])
     with caplog.at_level(logging.ERROR, logger="manager.runtime"):
-        async with asyncio.TaskGroup() as group:
-            task = group.create_task(rt.run())
+        async with running(rt):
             await until(lambda: rec.passes)
-            task.cancel()
     crashes = [r for r in caplog.records if "recorder crashed" in r.getMessage()]
     assert len(crashes) == 2 and crashes[0].exc_info is not None
     assert raft.transfers == 0
@@ -127,27 +134,23 @@ async def test_repeated_crashes_make_the_manager_step_down() -> None:
     mgr, raft = cluster()
     steady, broken = Recorder(), Recorder(crashes=1_000)
     rt = LeaderRuntime(mgr, [steady, broken])
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(rt.run())
+    async with running(rt):
         await until(lambda: raft.transfers == 1)
         await until(lambda: mgr.epoch == 0)  # the term ended: its controllers stopped
         assert rt.terms == 1
-        task.cancel()
 
 
 async def test_lost_leadership_cancels_the_term_and_a_new_one_opens_a_new_epoch() -> None:
     mgr, raft = cluster()
     rec = Recorder()
     rt = LeaderRuntime(mgr, [rec])
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(rt.run())
+    async with running(rt):
         await until(lambda: rec.passes)
         raft.leading = False
         await until(lambda: mgr.epoch == 0)
         raft.current_term, raft.leading = 4, True
         await until(lambda: mgr.epoch == 4)
         assert rt.terms == 2 and mgr.store.epoch == 4
-        task.cancel()
 
 
 async def test_a_fenced_decision_ends_the_term() -> None:
@@ -165,11 +168,9 @@ async def test_a_fenced_decision_ends_the_term() -> None:
 
     stale = Stale()
     rt = LeaderRuntime(mgr, [stale])
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(rt.run())
+    async with running(rt):
         await until(lambda: rt.terms == 1 and mgr.epoch == 0)
         assert mgr.store.get(pb.Node, "n1") is None
-        task.cancel()
 
 
 async def test_a_pass_that_swallowed_its_cancellation_still_ends_the_term() -> None:
@@ -193,13 +194,11 @@ async def test_a_pass_that_swallowed_its_cancellation_still_ends_the_term() -> N
 
     gathering = Gathering()
     rt = LeaderRuntime(mgr, [gathering])
-    async with asyncio.TaskGroup() as group:
-        task = group.create_task(rt.run())
+    async with running(rt):
         await until(lambda: gathering.passes)
         raft.leading = False
         await until(lambda: mgr.epoch == 0, timeout=2.0)  # the term ended
         assert len(gathering.passes) == 1
-        task.cancel()
 
 
 async def test_a_task_that_will_not_stop_after_the_term_is_named(
@@ -223,8 +222,7 @@ async def test_a_task_that_will_not_stop_after_the_term_is_named(
     stubborn = Stubborn()
     rt = LeaderRuntime(mgr, [Recorder(), stubborn])
     with caplog.at_level(logging.ERROR, logger="manager.runtime"):
-        async with asyncio.TaskGroup() as group:
-            task = group.create_task(rt.run())
+        async with running(rt):
             try:
                 await until(lambda: stubborn.passes)
                 raft.leading = False
@@ -233,7 +231,6 @@ async def test_a_task_that_will_not_stop_after_the_term_is_named(
             finally:
                 release.set()
             await until(lambda: mgr.epoch == 0)
-            task.cancel()
     stuck = [r.getMessage() for r in caplog.records if "have not stopped" in r.getMessage()]
     assert len(stuck) == 1
     assert "1 of its tasks" in stuck[0] and "stubborn at " in stuck[0]
