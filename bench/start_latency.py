@@ -6,9 +6,13 @@ dockerd. For each N (default 1, 10, 50), each repetition measures three things i
 order rotates from one repetition to the next):
 
   ours             POST /services/create of N replicas of `shoal/busybox:latest sleep 3600`
-                   on the manager's socket, then GET /services?status=true every POLL s
-                   until ServiceStatus.RunningTasks == N
-                   (after one untimed warm-up run of ours and of docker-py)
+                   on the manager's socket; wait (on the engine's event stream, which the
+                   engine pushes) until N of its containers have started, then GET
+                   /services?status=true every POLL s until ServiceStatus.RunningTasks == N
+                   (after one untimed warm-up run of ours and of docker-py). Polling our
+                   API every 10 ms from the create call on cost the manager 0.4-1.2 CPU-s
+                   per 50-replica run on this 2-core machine, which the engine then lacked:
+                   the benchmark slowed what it measured.
   docker-py seq    N x (create_container + start), one after the other, network_mode none,
                    same image and command; then one listing call confirms N running
   docker-py conc   the same from a pool of THREADS threads
@@ -36,6 +40,7 @@ import platform
 import secrets
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -90,18 +95,60 @@ def phases(eng: docker.APIClient, label: str, t0_wall: float) -> dict[str, float
             "last_started_s": max(wall(i["State"]["StartedAt"]) for i in infos) - t0_wall}
 
 
-def run_ours(client: Client, eng: docker.APIClient, n: int, tag: str) -> dict[str, Any]:
+class EngineStarts:
+    """Counts the engine's start events of containers carrying `label`, on a stream of its
+    own; `wait(n)` blocks until n have started. Events from `since` on are replayed, so none
+    is missed however late the stream is opened."""
+
+    def __init__(self, engine: str, label: str, since: float) -> None:
+        self._eng = docker.APIClient(base_url=engine, version="1.41", timeout=RUN_TIMEOUT)
+        self._stream = self._eng.events(
+            since=int(since), decode=True,
+            filters={"type": "container", "event": "start", "label": label})
+        self._cond = threading.Condition()
+        self._count = 0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for _ in self._stream:
+            with self._cond:
+                self._count += 1
+                self._cond.notify_all()
+
+    def wait(self, n: int, timeout: float, what: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._count >= n, timeout):
+                raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def close(self) -> None:
+        self._stream.close()
+        self._eng.close()
+
+
+def run_ours(client: Client, eng: docker.APIClient, engine: str, n: int, tag: str
+             ) -> dict[str, Any]:
+    # A short stop grace only speeds up the cleanup (`sleep` as PID 1 ignores SIGTERM).
     body = {"Name": f"bench-{tag}",
-            "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": COMMAND}},
+            "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": COMMAND,
+                                               "StopGracePeriod": 1_000_000_000}},
             "Mode": {"Replicated": {"Replicas": n}}}
     t0_wall, t0 = time.time(), time.perf_counter()
-    service_id = client.post("/services/create", body)["ID"]
-    t_api = time.perf_counter() - t0
+    starts = EngineStarts(engine, f"com.docker.swarm.service.name=bench-{tag}",
+                          since=t0_wall - 1)
+    try:
+        service_id = client.post("/services/create", body)["ID"]
+        t_api = time.perf_counter() - t0
+        starts.wait(n, RUN_TIMEOUT, f"the engine to start {n} containers of bench-{tag}")
+    finally:
+        starts.close()
+    t_engine = time.perf_counter() - t0
     wait_for(lambda: running_tasks(client, service_id) >= n, RUN_TIMEOUT,
              f"{n} running tasks of service bench-{tag}", interval=POLL)
     elapsed = time.perf_counter() - t0
     label = f"com.docker.swarm.service.id={service_id}"
-    result = {"s": elapsed, "create_call_s": t_api, **phases(eng, label, t0_wall)}
+    result = {"s": elapsed, "create_call_s": t_api, "engine_events_s": t_engine,
+              **phases(eng, label, t0_wall)}
     t1 = time.perf_counter()
     client.delete(f"/services/{service_id}")
     wait_for(lambda: not engine_ids(eng, label), RUN_TIMEOUT,
@@ -152,7 +199,7 @@ def measure(state: lab.LabState, sizes: list[int], repeat: int,
     try:
         # One untimed run of each first: connections, the engine's caches and the agents'
         # event streams are warm for every variant alike.
-        run_ours(client, eng, 1, "warm" + secrets.token_hex(2))
+        run_ours(client, eng, state.engine, 1, "warm" + secrets.token_hex(2))
         run_direct(eng, 1, "warm" + secrets.token_hex(2), 1)
         log("warmed up (one untimed run of each)")
         for n in sizes:
@@ -162,7 +209,7 @@ def measure(state: lab.LabState, sizes: list[int], repeat: int,
                 for key, label in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:
                     tag = f"{key}{n}r{rep}{secrets.token_hex(2)}"
                     if key == "ours":
-                        result = run_ours(client, eng, n, tag)
+                        result = run_ours(client, eng, state.engine, n, tag)
                     else:
                         result = run_direct(eng, n, tag, 1 if key == "seq" else THREADS)
                     runs[key].append(result)
@@ -190,6 +237,7 @@ def make_row(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "ours_create_call_s": median_of(runs["ours"], "create_call_s"),
         "ours_first_created_s": median_of(runs["ours"], "first_created_s"),
         "ours_last_started_s": median_of(runs["ours"], "last_started_s"),
+        "ours_engine_events_s": median_of(runs["ours"], "engine_events_s"),
         "ours_cleanup_s": median_of(runs["ours"], "cleanup_s"),
         "runs": runs}
 
