@@ -168,7 +168,8 @@ def _listener_setup(args: argparse.Namespace) -> tuple[list[str], ssl.SSLContext
 
 async def serve(args: argparse.Namespace,
                 context: logformat.ContextFilter | None = None,
-                restoring: RestoreRequest | None = None) -> str | None:
+                restoring: RestoreRequest | None = None,
+                gcwatch: GcWatch | None = None) -> str | None:
     """Run until SIGTERM/SIGINT; returns why the node failed, if it did."""
     try:
         hosts, ssl_context = _listener_setup(args)
@@ -178,6 +179,8 @@ async def serve(args: argparse.Namespace,
                 executor=make_executor(args.executor, args.engine),
                 network=NetworkOptions(args.netns_prefix, args.dns_upstream,
                                        args.wireguard_port, args.key_rotation))
+    if gcwatch is not None:  # a Raft leader's long pause moves the leadership
+        gcwatch.may_pause = lambda: not node.leads()
     stop = asyncio.Event()
     failed: list[RaftFailed] = []
     loop = asyncio.get_running_loop()
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     context = logformat.setup(args.log_format, args.log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    GcWatch().install()
+    gcwatch = GcWatch()
+    gcwatch.install()
     if args.reset_raft_state:
         print(reset_raft_state(args.data_root))
         return
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         except RestoreRefused as err:
             print(f"shoald: will not restore: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
-    failure = asyncio.run(serve(args, context, restoring))
+    failure = asyncio.run(serve(args, context, restoring, gcwatch))
     if failure is not None:
         print(failure, file=sys.stderr, flush=True)
         sys.exit(1)

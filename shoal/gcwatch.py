@@ -10,6 +10,12 @@ So after a full collection that took SLOW or more, what survived it is frozen (m
 permanent generation, which no collection walks) and the next full collections walk only what
 is newer. Cyclic garbage among frozen objects is not reclaimed while they stay frozen: every
 THAW seconds they go back to the collector, and one whole walk reclaims it.
+
+That one walk is as long as the heap is large: 6.7 s for a leader of 100,000 tasks, which
+lost its leadership to it. A process for which a pause costs more (`may_pause` says no: a
+Raft leader) thaws only when the walk is estimated at PAUSE or less, from the time per object
+of its last slow collection; otherwise the thaw waits until a pause is affordable again (it
+no longer leads), and the frozen cyclic garbage stays until then.
 """
 
 from __future__ import annotations
@@ -17,22 +23,33 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 SLOW = 0.1  # seconds: a full collection this long freezes what survived it (and is logged)
 THAW = 600.0  # seconds: how long frozen objects may hold cyclic garbage
+PAUSE = 0.2  # seconds: the longest walk a process that may not pause thaws into
+
+
+def always() -> bool:
+    return True
 
 
 class GcWatch:
     """A gc callback (gc.callbacks runs it on the collecting thread, before and after each
     collection, with the interpreter held)."""
 
-    def __init__(self, slow: float = SLOW, thaw: float = THAW) -> None:
-        self.slow, self.thaw = slow, thaw
+    def __init__(self, slow: float = SLOW, thaw: float = THAW, pause: float = PAUSE,
+                 may_pause: Callable[[], bool] = always) -> None:
+        self.slow, self.thaw, self.pause = slow, thaw, pause
+        self.may_pause = may_pause  # read on the collecting thread: must be cheap and safe
         self._started = 0.0
         self._frozen_at = 0.0  # 0: nothing frozen by us
+        self._frozen = 0  # objects frozen by us, as of the last freeze
+        self._per_object = 0.0  # seconds the last slow full collection took per object
+        self._deferred = False
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -42,15 +59,32 @@ class GcWatch:
         took = now - self._started
         if info["generation"] != 2:
             return
-        if self._frozen_at and now - self._frozen_at >= self.thaw:
+        if self._frozen_at and now - self._frozen_at >= self.thaw and self._may_thaw():
             gc.unfreeze()  # the next full collection walks everything once
-            self._frozen_at = 0.0
+            self._frozen_at, self._frozen, self._deferred = 0.0, 0, False
         elif took >= self.slow:
-            gc.freeze()
-            self._frozen_at = self._frozen_at or now
+            self._freeze(took, info["collected"], now)
         if took >= self.slow:
             log.warning("a full garbage collection held this process %.2f s (%d objects "
-                        "collected; %d frozen)", took, info["collected"], gc.get_freeze_count())
+                        "collected; %d frozen)", took, info["collected"], self._frozen)
+
+    def _freeze(self, took: float, collected: int, now: float) -> None:
+        before = self._frozen
+        gc.freeze()
+        self._frozen = gc.get_freeze_count()
+        self._per_object = took / max(1, self._frozen - before + collected)
+        self._frozen_at = self._frozen_at or now
+
+    def _may_thaw(self) -> bool:
+        walk = self._per_object * self._frozen
+        if walk <= self.pause or self.may_pause():
+            return True
+        if not self._deferred:
+            self._deferred = True
+            log.warning("the garbage collector's thaw waits: walking the %d frozen objects "
+                        "would hold this process about %.1f s, more than it may pause now",
+                        self._frozen, walk)
+        return False
 
     def install(self) -> None:
         gc.callbacks.append(self)
@@ -60,4 +94,4 @@ class GcWatch:
             gc.callbacks.remove(self)
         if self._frozen_at:
             gc.unfreeze()
-            self._frozen_at = 0.0
+            self._frozen_at, self._frozen = 0.0, 0

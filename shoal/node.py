@@ -108,6 +108,11 @@ class Node:
         manager.require_quorum()  # a cut-off manager answers 503 at once, never stale data
         return manager
 
+    def leads(self) -> bool:
+        """Is this node the Raft leader now? Cheap and safe on any thread."""
+        role = self.manager_role
+        return role is not None and role.manager.is_leader()
+
     def node_id(self) -> str:
         if self.state is None:
             raise NotInSwarm()

@@ -328,3 +328,9 @@ async def test_a_scrape_off_the_event_loop_reads_what_the_node_shows(cluster: Cl
     after = samples((await metrics.scrape())[0])
     assert after[("shoal_tasks", (("state", "running"),))] == 0
     assert after[("shoal_tasks", (("state", "shutdown"),))] == 1
+
+
+async def test_the_manager_says_it_leads_and_the_worker_does_not(cluster: Cluster) -> None:
+    # What shoald's garbage collector watch asks before a long pause (shoal/gcwatch.py).
+    assert cluster.m.leads()
+    assert not cluster.w.leads()

@@ -54,3 +54,43 @@ def test_frozen_cyclic_garbage_is_reclaimed_after_the_thaw(watch: GcWatch) -> No
     gc.collect()  # the thaw: back to the collector
     gc.collect()
     assert gone() is None
+
+
+def frozen_cycle(watch: GcWatch) -> weakref.ref[Cycle]:
+    """A cycle frozen while alive and garbage since; the thaw now due."""
+    heap = [[i] for i in range(100_000)]  # enough objects that the walk has a cost
+    alive = Cycle()
+    gone = weakref.ref(alive)
+    gc.collect()  # frozen while alive, with the heap
+    del alive, heap
+    gc.collect()
+    assert gone() is not None
+    watch.thaw = 0.0
+    return gone
+
+
+def test_a_process_that_may_not_pause_keeps_its_frozen_objects_while_the_walk_is_long(
+        watch: GcWatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="shoal.gcwatch")
+    leading = True
+    watch.may_pause = lambda: not leading
+    watch.pause = 0.0  # any walk is too long for a leader
+    gone = frozen_cycle(watch)
+    gc.collect()  # the thaw is due, but this process leads
+    gc.collect()
+    assert gone() is not None
+    assert gc.get_freeze_count() > 0
+    assert "the garbage collector's thaw waits" in caplog.text
+    leading = False  # it no longer leads: the thaw goes ahead
+    gc.collect()
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_process_that_may_not_pause_still_thaws_into_a_short_walk(watch: GcWatch) -> None:
+    watch.may_pause = lambda: False
+    watch.pause = 60.0  # a minute: the walk of this small heap is far shorter
+    gone = frozen_cycle(watch)
+    gc.collect()
+    gc.collect()
+    assert gone() is None
