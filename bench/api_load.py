@@ -10,7 +10,9 @@ of T/S replicas created through the API and running. Then, for --duration second
 - --clients threads, each looping `GET /services?status=true` (what `docker service ls`
   sends) and `GET /tasks?filters={"service":{"<name>":true}}` (what `docker service ps`
   sends) for a random service, against the leader's API socket, on one kept connection per
-  client (as the docker CLI keeps its own; --new-connections: one per request);
+  client (as the docker CLI keeps its own; --new-connections: one per request); --spread:
+  round robin over every manager's socket (each serves reads from its own replica; in
+  Docker Swarm a follower forwards every request to the leader);
 - a rolling update kept running on --update-services of the services (`--force`,
   --update-parallelism, --update-delay; when one completes the next starts);
 - one writer: sequential service updates of a label on a service of its own (0 replicas),
@@ -75,9 +77,11 @@ GOAL_CLI_S = 1.0
 # ---- the load --------------------------------------------------------------------------
 
 def load_phase(args: argparse.Namespace, mgr: Target, sampler: Sampler,
-               ids: list[str], names: list[str]) -> dict[str, Any]:
+               ids: list[str], names: list[str], list_sockets: list[str] | None = None
+               ) -> dict[str, Any]:
     writer_id = create_one(mgr.client, "apiload-writer", 0)
-    load = Load(str(mgr.socket), names, args.clients, not args.new_connections)
+    load = Load(str(mgr.socket), names, args.clients, not args.new_connections,
+                list_sockets or [])
     update_ids = ids[:args.update_services]
     log(f"load: {args.clients} clients, a rolling update of {args.update_services} service(s) "
         f"(parallelism {args.update_parallelism}, delay {args.update_delay} s"
@@ -93,6 +97,8 @@ def load_phase(args: argparse.Namespace, mgr: Target, sampler: Sampler,
     out = figures(load, start, end)
     out["window"] = [start, end]
     out["leader"] = sampler.window(start, end, "manager")
+    if list_sockets:
+        out["followers"] = sampler.window(start, end, "followers")
     out["others_cpu_pct"] = sampler.others(start, end)
     out["duration_s"] = round(end - start, 1)
     if not any(e["count"] for e in out["endpoints"].values()):
@@ -173,6 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--managers", type=int, default=1, choices=(1, 3))
     p.add_argument("--procs", type=int, default=2, help="fake-node processes")
     p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--spread", action="store_true",
+                   help="listers round robin over every manager (each serves reads from its "
+                        "own replica), not all on the leader; writes stay on the leader")
     p.add_argument("--new-connections", action="store_true",
                    help="a new connection per request (default: one kept per client)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
@@ -209,7 +218,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in (
-        "nodes", "tasks", "services", "managers", "store_only", "clients", "duration",
+        "nodes", "tasks", "services", "managers", "store_only", "clients", "spread",
+        "duration",
         "update_services", "update_parallelism", "update_delay", "write_interval",
         "cli_services", "cli_replicas", "cli_runs", "quick")} | {
         "keep_alive": not args.new_connections, "cpus": os.cpu_count(),
@@ -225,7 +235,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cluster.start(log)
         mgr = cluster.leader()
         assert mgr.proc is not None
-        sampler = Sampler({"manager": [mgr.proc.pid], "agents": []})
+        followers = [m for m in cluster.managers if m is not mgr]
+        sampler = Sampler({"manager": [mgr.proc.pid], "agents": [],
+                           "followers": [m.proc.pid for m in followers if m.proc]})
         sampler.start()
         log(f"joining {args.nodes} fake nodes")
         join = join_phase(cluster, mgr, agents, sampler, args.timeout, log)
@@ -240,7 +252,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         "leader": mgr.name}}
         watch = Watch(cluster, args.nodes, 2.0)
         watch.start()
-        result["load"] = load_phase(args, mgr, sampler, ids, names)
+        spread = [str(m.socket) for m in [mgr, *followers]] if args.spread else None
+        result["load"] = load_phase(args, mgr, sampler, ids, names, spread)
         time.sleep(2.5)  # a watch sample after the end
         watch.stop()
         health = watch.summary(*result["load"]["window"])
@@ -285,6 +298,10 @@ def table(result: dict[str, Any]) -> str:
         e = load["endpoints"][name]
         lines.append(f"{label:28} {e['p50_ms']:8.1f} {e['p95_ms']:8.1f} {e['p99_ms']:8.1f} "
                      f"{e['max_ms']:8.1f} {e['requests_per_s']:8.1f}")
+    for i, e in load.get("by_manager", {}).items():
+        label = f"  both lists, {'leader' if i == '0' else f'follower {i}'}"
+        lines.append(f"{label:28} {e['p50_ms']:8.1f} {e['p95_ms']:8.1f} {e['p99_ms']:8.1f} "
+                     f"{e['max_ms']:8.1f} {e['requests_per_s']:8.1f}")
     w = load["writer"]
     lines.append(f"{'writer (service update)':28} {w['p50_ms']:8.1f} {w['p95_ms']:8.1f} "
                  f"{w['p99_ms']:8.1f} {w['max_ms']:8.1f} {w['writes_per_s']:8.1f}"
@@ -295,6 +312,8 @@ def table(result: dict[str, Any]) -> str:
             f", one at {r} tasks replaced" for r in u["unfinished_tasks_replaced"])
     lines.append(f"rolling updates: {rolled}; leader "
                  f"{lead['cpu_pct']:.0f} % of a core, RSS {lead['rss_peak_mib']:.0f} MiB; "
+                 + (f"followers {load['followers']['cpu_pct']:.0f} % of a core; "
+                    if "followers" in load else "") +
                  f"errors {load['error_count']}")
     nodes = load.get("nodes")
     if nodes is not None:

@@ -22,6 +22,7 @@ import random
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 from shoal.client import UnixConnection
@@ -69,11 +70,13 @@ class Load:
     status, bytes)."""
 
     def __init__(self, socket_path: str, service_names: list[str], clients: int,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, list_sockets: Sequence[str] = ()) -> None:
         self.socket_path, self.names = socket_path, service_names
+        # The listers' managers, round robin (the writers stay on socket_path, the leader).
+        self.list_sockets = list(list_sockets) or [socket_path]
         self.clients, self.keep_alive = clients, keep_alive
         self.stop = threading.Event()
-        self.records: list[tuple[str, float, float, int, int]] = []
+        self.records: list[tuple[str, float, float, int, int, int]] = []
         self.writes: list[tuple[float, float, int]] = []  # start, seconds, status
         self.errors: list[str] = []
         self.updates: list[dict[str, Any]] = []
@@ -83,9 +86,10 @@ class Load:
 
     def lister(self, seed: int) -> None:
         rnd = random.Random(seed)
-        conn = Conn(self.socket_path, self.keep_alive)
+        target = seed % len(self.list_sockets)
+        conn = Conn(self.list_sockets[target], self.keep_alive)
         services = q("/services", status="true")
-        mine: list[tuple[str, float, float, int, int]] = []
+        mine: list[tuple[str, float, float, int, int, int]] = []
         try:
             while not self.stop.is_set():
                 name = rnd.choice(self.names)
@@ -94,7 +98,7 @@ class Load:
                     began = time.monotonic()
                     status, body = conn.request("GET", url)
                     mine.append((endpoint, time.time(), time.monotonic() - began, status,
-                                 len(body)))
+                                 len(body), target))
         except Exception as err:  # noqa: BLE001 (counted and reported, the run goes on)
             self.errors.append(f"lister {seed}: {err!r}")
         finally:
@@ -231,6 +235,11 @@ def figures(load: Load, start: float, end: float) -> dict[str, Any]:
         out["endpoints"][endpoint] = latency([r[2] for r in ok]) | {
             "requests_per_s": round(len(ok) / span, 1), "errors": len(rows) - len(ok),
             "bytes_mean": round(sum(r[4] for r in ok) / len(ok)) if ok else 0}
+    if len(load.list_sockets) > 1:  # both lists together, per manager (0: the leader)
+        listed = [r for r in load.records if start <= r[1] - r[2] <= end and r[3] == 200]
+        out["by_manager"] = {str(i): latency([r[2] for r in listed if r[5] == i]) | {
+            "requests_per_s": round(sum(1 for r in listed if r[5] == i) / span, 1)}
+            for i in range(len(load.list_sockets))}
     writes = [w for w in load.writes if start <= w[0] - w[1] <= end]
     ok_writes = [w[1] for w in writes if w[2] == 200]
     out["writer"] = latency(ok_writes) | {
