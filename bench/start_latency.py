@@ -10,7 +10,7 @@ order rotates from one repetition to the next):
                    engine pushes) until N of its containers have started, then GET
                    /services?status=true every POLL s until ServiceStatus.RunningTasks == N
                    (after one untimed warm-up run of ours and of docker-py). Polling our
-                   API every 10 ms from the create call on cost the manager 0.4-1.2 CPU-s
+                   API every 10 ms from the create call on cost the manager up to 1.2 CPU-s
                    per 50-replica run on this 2-core machine, which the engine then lacked:
                    the benchmark slowed what it measured.
   docker-py seq    N x (create_container + start), one after the other, network_mode none,
