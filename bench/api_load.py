@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,10 @@ GOAL_CLI_S = 1.0
 # ---- the load --------------------------------------------------------------------------
 
 def load_phase(args: argparse.Namespace, mgr: Target, sampler: Sampler,
-               ids: list[str], names: list[str], list_sockets: list[str] | None = None
+               ids: list[str], names: list[str], list_sockets: Sequence[str] = ()
                ) -> dict[str, Any]:
     writer_id = create_one(mgr.client, "apiload-writer", 0)
-    load = Load(str(mgr.socket), names, args.clients, not args.new_connections,
-                list_sockets or [])
+    load = Load(str(mgr.socket), names, args.clients, not args.new_connections, list_sockets)
     update_ids = ids[:args.update_services]
     log(f"load: {args.clients} clients, a rolling update of {args.update_services} service(s) "
         f"(parallelism {args.update_parallelism}, delay {args.update_delay} s"
@@ -97,7 +97,7 @@ def load_phase(args: argparse.Namespace, mgr: Target, sampler: Sampler,
     out = figures(load, start, end)
     out["window"] = [start, end]
     out["leader"] = sampler.window(start, end, "manager")
-    if list_sockets:
+    if sampler.pids.get("followers"):
         out["followers"] = sampler.window(start, end, "followers")
     out["others_cpu_pct"] = sampler.others(start, end)
     out["duration_s"] = round(end - start, 1)
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         "leader": mgr.name}}
         watch = Watch(cluster, args.nodes, 2.0)
         watch.start()
-        spread = [str(m.socket) for m in [mgr, *followers]] if args.spread else None
+        spread = [str(m.socket) for m in [mgr, *followers]] if args.spread else []
         result["load"] = load_phase(args, mgr, sampler, ids, names, spread)
         time.sleep(2.5)  # a watch sample after the end
         watch.stop()

@@ -96,13 +96,12 @@ def phases(eng: docker.APIClient, label: str, t0_wall: float) -> dict[str, float
 
 
 class EngineStarts:
-    """Counts the engine's start events of containers carrying `label`, on a stream of its
-    own; `wait(n)` blocks until n have started. Events from `since` on are replayed, so none
-    is missed however late the stream is opened."""
+    """Counts the engine's start events of containers carrying `label`, on a stream read by a
+    thread of its own; `wait(n)` blocks until n have started. Events from `since` on are
+    replayed, so none is missed however late the stream is opened."""
 
-    def __init__(self, engine: str, label: str, since: float) -> None:
-        self._eng = docker.APIClient(base_url=engine, version="1.41", timeout=RUN_TIMEOUT)
-        self._stream = self._eng.events(
+    def __init__(self, eng: docker.APIClient, label: str, since: float) -> None:
+        self._stream = eng.events(
             since=int(since), decode=True,
             filters={"type": "container", "event": "start", "label": label})
         self._cond = threading.Condition()
@@ -123,18 +122,16 @@ class EngineStarts:
 
     def close(self) -> None:
         self._stream.close()
-        self._eng.close()
 
 
-def run_ours(client: Client, eng: docker.APIClient, engine: str, n: int, tag: str
-             ) -> dict[str, Any]:
+def run_ours(client: Client, eng: docker.APIClient, n: int, tag: str) -> dict[str, Any]:
     # A short stop grace only speeds up the cleanup (`sleep` as PID 1 ignores SIGTERM).
     body = {"Name": f"bench-{tag}",
             "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": COMMAND,
                                                "StopGracePeriod": 1_000_000_000}},
             "Mode": {"Replicated": {"Replicas": n}}}
     t0_wall, t0 = time.time(), time.perf_counter()
-    starts = EngineStarts(engine, f"com.docker.swarm.service.name=bench-{tag}",
+    starts = EngineStarts(eng, f"com.docker.swarm.service.name=bench-{tag}",
                           since=t0_wall - 1)
     try:
         service_id = client.post("/services/create", body)["ID"]
@@ -199,7 +196,7 @@ def measure(state: lab.LabState, sizes: list[int], repeat: int,
     try:
         # One untimed run of each first: connections, the engine's caches and the agents'
         # event streams are warm for every variant alike.
-        run_ours(client, eng, state.engine, 1, "warm" + secrets.token_hex(2))
+        run_ours(client, eng, 1, "warm" + secrets.token_hex(2))
         run_direct(eng, 1, "warm" + secrets.token_hex(2), 1)
         log("warmed up (one untimed run of each)")
         for n in sizes:
@@ -209,7 +206,7 @@ def measure(state: lab.LabState, sizes: list[int], repeat: int,
                 for key, label in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:
                     tag = f"{key}{n}r{rep}{secrets.token_hex(2)}"
                     if key == "ours":
-                        result = run_ours(client, eng, state.engine, n, tag)
+                        result = run_ours(client, eng, n, tag)
                     else:
                         result = run_direct(eng, n, tag, 1 if key == "seq" else THREADS)
                     runs[key].append(result)
