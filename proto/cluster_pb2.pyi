@@ -264,6 +264,7 @@ class HeartbeatRequest(_message.Message):
     KEY_CREATED_NS_FIELD_NUMBER: _builtins.int
     NETWORK_REPORT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_NS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     status_message: _builtins.str
     """What the node reports about itself, e.g. that renewing its certificate fails; the
@@ -275,6 +276,11 @@ class HeartbeatRequest(_message.Message):
     """
     tunnel_error: _builtins.str
     key_created_ns: _builtins.int
+    timeout_ns: _builtins.int
+    """The deadline the node gave this call: gRPC starts it when the call reaches the leader,
+    so what is left of it when the handler runs tells how long the call waited to be taken
+    in, which the leader adds to every node's grace (a busy leader's wait, not the node's).
+    """
     @_builtins.property
     def network_report(self) -> _objects_pb2.NetworkReport:
         """Sent when it changed since the last heartbeat (unset otherwise)."""
@@ -295,10 +301,11 @@ class HeartbeatRequest(_message.Message):
         key_created_ns: _builtins.int = ...,
         network_report: _objects_pb2.NetworkReport | None = ...,
         description: _objects_pb2.NodeDescription | None = ...,
+        timeout_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "network_report", b"network_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "key_created_ns", b"key_created_ns", "network_report", b"network_report", "public_key", b"public_key", "session_id", b"session_id", "status_message", b"status_message", "tunnel_error", b"tunnel_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "key_created_ns", b"key_created_ns", "network_report", b"network_report", "public_key", b"public_key", "session_id", b"session_id", "status_message", b"status_message", "timeout_ns", b"timeout_ns", "tunnel_error", b"tunnel_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -107,9 +107,13 @@ class Agent:
         """Send a heartbeat now (what it reports changed and the manager must know soon)."""
         self._beat.set()
 
-    def _heartbeat_request(self, session_id: str) -> cluster_pb2.HeartbeatRequest:
+    def _heartbeat_request(self, session_id: str, timeout: float
+                           ) -> cluster_pb2.HeartbeatRequest:
+        """The next heartbeat, to be sent with `timeout`; it carries the timeout so that the
+        leader can tell how long the call waited in its queue."""
         request = cluster_pb2.HeartbeatRequest(session_id=session_id,
-                                               status_message=self.config.problems())
+                                               status_message=self.config.problems(),
+                                               timeout_ns=int(timeout * 1e9))
         self.config.network(request)
         return request
 
@@ -198,7 +202,10 @@ class Agent:
         period = first.heartbeat_period_ns / 1e9 or 5.0
         answered = time.monotonic()
         while True:
-            request = self._heartbeat_request(first.session_id)
+            # A new leader gives nodes 3 periods to find it, so 2 leave a node time to try
+            # again within that.
+            timeout = 2 * period
+            request = self._heartbeat_request(first.session_id, timeout)
             # A description that changed since the session opened (an engine that answered
             # late or was restarted) goes with the next heartbeat, the session stays.
             current = self.config.description()
@@ -206,11 +213,7 @@ class Agent:
                 request.description.CopyFrom(current)
             sent = time.monotonic()
             try:
-                resp = await stub.Heartbeat(  # type: ignore[misc]
-                    request,
-                    # A new leader gives nodes 3 periods to find it, so 2 leave a node time
-                    # to try again within that.
-                    timeout=2 * period)
+                resp = await stub.Heartbeat(request, timeout=timeout)  # type: ignore[misc]
                 period = resp.period_ns / 1e9 or period
                 described = current
                 answered = self.last_heartbeat = time.monotonic()

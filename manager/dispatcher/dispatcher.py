@@ -22,8 +22,10 @@ from manager import grpcapi
 from manager.dispatcher.assignments import AssignmentIndex, StatusWriter
 from manager.dispatcher.sessions import (
     DEFAULT_HEARTBEAT_NS,
+    GRACE_MULTIPLIER,
     LIVENESS_MIN_PASS,
     NodeSession,
+    QueueWaits,
     changes_sessions,
     down_limit,
     down_reason,
@@ -31,6 +33,7 @@ from manager.dispatcher.sessions import (
     liveness_pass,
     mark_down,
     mark_ready_again,
+    queue_wait,
     reports_news,
     session_opened,
     silent_since,
@@ -50,6 +53,9 @@ log = logging.getLogger(__name__)
 # RECHECK is only a safety net.
 RECHECK = 30.0
 SESSION_COALESCE = 0.3
+# A heartbeat that waited this long in the leader's gRPC queue is logged (once a minute).
+QUEUE_WAIT_LOGGED = 1.0
+QUEUE_WAIT_LOG_EVERY = 60.0
 class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     def __init__(self, manager: Manager) -> None:
         self.mgr = manager
@@ -70,6 +76,8 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self.check_every = LIVENESS_MIN_PASS  # seconds between checks (liveness_pass)
         self.liveness = NodeLiveness(self)
         self._node_writes: dict[str, asyncio.Task[None]] = {}  # node ID → its heartbeat's write
+        self.queue_waits = QueueWaits()
+        self._queue_wait_logged = -QUEUE_WAIT_LOG_EVERY
         manager.store.watch(self._on_events)
 
     def _on_events(self, events: list[Event]) -> None:
@@ -137,18 +145,22 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
     @grpcapi.unary
     async def Heartbeat(self, request: cluster_pb2.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> cluster_pb2.HeartbeatResponse:
+        waited = queue_wait(request.timeout_ns, context.time_remaining())
         ident = grpcapi.caller(context, self.mgr.cluster().id, (pb.WORKER, pb.MANAGER),
                                self.mgr.store)
-        return self.heartbeat(ident.node_id, request)
+        return self.heartbeat(ident.node_id, request, waited)
 
-    def heartbeat(self, node_id: str, request: cluster_pb2.HeartbeatRequest
-                  ) -> cluster_pb2.HeartbeatResponse:
-        """A node's heartbeat: answered at once, whatever the leader has to write."""
+    def heartbeat(self, node_id: str, request: cluster_pb2.HeartbeatRequest,
+                  waited: float = 0.0) -> cluster_pb2.HeartbeatResponse:
+        """A node's heartbeat: answered at once, whatever the leader has to write. `waited`:
+        how long it waited in gRPC's queue before this handler took it."""
+        now = time.monotonic()
+        self._note_queue_wait(waited, now)
         session = self.sessions.get(node_id)
         if session is None or session.session_id != request.session_id:
             raise NotFound(f"session {request.session_id} of node {node_id} is not "
                            "known to this leader; open a new session")
-        session.last_seen = time.monotonic()
+        session.last_seen = now
         session.period = self._period() * session.jitter  # the swarm may have grown
         node = self.mgr.view().get(pb.Node, node_id)
         if node is not None and self.mgr.epoch and (
@@ -161,6 +173,20 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
             # its session, and the reconnects fed the backlog (2,000 nodes stuck).
             self._write_node(node.id, request)
         return cluster_pb2.HeartbeatResponse(period_ns=int(session.period * 1e9))
+
+    def _note_queue_wait(self, waited: float, now: float) -> None:
+        if waited <= 0:
+            return
+        self.queue_waits.note(waited, now)
+        if waited >= QUEUE_WAIT_LOGGED and now - self._queue_wait_logged >= QUEUE_WAIT_LOG_EVERY:
+            self._queue_wait_logged = now
+            log.warning("a heartbeat waited %.1f s in this leader's gRPC queue (the leader is "
+                        "busy or short of CPU); nodes get that much longer before they are "
+                        "marked down", waited)
+
+    def queue_wait(self) -> float:
+        """The longest a heartbeat waited in gRPC's queue within the nodes' grace period."""
+        return self.queue_waits.longest(time.monotonic(), self._period() * GRACE_MULTIPLIER)
 
     def _write_node(self, node_id: str, request: cluster_pb2.HeartbeatRequest) -> None:
         """What the node's heartbeat says, written in the background; one write per node
@@ -275,13 +301,14 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._credit_stall(now)
         period = self._period()
         self.check_every = liveness_pass(period)
+        waited = self.queue_waits.longest(now, period * GRACE_MULTIPLIER)
         nodes = view.list(pb.Node)
         silent = []
         for node in nodes:
             if node.status.state != pb.NODE_READY:
                 continue
             session = self.sessions.get(node.id)
-            reason = down_reason(session, now, self._leader_since, period)
+            reason = down_reason(session, now, self._leader_since, period, waited)
             if reason:
                 silent.append((silent_since(session), node.id, reason))
         silent.sort()

@@ -8,6 +8,7 @@ node's record changes when its session opens, it heartbeats or it goes down.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from manager.store.memory import Event
@@ -59,19 +60,52 @@ class NodeSession:
 
 
 def down_reason(session: NodeSession | None, now: float, since_leader: float,
-                period: float) -> str | None:
-    """Why a READY node should now be DOWN, or None. Pure, for the tests."""
-    if now - since_leader <= period * GRACE_MULTIPLIER:
+                period: float, queue_wait: float = 0.0) -> str | None:
+    """Why a READY node should now be DOWN, or None. Pure, for the tests. `queue_wait`: how
+    long the nodes' calls lately waited for the leader to take them in (QueueWaits); every
+    grace is that much longer, as the node's silence may be the leader's."""
+    if now - since_leader <= period * GRACE_MULTIPLIER + queue_wait:
         # A new leader gives every node time to find it (and sessions it held in an earlier
         # term, or that raced its election, their next heartbeat) before judging any.
         return None
     if session is None:
         return "no session with the leader since it was elected"
-    if session.ended_at is not None and now - session.ended_at > RECONNECT_GRACE:
+    if session.ended_at is not None and now - session.ended_at > RECONNECT_GRACE + queue_wait:
         return "the node's session ended and it did not reconnect"
-    if now - session.last_seen > session.period * GRACE_MULTIPLIER:
+    if now - session.last_seen > session.period * GRACE_MULTIPLIER + queue_wait:
         return "heartbeat failure"
     return None
+
+
+def queue_wait(timeout_ns: int, time_remaining: float | None) -> float:
+    """Seconds a call waited before the leader's handler took it: gRPC starts the call's
+    deadline when it arrives, so the timeout the node gave, less what is left of it (0 when
+    the node gave none). A lower bound: gRPC rounds the timeout it sends up, by up to a
+    hundredth of it (a 10 s timeout arrives as 10.1 s)."""
+    if not timeout_ns or time_remaining is None:
+        return 0.0
+    return max(0.0, timeout_ns / 1e9 - time_remaining)
+
+
+class QueueWaits:
+    """The longest that nodes' heartbeats waited in the leader's gRPC queue over a recent
+    window (a sliding maximum). A busy leader's asyncio server takes in about one call per
+    turn of its event loop, so at 5,000 nodes heartbeats waited there for tens of seconds
+    (gRPC cancels them at 30 s); that wait counted as the nodes' silence marked up to 93
+    live nodes down at once."""
+
+    def __init__(self) -> None:
+        self._waits: deque[tuple[float, float]] = deque()  # (when, wait): waits falling
+
+    def note(self, wait: float, now: float) -> None:
+        while self._waits and self._waits[-1][1] <= wait:
+            self._waits.pop()  # a later, longer wait outlives it as the maximum
+        self._waits.append((now, wait))
+
+    def longest(self, now: float, window: float) -> float:
+        while self._waits and now - self._waits[0][0] > window:
+            self._waits.popleft()
+        return self._waits[0][1] if self._waits else 0.0
 
 
 def down_limit(nodes: int) -> int:

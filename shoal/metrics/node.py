@@ -31,9 +31,11 @@ def raft_families(status: Mapping[str, Any], leader: bool) -> list[Metric]:
     ]
 
 
-def dispatcher_families(sessions: Iterable[NodeSession], now: float) -> list[Metric]:
-    """The leader's dispatcher: open sessions and how long since each node's last heartbeat
-    (`now` and the sessions' times are monotonic)."""
+def dispatcher_families(sessions: Iterable[NodeSession], now: float,
+                        queue_wait: float = 0.0) -> list[Metric]:
+    """The leader's dispatcher: open sessions, how long since each node's last heartbeat
+    (`now` and the sessions' times are monotonic), and the longest a heartbeat lately
+    waited in the leader's gRPC queue."""
     open_sessions = [s for s in sessions if s.ended_at is None]
     age = GaugeMetricFamily("shoal_dispatcher_heartbeat_age_seconds",
                             "Seconds since the leader last heard a node's heartbeat.",
@@ -42,7 +44,11 @@ def dispatcher_families(sessions: Iterable[NodeSession], now: float) -> list[Met
         age.add_metric([session.node_id], max(0.0, now - session.last_seen))
     return [_gauge("shoal_dispatcher_sessions",
                    "Node sessions open with this manager's dispatcher (the leader's).",
-                   len(open_sessions)), age]
+                   len(open_sessions)), age,
+            _gauge("shoal_dispatcher_heartbeat_queue_wait_seconds",
+                   "The longest a node's heartbeat waited in this leader's gRPC queue within "
+                   "the nodes' grace period; nodes are marked down that much later.",
+                   queue_wait)]
 
 
 def agent_families(connected: bool, last_heartbeat: float | None, rtt: float,

@@ -138,8 +138,10 @@ class NodeCollector(Collector):
         if role is not None:
             leader = role.replica.is_leader()
             yield from raft_families(role.replica.progress(), leader)
-            sessions = role.dispatcher.sessions.values() if leader else []
-            yield from dispatcher_families(list(sessions), time.monotonic())
+            dispatcher = role.dispatcher
+            sessions = dispatcher.sessions.values() if leader else []
+            yield from dispatcher_families(list(sessions), time.monotonic(),
+                                           dispatcher.queue_wait() if leader else 0.0)
         agent = node.agent
         if agent is not None:
             yield from agent_families(agent.connected_to is not None, agent.last_heartbeat,

@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from manager.identity import new_id
 from manager.manager import Manager
+from proto import cluster_pb2_grpc, store_pb2
 from proto import objects_pb2 as pb
-from proto import store_pb2
 from shoal.description import VERSION
 from shoal.joining import JoinRequest
 from shoal.newcluster import InitRequest
@@ -334,3 +336,34 @@ async def test_the_manager_says_it_leads_and_the_worker_does_not(cluster: Cluste
     # What shoald's garbage collector watch asks before a long pause (shoal/gcwatch.py).
     assert cluster.m.leads()
     assert not cluster.w.leads()
+
+
+async def test_the_time_a_heartbeat_waited_for_a_busy_leader_is_measured(
+        cluster: Cluster) -> None:
+    """A heartbeat's gRPC deadline starts when it reaches the leader, so the timeout the node
+    sends along, less what is left of it, is how long the leader's busy event loop kept it
+    waiting; the dispatcher adds the longest recent wait to every node's grace (the unit
+    tests of `down_reason`) and shows it as a metric."""
+    dispatcher = cluster.m.manager_role.dispatcher  # type: ignore[union-attr]
+    agent = cluster.w.agent
+    assert agent is not None and agent.connected_to is not None
+
+    def longest() -> float:
+        return dispatcher.queue_waits.longest(time.monotonic(), 60.0)
+
+    assert longest() < 0.5
+    beat = agent._heartbeat_request(dispatcher.sessions[cluster.worker_id].session_id, 10.0)
+    with grpc.secure_channel(agent.connected_to, agent.config.credentials(),
+                             options=agent.config.channel_options) as channel:
+        call = cluster_pb2_grpc.DispatcherStub(channel).Heartbeat
+        await asyncio.to_thread(call, beat, timeout=10)  # connected, TLS done
+        loop = asyncio.get_running_loop()
+        answered = loop.run_in_executor(None, lambda: call(beat, timeout=10))
+        time.sleep(1.5)  # the leader's event loop is busy: the heartbeat waits
+        assert (await answered).period_ns > 0
+    assert 1.3 <= longest() < 5.0
+    assert 1.3 <= dispatcher.queue_wait() < 5.0
+    text = (await cluster.m.metrics.scrape())[0].decode()
+    [family] = [f for f in text_string_to_metric_families(text)
+                if f.name == "shoal_dispatcher_heartbeat_queue_wait_seconds"]
+    assert family.samples[0].value >= 1.3

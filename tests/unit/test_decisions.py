@@ -11,11 +11,13 @@ from manager.dispatcher.sessions import (
     MAX_HEARTBEATS_PER_S,
     RECONNECT_GRACE,
     NodeSession,
+    QueueWaits,
     changes_sessions,
     down_limit,
     down_reason,
     heartbeat_period,
     liveness_pass,
+    queue_wait,
 )
 from manager.errors import FailedPrecondition, InvalidArgument, NotFound
 from manager.manager import Manager, ManagerAddrs
@@ -103,6 +105,40 @@ def test_down_reason() -> None:
     # A new leader judges no node before its grace, however stale a session it kept.
     assert down_reason(s, 200.0, 190.0, 5.0) is None
     assert down_reason(s, 206.0, 190.0, 5.0) is not None
+
+
+def test_the_time_heartbeats_wait_in_the_leaders_queue_is_not_the_nodes_silence() -> None:
+    s = NodeSession("s", "n", period=10.0, last_seen=100.0)
+    assert down_reason(s, 131.0, 0.0, 10.0) == "heartbeat failure"
+    assert down_reason(s, 131.0, 0.0, 10.0, queue_wait=20.0) is None
+    assert down_reason(s, 151.0, 0.0, 10.0, queue_wait=20.0) == "heartbeat failure"
+    s.ended_at = 100.0  # reopening the session waits in the same queue
+    assert down_reason(s, 100.0 + RECONNECT_GRACE + 1, 0.0, 10.0, queue_wait=2.0) is None
+    assert down_reason(s, 100.0 + RECONNECT_GRACE + 3, 0.0, 10.0, queue_wait=2.0)
+    # A new leader's grace too: the nodes' new sessions queue behind each other.
+    assert down_reason(None, 31.0, 0.0, 10.0) is not None
+    assert down_reason(None, 31.0, 0.0, 10.0, queue_wait=5.0) is None
+
+
+def test_a_calls_wait_is_its_timeout_less_what_is_left_of_it() -> None:
+    assert queue_wait(10_000_000_000, 7.5) == 2.5
+    assert queue_wait(10_000_000_000, 10.001) == 0.0  # clocks: never negative
+    assert queue_wait(0, 7.5) == 0.0  # the node gave no timeout
+    assert queue_wait(10_000_000_000, None) == 0.0  # gRPC has no deadline for the call
+
+
+def test_the_longest_recent_wait_is_kept_for_a_window() -> None:
+    waits = QueueWaits()
+    assert waits.longest(0.0, 30.0) == 0.0
+    waits.note(2.0, now=0.0)
+    waits.note(9.0, now=10.0)
+    waits.note(4.0, now=20.0)
+    waits.note(1.0, now=25.0)
+    assert waits.longest(25.0, 30.0) == 9.0
+    assert waits.longest(39.0, 30.0) == 9.0
+    assert waits.longest(41.0, 30.0) == 4.0  # the 9 s wait left the window
+    assert waits.longest(51.0, 30.0) == 1.0
+    assert waits.longest(56.0, 30.0) == 0.0
 
 
 def test_the_heartbeat_period_stretches_in_a_large_swarm() -> None:

@@ -155,8 +155,9 @@ def test_dispatcher_families_count_open_sessions_and_heartbeat_age() -> None:
     sessions = [NodeSession("a", "n1", 5.0, last_seen=100.0),
                 NodeSession("b", "n2", 5.0, last_seen=97.5),
                 NodeSession("c", "n3", 5.0, last_seen=50.0, ended_at=60.0)]
-    s = scrape(dispatcher_families(sessions, now=101.0))
+    s = scrape(dispatcher_families(sessions, now=101.0, queue_wait=2.5))
     assert value(s, "shoal_dispatcher_sessions") == 2
+    assert value(s, "shoal_dispatcher_heartbeat_queue_wait_seconds") == 2.5
     assert value(s, "shoal_dispatcher_heartbeat_age_seconds", node_id="n1") == 1.0
     assert value(s, "shoal_dispatcher_heartbeat_age_seconds", node_id="n2") == 3.5
     assert ("shoal_dispatcher_heartbeat_age_seconds", (("node_id", "n3"),)) not in s
