@@ -277,8 +277,10 @@ def wait_for(check: Any, timeout: float, what: str, interval: float = 0.1) -> An
 class AgentProcs:
     """`procs` processes of fake nodes; their stdout lines (JSON) are collected."""
 
-    def __init__(self, tmp: Path, nodes: int, procs: int, concurrency: int) -> None:
+    def __init__(self, tmp: Path, nodes: int, procs: int, concurrency: int,
+                 nice: int = 0) -> None:
         self.tmp, self.nodes, self.concurrency = tmp, nodes, concurrency
+        self.nice = nice  # added to the processes' niceness (the managers keep theirs)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.outs: list[Path] = []
         self.lines: list[list[dict[str, Any]]] = []
@@ -293,7 +295,8 @@ class AgentProcs:
         """Node i joins through remotes[i % len(remotes)] (the managers' addresses)."""
         for i, (first, count) in enumerate(self.ranges):
             out = self.tmp / f"agents-{i}.json"
-            argv = [sys.executable, str(AGENTS), "--remote", ",".join(remotes),
+            argv = ["nice", "-n", str(self.nice)] if self.nice else []
+            argv += [sys.executable, str(AGENTS), "--remote", ",".join(remotes),
                     "--token", token,
                     "--first", str(first), "--count", str(count),
                     "--data-dir", str(self.tmp / "nodes"), "--out", str(out),

@@ -28,6 +28,7 @@ def summarize(args: argparse.Namespace, join: dict[str, Any], run: dict[str, Any
     result = {
         "config": {"nodes": args.nodes, "tasks": args.tasks, "services": args.services,
                    "procs": args.procs, "poll_s": args.poll, "quick": args.quick,
+                   "fake_nodes_nice": args.nice,
                    "cpus": os.cpu_count(), "python": platform.python_version()},
         "join": {k: v for k, v in join.items() if k != "start"},
         "run": {"created_s": facts["created_s"], "scheduled_s": round(scheduled_s, 2),
@@ -108,7 +109,8 @@ def table(r: dict[str, Any]) -> str:
         f"{c['nodes']:,} sessions {m['idle']['cpu_pct']:.0f}, run {m['run']['cpu_pct']:.0f}; "
         f"peak RSS {max(w['rss_peak_mib'] for w in m.values()):.0f} MiB",
         f"fake nodes CPU (% of one core): join {r['fake_nodes']['join']['cpu_pct']:.0f}, "
-        f"run {r['fake_nodes']['run']['cpu_pct']:.0f}",
+        f"run {r['fake_nodes']['run']['cpu_pct']:.0f}"
+        + (f" (at nice {c['fake_nodes_nice']})" if c.get("fake_nodes_nice") else ""),
         f"other load on the machine (% of one core): join "
         f"{r['machine']['other_cpu_pct_join']:.0f}, run {r['machine']['other_cpu_pct_run']:.0f}"
         f" (1-min load average {r['machine']['loadavg_1m_at_start']:.1f} at the start)",
