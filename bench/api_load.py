@@ -178,6 +178,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(bench/api_load_server.py)")
     p.add_argument("--managers", type=int, default=1, choices=(1, 3))
     p.add_argument("--procs", type=int, default=2, help="fake-node processes")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the fake-node processes this much nicer than the managers (in a "
+                        "real swarm the nodes are other machines)")
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--spread", action="store_true",
                    help="listers round robin over every manager (each serves reads from its "
@@ -221,14 +224,14 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
         "nodes", "tasks", "services", "managers", "store_only", "clients", "spread",
         "duration",
         "update_services", "update_parallelism", "update_delay", "write_interval",
-        "cli_services", "cli_replicas", "cli_runs", "quick")} | {
+        "cli_services", "cli_replicas", "cli_runs", "quick", "nice")} | {
         "keep_alive": not args.new_connections, "cpus": os.cpu_count(),
         "loadavg_at_start": loadavg()}
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     cluster = Cluster(tmp, args.managers)
-    agents = AgentProcs(tmp, args.nodes, args.procs, 16)
+    agents = AgentProcs(tmp, args.nodes, args.procs, 16, args.nice)
     sampler: Sampler | None = None
     try:
         log(f"managers: {args.managers} shoald on {LOOPBACK}, state in {tmp}")

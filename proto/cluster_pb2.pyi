@@ -279,7 +279,8 @@ class HeartbeatRequest(_message.Message):
     timeout_ns: _builtins.int
     """The deadline the node gave this call: gRPC starts it when the call reaches the leader,
     so what is left of it when the handler runs tells how long the call waited to be taken
-    in, which the leader adds to every node's grace (a busy leader's wait, not the node's).
+    in, which the leader adds (twice) to every node's grace (a busy leader's wait, not the
+    node's).
     """
     @_builtins.property
     def network_report(self) -> _objects_pb2.NetworkReport:

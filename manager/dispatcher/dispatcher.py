@@ -181,7 +181,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         if waited >= QUEUE_WAIT_LOGGED and now - self._queue_wait_logged >= QUEUE_WAIT_LOG_EVERY:
             self._queue_wait_logged = now
             log.warning("a heartbeat waited %.1f s in this leader's gRPC queue (the leader is "
-                        "busy or short of CPU); nodes get that much longer before they are "
+                        "busy or short of CPU); nodes get twice that longer before they are "
                         "marked down", waited)
 
     def queue_wait(self) -> float:

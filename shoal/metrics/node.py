@@ -47,7 +47,7 @@ def dispatcher_families(sessions: Iterable[NodeSession], now: float,
                    len(open_sessions)), age,
             _gauge("shoal_dispatcher_heartbeat_queue_wait_seconds",
                    "The longest a node's heartbeat waited in this leader's gRPC queue within "
-                   "the nodes' grace period; nodes are marked down that much later.",
+                   "the nodes' grace period; nodes are marked down twice that later.",
                    queue_wait)]
 
 

@@ -342,7 +342,7 @@ async def test_the_time_a_heartbeat_waited_for_a_busy_leader_is_measured(
         cluster: Cluster) -> None:
     """A heartbeat's gRPC deadline starts when it reaches the leader, so the timeout the node
     sends along, less what is left of it, is how long the leader's busy event loop kept it
-    waiting; the dispatcher adds the longest recent wait to every node's grace (the unit
+    waiting; the dispatcher adds twice the longest recent wait to every node's grace (the unit
     tests of `down_reason`) and shows it as a metric."""
     dispatcher = cluster.m.manager_role.dispatcher  # type: ignore[union-attr]
     agent = cluster.w.agent

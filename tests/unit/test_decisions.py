@@ -108,16 +108,17 @@ def test_down_reason() -> None:
 
 
 def test_the_time_heartbeats_wait_in_the_leaders_queue_is_not_the_nodes_silence() -> None:
+    # Twice the wait: a heartbeat that gave up in the queue is sent again and waits again.
     s = NodeSession("s", "n", period=10.0, last_seen=100.0)
     assert down_reason(s, 131.0, 0.0, 10.0) == "heartbeat failure"
-    assert down_reason(s, 131.0, 0.0, 10.0, queue_wait=20.0) is None
-    assert down_reason(s, 151.0, 0.0, 10.0, queue_wait=20.0) == "heartbeat failure"
+    assert down_reason(s, 169.0, 0.0, 10.0, queue_wait=20.0) is None
+    assert down_reason(s, 171.0, 0.0, 10.0, queue_wait=20.0) == "heartbeat failure"
     s.ended_at = 100.0  # reopening the session waits in the same queue
-    assert down_reason(s, 100.0 + RECONNECT_GRACE + 1, 0.0, 10.0, queue_wait=2.0) is None
-    assert down_reason(s, 100.0 + RECONNECT_GRACE + 3, 0.0, 10.0, queue_wait=2.0)
+    assert down_reason(s, 100.0 + RECONNECT_GRACE + 3, 0.0, 10.0, queue_wait=2.0) is None
+    assert down_reason(s, 100.0 + RECONNECT_GRACE + 5, 0.0, 10.0, queue_wait=2.0)
     # A new leader's grace too: the nodes' new sessions queue behind each other.
     assert down_reason(None, 31.0, 0.0, 10.0) is not None
-    assert down_reason(None, 31.0, 0.0, 10.0, queue_wait=5.0) is None
+    assert down_reason(None, 39.0, 0.0, 10.0, queue_wait=5.0) is None
 
 
 def test_a_calls_wait_is_its_timeout_less_what_is_left_of_it() -> None:
