@@ -66,8 +66,8 @@ def down_reason(session: NodeSession | None, now: float, since_leader: float,
     long the nodes' calls lately waited for the leader to take them in (QueueWaits); every
     grace is twice that longer, as the node's silence may be the leader's: a heartbeat that
     gave up in the queue (never measured) is sent again and waits again. At 100,000 tasks
-    heartbeats were measured waiting up to 90 s while nodes went 206 s unheard with a 50 s
-    period, and 5 live nodes were marked Down with the wait added once."""
+    heartbeats were measured waiting up to 90 s while nodes went up to 323 s unheard with a
+    50 s period, and 5 live nodes were marked Down with the wait added once."""
     queue_wait *= QUEUE_WAIT_MULTIPLIER
     if now - since_leader <= period * GRACE_MULTIPLIER + queue_wait:
         # A new leader gives every node time to find it (and sessions it held in an earlier
@@ -96,8 +96,8 @@ class QueueWaits:
     """The longest that nodes' heartbeats waited in the leader's gRPC queue over a recent
     window (a sliding maximum). A busy leader's asyncio server takes in about one call per
     turn of its event loop, so at 5,000 nodes heartbeats waited there for tens of seconds
-    (gRPC cancels them at 30 s); that wait counted as the nodes' silence marked up to 93
-    live nodes down at once."""
+    (and many gave up there); that wait counted as the nodes' silence marked up to 93 live
+    nodes down at once."""
 
     def __init__(self) -> None:
         self._waits: deque[tuple[float, float]] = deque()  # (when, wait): waits falling
