@@ -43,8 +43,9 @@ def test_a_leader_paused_in_a_burst_loses_nothing(tmp_path: Path) -> None:
     the leader is SIGSTOPped for 5 s, so the others elect a new one while assignments and
     status reports are in flight (5 s: longer than the most patience a busy leader asks of
     its followers, 3 s, plus the election timeout; with 2 s, a leader whose tick had been
-    held up 1 s under the suite's load was rightly waited for, and no election took place). Every task must end up running on a node, and
-    no live node be marked down. Before two fixes this run stuck with 362 and 547 of 2,000
+    held up 1 s under the suite's load was rightly waited for, and no election took
+    place). Every task must end up running on a node, and no live node be marked down.
+    Before two fixes this run stuck with 362 and 547 of 2,000
     tasks running: pysyncobj's followers dropped entries they had acknowledged (the old
     leader then logged "truncating already-applied log entries"), and an agent whose status
     send was cancelled with its session stopped reporting for good."""
