@@ -139,12 +139,18 @@ def create_services(cluster: Cluster, client: Client, tasks: int, services: int,
 
 
 def pause_later(pid: int, after: float, pause: float, log: Any,
-                elected: Callable[[], bool] | None = None) -> threading.Thread:
+                elected: Callable[[], bool] | None = None
+                ) -> tuple[threading.Thread, dict[str, Any]]:
     """SIGSTOP `pid` `after` seconds from now for `pause` seconds (a leader that stalls in
     the burst: its followers elect another while assignments and reports are in flight).
     `elected()`, if given, says whether another manager took a newer term: the pause then
     lasts until it did (at most ELECTION_WAIT s more), so that the fault always includes
-    the election it is meant to cause, however loaded the machine."""
+    the election it is meant to cause, however loaded the machine. The dict it returns
+    says, once the thread has ended, how long the pause lasted and whether another manager
+    was elected meanwhile (the watch's samples can miss a term that began just before the
+    run ended)."""
+    outcome: dict[str, Any] = {"elected": False}
+
     def run() -> None:
         time.sleep(after)
         log(f"pausing the leader (pid {pid}) for {pause:g} s")
@@ -153,14 +159,18 @@ def pause_later(pid: int, after: float, pause: float, log: Any,
         try:
             time.sleep(pause)
             deadline = time.monotonic() + ELECTION_WAIT
-            while elected is not None and not elected() and time.monotonic() < deadline:
+            while elected is not None and time.monotonic() < deadline:
+                if elected():
+                    outcome["elected"] = True
+                    break
                 time.sleep(0.2)
         finally:
             os.kill(pid, signal.SIGCONT)
-            log(f"resumed the leader after {time.monotonic() - began:.1f} s")
+            outcome["paused_s"] = round(time.monotonic() - began, 2)
+            log(f"resumed the leader after {outcome['paused_s']:.1f} s")
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread
+    return thread, outcome
 
 
 def elected_after(cluster: Cluster, mgr: ManagerProc) -> Callable[[], bool]:
@@ -177,8 +187,9 @@ def run_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, tasks: int
               services: int, poll: float, timeout: float, log: Any,
               pause_leader: float = 0.0) -> dict[str, Any]:
     start = time.time()
+    paused = None
     if pause_leader and mgr.proc is not None:
-        pause_later(mgr.proc.pid, 1.0, pause_leader, log, elected_after(cluster, mgr))
+        paused = pause_later(mgr.proc.pid, 1.0, pause_leader, log, elected_after(cluster, mgr))
     create_services(cluster, mgr.client, tasks, services)
     created_call_s = time.time() - start
     running, polls, last_log = 0, 0, 0.0
@@ -195,8 +206,13 @@ def run_phase(cluster: Cluster, mgr: ManagerProc, agents: AgentProcs, tasks: int
         if time.time() - last_log > 5:
             log(f"  {running}/{tasks} tasks running ({time.time() - start:.1f} s)")
             last_log = time.time()
-    return {"start": start, "running_s": round(time.time() - start, 2),
-            "create_calls_s": round(created_call_s, 3), "polls": polls}
+    result = {"start": start, "running_s": round(time.time() - start, 2),
+              "create_calls_s": round(created_call_s, 3), "polls": polls}
+    if paused is not None:
+        thread, outcome = paused
+        thread.join()
+        result["pause"] = outcome
+    return result
 
 
 def task_facts(cluster: Cluster, mgr: ManagerProc, start: float) -> dict[str, Any]:
@@ -364,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                               "write_errors": cluster.write_errors, **health}
         if taken is not None:
             result["takeover"] = taken
+        if "pause" in run:
+            result["pause"] = run["pause"]
         failed = False
     finally:
         watch.stop()

@@ -40,22 +40,21 @@ def test_scale_sim_quick(tmp_path: Path) -> None:
 
 def test_a_leader_paused_in_a_burst_loses_nothing(tmp_path: Path) -> None:
     """3 real managers and 100 fake nodes over gRPC+mTLS; 1 s into a burst of 1,000 tasks
-    the leader is SIGSTOPped for 5 s, so the others elect a new one while assignments and
-    status reports are in flight (5 s: longer than the most patience a busy leader asks of
-    its followers, 3 s, plus the election timeout; with 2 s, a leader whose tick had been
-    held up 1 s under the suite's load was rightly waited for, and no election took
-    place). Every task must end up running on a node, and no live node be marked down.
-    Before two fixes this run stuck with 362 and 547 of 2,000
-    tasks running: pysyncobj's followers dropped entries they had acknowledged (the old
-    leader then logged "truncating already-applied log entries"), and an agent whose status
-    send was cancelled with its session stopped reporting for good."""
+    the leader is SIGSTOPped for 2 s (and longer, until another manager is elected), so
+    the others elect a new one while assignments and status reports are in flight. Every
+    task must end up running on a node, and no live node be marked down. Before two fixes
+    this run stuck with 362 and 547 of 2,000 tasks running: pysyncobj's followers dropped
+    entries they had acknowledged (the old leader then logged "truncating already-applied
+    log entries"), and an agent whose status send was cancelled with its session stopped
+    reporting for good."""
     result, proc = run_bench(BENCH, tmp_path, "--managers", "3", "--nodes", "100", "--tasks",
                              "1000", "--services", "5", "--procs", "2", "--idle", "1",
-                             "--pause-leader", "5", "--timeout", "150", timeout=420)
+                             "--pause-leader", "2", "--timeout", "150", timeout=420)
     assert "pausing the leader" in proc.stdout + proc.stderr
     placement = result["placement"]
     assert placement["running"] == 1000 and placement["on_manager"] == 0
     assert result["run"]["tasks_seen_by_nodes"] == 1000  # every task reached its node
     assert result["managers"]["ever_down"] == 0, result["managers"]
-    managers = result["managers"]
-    assert managers["max_term"] > managers["min_term"], managers  # an election took place
+    # An election took place (seen by the pause itself: the watch's samples every 2 s can
+    # miss a term that began just before the run ended, as under make test's load twice).
+    assert result["pause"]["elected"], result["pause"]
