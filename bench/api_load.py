@@ -55,8 +55,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from api_load_cli import Target, add_services, cli_phase, create_one, log  # noqa: E402
 from api_load_clients import Load, figures  # noqa: E402
-from scale_sim import join_phase, run_phase  # noqa: E402
 from scale_sim_cluster import Cluster, Watch  # noqa: E402
+from scale_sim_phases import join_phase, run_phase  # noqa: E402
 from scale_sim_procs import (  # noqa: E402
     LOOPBACK,
     REPO,

@@ -41,8 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from scale_sim import join_phase, run_phase  # noqa: E402
 from scale_sim_cluster import Cluster  # noqa: E402
+from scale_sim_phases import join_phase, run_phase  # noqa: E402
 from scale_sim_procs import (  # noqa: E402
     REPO,
     AgentProcs,

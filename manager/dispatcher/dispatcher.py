@@ -301,7 +301,7 @@ class Dispatcher(cluster_pb2_grpc.DispatcherServicer):
         self._credit_stall(now)
         period = self._period()
         self.check_every = liveness_pass(period)
-        waited = self.queue_waits.longest(now, period * GRACE_MULTIPLIER)
+        waited = self.queue_wait()
         nodes = view.list(pb.Node)
         silent = []
         for node in nodes:

@@ -68,16 +68,16 @@ def down_reason(session: NodeSession | None, now: float, since_leader: float,
     gave up in the queue (never measured) is sent again and waits again. At 100,000 tasks
     heartbeats were measured waiting up to 90 s while nodes went up to 323 s unheard with a
     50 s period, and 5 live nodes were marked Down with the wait added once."""
-    queue_wait *= QUEUE_WAIT_MULTIPLIER
-    if now - since_leader <= period * GRACE_MULTIPLIER + queue_wait:
+    held = QUEUE_WAIT_MULTIPLIER * queue_wait
+    if now - since_leader <= period * GRACE_MULTIPLIER + held:
         # A new leader gives every node time to find it (and sessions it held in an earlier
         # term, or that raced its election, their next heartbeat) before judging any.
         return None
     if session is None:
         return "no session with the leader since it was elected"
-    if session.ended_at is not None and now - session.ended_at > RECONNECT_GRACE + queue_wait:
+    if session.ended_at is not None and now - session.ended_at > RECONNECT_GRACE + held:
         return "the node's session ended and it did not reconnect"
-    if now - session.last_seen > session.period * GRACE_MULTIPLIER + queue_wait:
+    if now - session.last_seen > session.period * GRACE_MULTIPLIER + held:
         return "heartbeat failure"
     return None
 
