@@ -9,9 +9,10 @@ they are deleted (the worker keeps their containers, and logs, until then).
 `StatusWriter` applies agents' reports: a status is written only if it moves the task
 forward, for a task of the reporting node. A report is written at once when no write is on
 its way; reports from all nodes that arrive during a write go together in the next one, in
-version-checked Raft batches of at most `MAX_BATCH` tasks, re-read and retried when another
-writer got there first. The RPC returns once committed. Sets go out the same way: at once,
-with the changes of one commit together (no timer on a task's path to its agent).
+version-checked Raft batches of at most `MAX_BATCH` tasks, IN_FLIGHT at a time, re-read and
+retried when another writer got there first. The RPC returns once committed. Sets go out the
+same way: at once, with the changes of one commit together (no timer on a task's path to its
+agent).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # is only a safety net, so idle streams cost nothing.
 RECHECK = 30.0
 MAX_BATCH = 200
+# Batches of one flush written at once: each waits for its commit, and commits in flight
+# go out together (one after another, 50,000 tasks' reports waited 16 s at p50).
+IN_FLIGHT = 8
 RETRIES = 10
 _UNSTABLE = ("status", "meta")  # fields whose change alone does not resend the set
 
@@ -281,20 +285,27 @@ class StatusWriter:
     async def write(self, reports: dict[str, tuple[str, pb.TaskStatus]]) -> int:
         """Write the reports that move their task forward; the number of tasks written."""
         todo, written = dict(reports), 0
+        limit = asyncio.Semaphore(IN_FLIGHT)
         for _ in range(RETRIES):
             tasks = self._changes(todo)
-            conflicts: dict[str, tuple[str, pb.TaskStatus]] = {}
-            for start in range(0, len(tasks), MAX_BATCH):
-                chunk = tasks[start:start + MAX_BATCH]
-                try:
-                    await self.mgr.write(*[(store_pb2.UPDATE, t) for t in chunk])
-                    written += len(chunk)
-                except OutOfSequence:
-                    conflicts.update({t.id: todo[t.id] for t in chunk})
+            lost = await asyncio.gather(*(self._write_chunk(tasks[start:start + MAX_BATCH], limit)
+                                          for start in range(0, len(tasks), MAX_BATCH)))
+            conflicts = {t.id: todo[t.id] for chunk in lost for t in chunk}
+            written += len(tasks) - len(conflicts)
             if not conflicts:
                 return written
             todo = conflicts
         raise Unavailable(f"{len(todo)} task statuses kept conflicting with other writes")
+
+    async def _write_chunk(self, chunk: list[pb.Task], limit: asyncio.Semaphore
+                           ) -> list[pb.Task]:
+        """Write one batch; the tasks that lost a version race (all of them, or none)."""
+        async with limit:
+            try:
+                await self.mgr.write(*[(store_pb2.UPDATE, t) for t in chunk])
+                return []
+            except OutOfSequence:
+                return chunk
 
     def _changes(self, reports: dict[str, tuple[str, pb.TaskStatus]]) -> list[pb.Task]:
         tasks = []

@@ -146,3 +146,33 @@ async def test_status_writes_are_batched_and_retried_on_conflicts() -> None:
     await writer.submit("n2", [cluster_pb2.TaskStatusUpdate(  # another node's task
         task_id="t001", status=status(pb.FAILED, 9, err="forged"))])
     assert len(mgr.writes) == before and get(store, "t001").status.state == pb.RUNNING
+
+
+class SlowCommits(StoreManager):
+    """Each write waits for its commit, as through Raft: counts the writes in flight."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self.in_flight = self.most_in_flight = 0
+
+    async def write(self, *actions: tuple[int, object]) -> int:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await super().write(*actions)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_the_batches_of_one_flush_wait_for_their_commits_together() -> None:
+    store = MemoryStore()
+    tasks = [task(f"t{i:04}") for i in range(5 * assignments.MAX_BATCH)]
+    apply(store, *[(store_pb2.CREATE, t) for t in tasks])
+    mgr = SlowCommits(store)
+    writer = StatusWriter(mgr)  # type: ignore[arg-type]
+    await writer.submit("n1", [cluster_pb2.TaskStatusUpdate(
+        task_id=t.id, status=status(pb.RUNNING, 5)) for t in tasks])
+    assert mgr.writes == [assignments.MAX_BATCH] * 5
+    assert mgr.most_in_flight == 5  # one after another, it would be 1
+    assert all(t.status.state == pb.RUNNING for t in store.list(pb.Task))
