@@ -165,7 +165,7 @@ class Draft:
                 raise AlreadyExists(f"name conflicts with an existing object: {table} {name} "
                                     f"already exists ({holder}); choose another name")
         self.tables = self.tables.set(table, self.tables[table].set(obj.id, obj))
-        if old is None or _keys(table, old) != _keys(table, obj):
+        if old is None or not _same_keys(table, old, obj):
             if old is not None:
                 self._unindex(table, old)
             self._index(table, obj)
@@ -207,11 +207,14 @@ class Draft:
                 self.by_network = _drop(self.by_network, network_id, obj.id)
 
 
-def _keys(table: str, obj: Obj) -> tuple[Any, ...]:
-    """What the indexes of a table read from an object."""
+def _same_keys(table: str, old: Obj, new: Obj) -> bool:
+    """Whether the indexes read the same from both versions of an object (most writes are
+    a task's status: compared field by field, without building keys)."""
     if table == "task":
-        return (obj.service_id, obj.node_id, obj.slot, _networks(obj))
-    return (unique_name(table, obj),)
+        return (old.service_id == new.service_id and old.node_id == new.node_id
+                and old.slot == new.slot
+                and (not (old.networks or new.networks) or _networks(old) == _networks(new)))
+    return unique_name(table, old) == unique_name(table, new)
 
 
 def _networks(task: objects_pb2.Task) -> tuple[str, ...]:

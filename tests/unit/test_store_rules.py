@@ -2,6 +2,8 @@
 leadership epoch fence, a retried proposal applied once, unique service names; and views
 that stay consistent while the store moves on, with their indexes."""
 
+import random
+
 from manager.errors import AlreadyExists, Fenced
 from manager.store.memory import MemoryStore, wrap
 from manager.store.view import StoreView
@@ -118,3 +120,36 @@ def test_indexes_follow_deletes_and_global_slots() -> None:
     view = store.view()
     assert view.tasks_of_service("s1") == [] and view.tasks_on_node("n1") == []
     assert view.tasks_in_slot("s1", 2) == [] and "s1" not in view.by_service
+
+
+def test_indexes_kept_change_by_change_equal_indexes_built_afresh() -> None:
+    """Random moves of node, slot, service and networks (and status-only writes, which
+    touch no index): after each batch the view's indexes equal a view built from its
+    objects."""
+    rng = random.Random(7)
+    store = MemoryStore()
+    store.apply(batch(*[task(f"t{i}", f"s{i % 3}", slot=i % 4, node_id=f"n{i % 5}")
+                        for i in range(30)]))
+    for _ in range(200):
+        changed = []
+        for task_id in rng.sample([f"t{i}" for i in range(30)], 5):
+            t = store.get(pb.Task, task_id)
+            what = rng.choice(["node", "slot", "service", "networks", "status"])
+            if what == "node":
+                t.node_id = f"n{rng.randrange(5)}"
+            elif what == "slot":
+                t.slot = rng.randrange(4)
+            elif what == "service":
+                t.service_id = f"s{rng.randrange(3)}"
+            elif what == "networks":
+                del t.networks[:]
+                for net in rng.sample(["net1", "net2", "net3"], rng.randrange(3)):
+                    t.networks.add(network_id=net, addresses=[f"10.0.0.{rng.randrange(9)}/24"])
+            else:
+                t.status.state = rng.choice([pb.PENDING, pb.RUNNING])  # type: ignore[assignment]
+            changed.append(t)
+        assert store.apply(batch(*changed, kind=store_pb2.UPDATE)).error is None
+        now = store.view()
+        afresh = StoreView.of(now.list(pb.Task))
+        for index in ("by_service", "by_node", "by_slot", "by_network"):
+            assert getattr(now, index) == getattr(afresh, index), index
