@@ -17,11 +17,15 @@ Raft leader) thaws only when the walk is estimated at PAUSE or less, from the ti
 of its last slow collection; otherwise the thaw waits until a pause is affordable again (it
 no longer leads), and the frozen cyclic garbage stays until then.
 
-The young generation is collected every YOUNG allocations instead of CPython's 700: each of
-those collections walks what survived since the last, and a daemon that makes and drops
-protobuf messages by the thousand walked them over and over. Applying a batch of 200 task
-updates took 26 µs a task with 700, 15 µs with 50,000, as with no collector at all
-(bench/README.md, eighth pass).
+THRESHOLDS: the young generation is collected every 50,000 allocations instead of CPython's
+700: each of those collections walks what survived since the last, and a daemon that makes
+and drops protobuf messages by the thousand walked them over and over (applying a batch of
+200 task updates: 24 µs a task with 700, 15 µs with 50,000, as with no collector at all).
+The older generations follow every other young collection, so full collections still come
+about as often as with CPython's (700, 10, 10), and each, with the freeze, walks only what
+is newer. With (50,000, 10, 10) a full collection was due only every 5 million allocations:
+a leader of 5,000 nodes made its first one in the middle of a burst, walked 1.9 million
+objects for 2.66 s and lost its leadership (bench/README.md, eighth pass).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ log = logging.getLogger(__name__)
 SLOW = 0.1  # seconds: a full collection this long freezes what survived it (and is logged)
 THAW = 600.0  # seconds: how long frozen objects may hold cyclic garbage
 PAUSE = 0.2  # seconds: the longest walk a process that may not pause thaws into
-YOUNG = 50_000  # allocations between collections of the young generation
+THRESHOLDS = (50_000, 1, 1)  # gc.set_threshold's: young, then older generations
 
 
 def always() -> bool:
@@ -49,8 +53,9 @@ class GcWatch:
     collection, with the interpreter held)."""
 
     def __init__(self, slow: float = SLOW, thaw: float = THAW, pause: float = PAUSE,
-                 may_pause: Callable[[], bool] = always, young: int = YOUNG) -> None:
-        self.slow, self.thaw, self.pause, self.young = slow, thaw, pause, young
+                 may_pause: Callable[[], bool] = always,
+                 thresholds: tuple[int, int, int] = THRESHOLDS) -> None:
+        self.slow, self.thaw, self.pause, self.thresholds = slow, thaw, pause, thresholds
         self._thresholds: tuple[int, ...] = ()  # the collector's, before install()
         self.may_pause = may_pause  # read on the collecting thread: must be cheap and safe
         self._started = 0.0
@@ -96,7 +101,7 @@ class GcWatch:
 
     def install(self) -> None:
         self._thresholds = gc.get_threshold()
-        gc.set_threshold(self.young, *self._thresholds[1:])
+        gc.set_threshold(*self.thresholds)
         gc.callbacks.append(self)
 
     def remove(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.gcwatch import YOUNG
+from shoal.gcwatch import THRESHOLDS
 from tests.system.helpers import run_bench
 
 pytestmark = pytest.mark.system
@@ -20,7 +20,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "entry_cost.py"
 
 def test_entry_cost_quick(tmp_path: Path) -> None:
     result, proc = run_bench(BENCH, tmp_path, "--quick", timeout=120)
-    assert result["config"]["tasks"] == 2_000 and result["config"]["young"] == YOUNG
+    assert result["config"]["tasks"] == 2_000 and result["config"]["thresholds"] == list(THRESHOLDS)
     rows = result["apply_us_per_task"]
     assert set(rows) == {"cpython", "shoald", "off"}
     assert all(row[kind] > 0 for row in rows.values() for kind in ("create", "update"))
