@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from manager.raft import wire  # noqa: E402
 from manager.store.memory import MemoryStore, wrap  # noqa: E402
 from pki import sealing  # noqa: E402
 from proto import objects_pb2 as pb  # noqa: E402
@@ -57,17 +58,18 @@ def task(i: int) -> pb.Task:
     return t
 
 
-def batches(tasks: list[pb.Task], kind: int, state: int) -> list[store_pb2.StoreBatch]:
-    """Batches of BATCH changes; an update is for the version its create made."""
+def batches(tasks: list[pb.Task], kind: int) -> list[store_pb2.StoreBatch]:
+    """Batches of BATCH creates, or of BATCH updates to RUNNING, each for the version its
+    create made."""
     out = []
     for n, start in enumerate(range(0, len(tasks), BATCH)):
         batch = store_pb2.StoreBatch(timestamp_ns=time.time_ns(), request_id=f"{kind}-{n}")
         for t in tasks[start:start + BATCH]:
             obj = pb.Task()
             obj.CopyFrom(t)
-            obj.meta.version.index = n + 1 if kind == store_pb2.UPDATE else 0
             if kind == store_pb2.UPDATE:
-                obj.status.state = state
+                obj.meta.version.index = n + 1
+                obj.status.state = pb.RUNNING
             batch.actions.append(store_pb2.StoreAction(kind=kind, object=wrap(obj)))
         out.append(batch)
     return out
@@ -133,8 +135,8 @@ def time_send(entries: list[bytes], level: int) -> float:
 
 def run(tasks_n: int, repeat: int, growth: int) -> dict[str, Any]:
     tasks = [task(i) for i in range(tasks_n)]
-    creates = batches(tasks, store_pb2.CREATE, pb.ASSIGNED)
-    updates = batches(tasks, store_pb2.UPDATE, pb.RUNNING)
+    creates = batches(tasks, store_pb2.CREATE)
+    updates = batches(tasks, store_pb2.UPDATE)
     key = os.urandom(32)
     entries = [sealing.seal(key, b.SerializeToString()) for b in creates]
     entry_bytes = sum(len(e) for e in entries)
@@ -147,7 +149,7 @@ def run(tasks_n: int, repeat: int, growth: int) -> dict[str, Any]:
             apply[name]["create"].append(created)
             apply[name]["update"].append(updated)
         send["level3"].append(time_send(entries, 3))
-        send["stored"].append(time_send(entries, 0))
+        send["stored"].append(time_send(entries, wire.STORED))
     grown = {name: time_growth(c, growth) for name, c in COLLECTORS.items() if c is not None}
     us = 1e6 / tasks_n
     rows = {name: {kind: round(statistics.median(v) * us, 1) for kind, v in runs.items()}

@@ -4,7 +4,6 @@ in the burst until another manager is elected), and what the tasks say at the en
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import threading
@@ -14,6 +13,7 @@ from typing import Any
 
 from scale_sim_cluster import Cluster, scrape
 from scale_sim_procs import AgentProcs, ManagerProc, Sampler, wait_for
+from waiting import wall
 
 from shoal.client import APIError, Client
 
@@ -169,11 +169,11 @@ def task_facts(cluster: Cluster, mgr: ManagerProc, start: float) -> dict[str, An
     per_node: dict[str, int] = {}
     for t in tasks:
         per_node[t.get("NodeID", "")] = per_node.get(t.get("NodeID", ""), 0) + 1
-    created = max(parse_ts(t["CreatedAt"]) for t in tasks) if tasks else start
+    created = max(wall(t["CreatedAt"]) for t in tasks) if tasks else start
     # UpdatedAt: when the last write of the task (its RUNNING status) was committed;
     # Status.Timestamp: when its node saw it running.
-    committed = sorted(parse_ts(t["UpdatedAt"]) - start for t in tasks)
-    lag = sorted(parse_ts(t["UpdatedAt"]) - parse_ts(t["Status"]["Timestamp"]) for t in tasks)
+    committed = sorted(wall(t["UpdatedAt"]) - start for t in tasks)
+    lag = sorted(wall(t["UpdatedAt"]) - wall(t["Status"]["Timestamp"]) for t in tasks)
     return {"tasks_listed": len(tasks),
             "running_committed_p50_s": round(percentile(committed, 0.5), 2),
             "running_committed_s": round(committed[-1], 2) if committed else 0.0,
@@ -193,9 +193,3 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def parse_ts(value: str) -> float:
-    base, _, frac = value.rstrip("Z").partition(".")
-    dt = datetime.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
-    return dt.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)

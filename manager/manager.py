@@ -27,6 +27,10 @@ from proto import store_pb2
 log = logging.getLogger(__name__)
 
 MODIFY_ATTEMPTS = 20
+# Batches one writer keeps waiting for their commits at once: commits in flight go out
+# together in Raft's sends (one after another, 50,000 tasks' status reports waited 16 s at
+# p50 for their turn).
+IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 from manager.dispatcher.files import task_files
 from manager.dispatcher.netstate import network_message
 from manager.errors import OutOfSequence, Unavailable
-from manager.manager import Manager
+from manager.manager import IN_FLIGHT, Manager
 from manager.store.memory import Event, MemoryStore
 from proto import cluster_pb2, store_pb2
 from proto import objects_pb2 as pb
@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 # is only a safety net, so idle streams cost nothing.
 RECHECK = 30.0
 MAX_BATCH = 200
-# Batches of one flush written at once: each waits for its commit, and commits in flight
-# go out together (one after another, 50,000 tasks' reports waited 16 s at p50).
-IN_FLIGHT = 8
 RETRIES = 10
 _UNSTABLE = ("status", "meta")  # fields whose change alone does not resend the set
 

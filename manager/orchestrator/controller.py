@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from manager.errors import ManagerError, Unavailable
-from manager.manager import Manager
+from manager.manager import IN_FLIGHT, Manager
 from manager.orchestrator.snapshot import Decision, Group, Snapshot, SnapshotCache
 from manager.orchestrator.tasks import SlotKey, mode, progress_only
 from manager.runtime import Controller
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 RETRY_FAILED = 0.5  # seconds before deciding again after some groups could not be written
 
 MAX_ACTIONS = 200
-IN_FLIGHT = 8
 # Under a stream of changes an orchestrator's pass runs about this often (see Pacer).
 PASS_INTERVAL = 0.25
 
